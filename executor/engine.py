@@ -1,0 +1,425 @@
+"""The offline engine: load a model, run the scheduler in a background thread, serve requests.
+
+The API mirrors SGLang's offline `Engine` (generate with sampling_params, logprob options and
+streaming) plus `score`, which `select` uses: the logprobs of several continuations of one prompt,
+computed in one batch on top of the prompt's cached KV.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from executor.detokenizer import IncrementalDetokenizer
+from executor.kv_manager import KVManager
+from executor.memory import KVPool, ReqToTokenPool, TokenSlotAllocator, kv_bytes_per_token
+from executor.model_runner import ModelRunner
+from executor.radix_cache import RadixCache
+from executor.request import LogprobOptions, Request, RequestKind
+from executor.sampling import SamplingParams, make_generator
+from executor.scheduler import Scheduler, SchedulerConfig
+from executor.tokenizer import Tokenizer
+
+logger = logging.getLogger("sgc.engine")
+
+
+class EngineError(RuntimeError):
+    """A request failed inside the engine; the message names the request id."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_path: str = "smollm2-135m-instruct"
+    device: str = "auto"
+    dtype: str | None = None  # default: float32 on CPU, bfloat16 on CUDA
+    kv_cache_gb: float | None = None  # KV memory budget; default sized from the machine
+    max_total_tokens: int | None = None  # KV slots; overrides kv_cache_gb (tests use tiny pools)
+    max_running_requests: int = 256
+    max_prefill_tokens: int = 8192
+    chunk_size: int = 2048
+    schedule_policy: str = "lpm"
+    disable_radix_cache: bool = False
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available on this machine; use 'cpu' or 'auto'")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu' or 'cuda[:N]'")
+    return torch.device(device)
+
+
+def _default_kv_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(4 << 30, total // 4)
+
+
+class RequestHandle:
+    """A submitted request: wait for its result or iterate over its streamed text."""
+
+    def __init__(self, req: Request, engine: Engine, stream: bool):
+        self.req = req
+        self._engine = engine
+        self._done = threading.Event()
+        self._deltas: queue.Queue | None = queue.Queue() if stream else None
+        self._error: BaseException | None = None
+        self.submitted_at = time.perf_counter()
+        self.finished_at: float | None = None
+
+    # Called from the engine thread.
+    def _publish(self) -> None:
+        detok = self.req.detokenizer
+        if self._deltas is not None and detok is not None:
+            if self.req.finished:
+                detok.finish()
+            delta = detok.pop_delta()
+            if delta or self.req.finished:
+                self._deltas.put(delta)
+        if self.req.finished:
+            self.finished_at = time.perf_counter()
+            self._done.set()
+            if self._deltas is not None:
+                self._deltas.put(None)
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+        if self._deltas is not None:
+            self._deltas.put(None)
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> dict:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.req.rid} did not finish within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._engine._make_output(self)
+
+    def stream(self) -> Iterator[dict]:
+        """Yields {"text": delta, "meta_info": ...}; the last chunk carries the final meta_info."""
+        if self._deltas is None:
+            raise ValueError("this request was not submitted with stream=True")
+        while True:
+            delta = self._deltas.get()
+            if delta is None:
+                break
+            yield {"text": delta, "meta_info": {"id": self.req.rid}}
+        final = self.result()
+        yield {"text": "", "meta_info": final["meta_info"]}
+
+
+class Engine:
+    """sgc's LLM runtime, as a library object.
+
+    >>> with Engine(model_path="smollm2-135m-instruct") as engine:
+    ...     out = engine.generate("The capital of France is", {"max_new_tokens": 8, "temperature": 0})
+    """
+
+    def __init__(self, model_path: str = "smollm2-135m-instruct", device: str = "auto", **kwargs: Any):
+        self.config = EngineConfig(model_path=model_path, device=device, **kwargs)
+        from models import load_model, resolve_model
+
+        self.device = resolve_device(self.config.device)
+        dtype = self._dtype = self._pick_dtype()
+        started = time.perf_counter()
+        folder: Path = resolve_model(self.config.model_path)
+        self.model, self.model_config = load_model(folder, self.device, dtype)
+        self.tokenizer = Tokenizer(folder)
+        self.model_folder = folder
+        self.context_len = self.model_config.max_position_embeddings
+        self._build_runtime(dtype)
+        logger.info("engine ready in %.2f s: %s on %s (%s), %d KV slots",
+                    time.perf_counter() - started, folder.name, self.device, dtype, self.num_kv_slots)
+        self._ids = itertools.count()
+        self._inbox: queue.Queue = queue.Queue()
+        self._handles: dict[str, RequestHandle] = {}
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="sgc-engine", daemon=True)
+        self._thread.start()
+
+    def _pick_dtype(self) -> torch.dtype:
+        if self.config.dtype is None:
+            return torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if self.config.dtype not in names:
+            raise ValueError(f"unknown dtype {self.config.dtype!r}; expected one of {sorted(names)}")
+        return names[self.config.dtype]
+
+    def _build_runtime(self, dtype: torch.dtype) -> None:
+        cfg = self.model_config
+        per_token = kv_bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, dtype)
+        if self.config.max_total_tokens is not None:
+            num_slots = self.config.max_total_tokens
+        else:
+            budget = (int(self.config.kv_cache_gb * (1 << 30)) if self.config.kv_cache_gb
+                      else _default_kv_bytes(self.device))
+            num_slots = budget // per_token
+        if num_slots < 2:
+            raise ValueError(f"KV budget gives {num_slots} slots; it must hold at least a short prompt")
+        self.num_kv_slots = num_slots
+        self.kv_pool = KVPool(num_slots, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, dtype, self.device)
+        self.allocator = TokenSlotAllocator(num_slots)
+        self.req_to_token = ReqToTokenPool(self.config.max_running_requests + 8, self.context_len, self.device)
+        self.radix_cache = None if self.config.disable_radix_cache else RadixCache(self.allocator)
+        self.runner = ModelRunner(self.model, self.kv_pool, self.req_to_token, cfg.head_dim)
+        self.scheduler = Scheduler(
+            self.runner,
+            KVManager(self.allocator, self.req_to_token, self.radix_cache),
+            SchedulerConfig(
+                max_running_requests=self.config.max_running_requests,
+                max_prefill_tokens=self.config.max_prefill_tokens,
+                chunk_size=self.config.chunk_size,
+                context_len=self.context_len,
+                policy=self.config.schedule_policy,
+            ),
+            self.device,
+        )
+
+    # -- public API ------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: str | Sequence[str] | None = None,
+        sampling_params: dict | Sequence[dict] | None = None,
+        input_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,
+        return_logprob: bool = False,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int | None = None,
+        stream: bool = False,
+    ) -> dict | list[dict] | Iterator[dict]:
+        """Generate for one prompt (returns a dict) or a list of prompts (returns a list).
+
+        Each result is {"text", "output_ids", "meta_info"}; meta_info has prompt_tokens,
+        completion_tokens, cached_tokens, finish_reason and, with return_logprob, the logprob lists
+        as (logprob, token_id, None) tuples. With stream=True (one prompt) an iterator of
+        {"text": delta} chunks is returned instead.
+        """
+        prompts, batched = self._normalize_prompts(prompt, input_ids)
+        if isinstance(sampling_params, Sequence) and not isinstance(sampling_params, dict):
+            if len(sampling_params) != len(prompts):
+                raise ValueError(f"got {len(sampling_params)} sampling_params for {len(prompts)} prompts")
+            params_list = [SamplingParams.from_dict(p) for p in sampling_params]
+        else:
+            params_list = [SamplingParams.from_dict(sampling_params)] * len(prompts)
+        options = LogprobOptions(
+            return_logprob=return_logprob,
+            logprob_start_len=-1 if logprob_start_len is None else logprob_start_len,
+            top_logprobs_num=top_logprobs_num or 0,
+        )
+        if stream and batched:
+            raise ValueError("stream=True takes a single prompt")
+        handles = [self.submit(ids, params, options, stream=stream) for ids, params in zip(prompts, params_list)]
+        if stream:
+            return handles[0].stream()
+        results = [h.result() for h in handles]
+        return results if batched else results[0]
+
+    def score(self, prompt: str | Sequence[int], continuations: Sequence[str] | Sequence[Sequence[int]]) -> dict:
+        """Logprobs of each continuation after the prompt, in one batch over the prompt's KV.
+
+        Strings are tokenized separately (prompt with special tokens, continuations without), so
+        callers that care about the token boundary should pass token ids. Returns
+        {"logprobs": [[per-token logprob] per continuation], "meta_info": {...}}.
+        """
+        prompt_ids = self._encode_prompt(prompt)
+        conts = [self.tokenizer.encode(c, add_special_tokens=False) if isinstance(c, str) else list(c)
+                 for c in continuations]
+        if not conts:
+            raise ValueError("score needs at least one continuation")
+        for i, c in enumerate(conts):
+            if not c:
+                raise ValueError(f"continuation {i} is empty")
+            if len(prompt_ids) + len(c) > self.context_len:
+                raise ValueError(f"prompt plus continuation {i} has {len(prompt_ids) + len(c)} tokens; "
+                                 f"the model's context is {self.context_len}")
+        req = Request(rid=self._next_id(), input_ids=prompt_ids, params=SamplingParams(max_new_tokens=1),
+                      kind=RequestKind.SCORE)
+        req.continuations = conts
+        handle = self._submit_request(req, stream=False)
+        return handle.result()
+
+    def submit(self, input_ids: list[int], params: SamplingParams, options: LogprobOptions = LogprobOptions(),
+               stream: bool = False) -> RequestHandle:
+        """Queue one generate request without waiting (the graph executor uses this)."""
+        params.validate()
+        if options.logprob_start_len >= len(input_ids):
+            raise ValueError(f"logprob_start_len={options.logprob_start_len} is not inside the prompt "
+                             f"({len(input_ids)} tokens)")
+        stop_ids = set(params.stop_token_ids or ())
+        if not params.ignore_eos:
+            stop_ids |= self.tokenizer.eos_token_ids
+        generator = None
+        if params.seed is not None:
+            generator = make_generator(params.seed, self.device)
+        req = Request(
+            rid=self._next_id(), input_ids=list(input_ids), params=params, logprobs=options,
+            stop_token_ids=frozenset(stop_ids),
+            detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop_strings,
+                                               skip_special_tokens=params.skip_special_tokens,
+                                               no_stop_trim=params.no_stop_trim),
+            generator=generator,
+        )
+        return self._submit_request(req, stream)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def stats(self) -> dict:
+        """Counters for benchmarks and debugging (not synchronized with a running step)."""
+        s = self.scheduler
+        return {
+            "num_forward_passes": self.runner.num_forward_passes,
+            "num_extend_steps": s.num_extend_steps,
+            "num_decode_steps": s.num_decode_steps,
+            "num_retractions": s.num_retractions,
+            "num_free_kv_slots": self.allocator.num_free,
+            "num_cached_kv_tokens": self.radix_cache.total_size() if self.radix_cache else 0,
+        }
+
+    def shutdown(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._inbox.put(None)
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __del__(self) -> None:  # best effort; explicit shutdown() is preferred
+        try:
+            self.shutdown()
+        except Exception:
+            pass
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _next_id(self) -> str:
+        return f"req-{next(self._ids)}"
+
+    def _encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt is empty")
+            ids = self.tokenizer.encode(prompt)
+        elif isinstance(prompt, Sequence) and all(isinstance(t, int) for t in prompt):
+            ids = list(prompt)
+        else:
+            raise TypeError(f"prompt must be a string or a list of token ids, not {type(prompt).__name__}")
+        if not ids:
+            raise ValueError("prompt is empty")
+        vocab = self.model_config.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"input_ids contain {bad[0]}, outside the vocabulary [0, {vocab})")
+        if len(ids) >= self.context_len:
+            raise ValueError(f"prompt has {len(ids)} tokens but the model's context is {self.context_len} "
+                             "(it must leave room for at least one new token)")
+        return ids
+
+    def _normalize_prompts(self, prompt, input_ids) -> tuple[list[list[int]], bool]:
+        if (prompt is None) == (input_ids is None):
+            raise ValueError("pass exactly one of prompt= or input_ids=")
+        if prompt is not None:
+            if isinstance(prompt, str):
+                return [self._encode_prompt(prompt)], False
+            if isinstance(prompt, Sequence) and prompt and all(isinstance(p, str) for p in prompt):
+                return [self._encode_prompt(p) for p in prompt], True
+            raise TypeError("prompt must be a string or a non-empty list of strings")
+        if isinstance(input_ids, Sequence) and input_ids and all(isinstance(t, int) for t in input_ids):
+            return [self._encode_prompt(input_ids)], False
+        if isinstance(input_ids, Sequence) and input_ids and all(isinstance(x, Sequence) for x in input_ids):
+            return [self._encode_prompt(x) for x in input_ids], True
+        raise ValueError("input_ids must be a non-empty list of token ids or a list of such lists")
+
+    def _submit_request(self, req: Request, stream: bool) -> RequestHandle:
+        if self._stopping:
+            raise EngineError("the engine has been shut down")
+        if not self._thread.is_alive():
+            raise EngineError("the engine thread is not running")
+        handle = RequestHandle(req, self, stream)
+        self._inbox.put(handle)
+        return handle
+
+    def _make_output(self, handle: RequestHandle) -> dict:
+        req = handle.req
+        meta: dict[str, Any] = {
+            "id": req.rid,
+            "prompt_tokens": len(req.input_ids),
+            "completion_tokens": len(req.output_ids),
+            "cached_tokens": req.num_cached_tokens,
+            "finish_reason": req.finish_reason,
+            "e2e_latency": (handle.finished_at or time.perf_counter()) - handle.submitted_at,
+        }
+        if req.kind is RequestKind.SCORE:
+            return {"logprobs": req.continuation_logprobs, "meta_info": meta}
+        if req.logprobs.return_logprob:
+            meta["input_token_logprobs"] = req.input_token_logprobs
+            meta["output_token_logprobs"] = req.output_token_logprobs
+            if req.logprobs.top_logprobs_num:
+                meta["input_top_logprobs"] = req.input_top_logprobs
+                meta["output_top_logprobs"] = req.output_top_logprobs
+        if req.finish_reason and req.finish_reason.get("type") == "abort":
+            raise EngineError(req.finish_reason["message"])
+        text = ""
+        if req.detokenizer is not None:
+            req.detokenizer.finish()
+            text = req.detokenizer.text
+        return {"text": text, "output_ids": list(req.output_ids), "meta_info": meta}
+
+    # -- the engine thread ----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            for item in self._drain_inbox(block=not self.scheduler.has_work()):
+                if item is None:
+                    self._fail_all(EngineError("the engine was shut down before this request finished"))
+                    return
+                item.req.arrival = next(self._ids)
+                self._handles[item.req.rid] = item
+                self.scheduler.add(item.req)
+            try:
+                advanced = self.scheduler.step()
+            except Exception as exc:  # never hang callers: fail what is in flight, start clean
+                logger.exception("engine step failed")
+                self._fail_all(exc)
+                self._build_runtime(self._dtype)
+                continue
+            for req in advanced:
+                handle = self._handles.get(req.rid)
+                if handle is None:
+                    continue
+                handle._publish()
+                if req.finished:
+                    del self._handles[req.rid]
+
+    def _drain_inbox(self, block: bool) -> list:
+        items = [self._inbox.get()] if block else []
+        while True:
+            try:
+                items.append(self._inbox.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for rid, handle in list(self._handles.items()):
+            error = exc if isinstance(exc, EngineError) else EngineError(f"request {rid} failed: {exc!r}")
+            handle._fail(error)
+        self._handles.clear()

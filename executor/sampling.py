@@ -1,0 +1,435 @@
+"""Sampling parameters, the batched sampler, and logprobs.
+
+The engine calls `Sampler.sample` once per forward with float32 logits `[B, V]` for the B requests that
+need a next token. The order of operations per row is:
+
+1. penalties on the raw logits: frequency/presence (on counts of the request's output tokens) and the
+   HF-style repetition penalty (on every token seen: prompt and output);
+2. masks: the constrained-decoding mask (`allowed`) and, until `min_new_tokens` is reached, EOS and
+   `stop_token_ids`;
+3. greedy rows (`temperature == 0` or `top_k == 1`) take an exact argmax: no randomness, so they equal HF
+   transformers' greedy search;
+4. other rows: temperature, softmax, then top_k, top_p and min_p, all judged on the same probabilities
+   (min_p relative to the top probability, top_p on the mass sorted high to low, as SGLang does), then
+   one draw by inverse CDF with a uniform number taken from the request's own generator. The uniform is
+   the only thing that depends on the generator, and each step of a row's computation depends on that
+   row alone, so a seeded request samples the same tokens whatever else is in the batch.
+
+Rows are processed together; Python loops only touch per-row scalars and the token lists for penalties.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["SamplingParams", "SamplingBatch", "Sampler", "compute_logprobs", "make_generator"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """One request's sampling parameters, with SGLang's names and defaults.
+
+    `top_k=-1` means off. `stop` may be a string or a list of strings; use `stop_strings` for the
+    normalized tuple. Construction does not validate (so a caller can build and then report all errors
+    in its own words); `from_dict` validates, and `validate()` can be called at any time.
+    """
+
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    seed: int | None = None
+    skip_special_tokens: bool = True
+    no_stop_trim: bool = False
+
+    # SGLang spells the seed `sampling_seed`.
+    _ALIASES = {"sampling_seed": "seed"}
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> SamplingParams:
+        """Build from a dict of SGLang sampling parameters and validate; unknown keys are an error."""
+        if d is None:
+            return cls()
+        known = cls.field_names()
+        kwargs: dict[str, Any] = {}
+        for key, value in d.items():
+            name = cls._ALIASES.get(key, key)
+            if name not in known:
+                names = ", ".join(sorted((*known, *cls._ALIASES)))
+                raise ValueError(f"unknown sampling parameter {key!r}; known parameters: {names}")
+            if name in kwargs:
+                raise ValueError(f"sampling parameter {name!r} given twice (as {key!r} and its alias)")
+            kwargs[name] = value
+        params = cls(**kwargs)
+        params.validate()
+        return params
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad parameter and its value."""
+
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"invalid sampling parameter {name}={getattr(self, name)!r}: {why}")
+
+        def is_int(x: object) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        def is_num(x: object) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+        if not is_int(self.max_new_tokens) or self.max_new_tokens <= 0:
+            raise bad("max_new_tokens", "must be a positive integer")
+        if not is_int(self.min_new_tokens) or self.min_new_tokens < 0:
+            raise bad("min_new_tokens", "must be a non-negative integer")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise bad("min_new_tokens", f"must not exceed max_new_tokens={self.max_new_tokens}")
+        if not is_num(self.temperature) or not self.temperature >= 0:
+            raise bad("temperature", "must be >= 0")
+        if not is_num(self.top_p) or not 0 < self.top_p <= 1:
+            raise bad("top_p", "must be in (0, 1]")
+        if not is_int(self.top_k) or self.top_k == 0 or self.top_k < -1:
+            raise bad("top_k", "must be -1 (off) or a positive integer")
+        if not is_num(self.min_p) or not 0 <= self.min_p <= 1:
+            raise bad("min_p", "must be in [0, 1]")
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not is_num(value) or not -2 <= value <= 2:
+                raise bad(name, "must be in [-2, 2]")
+        if not is_num(self.repetition_penalty) or not self.repetition_penalty > 0:
+            raise bad("repetition_penalty", "must be > 0")
+        stop = self.stop
+        if stop is not None:
+            items = [stop] if isinstance(stop, str) else stop
+            if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):
+                raise bad("stop", "must be a string or a list of strings")
+            if any(s == "" for s in items):
+                raise bad("stop", "stop strings must not be empty")
+        ids = self.stop_token_ids
+        if ids is not None:
+            if not isinstance(ids, (list, tuple)) or not all(is_int(i) and i >= 0 for i in ids):
+                raise bad("stop_token_ids", "must be a list of non-negative integers")
+        if self.seed is not None and not is_int(self.seed):
+            raise bad("seed", "must be an integer or None")
+        for name in ("ignore_eos", "skip_special_tokens", "no_stop_trim"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be a bool")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        if isinstance(self.stop, str):
+            return (self.stop,)
+        return tuple(self.stop)
+
+    @property
+    def stop_token_id_set(self) -> frozenset[int]:
+        return frozenset(self.stop_token_ids or ())
+
+    @property
+    def has_penalties(self) -> bool:
+        return (self.frequency_penalty != 0 or self.presence_penalty != 0
+                or self.repetition_penalty != 1)
+
+    @property
+    def cuts_by_rank(self) -> bool:
+        """Whether top_k or top_p cut the distribution, which needs it sorted (min_p does not)."""
+        return self.top_k > 0 or self.top_p < 1
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The per-request generator the sampler draws from; seeded requests are reproducible."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+@dataclass(frozen=True)
+class SamplingBatch:
+    """Per-row inputs to `Sampler.sample`, all sequences of length B in the logits' row order.
+
+    `output_ids`: the tokens generated so far (frequency/presence penalties, min_new_tokens).
+    `prompt_ids`: the prompt tokens, counted by the repetition penalty with the output (as HF does);
+    None means none known. `generators`: the request's generator, or None to use torch's global one.
+    `eos_ids`: the model's EOS ids per row (masked until min_new_tokens is reached).
+    """
+
+    params: Sequence[SamplingParams]
+    output_ids: Sequence[Sequence[int]]
+    generators: Sequence[torch.Generator | None] | None = None
+    eos_ids: Sequence[frozenset[int]] | None = None
+    prompt_ids: Sequence[Sequence[int] | None] | None = None
+    num_rows: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.params)
+        object.__setattr__(self, "num_rows", n)
+        for name in ("output_ids", "generators", "eos_ids", "prompt_ids"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"SamplingBatch.{name} has {len(value)} rows, params has {n}")
+
+
+class Sampler:
+    """Picks one token per row from logits; see the module docstring for the order of operations."""
+
+    def sample(self, logits: torch.Tensor, batch: SamplingBatch,
+               allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the chosen token ids `[B]` (int64, on the logits' device).
+
+        `allowed` is an optional bool mask `[B, V]` from constrained decoding (True = may be sampled).
+        `logits` is not modified.
+        """
+        if logits.dim() != 2 or logits.shape[0] != batch.num_rows:
+            raise ValueError(f"logits of shape {tuple(logits.shape)} do not match a batch of "
+                             f"{batch.num_rows} rows")
+        params = batch.params
+        num_rows, vocab = logits.shape
+        device = logits.device
+        logits = logits.float()
+        copied = False
+
+        if any(p.has_penalties for p in params):
+            logits = logits.clone()
+            copied = True
+            self._apply_penalties(logits, batch)
+
+        masked = self._min_tokens_mask(batch, num_rows, vocab, device)
+        if allowed is not None or masked is not None:
+            if not copied:
+                logits = logits.clone()
+            keep = allowed if allowed is not None else torch.ones_like(logits, dtype=torch.bool)
+            if masked is not None:
+                keep = keep & ~masked
+                # Constraints can leave EOS as the only choice (an accepting FSM state); then the
+                # constraint wins over min_new_tokens rather than the row having nothing to pick.
+                empty = ~keep.any(dim=1)
+                if empty.any():
+                    keep[empty] = allowed[empty] if allowed is not None else True
+            logits.masked_fill_(~keep, float("-inf"))
+
+        greedy = [p.is_greedy for p in params]
+        if all(greedy):
+            return logits.argmax(dim=1)
+        out = torch.empty(num_rows, dtype=torch.long, device=device)
+        greedy_rows = [i for i, g in enumerate(greedy) if g]
+        random_rows = [i for i, g in enumerate(greedy) if not g]
+        if greedy_rows:
+            idx = torch.tensor(greedy_rows, device=device)
+            out[idx] = logits[idx].argmax(dim=1)
+        # Rows that cut by rank (top_k/top_p) draw from the sorted distribution, the others in vocabulary
+        # order; the groups stay apart so a row's draw never depends on what else is in the batch.
+        for by_rank in (False, True):
+            rows = [i for i in random_rows if params[i].cuts_by_rank == by_rank]
+            if not rows:
+                continue
+            idx = torch.tensor(rows, device=device)
+            sub = [params[i] for i in rows]
+            gens = [batch.generators[i] if batch.generators is not None else None for i in rows]
+            # In place where we own the tensor: on CPU a fresh [B, V] buffer costs more than the math.
+            if len(rows) < num_rows:
+                work = logits[idx]
+            else:
+                work = logits if copied else logits.clone()
+            temps = [p.temperature for p in sub]
+            if any(t != 1 for t in temps):
+                work.div_(_column(temps, device))
+            probs = torch.softmax(work, dim=1)
+            uniforms = _uniforms(gens, device)
+            if by_rank:
+                out[idx] = _sample_ranked(probs, sub, uniforms)
+            else:
+                min_p = _column([p.min_p for p in sub], device)
+                if (min_p > 0).any():
+                    probs.masked_fill_(probs < probs.amax(dim=1, keepdim=True) * min_p, 0.0)
+                out[idx] = _inverse_cdf(probs, uniforms)
+        return out
+
+    @staticmethod
+    def _apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> None:
+        """In place. Counts are rebuilt from the token lists: O(tokens) per step, no state to keep."""
+        device = logits.device
+        rows, toks, rep_rows, rep_toks = [], [], [], []
+        freq = torch.zeros(batch.num_rows, 1)
+        pres = torch.zeros(batch.num_rows, 1)
+        rep = torch.ones(batch.num_rows, 1)
+        for i, p in enumerate(batch.params):
+            if not p.has_penalties:
+                continue
+            out_ids = list(batch.output_ids[i])
+            if p.frequency_penalty != 0 or p.presence_penalty != 0:
+                freq[i] = p.frequency_penalty
+                pres[i] = p.presence_penalty
+                rows.extend([i] * len(out_ids))
+                toks.extend(out_ids)
+            if p.repetition_penalty != 1:
+                rep[i] = p.repetition_penalty
+                seen = out_ids
+                if batch.prompt_ids is not None and batch.prompt_ids[i] is not None:
+                    seen = list(batch.prompt_ids[i]) + out_ids
+                rep_rows.extend([i] * len(seen))
+                rep_toks.extend(seen)
+        if toks:
+            counts = torch.zeros_like(logits)
+            counts.index_put_((torch.tensor(rows, device=device), torch.tensor(toks, device=device)),
+                              torch.ones(len(toks), device=device), accumulate=True)
+            logits -= counts * freq.to(device) + (counts > 0).float() * pres.to(device)
+        if rep_toks:
+            seen_mask = torch.zeros_like(logits, dtype=torch.bool)
+            seen_mask[torch.tensor(rep_rows, device=device), torch.tensor(rep_toks, device=device)] = True
+            rep = rep.to(device).expand_as(logits)
+            # HF: divide positive logits by the penalty, multiply negative ones.
+            penalized = torch.where(logits > 0, logits / rep, logits * rep)
+            logits.copy_(torch.where(seen_mask, penalized, logits))
+
+    @staticmethod
+    def _min_tokens_mask(batch: SamplingBatch, num_rows: int, vocab: int,
+                         device: torch.device) -> torch.Tensor | None:
+        rows, toks = [], []
+        for i, p in enumerate(batch.params):
+            if p.min_new_tokens <= 0 or len(batch.output_ids[i]) >= p.min_new_tokens:
+                continue
+            banned = set(p.stop_token_ids or ())
+            if batch.eos_ids is not None:
+                banned |= batch.eos_ids[i]
+            banned = {t for t in banned if t < vocab}
+            rows.extend([i] * len(banned))
+            toks.extend(banned)
+        if not toks:
+            return None
+        mask = torch.zeros(num_rows, vocab, dtype=torch.bool, device=device)
+        mask[torch.tensor(rows, device=device), torch.tensor(toks, device=device)] = True
+        return mask
+
+
+def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=device).unsqueeze(1)
+
+
+def _uniforms(generators: Sequence[torch.Generator | None], device: torch.device) -> torch.Tensor:
+    """One uniform in [0, 1) per row, `[n, 1]` float64; a seeded row's comes from its own generator.
+
+    No `.item()`: on CUDA that would synchronize once per row.
+    """
+    parts: list[torch.Tensor] = []
+    missing = [i for i, g in enumerate(generators) if g is None]
+    shared = torch.rand(len(missing), dtype=torch.float64, device=device) if missing else None
+    j = 0
+    for gen in generators:
+        if gen is None:
+            assert shared is not None
+            parts.append(shared[j:j + 1])
+            j += 1
+        else:
+            parts.append(torch.rand(1, generator=gen, device=gen.device, dtype=torch.float64).to(device))
+    return torch.cat(parts).unsqueeze(1)
+
+
+# Candidate counts tried in turn for top_k/top_p rows. A full sort of a 50k vocabulary costs ~50x a
+# top-256 on CPU, and top_p of a real LM distribution is nearly always reached within 256 tokens. The
+# schedule is fixed, so which k a row ends at depends on that row alone.
+_RANK_SCHEDULE = (256, 2048, 16384)
+
+
+def _sample_ranked(probs: torch.Tensor, params: Sequence[SamplingParams],
+                   uniforms: torch.Tensor) -> torch.Tensor:
+    """top_k, top_p and min_p judged on the same sorted probabilities, then one draw per row."""
+    device = probs.device
+    n, vocab = probs.shape
+    top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=device).unsqueeze(1)
+    top_p = _column([p.top_p for p in params], device)
+    min_p = _column([p.min_p for p in params], device)
+    out = torch.empty(n, dtype=torch.long, device=device)
+    pending = torch.arange(n, device=device)
+    for k in (*(k for k in _RANK_SCHEDULE if k < vocab), vocab):
+        sorted_probs, sorted_ids = probs[pending].topk(k, dim=1, sorted=True)
+        row_k, row_p, row_min = top_k[pending], top_p[pending], min_p[pending]
+        cumulative = sorted_probs.cumsum(dim=1)
+        ranks = torch.arange(k, device=device).unsqueeze(0)
+        threshold = sorted_probs[:, :1] * row_min
+        # top_p keeps the smallest prefix whose mass reaches top_p (the first token always stays).
+        cut = (ranks >= row_k) | ((cumulative - sorted_probs) > row_p) | (sorted_probs < threshold)
+        # The cut is final when every token past the k candidates would be cut too.
+        done = ((row_k <= k) | (cumulative[:, -1:] > row_p) | (sorted_probs[:, -1:] < threshold)).squeeze(1)
+        if k == vocab:
+            done = torch.ones_like(done)
+        rows = done.nonzero().squeeze(1)
+        if rows.numel():
+            picks = _inverse_cdf(sorted_probs[rows].masked_fill(cut[rows], 0.0), uniforms[pending[rows]])
+            out[pending[rows]] = sorted_ids[rows].gather(1, picks.unsqueeze(1)).squeeze(1)
+        pending = pending[~done]
+        if not pending.numel():
+            break
+    return out
+
+
+_CDF_BLOCK = 256
+
+
+def _inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Index drawn from each row of non-negative `weights` `[n, m]` (need not sum to 1).
+
+    Two levels: float32 sums of blocks of 256 (exact enough), a float64 CDF over the blocks, then a
+    float64 CDF inside the chosen block. A float64 cumsum over the whole vocabulary costs ~7x more on
+    CPU, and a float32 one loses the tail of the distribution to rounding.
+    """
+    n, m = weights.shape
+    pad = (-m) % _CDF_BLOCK
+    if pad:
+        weights = torch.nn.functional.pad(weights, (0, pad))
+    blocks = weights.view(n, -1, _CDF_BLOCK)
+    block_sums = blocks.sum(dim=2).double()
+    block_cdf = block_sums.cumsum(dim=1)
+    target = uniforms * block_cdf[:, -1:]
+    block = torch.searchsorted(block_cdf, target, right=True)
+    block = torch.minimum(block, _last_positive(block_sums))
+    before = block_cdf.gather(1, block) - block_sums.gather(1, block)
+    inner = blocks[torch.arange(n, device=weights.device), block.squeeze(1)].double()
+    index = torch.searchsorted(inner.cumsum(dim=1), target - before, right=True)
+    # Rounding can put the target at the very top of a CDF; take the last token with weight then.
+    index = torch.minimum(index, _last_positive(inner))
+    return (block * _CDF_BLOCK + index).squeeze(1)
+
+
+def _last_positive(weights: torch.Tensor) -> torch.Tensor:
+    """`[n, 1]` index of each row's last positive entry (0 when none)."""
+    positive = weights > 0
+    last = (weights.shape[1] - 1) - positive.flip(1).to(torch.int8).argmax(dim=1, keepdim=True)
+    return torch.where(positive.any(dim=1, keepdim=True), last, torch.zeros_like(last))
+
+
+def compute_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, top_k: int = 0,
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Log-probabilities of `token_ids` `[N]` under `logits` `[N, V]`, plus the top_k alternatives.
+
+    These are log_softmax of the RAW model logits: they describe the model's distribution, not the
+    sampling-adjusted one (no penalties, temperature, top_k/top_p/min_p or constraint masks), so they are
+    comparable across requests with different sampling settings. Returns `(chosen [N], top_ids [N, k],
+    top_logprobs [N, k])`, the last two None when `top_k <= 0`.
+    """
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(1, token_ids.long().view(-1, 1).to(logprobs.device)).squeeze(1)
+    if top_k <= 0:
+        return chosen, None, None
+    top_logprobs, top_ids = logprobs.topk(min(top_k, logprobs.shape[1]), dim=1)
+    return chosen, top_ids, top_logprobs

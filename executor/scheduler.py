@@ -1,0 +1,378 @@
+"""The scheduling loop: which requests run in the next forward pass, and what happens after it.
+
+Each `step()` runs one forward pass. Prefill comes first: waiting requests are admitted in policy
+order (longest cached prefix first) until the token budget, the running-request limit or KV
+memory runs out; a long prompt is split into chunks. Otherwise every running request decodes one
+token (continuous batching: requests join and leave between steps). When decode cannot get KV
+memory even after evicting cache, the newest requests are retracted: their KV is released (kept
+in the radix cache when possible) and they wait to be prefilled again with their output so far,
+so no request is ever lost or changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from executor.forward_batch import ForwardBatch, ForwardMode
+from executor.kv_manager import KVManager
+from executor.model_runner import ModelRunner
+from executor.request import Request, RequestKind
+from executor.sampling import Sampler, SamplingBatch, compute_logprobs
+from executor.schedule_policy import order_waiting, shared_prefix_len
+
+logger = logging.getLogger("sgc.scheduler")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_running_requests: int = 256
+    max_prefill_tokens: int = 8192  # new tokens per extend pass, all requests together
+    chunk_size: int = 2048  # at most this many new tokens of one request per pass
+    context_len: int = 8192
+    policy: str = "lpm"
+    # A waiting request that shares at least this many uncached tokens with a request being
+    # prefilled waits one step, then reuses that request's KV instead of computing it again.
+    defer_shared_prefix_tokens: int = 16
+
+
+@dataclass
+class _Extend:
+    req: Request
+    start: int  # first position computed in this pass
+    length: int  # tokens computed in this pass
+
+
+class Scheduler:
+    def __init__(self, runner: ModelRunner, kv: KVManager, config: SchedulerConfig, device: torch.device):
+        self.runner = runner
+        self.kv = kv
+        self.config = config
+        self.device = device
+        self.sampler = Sampler()
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # decoding
+        self.parked: list[Request] = []  # score prompts waiting for their continuations
+        self.num_retractions = 0
+        self.num_decode_steps = 0
+        self.num_extend_steps = 0
+
+    # -- queue ---------------------------------------------------------------------------------
+    def add(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def all_requests(self) -> list[Request]:
+        return list(self.waiting) + self.running + self.parked
+
+    # -- one step --------------------------------------------------------------------------------
+    def step(self) -> list[Request]:
+        """Run one forward pass. Returns the requests that produced output or finished."""
+        extends = self._schedule_extend()
+        if extends:
+            self.num_extend_steps += 1
+            return self._run_extend(extends)
+        if self.running:
+            self.num_decode_steps += 1
+            return self._run_decode()
+        if self.waiting:
+            # Nothing runs and the head request cannot be admitted: memory can never suffice.
+            req = self.waiting.popleft()
+            self._abort(req, "the KV cache is too small for this request's prompt")
+            return [req]
+        return []
+
+    # -- extend (prefill) ------------------------------------------------------------------------
+    def _max_cached(self, req: Request) -> int:
+        """How much of the prompt may come from cache: one token must always be computed (its
+        logits give the next token), and prompt logprobs need the positions they start at."""
+        limit = req.seq_len - 1
+        opts = req.logprobs
+        if opts.return_logprob and opts.logprob_start_len >= 0 and not req.output_ids:
+            limit = min(limit, max(opts.logprob_start_len - 1, 0))
+        return limit
+
+    def _schedule_extend(self) -> list[_Extend]:
+        if not self.waiting:
+            return []
+        cfg = self.config
+        ordered = order_waiting(self.waiting, cfg.policy, lambda r: self.kv.cached_len(r.fill_ids[: self._max_cached(r)]))
+        budget = cfg.max_prefill_tokens
+        num_running = len(self.running)
+        chosen: list[_Extend] = []
+        in_progress = [r for r in ordered if r.req_row is not None]
+        for req in ordered:
+            if budget <= 0:
+                break
+            fresh = req.req_row is None
+            if fresh:
+                if num_running + len(chosen) >= cfg.max_running_requests:
+                    break
+                if not self.kv.req_to_token.can_alloc():
+                    break
+                if self._should_defer(req, chosen, in_progress):
+                    continue
+                self.kv.begin(req, self._max_cached(req))
+                if not req.admitted_once:
+                    req.num_cached_tokens = req.num_kv
+                    req.admitted_once = True
+            length = min(req.seq_len - req.num_kv, budget, cfg.chunk_size)
+            if not self.kv.reserve(length):
+                if fresh:
+                    self.kv.release(req)
+                break
+            start = req.num_kv
+            self.kv.allocate(req, length)
+            chosen.append(_Extend(req, start, length))
+            budget -= length
+        for ext in chosen:
+            self.waiting.remove(ext.req)
+        return chosen
+
+    def _should_defer(self, req: Request, chosen: list[_Extend], in_progress: list[Request]) -> bool:
+        """True if a request being prefilled is about to compute the same uncached tokens."""
+        if self.kv.cache is None:
+            return False
+        cached = self.kv.cached_len(req.fill_ids[: self._max_cached(req)])
+        others = [e.req for e in chosen] + in_progress
+        threshold = cached + self.config.defer_shared_prefix_tokens
+        return any(shared_prefix_len(req.fill_ids, o.fill_ids) >= threshold for o in others if o is not req)
+
+    def _run_extend(self, extends: list[_Extend]) -> list[Request]:
+        input_ids: list[int] = []
+        positions: list[int] = []
+        for ext in extends:
+            input_ids.extend(ext.req.fill_ids[ext.start : ext.start + ext.length])
+            positions.extend(range(ext.start, ext.start + ext.length))
+        table = self.kv.req_to_token.req_to_token
+        out_cache_loc = torch.cat([table[e.req.req_row, e.start : e.start + e.length] for e in extends])
+        batch = ForwardBatch(
+            mode=ForwardMode.EXTEND,
+            input_ids=torch.tensor(input_ids, dtype=torch.long, device=self.device),
+            positions=torch.tensor(positions, dtype=torch.long, device=self.device),
+            out_cache_loc=out_cache_loc,
+            req_rows=torch.tensor([e.req.req_row for e in extends], dtype=torch.long, device=self.device),
+            prefix_lens=torch.tensor([e.start for e in extends], dtype=torch.long, device=self.device),
+            extend_lens=torch.tensor([e.length for e in extends], dtype=torch.long, device=self.device),
+        )
+        hidden = self.runner.forward(batch)
+
+        # Pick the hidden rows whose logits are needed: sampling rows and logprob rows.
+        row_offset = 0
+        needed: list[int] = []
+        plans: list[tuple[_Extend, list[int], int | None]] = []  # (ext, logprob positions, sample row)
+        for ext in extends:
+            req = ext.req
+            req.num_kv = ext.start + ext.length
+            done = req.num_kv >= req.seq_len
+            lp_positions = self._logprob_positions(req, ext)
+            for p in lp_positions:
+                needed.append(row_offset + p - ext.start)
+            sample_row = None
+            if done and req.kind is not RequestKind.SCORE_CHILD:
+                sample_row = len(needed)
+                needed.append(row_offset + ext.length - 1)
+            plans.append((ext, lp_positions, sample_row))
+            row_offset += ext.length
+        logits = self.runner.logits(hidden[needed]) if needed else None
+
+        advanced: list[Request] = []
+        to_sample: list[tuple[Request, int]] = []
+        cursor = 0
+        for ext, lp_positions, sample_row in plans:
+            req = ext.req
+            if lp_positions:
+                self._record_prompt_logprobs(req, lp_positions, logits[cursor : cursor + len(lp_positions)])
+                cursor += len(lp_positions)
+            if sample_row is not None:
+                cursor += 1
+            if req.num_kv < req.seq_len:  # more chunks to go
+                self.kv.cache_progress(req)
+                self.waiting.appendleft(req)
+                continue
+            if req.kind is RequestKind.SCORE_CHILD:
+                self._finish_child(req)
+                continue
+            self.kv.cache_progress(req)
+            if req.kind is RequestKind.SCORE:
+                self._spawn_children(req, logits[sample_row])
+                continue
+            to_sample.append((req, sample_row))
+        if to_sample:
+            rows = torch.tensor([row for _, row in to_sample], dtype=torch.long)
+            advanced.extend(self._sample_and_append([r for r, _ in to_sample], logits[rows]))
+        return advanced + [r for r in self._drain_finished_parents()]
+
+    def _logprob_positions(self, req: Request, ext: _Extend) -> list[int]:
+        """Positions in this pass whose logits give a logprob the request asked for."""
+        if req.kind is RequestKind.SCORE_CHILD:
+            return list(range(ext.start, ext.start + ext.length))
+        opts = req.logprobs
+        if not opts.return_logprob or opts.logprob_start_len < 0 or req.output_ids:
+            return []
+        # Position p predicts token p + 1; prompt logprobs cover tokens logprob_start_len .. end.
+        first = max(opts.logprob_start_len, 1) - 1
+        last = len(req.input_ids) - 2
+        lo, hi = max(first, ext.start), min(last, ext.start + ext.length - 1)
+        return list(range(lo, hi + 1))
+
+    def _record_prompt_logprobs(self, req: Request, positions: list[int], logits: torch.Tensor) -> None:
+        fill = req.fill_ids
+        if req.kind is RequestKind.SCORE_CHILD:
+            # Position p predicts continuation token p - len(prompt) + 1 (the last one is not an input).
+            prompt_len = len(req.parent.input_ids)
+            cont = req.parent.continuations[req.child_index]
+            targets = torch.tensor([cont[p - prompt_len + 1] for p in positions], dtype=torch.long)
+            chosen, _, _ = compute_logprobs(logits, targets, 0)
+            req.continuation_logprobs[0].extend(chosen.tolist())
+            return
+        targets = torch.tensor([fill[p + 1] for p in positions], dtype=torch.long)
+        if not req.input_token_logprobs and req.logprobs.logprob_start_len == 0:
+            req.input_token_logprobs.append((None, fill[0], None))
+            if req.logprobs.top_logprobs_num:
+                req.input_top_logprobs.append(None)
+        top_k = req.logprobs.top_logprobs_num
+        chosen, top_ids, top_lps = compute_logprobs(logits, targets, top_k)
+        for i, lp in enumerate(chosen.tolist()):
+            req.input_token_logprobs.append((lp, int(targets[i]), None))
+            if top_k:
+                req.input_top_logprobs.append(list(zip(top_lps[i].tolist(), top_ids[i].tolist(), [None] * top_k)))
+
+    # -- score requests ---------------------------------------------------------------------------
+    def _spawn_children(self, parent: Request, last_logits: torch.Tensor) -> None:
+        """The prompt is prefilled: score each continuation's first token from its last logits,
+        and queue one extend-only child per continuation longer than one token."""
+        first_tokens = torch.tensor([c[0] for c in parent.continuations], dtype=torch.long)
+        log_probs = torch.log_softmax(last_logits.float(), dim=-1)[first_tokens].tolist()
+        parent.continuation_logprobs = [[lp] for lp in log_probs]
+        children = []
+        for i, cont in enumerate(parent.continuations):
+            if len(cont) < 2:
+                continue
+            child = Request(
+                rid=f"{parent.rid}/{i}", input_ids=parent.input_ids + cont[:-1], params=parent.params,
+                kind=RequestKind.SCORE_CHILD, parent=parent, child_index=i, arrival=parent.arrival,
+            )
+            child.continuation_logprobs = [[]]
+            self.kv.begin_borrowed(child, parent, len(parent.input_ids))
+            children.append(child)
+        parent.num_children_pending = len(children)
+        self.parked.append(parent)
+        for child in reversed(children):
+            self.waiting.appendleft(child)
+
+    def _finish_child(self, child: Request) -> None:
+        parent = child.parent
+        parent.continuation_logprobs[child.child_index].extend(child.continuation_logprobs[0])
+        self.kv.release(child)
+        parent.num_children_pending -= 1
+
+    def _drain_finished_parents(self) -> list[Request]:
+        done = [p for p in self.parked if p.num_children_pending == 0]
+        for parent in done:
+            self.parked.remove(parent)
+            parent.finish_reason = {"type": "score"}
+            self.kv.release(parent)
+        return done
+
+    # -- decode -------------------------------------------------------------------------------------
+    def _run_decode(self) -> list[Request]:
+        aborted = self._make_room_for_decode()
+        reqs = self.running
+        if not reqs:
+            return aborted
+        table = self.kv.req_to_token.req_to_token
+        slots = self.kv.allocator.allocate(len(reqs))
+        rows = torch.tensor([r.req_row for r in reqs], dtype=torch.long, device=self.device)
+        positions = torch.tensor([r.num_kv for r in reqs], dtype=torch.long, device=self.device)
+        table[rows, positions] = slots
+        batch = ForwardBatch(
+            mode=ForwardMode.DECODE,
+            input_ids=torch.tensor([r.output_ids[-1] for r in reqs], dtype=torch.long, device=self.device),
+            positions=positions,
+            out_cache_loc=slots,
+            req_rows=rows,
+            seq_lens=positions + 1,
+        )
+        hidden = self.runner.forward(batch)
+        for r in reqs:
+            r.num_kv += 1
+        logits = self.runner.logits(hidden)
+        return self._sample_and_append(list(reqs), logits) + aborted
+
+    def _make_room_for_decode(self) -> list[Request]:
+        """Every running request needs one slot; retract the newest requests until they fit."""
+        while self.running and not self.kv.reserve(len(self.running)):
+            victim = max(self.running, key=lambda r: (r.arrival, len(r.output_ids)))
+            self.running.remove(victim)
+            if not self.running:
+                # Alone and still no room: its sequence is longer than the whole KV pool.
+                self._abort(victim, "the KV cache is too small to continue this request")
+                return [victim]
+            self.kv.release(victim)
+            victim.num_retractions += 1
+            self.num_retractions += 1
+            self.waiting.appendleft(victim)
+            logger.info("retracted %s (KV memory full); it will resume from its output so far", victim.rid)
+        return []
+
+    # -- sampling and finishing ---------------------------------------------------------------------
+    def _sample_and_append(self, reqs: list[Request], logits: torch.Tensor) -> list[Request]:
+        batch = SamplingBatch(
+            params=[r.params for r in reqs],
+            output_ids=[r.output_ids for r in reqs],
+            generators=[r.generator for r in reqs],
+            eos_ids=[r.stop_token_ids for r in reqs],
+            prompt_ids=[r.input_ids for r in reqs],
+        )
+        tokens = self.sampler.sample(logits, batch)
+        want_lp = [i for i, r in enumerate(reqs) if r.logprobs.return_logprob]
+        lp_info = None
+        if want_lp:
+            idx = torch.tensor(want_lp, dtype=torch.long)
+            top_k = max(reqs[i].logprobs.top_logprobs_num for i in want_lp)
+            lp_info = dict(zip(want_lp, zip(*[t.tolist() if t is not None else [None] * len(want_lp)
+                                              for t in compute_logprobs(logits[idx], tokens[idx], top_k)])))
+        token_list = tokens.tolist()
+        for i, (req, token) in enumerate(zip(reqs, token_list)):
+            req.output_ids.append(token)
+            if lp_info is not None and i in lp_info:
+                chosen, top_ids, top_lps = lp_info[i]
+                req.output_token_logprobs.append((chosen, token, None))
+                k = req.logprobs.top_logprobs_num
+                if k:
+                    req.output_top_logprobs.append(list(zip(top_lps[:k], top_ids[:k], [None] * k)))
+            if req.detokenizer is not None:
+                req.detokenizer.add(token)
+            self._check_finished(req, token)
+            if req.finished:
+                if req in self.running:
+                    self.running.remove(req)
+                self.kv.release(req)
+            elif req not in self.running:
+                self.running.append(req)
+        return reqs
+
+    def _check_finished(self, req: Request, token: int) -> None:
+        params = req.params
+        num_out = len(req.output_ids)
+        if token in req.stop_token_ids and num_out >= params.min_new_tokens:
+            req.finish_reason = {"type": "stop", "matched": token}
+        elif req.detokenizer is not None and req.detokenizer.stopped:
+            req.finish_reason = {"type": "stop", "matched": req.detokenizer.matched_stop}
+        elif num_out >= params.max_new_tokens:
+            req.finish_reason = {"type": "length", "length": num_out}
+        elif req.seq_len >= self.config.context_len:
+            req.finish_reason = {"type": "length", "length": num_out}
+
+    def _abort(self, req: Request, message: str) -> None:
+        req.finish_reason = {"type": "abort", "message": f"request {req.rid}: {message}"}
+        if req in self.running:
+            self.running.remove(req)
+        if req.parent is None:
+            self.kv.release(req)

@@ -1,0 +1,187 @@
+"""Building blocks shared by every decoder: norm, rotary embedding, fused projections, MLP.
+
+All layers work on flattened tokens ([T, ...], no batch dimension) because the executor packs the
+tokens of many requests into one forward pass. Projections that read the same input are fused into
+one weight (q/k/v, gate/up): one large matmul is markedly faster than three small ones on CPU and
+launches fewer kernels on GPU. Fused weights are filled shard by shard from the HF checkpoint's
+separate tensors through `load_shard`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.config import RopeScaling
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in float32 like HF so half-precision models match it."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
+    """Per-pair rotation frequencies [head_dim/2] in float32, with linear or llama3 scaling applied."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
+    inv_freq = 1.0 / (theta**exponents)
+    if scaling is None:
+        return inv_freq
+    if scaling.rope_type == "linear":
+        return inv_freq / scaling.factor
+    # llama3: long wavelengths are slowed by `factor`, short ones kept, the band between blended.
+    old_context = scaling.original_max_position_embeddings
+    low_freq_wavelen = old_context / scaling.low_freq_factor
+    high_freq_wavelen = old_context / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_context / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    in_band = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(in_band, smoothed, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding with a precomputed cos/sin table indexed by position ids.
+
+    Uses HF's rotate_half layout (the two halves of a head are the pair coordinates). The table is
+    a plain attribute, not a buffer: it is derived data, so it must survive building the model on
+    the meta device and is moved to the input's device and dtype lazily on first use.
+    """
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: RopeScaling | None) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        inv_freq = rope_inverse_frequencies(head_dim, theta, scaling)
+        positions = torch.arange(max_positions, dtype=torch.int64, device="cpu").float()
+        freqs = torch.outer(positions, inv_freq)  # [max_positions, head_dim/2]
+        self._table32 = (freqs.cos(), freqs.sin())
+        self._table: tuple[torch.Tensor, torch.Tensor] = self._table32
+
+    def _cos_sin(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self._table
+        if cos.device != like.device or cos.dtype != like.dtype:
+            # HF computes cos/sin in float32 and rounds them to the activation dtype.
+            self._table = (
+                self._table32[0].to(like.device, like.dtype),
+                self._table32[1].to(like.device, like.dtype),
+            )
+        return self._table
+
+    def forward(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q [T, Hq, D] and k [T, Hkv, D] by the angles of `positions` [T]."""
+        cos, sin = self._cos_sin(q)
+        cos = cos[positions].unsqueeze(1)  # [T, 1, D/2]
+        sin = sin[positions].unsqueeze(1)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # Same per-element products as HF's `x * cos + rotate_half(x) * sin`, without duplicating cos/sin.
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class Linear(nn.Linear):
+    """nn.Linear without random init: weights always come from a checkpoint.
+
+    Skipping init matters even on the meta device, where torch's init ops import and run its
+    Python decompositions (seconds on first use).
+    """
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding without random init (see Linear)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class MergedLinear(nn.Module):
+    """Several linear projections of the same input stacked into one weight, split after the matmul."""
+
+    def __init__(self, in_features: int, shard_sizes: dict[str, int], bias: bool) -> None:
+        super().__init__()
+        self.shard_sizes = dict(shard_sizes)
+        self.shard_offsets: dict[str, int] = {}
+        offset = 0
+        for name, size in shard_sizes.items():
+            self.shard_offsets[name] = offset
+            offset += size
+        self.weight = nn.Parameter(torch.empty(offset, in_features))
+        self.bias = nn.Parameter(torch.empty(offset)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return F.linear(x, self.weight, self.bias).split(list(self.shard_sizes.values()), dim=-1)
+
+    def load_shard(self, shard: str, param_name: str, tensor: torch.Tensor) -> None:
+        """Copy one HF tensor (a weight or bias of the projection `shard`) into its rows."""
+        target = self.weight if param_name == "weight" else self.bias
+        if target is None:
+            raise ValueError(f"unexpected {param_name} for projection {shard!r}: this layer has no bias")
+        offset, size = self.shard_offsets[shard], self.shard_sizes[shard]
+        rows = target.data[offset : offset + size]
+        if rows.shape != tensor.shape:
+            raise ValueError(
+                f"shape mismatch for {shard!r} {param_name}: checkpoint {tuple(tensor.shape)}, "
+                f"model {tuple(rows.shape)}"
+            )
+        rows.copy_(tensor)
+
+
+class QKVProjection(MergedLinear):
+    """The fused q/k/v projection; returns q [T, Hq, D], k and v [T, Hkv, D]."""
+
+    def __init__(
+        self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, bias: bool
+    ) -> None:
+        super().__init__(
+            hidden_size,
+            {"q": num_heads * head_dim, "k": num_kv_heads * head_dim, "v": num_kv_heads * head_dim},
+            bias,
+        )
+        self.head_dim = head_dim
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = super().forward(x)
+        num_tokens = x.shape[0]
+        return (
+            q.view(num_tokens, -1, self.head_dim),
+            k.view(num_tokens, -1, self.head_dim),
+            v.view(num_tokens, -1, self.head_dim),
+        )
+
+
+class SwiGLUMLP(nn.Module):
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_up_proj = MergedLinear(
+            hidden_size, {"gate": intermediate_size, "up": intermediate_size}, bias=False
+        )
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
