@@ -88,10 +88,9 @@ class IncrementalDetokenizer:
             self._prefix_text = self._decode(self._ids[self._prefix_offset:self._read_offset])
         self._find_stop()
 
-    def finish(self) -> str:
-        """No more tokens: release everything held back and return it (the last delta)."""
+    def finish(self) -> None:
+        """No more tokens: the next `pop_delta` releases everything held back. Idempotent."""
         self._finished = True
-        return self.pop_delta()
 
     # -- outputs ----------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ class KVManager:
         """Tokens of `tokens` the cache holds now (0 without a cache)."""
         if self.cache is None or not tokens:
             return 0
-        return self.cache.match_prefix(tokens).num_cached_tokens
+        return self.cache.cached_prefix_len(tokens)
 
     def available_slots(self) -> int:
         """Free slots plus what eviction could free right now."""

@@ -94,17 +94,6 @@ class DecoderBody(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
-# HF checkpoint name suffix -> (our fused module suffix, shard).
-_FUSED_NAMES = {
-    "self_attn.q_proj": ("self_attn.qkv_proj", "q"),
-    "self_attn.k_proj": ("self_attn.qkv_proj", "k"),
-    "self_attn.v_proj": ("self_attn.qkv_proj", "v"),
-    "mlp.gate_proj": ("mlp.gate_up_proj", "gate"),
-    "mlp.up_proj": ("mlp.gate_up_proj", "up"),
-}
-_FUSED_PATTERN = re.compile(
-    r"^(model\.layers\.\d+\.)(" + "|".join(map(re.escape, _FUSED_NAMES)) + r")\.(weight|bias)$"
-)
 # Checkpoint entries that are derived data, not parameters.
 _IGNORED_PATTERN = re.compile(r"\.rotary_emb\.inv_freq$")
 
@@ -143,18 +132,20 @@ class DecoderForCausalLM(nn.Module):
     def load_weights(
         self, weights: Iterable[tuple[str, torch.Tensor]], *, share_memory: bool = False
     ) -> None:
-        """Copy HF-named tensors into the parameters; every parameter must be given exactly once.
+        """Fill every parameter from HF-named tensors; each must be given exactly once.
 
-        With `share_memory`, a tensor that already has its parameter's dtype and device becomes the
-        parameter instead of being copied (fused parameters are always copied). The loader uses this
-        for copy-on-write memory-mapped checkpoints: on CPU, faulting in fresh memory for a copy costs
-        more than reading the file.
+        With `share_memory`, tensors that already have the parameter's dtype and device become the
+        parameters instead of being copied (fused ones only when their shards are adjacent in one
+        storage). The loader passes copy-on-write memory-mapped checkpoint tensors this way: on CPU,
+        faulting in fresh memory for a copy costs more than reading the file.
 
         Raises ValueError naming unexpected checkpoint tensors, shape mismatches, or parameters
         the checkpoint does not provide.
         """
         params = dict(self.named_parameters())
-        expected = self._expected_checkpoint_names()
+        fused_targets = self._fused_targets()
+        expected = self.checkpoint_names()
+        fused_shards: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         seen: set[str] = set()
         for name, tensor in weights:
             if _IGNORED_PATTERN.search(name):
@@ -166,13 +157,10 @@ class DecoderForCausalLM(nn.Module):
             if name in seen:
                 raise ValueError(f"weight {name!r} appears twice in the checkpoint")
             seen.add(name)
-            fused = _FUSED_PATTERN.match(name)
-            if fused:
-                prefix, hf_module, param_name = fused.groups()
-                module_suffix, shard = _FUSED_NAMES[hf_module]
-                module = self.get_submodule(prefix + module_suffix)
-                assert isinstance(module, MergedLinear)
-                module.load_shard(shard, param_name, tensor)
+            hf_module, _, param_name = name.rpartition(".")
+            if hf_module in fused_targets:
+                merged_name, shard = fused_targets[hf_module]
+                fused_shards.setdefault((merged_name, param_name), {})[shard] = tensor
                 continue
             param = params[name]
             if param.shape != tensor.shape:
@@ -187,22 +175,53 @@ class DecoderForCausalLM(nn.Module):
         if missing:
             shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
             raise ValueError(f"checkpoint is missing weights for {self.config.architecture}: {shown}")
+        for (merged_name, param_name), shards in fused_shards.items():
+            merged = self.get_submodule(merged_name)
+            assert isinstance(merged, MergedLinear)
+            merged.load_shards(param_name, shards, share_memory)
 
-    def _expected_checkpoint_names(self) -> set[str]:
-        """The HF names that together fill every parameter of this model."""
+    def checkpoint_names(self) -> set[str]:
+        """The HF tensor names that together fill every parameter of this model."""
         names: set[str] = set()
-        for name, _ in self.named_parameters():
-            module_name, _, param_name = name.rpartition(".")
-            module = self.get_submodule(module_name)
-            if isinstance(module, MergedLinear):
-                layer_prefix = module_name.rsplit(".", 2)[0] + "."
-                for hf_module, (module_suffix, _shard) in _FUSED_NAMES.items():
-                    if layer_prefix + module_suffix == module_name:
-                        names.add(f"{layer_prefix}{hf_module}.{param_name}")
-            else:
-                names.add(name)
+        merged_names: set[str] = set()
+        for hf_module, (merged_name, _) in self._fused_targets().items():
+            merged_names.add(merged_name)
+            merged = self.get_submodule(merged_name)
+            names.update(f"{hf_module}.{param_name}" for param_name, _ in merged.named_parameters())
+        names.update(
+            name for name, _ in self.named_parameters() if name.rpartition(".")[0] not in merged_names
+        )
         return names
+
+    def checkpoint_layout(self, names: Iterable[str]) -> list[str]:
+        """`names` in an order that puts the shards of each fused parameter back to back.
+
+        A checkpoint written in this order loads its fused parameters without copying.
+        """
+        fused_targets = self._fused_targets()
+
+        def key(name: str) -> tuple[list[int | str], int]:
+            hf_module, _, param_name = name.rpartition(".")
+            if hf_module not in fused_targets:
+                return _natural_key(name), 0
+            merged_name, shard = fused_targets[hf_module]
+            merged = self.get_submodule(merged_name)
+            assert isinstance(merged, MergedLinear)
+            return _natural_key(f"{merged_name}.{param_name}"), list(merged.shard_sizes).index(shard)
+
+        return sorted(names, key=key)
+
+    def _fused_targets(self) -> dict[str, tuple[str, str]]:
+        """HF module name (`model.layers.0.self_attn.q_proj`) -> (our merged module, its shard)."""
+        targets = {}
+        for merged_name, module in self.named_modules():
+            if isinstance(module, MergedLinear):
+                parent = merged_name.rpartition(".")[0]
+                for shard in module.shard_sizes:
+                    targets[f"{parent}.{shard}"] = (merged_name, shard)
+        return targets
 
 
 def _natural_key(name: str) -> list[int | str]:
+    """Sort key that orders layer 2 before layer 10."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

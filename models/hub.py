@@ -20,13 +20,16 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import save_file
+import torch
 from tqdm import tqdm
 
+from models.checkpoint import write_safetensors
+from models.config import ModelConfig
 from models.gguf import export_tokenizer, generation_config_dict, hf_config_dict, hf_weights, open_gguf
+from models.registry import create_model
 
 # Bump when the converted folder's contents change, so stale cache entries are not reused.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     out_dir.mkdir(parents=True)
     reader = open_gguf(gguf_path)
     config = hf_config_dict(reader)
+    with torch.device("meta"):  # validates the config and gives the tensor layout; allocates nothing
+        model = create_model(ModelConfig.from_hf_dict(config))
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     generation = generation_config_dict(reader)
     (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
@@ -113,7 +118,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         hf_weights(reader), total=len(reader.tensors), desc=f"converting {gguf_path.name}", unit="tensor"
     )
     weights = dict(progress)
-    save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    order = model.checkpoint_layout(weights)
+    write_safetensors(
+        [(name, weights[name]) for name in order], out_dir / "model.safetensors", {"format": "pt"}
+    )
     del weights
     export_tokenizer(gguf_path, out_dir)
 

@@ -118,35 +118,62 @@ class Embedding(nn.Embedding):
 
 
 class MergedLinear(nn.Module):
-    """Several linear projections of the same input stacked into one weight, split after the matmul."""
+    """Linear projections of the same input stacked into one weight, split after the matmul.
+
+    Shards are named after the HF modules they replace (`q_proj`, `gate_proj`...), which is how the
+    loader routes checkpoint tensors into them.
+    """
 
     def __init__(self, in_features: int, shard_sizes: dict[str, int], bias: bool) -> None:
         super().__init__()
         self.shard_sizes = dict(shard_sizes)
-        self.shard_offsets: dict[str, int] = {}
-        offset = 0
-        for name, size in shard_sizes.items():
-            self.shard_offsets[name] = offset
-            offset += size
-        self.weight = nn.Parameter(torch.empty(offset, in_features))
-        self.bias = nn.Parameter(torch.empty(offset)) if bias else None
+        self.weight = nn.Parameter(torch.empty(sum(shard_sizes.values()), in_features))
+        self.bias = nn.Parameter(torch.empty(sum(shard_sizes.values()))) if bias else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return F.linear(x, self.weight, self.bias).split(list(self.shard_sizes.values()), dim=-1)
 
-    def load_shard(self, shard: str, param_name: str, tensor: torch.Tensor) -> None:
-        """Copy one HF tensor (a weight or bias of the projection `shard`) into its rows."""
-        target = self.weight if param_name == "weight" else self.bias
-        if target is None:
-            raise ValueError(f"unexpected {param_name} for projection {shard!r}: this layer has no bias")
-        offset, size = self.shard_offsets[shard], self.shard_sizes[shard]
-        rows = target.data[offset : offset + size]
-        if rows.shape != tensor.shape:
-            raise ValueError(
-                f"shape mismatch for {shard!r} {param_name}: checkpoint {tuple(tensor.shape)}, "
-                f"model {tuple(rows.shape)}"
-            )
-        rows.copy_(tensor)
+    def load_shards(self, param_name: str, shards: dict[str, torch.Tensor], share_memory: bool) -> None:
+        """Fill `weight` or `bias` from every shard's tensor.
+
+        With `share_memory`, shards that lie back to back in one storage (as our converter writes
+        them) become the parameter without a copy.
+        """
+        target = getattr(self, param_name)
+        parts = [shards[name] for name in self.shard_sizes]
+        for name, part in zip(self.shard_sizes, parts):
+            expected = (self.shard_sizes[name], *target.shape[1:])
+            if tuple(part.shape) != expected:
+                raise ValueError(
+                    f"shape mismatch for {name}.{param_name}: checkpoint {tuple(part.shape)}, "
+                    f"model {tuple(expected)}"
+                )
+        span = _contiguous_span(parts, target) if share_memory else None
+        if span is not None:
+            target.data = span
+            return
+        offset = 0
+        for name, part in zip(self.shard_sizes, parts):
+            size = self.shard_sizes[name]
+            target.data[offset : offset + size].copy_(part)
+            offset += size
+
+
+def _contiguous_span(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor | None:
+    """One tensor shaped like `like` over `parts` if they are adjacent in one storage, else None."""
+    first = parts[0]
+    storage = first.untyped_storage()
+    for part in parts:
+        if part.dtype != like.dtype or part.device != like.device or not part.is_contiguous():
+            return None
+        if part.untyped_storage().data_ptr() != storage.data_ptr():
+            return None
+    for before, after in zip(parts, parts[1:]):
+        if after.data_ptr() != before.data_ptr() + before.nbytes:
+            return None
+    return torch.empty(0, dtype=like.dtype, device=like.device).set_(
+        storage, first.storage_offset(), like.shape
+    )
 
 
 class QKVProjection(MergedLinear):
@@ -157,7 +184,11 @@ class QKVProjection(MergedLinear):
     ) -> None:
         super().__init__(
             hidden_size,
-            {"q": num_heads * head_dim, "k": num_kv_heads * head_dim, "v": num_kv_heads * head_dim},
+            {
+                "q_proj": num_heads * head_dim,
+                "k_proj": num_kv_heads * head_dim,
+                "v_proj": num_kv_heads * head_dim,
+            },
             bias,
         )
         self.head_dim = head_dim
@@ -178,7 +209,7 @@ class SwiGLUMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
         self.gate_up_proj = MergedLinear(
-            hidden_size, {"gate": intermediate_size, "up": intermediate_size}, bias=False
+            hidden_size, {"gate_proj": intermediate_size, "up_proj": intermediate_size}, bias=False
         )
         self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
 

@@ -1,9 +1,10 @@
 """Load a model from a local Hugging Face folder (config.json + safetensors, single or sharded).
 
 Loading is on the start-up path of every run, so it does the minimum: the module is built on the
-meta device (no allocation, no random init), materialized uninitialized on the target device in the
-target dtype, and each tensor is copied exactly once from the memory-mapped safetensors file into
-its (possibly fused) parameter.
+meta device (no allocation, no random init) and materialized uninitialized on the target device in
+the target dtype. On CPU, parameters whose dtype matches the file become views of its copy-on-write
+memory map (no copy at all; fused q/k/v and gate/up too when the file stores their shards back to
+back, as our converter does); everything else is copied once into its parameter.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
+from models.checkpoint import read_safetensors
 from models.config import ModelConfig
 from models.registry import create_model
 
@@ -32,8 +33,8 @@ def load_model(
     with torch.device("meta"):
         model = create_model(config)
     model = model.to(dtype=dtype).to_empty(device=device)
-    # safetensors maps files copy-on-write, so sharing their pages is safe even if a caller
-    # later modifies a parameter in place.
+    # The maps are copy-on-write, so sharing their pages is safe even if a caller later modifies a
+    # parameter in place.
     model.load_weights(iter_safetensors(checkpoint_files(folder)), share_memory=True)
     model.eval().requires_grad_(False)
     return model, config
@@ -55,8 +56,6 @@ def checkpoint_files(folder: Path) -> list[Path]:
 
 
 def iter_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) for every tensor of the files, read lazily through a memory map."""
+    """(name, tensor) for every tensor of the files, as views of copy-on-write memory maps."""
     for path in files:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+        yield from read_safetensors(path).items()
