@@ -37,6 +37,9 @@ class SchedulerConfig:
     # A waiting request that shares at least this many uncached tokens with a request being
     # prefilled waits one step, then reuses that request's KV instead of computing it again.
     defer_shared_prefix_tokens: int = 16
+    # Running requests decode inside an extend pass (as one-token extends) instead of waiting for
+    # the next pass: fewer forward passes when prefills and jump-forward extends arrive mid-decode.
+    mix_decode_into_extend: bool = True
 
 
 @dataclass
@@ -76,6 +79,8 @@ class Scheduler:
         extends = self._schedule_extend()
         if extends:
             self.num_extend_steps += 1
+            if self.config.mix_decode_into_extend:
+                extends += self._decode_as_extends()
             return self._run_extend(extends)
         if self.running:
             self.num_decode_steps += 1
@@ -133,6 +138,17 @@ class Scheduler:
         for ext in chosen:
             self.waiting.remove(ext.req)
         return chosen
+
+    def _decode_as_extends(self) -> list[_Extend]:
+        """Every running request's next token as a one-token extend (if memory allows)."""
+        if not self.running or not self.kv.reserve(len(self.running)):
+            return []
+        extends = []
+        for req in self.running:
+            start = req.num_kv
+            self.kv.allocate(req, 1)
+            extends.append(_Extend(req, start, 1))
+        return extends
 
     def _should_defer(self, req: Request, chosen: list[_Extend], in_progress: list[Request]) -> bool:
         """True if a request being prefilled is about to compute the same uncached tokens."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from executor.engine import Engine, EngineError
+from executor.sampling import SamplingParams
 
 GREEDY = {"temperature": 0, "max_new_tokens": 12}
 
@@ -180,3 +183,29 @@ def test_generate_after_shutdown_is_an_error(tiny_model_dirs):
     engine.shutdown()
     with pytest.raises(EngineError, match="shut down"):
         engine.generate("hello", GREEDY)
+
+
+def test_chat_turns_reuse_the_conversation_so_far(tiny):
+    """Turn 2's prompt is turn 1's prompt + answer + a new message: all of turn 1 is cached."""
+    turn1 = tiny.encode("<|im_start|>user\nHello there, how are you today?<|im_end|>\n<|im_start|>assistant\n")
+    out1 = tiny.generate(input_ids=turn1, sampling_params={"temperature": 0, "max_new_tokens": 10,
+                                                           "ignore_eos": True})
+    turn2 = turn1 + out1["output_ids"] + tiny.encode("<|im_end|>\n<|im_start|>user\nAnd tomorrow?")
+    out2 = tiny.generate(input_ids=turn2, sampling_params=GREEDY)
+    # Every token of turn 1 whose KV was computed (all but the last sampled one) is reused.
+    assert out2["meta_info"]["cached_tokens"] == len(turn1) + len(out1["output_ids"]) - 1
+
+
+def test_requests_arriving_mid_decode_join_the_running_batch(tiny):
+    """Staggered arrivals (prefill mixed into decode passes) give the same greedy outputs."""
+    ps = prompts(6)
+    params = {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}
+    expected = [tiny.generate(p, params)["output_ids"] for p in ps]
+    before = tiny.stats()["num_forward_passes"]
+    handles = []
+    for p in ps:
+        handles.append(tiny.submit(tiny.encode(p), SamplingParams.from_dict(params)))
+        time.sleep(0.02)
+    assert [h.result()["output_ids"] for h in handles] == expected
+    passes = tiny.stats()["num_forward_passes"] - before
+    assert passes < 6 * 16, passes  # requests shared passes instead of running one after another
