@@ -88,6 +88,15 @@ class IncrementalDetokenizer:
             self._prefix_text = self._decode(self._ids[self._prefix_offset:self._read_offset])
         self._find_stop()
 
+    def rebuilt(self, token_ids: Sequence[int]) -> IncrementalDetokenizer:
+        """A detokenizer over a rewritten token list whose text extends this one's (jump-forward
+        re-tokenizes the tail of the output): text already streamed is not streamed again."""
+        fresh = IncrementalDetokenizer(self._tokenizer, self._stops, self._skip_special, self._no_stop_trim)
+        for token_id in token_ids:
+            fresh.add(token_id)
+        fresh._emitted = min(self._emitted, len(fresh._committed) + len(fresh._pending))
+        return fresh
+
     def finish(self) -> None:
         """No more tokens: the next `pop_delta` releases everything held back. Idempotent."""
         self._finished = True

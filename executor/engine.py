@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from compiler.constraints import TokenFSM
+from executor.constrained import ConstraintCache, ConstraintCursor
 from executor.detokenizer import IncrementalDetokenizer
 from executor.kv_manager import KVManager
 from executor.memory import KVPool, ReqToTokenPool, TokenSlotAllocator, kv_bytes_per_token
@@ -49,6 +51,7 @@ class EngineConfig:
     chunk_size: int = 2048
     schedule_policy: str = "lpm"
     disable_radix_cache: bool = False
+    disable_jump_forward: bool = False
 
 
 def resolve_device(device: str) -> torch.device:
@@ -142,6 +145,7 @@ class Engine:
         folder: Path = resolve_model(self.config.model_path)
         self.model, self.model_config = load_model(folder, self.device, dtype)
         self.tokenizer = Tokenizer(folder)
+        self.constraints = ConstraintCache(self.tokenizer)
         self.model_folder = folder
         self.context_len = self.model_config.max_position_embeddings
         self._build_runtime(dtype)
@@ -188,9 +192,11 @@ class Engine:
                 chunk_size=self.config.chunk_size,
                 context_len=self.context_len,
                 policy=self.config.schedule_policy,
+                enable_jump_forward=not self.config.disable_jump_forward,
             ),
             self.device,
         )
+        self.scheduler.constraints = self.constraints
 
     # -- public API ------------------------------------------------------------------------------
     def generate(
@@ -255,9 +261,17 @@ class Engine:
         return handle.result()
 
     def submit(self, input_ids: list[int], params: SamplingParams, options: LogprobOptions = LogprobOptions(),
-               stream: bool = False) -> RequestHandle:
-        """Queue one generate request without waiting (the graph executor uses this)."""
+               stream: bool = False, constraint: TokenFSM | None = None) -> RequestHandle:
+        """Queue one generate request without waiting (the graph executor uses this).
+
+        `constraint` is a precompiled token FSM (from an artifact); otherwise params.regex /
+        params.json_schema are compiled here (once per distinct constraint).
+        """
         params.validate()
+        if constraint is None and (params.regex is not None or params.json_schema is not None):
+            constraint = self.constraints.get(params.regex, params.json_schema)
+        if constraint is not None and constraint.fingerprint != self.constraints.fingerprint:
+            raise ValueError("the constraint was compiled for a different tokenizer than this model's")
         if options.logprob_start_len >= len(input_ids):
             raise ValueError(f"logprob_start_len={options.logprob_start_len} is not inside the prompt "
                              f"({len(input_ids)} tokens)")
@@ -274,6 +288,7 @@ class Engine:
                                                skip_special_tokens=params.skip_special_tokens,
                                                no_stop_trim=params.no_stop_trim),
             generator=generator,
+            constraint=None if constraint is None else ConstraintCursor(constraint, self.tokenizer.eos_token_ids),
         )
         return self._submit_request(req, stream)
 
@@ -288,6 +303,7 @@ class Engine:
             "num_extend_steps": s.num_extend_steps,
             "num_decode_steps": s.num_decode_steps,
             "num_retractions": s.num_retractions,
+            "num_jump_forward_tokens": s.num_jump_forward_tokens,
             "num_free_kv_slots": self.allocator.num_free,
             "num_cached_kv_tokens": self.radix_cache.total_size() if self.radix_cache else 0,
         }

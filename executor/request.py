@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from executor.constrained import ConstraintCursor
 from executor.detokenizer import IncrementalDetokenizer
 from executor.sampling import SamplingParams
 
@@ -42,6 +43,7 @@ class Request:
     stop_token_ids: frozenset[int] = frozenset()
     detokenizer: IncrementalDetokenizer | None = None
     generator: torch.Generator | None = None
+    constraint: ConstraintCursor | None = None
     arrival: int = 0
 
     output_ids: list[int] = field(default_factory=list)

@@ -54,6 +54,10 @@ class SamplingParams:
     seed: int | None = None
     skip_special_tokens: bool = True
     no_stop_trim: bool = False
+    # Constrained decoding (at most one): a regex the output must fullmatch, or a JSON schema
+    # (a dict or its JSON text) the output must validate against. See executor/constrained.py.
+    regex: str | None = None
+    json_schema: str | dict | None = None
 
     # SGLang spells the seed `sampling_seed`.
     _ALIASES = {"sampling_seed": "seed"}
@@ -67,6 +71,8 @@ class SamplingParams:
         """Build from a dict of SGLang sampling parameters and validate; unknown keys are an error."""
         if d is None:
             return cls()
+        if "ebnf" in d:
+            raise ValueError("sampling parameter 'ebnf' is not supported yet; use regex or json_schema")
         known = cls.field_names()
         kwargs: dict[str, Any] = {}
         for key, value in d.items():
@@ -126,6 +132,12 @@ class SamplingParams:
                 raise bad("stop_token_ids", "must be a list of non-negative integers")
         if self.seed is not None and not is_int(self.seed):
             raise bad("seed", "must be an integer or None")
+        if self.regex is not None and not isinstance(self.regex, str):
+            raise bad("regex", "must be a string")
+        if self.json_schema is not None and not isinstance(self.json_schema, (str, dict)):
+            raise bad("json_schema", "must be a dict or its JSON text")
+        if self.regex is not None and self.json_schema is not None:
+            raise bad("json_schema", "cannot be combined with regex (give one constraint)")
         for name in ("ignore_eos", "skip_special_tokens", "no_stop_trim"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a bool")

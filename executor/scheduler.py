@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from executor.constrained import ConstraintCache, apply_jump, plan_jump_forward
 from executor.forward_batch import ForwardBatch, ForwardMode
 from executor.kv_manager import KVManager
 from executor.model_runner import ModelRunner
@@ -40,6 +41,8 @@ class SchedulerConfig:
     # Running requests decode inside an extend pass (as one-token extends) instead of waiting for
     # the next pass: fewer forward passes when prefills and jump-forward extends arrive mid-decode.
     mix_decode_into_extend: bool = True
+    # Append text a constraint forces in one extend pass instead of decoding it token by token.
+    enable_jump_forward: bool = True
 
 
 @dataclass
@@ -62,13 +65,22 @@ class Scheduler:
         self.num_retractions = 0
         self.num_decode_steps = 0
         self.num_extend_steps = 0
+        self.num_jump_forward_tokens = 0
+        self._finished_early: list[Request] = []  # finished in add(), reported by the next step()
+        self.constraints: ConstraintCache | None = None  # set by the engine; jump-forward needs it
 
     # -- queue ---------------------------------------------------------------------------------
     def add(self, req: Request) -> None:
-        self.waiting.append(req)
+        if req.constraint is not None and not req.output_ids:
+            # Text the constraint forces at the start (`{"name":"`) is prefilled with the prompt.
+            self._try_jump_forward(req)
+        if req.finished:  # the constraint forced the whole output
+            self._finished_early.append(req)
+        else:
+            self.waiting.append(req)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self._finished_early)
 
     def all_requests(self) -> list[Request]:
         return list(self.waiting) + self.running + self.parked
@@ -76,6 +88,9 @@ class Scheduler:
     # -- one step --------------------------------------------------------------------------------
     def step(self) -> list[Request]:
         """Run one forward pass. Returns the requests that produced output or finished."""
+        if self._finished_early:
+            early, self._finished_early = self._finished_early, []
+            return early
         extends = self._schedule_extend()
         if extends:
             self.num_extend_steps += 1
@@ -346,7 +361,14 @@ class Scheduler:
             eos_ids=[r.stop_token_ids for r in reqs],
             prompt_ids=[r.input_ids for r in reqs],
         )
-        tokens = self.sampler.sample(logits, batch)
+        allowed = None
+        if any(r.constraint is not None for r in reqs):
+            allowed = torch.ones(logits.shape, dtype=torch.bool)
+            for i, r in enumerate(reqs):
+                if r.constraint is not None:
+                    r.constraint.fill_mask(allowed[i])
+            allowed = allowed.to(logits.device)
+        tokens = self.sampler.sample(logits, batch, allowed)
         want_lp = [i for i, r in enumerate(reqs) if r.logprobs.return_logprob]
         lp_info = None
         if want_lp:
@@ -365,7 +387,11 @@ class Scheduler:
                     req.output_top_logprobs.append(list(zip(top_lps[:k], top_ids[:k], [None] * k)))
             if req.detokenizer is not None:
                 req.detokenizer.add(token)
+            if req.constraint is not None:
+                req.constraint.advance(token)
             self._check_finished(req, token)
+            if not req.finished and req.constraint is not None and self._try_jump_forward(req):
+                continue
             if req.finished:
                 if req in self.running:
                     self.running.remove(req)
@@ -374,11 +400,52 @@ class Scheduler:
                 self.running.append(req)
         return reqs
 
+    def _try_jump_forward(self, req: Request) -> bool:
+        """Append the text the constraint forces now; True if the request left the decode batch."""
+        if not self.config.enable_jump_forward or self.constraints is None:
+            return False
+        fixed_outputs = max(req.num_tree_owned - len(req.input_ids), 0)
+        plan = plan_jump_forward(req.constraint, req.output_ids, self.constraints.tokenizer,
+                                 self.constraints.prefix_index, fixed_outputs)
+        if plan is None:
+            return False
+        keep = len(req.output_ids) - plan.num_replaced
+        room = req.params.max_new_tokens - keep
+        if len(plan.new_tokens) > room:
+            return False  # the forced text would not fit: let decoding run into the length limit
+        # KV of replaced tokens (all request-owned: see fixed_outputs) goes back to the pool.
+        target_kv = len(req.input_ids) + keep
+        if req.num_kv > target_kv:
+            row = self.kv.req_to_token.req_to_token[req.req_row]
+            self.kv.allocator.free(row[target_kv : req.num_kv].clone())
+            req.num_kv = target_kv
+        req.output_ids = req.output_ids[:keep] + plan.new_tokens
+        apply_jump(req.constraint, plan)
+        if req.logprobs.return_logprob:
+            del req.output_token_logprobs[keep:]
+            req.output_token_logprobs.extend((None, t, None) for t in plan.new_tokens)
+        if req.detokenizer is not None:
+            req.detokenizer = req.detokenizer.rebuilt(req.output_ids)
+        self.num_jump_forward_tokens += len(plan.new_tokens) - plan.num_replaced
+        if req in self.running:
+            self.running.remove(req)
+        if req.constraint.complete:  # the forced text ended the output: nothing left to compute
+            req.finish_reason = {"type": "stop", "matched": None}
+            return False
+        if req.req_row is not None:
+            self.waiting.appendleft(req)  # extend the new tokens next pass, then sample
+        return True
+
     def _check_finished(self, req: Request, token: int) -> None:
         params = req.params
         num_out = len(req.output_ids)
         if token in req.stop_token_ids and num_out >= params.min_new_tokens:
             req.finish_reason = {"type": "stop", "matched": token}
+        elif req.constraint is not None and (token in req.constraint.eos_ids or req.constraint.complete):
+            # The constraint is satisfied (EOS is only allowed in accepting states) or allows nothing more.
+            req.finish_reason = {"type": "stop", "matched": token if token in req.constraint.eos_ids else None}
+        elif req.constraint is not None and req.constraint.state < 0:
+            raise AssertionError(f"request {req.rid}: token {token} left the constraint's language")
         elif req.detokenizer is not None and req.detokenizer.stopped:
             req.finish_reason = {"type": "stop", "matched": req.detokenizer.matched_stop}
         elif num_out >= params.max_new_tokens:

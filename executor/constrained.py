@@ -1,0 +1,169 @@
+"""Constrained decoding at run time: per-request FSM cursors, batch masks, and jump-forward.
+
+The expensive part (regex / JSON schema to a token-level FSM over the vocabulary) happens once, in
+`compiler.constraints`, ahead of time or on first use; here we only look tables up. A cursor knows
+its FSM state; before sampling, each constrained row of the batch gets the allowed-token mask of
+its state (EOS only where the state accepts). After a token, the cursor advances. When the FSM
+forces the next characters (a JSON key, `":"`, a closing brace), jump-forward appends them without
+decoding them one token at a time: the output's last tokens and the forced text are re-tokenized
+the way the tokenizer would, minus a held-back last token that a longer token could still absorb,
+and the request is extended by all of them in one pass.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from compiler.constraints import ConstraintError, TokenFSM, as_vocabulary, compile_json_schema, compile_regex
+
+# At most this many trailing output tokens are re-tokenized together with forced text.
+RETOKENIZE_TAIL_TOKENS = 2
+
+
+class ConstraintCursor:
+    """Where one request is in its FSM; `history[i]` is the state before output token i."""
+
+    def __init__(self, fsm: TokenFSM, eos_ids: frozenset[int]):
+        self.fsm = fsm
+        self.eos_ids = eos_ids
+        self.state = fsm.initial_state
+        self.history: list[int] = []
+
+    def fill_mask(self, row: torch.Tensor) -> None:
+        """Allowed tokens of the current state into a bool row (EOS only in accepting states)."""
+        self.fsm.fill_mask(self.state, row)
+        if self.fsm.is_accepting(self.state):
+            for eos in self.eos_ids:
+                row[eos] = True
+
+    def advance(self, token: int) -> None:
+        self.history.append(self.state)
+        self.state = -1 if token in self.eos_ids else self.fsm.next_state(self.state, token)
+
+    @property
+    def complete(self) -> bool:
+        """Accepting with nothing more allowed: the output is done whatever the model wants."""
+        return self.fsm.is_accepting(self.state) and len(self.fsm.allowed_tokens(self.state)) == 0
+
+    def walk(self, state: int, tokens: Sequence[int]) -> list[int] | None:
+        """States before each token and the final one, or None if a token is not allowed."""
+        states = [state]
+        for t in tokens:
+            state = self.fsm.next_state(state, t)
+            if state < 0:
+                return None
+            states.append(state)
+        return states
+
+
+@dataclass(frozen=True)
+class JumpPlan:
+    """Replace the last `num_replaced` output tokens with `new_tokens` (their text plus forced text)."""
+
+    num_replaced: int
+    new_tokens: list[int]
+    states: list[int]  # FSM state before each new token, then the final state
+
+
+class TokenPrefixIndex:
+    """Token byte strings in sorted order, to find every token that extends a given one."""
+
+    def __init__(self, vocab: Any):
+        entries = sorted((b, i) for i, b in enumerate(vocab.token_bytes) if b)
+        self._bytes = [b for b, _ in entries]
+        self._ids = [i for _, i in entries]
+
+    def extensions(self, prefix: bytes) -> list[int]:
+        """Ids of tokens strictly longer than `prefix` that start with it."""
+        lo = bisect.bisect_right(self._bytes, prefix)
+        out = []
+        for k in range(lo, len(self._bytes)):
+            if not self._bytes[k].startswith(prefix):
+                break
+            out.append(self._ids[k])
+        return out
+
+
+def plan_jump_forward(cursor: ConstraintCursor, output_ids: list[int], tokenizer: Any,
+                      prefix_index: TokenPrefixIndex, min_kept_output: int) -> JumpPlan | None:
+    """A jump-forward for the cursor's current state, or None when nothing is worth forcing.
+
+    `min_kept_output`: output tokens before this index must not change (their KV is shared).
+    """
+    fsm = cursor.fsm
+    forced, end_state = fsm.jump_forward(cursor.state)
+    if not forced:
+        return None
+    num_tail = max(min(RETOKENIZE_TAIL_TOKENS, len(output_ids) - min_kept_output), 0)
+    vocab = as_vocabulary(tokenizer.backend)
+    try:
+        text = vocab.decode_bytes(output_ids[len(output_ids) - num_tail:]).decode("utf-8") + forced
+    except UnicodeDecodeError:  # the tail starts inside a character: not worth the trouble
+        return None
+    retokenized = tokenizer.encode(text, add_special_tokens=False)
+    start_state = cursor.history[-num_tail] if num_tail else cursor.state
+    states = cursor.walk(start_state, retokenized)
+    if states is None:
+        return None
+    # Hold back the last token if the model could continue it into a longer allowed token (e.g. `"`
+    # followed by a name may be tokenized as `"John`): a tokenizer would not have split there.
+    last_state = states[-2]
+    last_bytes = vocab.token_text(retokenized[-1])
+    if any(fsm.next_state(last_state, t) >= 0 for t in prefix_index.extensions(last_bytes)):
+        retokenized, states = retokenized[:-1], states[:-1]
+    if len(retokenized) <= num_tail:
+        return None
+    return JumpPlan(num_replaced=num_tail, new_tokens=retokenized, states=states)
+
+
+def apply_jump(cursor: ConstraintCursor, plan: JumpPlan) -> None:
+    cursor.history = cursor.history[: len(cursor.history) - plan.num_replaced] + plan.states[:-1]
+    cursor.state = plan.states[-1]
+
+
+class ConstraintCache:
+    """Compiled FSMs of one tokenizer, keyed by the constraint, so each is compiled once."""
+
+    def __init__(self, tokenizer: Any, max_entries: int = 256):
+        self.tokenizer = tokenizer
+        self.max_entries = max_entries
+        self._fsms: dict[tuple[str, str], TokenFSM] = {}
+        self._prefix_index: TokenPrefixIndex | None = None
+
+    @property
+    def prefix_index(self) -> TokenPrefixIndex:
+        if self._prefix_index is None:
+            self._prefix_index = TokenPrefixIndex(as_vocabulary(self.tokenizer.backend))
+        return self._prefix_index
+
+    @property
+    def fingerprint(self) -> str:
+        """The vocabulary fingerprint compiled FSMs of this tokenizer carry."""
+        return as_vocabulary(self.tokenizer.backend).fingerprint
+
+    def get(self, regex: str | None, json_schema: str | dict | None) -> TokenFSM:
+        if regex is not None:
+            key = ("regex", regex)
+        else:
+            key = ("json", json_schema if isinstance(json_schema, str) else json.dumps(json_schema, sort_keys=True))
+        fsm = self._fsms.get(key)
+        if fsm is None:
+            vocab = as_vocabulary(self.tokenizer.backend)
+            try:
+                if regex is not None:
+                    fsm = compile_regex(regex, vocab)
+                else:
+                    schema = json.loads(json_schema) if isinstance(json_schema, str) else json_schema
+                    fsm = compile_json_schema(schema, vocab)
+            except json.JSONDecodeError as exc:
+                raise ConstraintError(f"json_schema is not valid JSON: {exc}") from None
+            if len(self._fsms) >= self.max_entries:
+                self._fsms.pop(next(iter(self._fsms)))
+            self._fsms[key] = fsm
+        return fsm
