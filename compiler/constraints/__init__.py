@@ -1,0 +1,111 @@
+"""Constrained decoding, compiled ahead of time: regex / JSON schema -> token-level FSM.
+
+The stages, each its own module and testable on a toy vocabulary:
+
+    json_schema   schema -> regex syntax tree (fails closed: ConstraintError with a JSON pointer)
+    regex_parser  regex text -> syntax tree (interegular parses; rejections carry a position)
+    automaton     syntax tree -> byte-level DFA (Thompson NFA + subset construction, ours)
+    regex_dfa     regex -> minimized character-level CharDFA (for inspection and tests)
+    token_index   byte DFA x vocabulary -> allowed tokens per state
+    jump_forward  forced text per state
+    token_fsm     TokenFSM: the result as plain arrays, and the run-time API (masks, next state)
+
+Entry points: `compile_regex`, `compile_json_schema`, `json_schema_to_regex`. `docs/constraints.md`
+has the supported syntax, the keyword table, the whitespace policy and a jump-forward example.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .automaton import DEFAULT_MAX_STATES, DFA, byte_dfa
+from .errors import ConstraintError
+from .json_schema import (
+    COMPACT,
+    FLEXIBLE,
+    SchemaOptions,
+    Whitespace,
+    json_schema_to_node,
+    json_schema_to_regex,
+    whitespace_policy,
+)
+from .regex_dfa import CharDFA, parse_fullmatch, regex_to_byte_dfa, regex_to_char_dfa
+from .token_fsm import TokenFSM
+from .vocabulary import Vocabulary
+
+__all__ = [
+    "COMPACT",
+    "FLEXIBLE",
+    "CharDFA",
+    "ConstraintError",
+    "DFA",
+    "SchemaOptions",
+    "TokenFSM",
+    "Vocabulary",
+    "Whitespace",
+    "as_vocabulary",
+    "compile_json_schema",
+    "compile_regex",
+    "json_schema_to_regex",
+    "regex_to_byte_dfa",
+    "regex_to_char_dfa",
+]
+
+_VOCAB_CACHE: dict[int, tuple[Any, Vocabulary]] = {}
+
+
+def as_vocabulary(vocab: Any) -> Vocabulary:
+    """A `Vocabulary` from itself, a `tokenizers.Tokenizer` or a transformers fast tokenizer
+    (converted once per tokenizer object)."""
+    if isinstance(vocab, Vocabulary):
+        return vocab
+    hit = _VOCAB_CACHE.get(id(vocab))
+    if hit is not None and hit[0] is vocab:
+        return hit[1]
+    v = Vocabulary.from_tokenizer(vocab)
+    if len(_VOCAB_CACHE) > 8:
+        _VOCAB_CACHE.clear()
+    _VOCAB_CACHE[id(vocab)] = (vocab, v)
+    return v
+
+
+def compile_regex(pattern: str, vocab: Any, max_states: int = DEFAULT_MAX_STATES) -> TokenFSM:
+    """A token FSM whose accepted texts are exactly the strings `re.fullmatch(pattern, s)` accepts
+    (ASCII shorthands; see `regex_parser` for the exact semantics)."""
+    node = parse_fullmatch(pattern)
+    dfa = byte_dfa(node, max_states)
+    if dfa.num_states == 0:
+        raise ConstraintError("the regex matches no string", pattern=pattern)
+    return TokenFSM.build(dfa, as_vocabulary(vocab))
+
+
+def compile_json_schema(
+    schema: Any,
+    vocab: Any,
+    whitespace: str | int | Whitespace | None = "compact",
+    max_recursion: int = 3,
+    any_depth: int = 2,
+    max_states: int = DEFAULT_MAX_STATES,
+) -> TokenFSM:
+    """A token FSM whose accepted texts are JSON documents valid for `schema` (a dict or JSON text).
+
+    `whitespace`: "compact" (none), "flexible" (a newline and up to 8 spaces between tokens), an
+    int N (up to N spaces), or a `Whitespace`. `max_recursion`: how many times one `$ref` may be
+    entered along a path. `any_depth`: nesting allowed inside unconstrained values (`{}`, `true`,
+    `{"type": "object"}`). Raises `ConstraintError` (with a JSON pointer) for anything it cannot
+    enforce exactly.
+    """
+    options = SchemaOptions(
+        whitespace=whitespace_policy(whitespace),
+        max_recursion=max_recursion,
+        any_depth=any_depth,
+        max_states=max_states,
+    )
+    node = json_schema_to_node(schema, options)
+    # The schema's automaton is determinized once and not minimized: built from minimized leaves
+    # it is within a state or two of minimal, and Hopcroft would cost more than it saves.
+    try:
+        dfa = byte_dfa(node, max_states, minimized=False)
+    except ConstraintError as e:
+        raise e.with_pointer("") from None
+    return TokenFSM.build(dfa, as_vocabulary(vocab))

@@ -1,0 +1,1258 @@
+"""JSON Schema -> regex syntax tree, in-house, failing closed.
+
+The schema becomes a `regex_ast` tree, never a regex string that something re-parses: leaves that
+recur (string bodies, formats, "any JSON value", numbers) are compiled once to minimized byte DFAs
+and spliced in as `Automaton` nodes, and the whole tree is determinized once by our own subset
+construction (see `automaton`). That is what makes the "person" schema compile in milliseconds where
+handing its regex to interegular takes seconds. `json_schema_to_regex` prints the same tree as a
+Python regex for display and cross-checking.
+
+Every keyword is either compiled exactly, proven irrelevant (annotations; permissive keywords whose
+effect is only to allow more than sgc generates), or rejected with a `ConstraintError` carrying its
+JSON pointer. What sgc generates is always a subset of what the schema accepts:
+
+* objects list their properties in the order of `properties`, required ones always, optional ones
+  when the model chooses; properties that are not listed are never generated (whether or not
+  `additionalProperties` is false), except for schemas that list none: those are maps with string
+  keys whose values follow `additionalProperties` (or any JSON value);
+* numbers and strings use one spelling per value (canonical integers, no exponent when bounded,
+  escapes only where JSON requires them, plus `\\uXXXX` in free text);
+* `oneOf` is accepted only when its branches are provably exclusive (disjoint types, disjoint
+  literal values, or a required property whose const/enum values differ); else it is rejected.
+
+Whitespace follows a `Whitespace` policy: compact (none) by default, or a bounded run (optionally one
+newline, then at most `max_spaces` spaces) wherever JSON allows whitespace between tokens, so small
+models cannot loop on whitespace.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+from urllib.parse import unquote
+
+from .automaton import DEFAULT_MAX_STATES, DFA, ascii_dfa_to_regex, byte_dfa, intersect
+from .charset import CharSet
+from .errors import ConstraintError, join_pointer
+from .formats import FORMATS
+from .number_ranges import INTEGER, NUMBER, int_range, number_range
+from .regex_ast import (
+    EMPTY,
+    EPSILON,
+    Alt,
+    Automaton,
+    Chars,
+    Concat,
+    Node,
+    Repeat,
+    alt,
+    chars,
+    concat,
+    is_empty,
+    literal,
+    optional,
+    repeat,
+    size,
+    to_regex,
+)
+from .regex_parser import parse_regex
+
+# ---------------------------------------------------------------------------------------------
+# Options
+
+
+@dataclass(frozen=True)
+class Whitespace:
+    """Whitespace allowed between JSON tokens: an optional newline (if `newline`), then at most
+    `max_spaces` spaces. The default is compact JSON: none at all."""
+
+    max_spaces: int = 0
+    newline: bool = False
+
+    def node(self) -> Node:
+        spaces = repeat(literal(" "), 0, self.max_spaces)
+        return concat(optional(literal("\n")), spaces) if self.newline else spaces
+
+    @property
+    def is_compact(self) -> bool:
+        return self.max_spaces == 0 and not self.newline
+
+
+COMPACT = Whitespace()
+FLEXIBLE = Whitespace(max_spaces=8, newline=True)
+
+
+def whitespace_policy(ws: str | int | Whitespace | None) -> Whitespace:
+    """ "compact" (default), "flexible" (one newline + up to 8 spaces), an int (up to N spaces, no
+    newline), or a `Whitespace`."""
+    if ws is None or ws == "compact":
+        return COMPACT
+    if ws == "flexible":
+        return FLEXIBLE
+    if isinstance(ws, Whitespace):
+        return ws
+    if isinstance(ws, int) and not isinstance(ws, bool) and 0 <= ws <= 64:
+        return Whitespace(max_spaces=ws)
+    raise ConstraintError(
+        f"invalid whitespace policy {ws!r}: use 'compact', 'flexible', an int or Whitespace"
+    )
+
+
+@dataclass(frozen=True)
+class SchemaOptions:
+    whitespace: Whitespace = COMPACT
+    max_recursion: int = 3  # times one $ref may be entered on the way down one instance path
+    any_depth: int = 2  # nesting of arrays/objects inside an unconstrained JSON value
+    max_nesting: int = 64  # nested subschemas (a budget against hostile schemas)
+    max_size: int = 100_000  # automaton positions after unrolling bounded repeats
+    max_states: int = DEFAULT_MAX_STATES
+
+
+# ---------------------------------------------------------------------------------------------
+# Keywords
+
+ANNOTATIONS = frozenset(
+    {
+        "title", "description", "default", "examples", "$comment", "$schema", "$id", "deprecated",
+        "readOnly", "writeOnly", "$defs", "definitions", "contentMediaType", "contentEncoding",
+        "contentSchema", "$anchor", "$vocabulary",
+    }
+)  # fmt: skip
+OBJECT_KEYWORDS = frozenset(
+    {
+        "properties",
+        "required",
+        "additionalProperties",
+        "minProperties",
+        "maxProperties",
+        "unevaluatedProperties",
+    }
+)
+ARRAY_KEYWORDS = frozenset({"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems"})
+STRING_KEYWORDS = frozenset({"minLength", "maxLength", "pattern", "format"})
+NUMBER_KEYWORDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"})
+GENERIC_KEYWORDS = frozenset({"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref"})
+SUPPORTED_KEYWORDS = (
+    ANNOTATIONS | OBJECT_KEYWORDS | ARRAY_KEYWORDS | STRING_KEYWORDS | NUMBER_KEYWORDS | GENERIC_KEYWORDS
+)
+REJECTED_KEYWORDS = {
+    "not": "negation cannot be compiled to a generator",
+    "if": "conditional subschemas (if/then/else) are not supported",
+    "then": "conditional subschemas (if/then/else) are not supported",
+    "else": "conditional subschemas (if/then/else) are not supported",
+    "patternProperties": "patternProperties is not supported",
+    "propertyNames": "propertyNames is not supported",
+    "dependentRequired": "dependentRequired is not supported",
+    "dependentSchemas": "dependentSchemas is not supported",
+    "dependencies": "dependencies is not supported",
+    "contains": "contains is not supported",
+    "minContains": "minContains is not supported",
+    "maxContains": "maxContains is not supported",
+    "unevaluatedItems": "unevaluatedItems is not supported",
+    "$dynamicRef": "$dynamicRef is not supported",
+    "$recursiveRef": "$recursiveRef is not supported",
+    "$dynamicAnchor": "$dynamicAnchor is not supported",
+    "$recursiveAnchor": "$recursiveAnchor is not supported",
+}
+TYPES = ("null", "boolean", "object", "array", "number", "integer", "string")
+ALL_TYPES = frozenset({"null", "boolean", "object", "array", "number", "string"})  # number covers integer
+SUPPORTED_FORMATS = tuple(FORMATS)
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON text pieces
+
+_NEEDS_ESCAPE = CharSet.from_ranges([(0, 0x1F), (0x22, 0x22), (0x5C, 0x5C)])
+_SHORT_ESCAPES = {'"': '"', "\\": "\\", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
+_HEX = chars(CharSet.from_ranges([(48, 57), (65, 70), (97, 102)]))
+_HEX_NOT_D = chars(CharSet.from_ranges([(48, 57), (65, 67), (69, 70), (97, 99), (101, 102)]))
+_UNICODE_ESCAPE = concat(
+    literal("u"),
+    alt(
+        concat(_HEX_NOT_D, repeat(_HEX, 3, 3)),
+        # \uD800-\uDFFF are surrogates: never generated, so a length is a count of code points
+        concat(chars(CharSet.of("dD")), chars(CharSet.range("0", "7")), repeat(_HEX, 2, 2)),
+    ),
+)
+JSON_CHAR = alt(
+    chars(_NEEDS_ESCAPE.complement()),
+    concat(literal("\\"), alt(chars(CharSet.of('"\\/bfnrt')), _UNICODE_ESCAPE)),
+)
+
+
+def encode_chars(cs: CharSet) -> Node:
+    """The JSON string-body spellings of one character of `cs`: raw where JSON allows it, else its
+    escape (short form where one exists, else \\u00XX)."""
+    raw = cs - _NEEDS_ESCAPE
+    special = cs & _NEEDS_ESCAPE
+    if special.is_empty():
+        return chars(raw)
+    short = []
+    long_by_high: dict[str, list[str]] = {}
+    for ch in special.chars():
+        if ch in _SHORT_ESCAPES:
+            short.append(_SHORT_ESCAPES[ch])
+        else:
+            code = f"{ord(ch):02x}"
+            long_by_high.setdefault(code[0], []).append(code[1])
+    escapes: list[Node] = []
+    if short:
+        escapes.append(chars(CharSet.of(short)))
+    for high, lows in long_by_high.items():
+        escapes.append(concat(literal("u00" + high), chars(CharSet.of(lows))))
+    return alt(chars(raw), concat(literal("\\"), alt(*escapes)))
+
+
+def encode_node(node: Node) -> Node:
+    """Map a regex over decoded string content to one over its JSON string-body spelling."""
+    if isinstance(node, Chars):
+        return encode_chars(node.charset)
+    if isinstance(node, Concat):
+        return concat(*(encode_node(p) for p in node.parts))
+    if isinstance(node, Alt):
+        return alt(*(encode_node(o) for o in node.options))
+    if isinstance(node, Repeat):
+        return repeat(encode_node(node.node), node.min, node.max)
+    return node
+
+
+def json_literal(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _canonical(value: Any) -> str:
+    """A key under which JSON-equal values (1 and 1.0; objects in any key order) collide."""
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, bool) or v is None or isinstance(v, str):
+            return v
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, list):
+            return [norm(x) for x in v]
+        if isinstance(v, dict):
+            return {k: norm(x) for k, x in v.items()}
+        return v
+
+    return json.dumps(norm(value), sort_keys=True, allow_nan=False)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    raise TypeError(value)
+
+
+def _type_matches(value: Any, types: frozenset[str]) -> bool:
+    t = _json_type(value)
+    return t in types or (t == "integer" and "number" in types)
+
+
+def _types_overlap(a: frozenset[str], b: frozenset[str]) -> bool:
+    def widen(s: frozenset[str]) -> set[str]:
+        out = set(s)
+        if "number" in out:
+            out.add("integer")
+        return out
+
+    return bool(widen(a) & widen(b))
+
+
+# ---------------------------------------------------------------------------------------------
+# Views: a schema's keywords with the pointer each came from (merging allOf keeps them apart)
+
+
+@dataclass(frozen=True)
+class _Sub:
+    """A subschema together with its pointer; several when allOf branches each constrain it."""
+
+    parts: tuple[tuple[Any, str], ...]
+
+
+View = dict[str, tuple[Any, str]]
+
+
+class _Cut(Exception):
+    """A $ref reached its recursion limit: this subschema is treated as unsatisfiable."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiler
+
+_LEAF_CACHE: dict[tuple, DFA] = {}
+_LEAF_CACHE_LIMIT = 256
+
+
+def _cached_leaf(key: tuple, build: Any, max_states: int, max_size: int = SchemaOptions.max_size) -> DFA:
+    dfa = _LEAF_CACHE.get(key)
+    if dfa is None:
+        node = build()
+        n = _size(node)
+        if n > max_size:
+            raise ConstraintError(
+                f"a string or value unrolls to {n} automaton positions, over the budget of {max_size}"
+            )
+        dfa = byte_dfa(node, max_states)
+        if len(_LEAF_CACHE) >= _LEAF_CACHE_LIMIT:
+            _LEAF_CACHE.pop(next(iter(_LEAF_CACHE)))
+        _LEAF_CACHE[key] = dfa
+    return dfa
+
+
+class SchemaCompiler:
+    def __init__(self, root: Any, options: SchemaOptions) -> None:
+        self.root = root
+        self.options = options
+        self.ws = options.whitespace.node()
+        self.ws_key = (options.whitespace.max_spaces, options.whitespace.newline)
+
+    # -- entry ------------------------------------------------------------------------------
+    def compile_root(self) -> Node:
+        node = self.compile((self.root, ""), {}, 0)
+        if is_empty(node):
+            raise ConstraintError(
+                "the schema has no instance sgc can generate (unsatisfiable, or it needs more "
+                f"recursion than max_recursion={self.options.max_recursion})",
+                pointer="",
+            )
+        n = _size(node)
+        if n > self.options.max_size:
+            raise ConstraintError(
+                f"the schema unrolls to {n} automaton positions, over the budget of {self.options.max_size}",
+                pointer="",
+            )
+        return node
+
+    # -- schema -> node ---------------------------------------------------------------------
+    def compile(self, sub: tuple[Any, str] | _Sub, refs: dict[str, int], depth: int) -> Node:
+        ptr = sub[1] if isinstance(sub, tuple) else sub.parts[0][1]
+        if depth > self.options.max_nesting:
+            raise ConstraintError(
+                f"schema nesting exceeds the budget of {self.options.max_nesting}", pointer=ptr
+            )
+        parts = [sub] if isinstance(sub, tuple) else list(sub.parts)
+        # The $refs entered while flattening stay counted for everything below this instance.
+        refs = dict(refs)
+        try:
+            views: list[View | None] = []
+            for schema, p in parts:
+                views.extend(self.flatten(schema, p, refs))
+        except _Cut:
+            return EMPTY
+        if any(v is None for v in views):
+            return EMPTY
+        view = self.merge(views, ptr) if len(views) != 1 else views[0]
+        try:
+            if not any(k not in ANNOTATIONS for k in view):
+                return self.any_value(self.options.any_depth)
+            return self.compile_view(view, ptr, refs, depth)
+        except ConstraintError as e:
+            if e.pointer is None:  # a budget hit while compiling a leaf: say where
+                raise e.with_pointer(ptr) from None
+            raise
+
+    def flatten(self, schema: Any, ptr: str, refs: dict[str, int]) -> list[View]:
+        """The schema as views to be merged: $ref targets and allOf branches inlined."""
+        if schema is True:
+            return [{}]
+        if schema is False:
+            return [None]  # type: ignore[list-item]
+        if isinstance(schema, _View):
+            return [schema.view]
+        if not isinstance(schema, dict):
+            raise ConstraintError(
+                f"a schema must be an object or a boolean, not {type(schema).__name__}", pointer=ptr
+            )
+        self.check_keywords(schema, ptr)
+        view: View = {k: (v, join_pointer(ptr, k)) for k, v in schema.items() if k not in ("$ref", "allOf")}
+        out = [view]
+        if "$ref" in schema:
+            ref = schema["$ref"]
+            target, tptr = self.resolve(ref, join_pointer(ptr, "$ref"))
+            count = refs.get(ref, 0)
+            if count >= self.options.max_recursion:
+                raise _Cut()
+            refs[ref] = count + 1
+            out.extend(self.flatten(target, tptr, refs))
+        if "allOf" in schema:
+            items = schema["allOf"]
+            aptr = join_pointer(ptr, "allOf")
+            if not isinstance(items, list) or not items:
+                raise ConstraintError("allOf must be a non-empty array", pointer=aptr)
+            for i, item in enumerate(items):
+                out.extend(self.flatten(item, join_pointer(aptr, i), refs))
+        return out
+
+    def check_keywords(self, schema: dict, ptr: str) -> None:
+        for k in schema:
+            if k == "$id" and ptr:
+                # a nested $id starts a new base URI, which would change what "#/..." refers to
+                raise ConstraintError("$id below the root is not supported", pointer=join_pointer(ptr, k))
+            if k in SUPPORTED_KEYWORDS:
+                continue
+            reason = REJECTED_KEYWORDS.get(k, f"unknown keyword {k!r}")
+            raise ConstraintError(reason, pointer=join_pointer(ptr, k))
+
+    def resolve(self, ref: Any, ptr: str) -> tuple[Any, str]:
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            raise ConstraintError(f"only local $ref ('#/...') is supported, not {ref!r}", pointer=ptr)
+        path = ref[1:]
+        if path and not path.startswith("/"):
+            raise ConstraintError(f"$ref to an anchor ({ref!r}) is not supported", pointer=ptr)
+        node = self.root
+        for token in path.split("/")[1:] if path else []:
+            token = unquote(token.replace("~1", "/").replace("~0", "~"))
+            if isinstance(node, dict) and token in node:
+                node = node[token]
+            elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+                node = node[int(token)]
+            else:
+                raise ConstraintError(f"$ref {ref!r} does not resolve", pointer=ptr)
+        return node, path
+
+    # -- allOf merging ----------------------------------------------------------------------
+    def merge(self, views: list[View], ptr: str) -> View | None:
+        out: View = {}
+        closed_sets: list[set[str]] = []
+        for view in views:
+            ap = view.get("additionalProperties")
+            if ap is not None and ap[0] is False:
+                props = view.get("properties", ({}, ""))[0]
+                closed_sets.append(set(props) if isinstance(props, dict) else set())
+            for k, (v, p) in view.items():
+                if k in ANNOTATIONS:
+                    continue
+                if k not in out:
+                    out[k] = (_normalize(k, v, p), p)
+                    continue
+                old, _ = out[k]
+                out[k] = (self.merge_keyword(k, old, v, p), p)
+        if closed_sets and "properties" in out:
+            allowed = set.intersection(*closed_sets)
+            props, pp = out["properties"]
+            required = set(out.get("required", ([], ""))[0])
+            missing = [name for name in props if name not in allowed and name in required]
+            if missing:
+                raise ConstraintError(
+                    f"allOf requires property {missing[0]!r} that another branch forbids (additionalProperties: false)",
+                    pointer=pp,
+                )
+            out["properties"] = ({k: v for k, v in props.items() if k in allowed}, pp)
+        if closed_sets:
+            out["additionalProperties"] = (False, ptr)
+        return out
+
+    def merge_keyword(self, k: str, a: Any, b: Any, ptr: str) -> Any:
+        if k == "type":
+            ta = {a} if isinstance(a, str) else set(a)
+            tb = {b} if isinstance(b, str) else set(b)
+            both = (ta & tb) | (
+                {"integer"}
+                if ("integer" in ta and "number" in tb) or ("number" in ta and "integer" in tb)
+                else set()
+            )
+            return sorted(both)
+        if k == "properties":
+            if not isinstance(a, dict) or not isinstance(b, dict):
+                raise ConstraintError("properties must be an object", pointer=ptr)
+            merged = dict(a)
+            for name, sub in b.items():
+                if name in merged:
+                    merged[name] = _merge_subs(merged[name], sub, ptr, name)
+                else:
+                    merged[name] = _Sub(((sub, join_pointer(ptr, name)),))
+            return merged
+        if k == "required":
+            return list(dict.fromkeys(list(a) + list(b)))
+        if k == "additionalProperties" or k == "unevaluatedProperties":
+            if a is False or b is False:
+                return False
+            return a if b is True else b if a is True else _merge_subs(a, b, ptr, None)
+        if k == "items":
+            if isinstance(a, list) or isinstance(b, list):
+                if _canonical(a) == _canonical(b):
+                    return a
+                raise ConstraintError(
+                    "allOf with tuple-form items in several branches is not supported", pointer=ptr
+                )
+            return _merge_subs(a, b, ptr, None)
+        if k in ("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties"):
+            if isinstance(a, bool) or isinstance(b, bool):
+                return self.merge_equal(k, a, b, ptr)
+            return max(a, b)
+        if k in ("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties"):
+            if isinstance(a, bool) or isinstance(b, bool):
+                return self.merge_equal(k, a, b, ptr)
+            return min(a, b)
+        if k == "pattern":
+            return _Patterns(a.items + ((b, ptr),))
+        if k == "enum":
+            keys = {_canonical(x) for x in b}
+            return [x for x in a if _canonical(x) in keys]
+        if k == "const":
+            if _canonical(a) != _canonical(b):
+                return _Conflict()
+            return a
+        return self.merge_equal(k, a, b, ptr)
+
+    def merge_equal(self, k: str, a: Any, b: Any, ptr: str) -> Any:
+        if _canonical(_plain(a)) == _canonical(_plain(b)):
+            return a
+        raise ConstraintError(
+            f"allOf branches give different values for {k!r}; this merge is not supported", pointer=ptr
+        )
+
+    # -- a merged view -> node --------------------------------------------------------------
+    def compile_view(self, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
+        if "anyOf" in view and "oneOf" in view:
+            raise ConstraintError("anyOf together with oneOf is not supported", pointer=view["oneOf"][1])
+        for key in ("anyOf", "oneOf"):
+            if key in view:
+                return self.compile_branches(key, view, ptr, refs, depth)
+        if any(isinstance(v, _Conflict) for v, _ in view.values()):
+            return EMPTY
+        if "enum" in view or "const" in view:
+            return self.compile_literals(view, ptr)
+        types = self.types_of(view, ptr)
+        options = [self.compile_type(t, view, ptr, refs, depth) for t in TYPES if t in types]
+        return alt(*options)
+
+    def compile_branches(self, key: str, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
+        items, kptr = view[key]
+        if not isinstance(items, list) or not items:
+            raise ConstraintError(f"{key} must be a non-empty array", pointer=kptr)
+        rest = {k: v for k, v in view.items() if k != key and k not in ANNOTATIONS}
+        branches = []
+        for i, item in enumerate(items):
+            parts = (
+                ((_View(rest), ptr), (item, join_pointer(kptr, i)))
+                if rest
+                else ((item, join_pointer(kptr, i)),)
+            )
+            branches.append(_Sub(parts))
+        if key == "oneOf":
+            self.check_exclusive(branches, kptr, refs)
+        return alt(*(self.compile(b, refs, depth + 1) for b in branches))
+
+    def check_exclusive(self, branches: list[_Sub], ptr: str, refs: dict[str, int]) -> None:
+        sigs = []
+        for b in branches:
+            try:
+                views = []
+                for schema, p in b.parts:
+                    views.extend(self.flatten(schema, p, dict(refs)))
+            except _Cut:
+                sigs.append(None)
+                continue
+            if any(v is None for v in views):
+                sigs.append(None)
+                continue
+            view = self.merge(views, ptr) if len(views) > 1 else views[0]
+            sigs.append(self.signature(view, ptr))
+        for i in range(len(sigs)):
+            for j in range(i + 1, len(sigs)):
+                if sigs[i] is None or sigs[j] is None or _exclusive(sigs[i], sigs[j]):
+                    continue
+                raise ConstraintError(
+                    f"oneOf branches {i} and {j} may both match one value; sgc enforces oneOf only when "
+                    "branches are exclusive by type, by literal value, or by a required property with "
+                    "distinct const/enum values (use anyOf if overlap is fine)",
+                    pointer=ptr,
+                )
+
+    def signature(self, view: View, ptr: str) -> tuple:
+        """(types, literal keys or None, {required property: literal keys})."""
+        literals = _literal_keys(view)
+        if "type" in view:
+            types = frozenset(_type_list(view["type"][0], view["type"][1]))
+        elif literals is not None:
+            types = frozenset(_json_type(json.loads(k)) for k in literals)
+        else:
+            types = frozenset(self.inferred_types(view))
+        discriminators = {}
+        props = view.get("properties", ({}, ""))[0]
+        required = (
+            set(view.get("required", ([], ""))[0])
+            if isinstance(view.get("required", ([], ""))[0], list)
+            else set()
+        )
+        if isinstance(props, dict):
+            for name, sub in props.items():
+                if name in required:
+                    keys = _sub_literal_keys(sub)
+                    if keys is not None:
+                        discriminators[name] = keys
+        return types, literals, discriminators
+
+    def compile_literals(self, view: View, ptr: str) -> Node:
+        values = None
+        if "enum" in view:
+            enum, eptr = view["enum"]
+            if not isinstance(enum, list):
+                raise ConstraintError("enum must be an array", pointer=eptr)
+            values = list(enum)
+        if "const" in view:
+            c = view["const"][0]
+            values = [c] if values is None else [v for v in values if _canonical(v) == _canonical(c)]
+        for k, (_, kptr) in view.items():
+            if k not in ("enum", "const", "type") and k not in ANNOTATIONS:
+                raise ConstraintError(f"{k!r} next to enum/const is not supported", pointer=kptr)
+        if "type" in view:
+            types = frozenset(_type_list(*view["type"]))
+            values = [v for v in values if _type_matches(v, types)]
+        out = []
+        for v in values:
+            try:
+                out.append(literal(json_literal(v)))
+            except ValueError:
+                raise ConstraintError(f"enum/const value {v!r} is not JSON", pointer=ptr) from None
+        return alt(*out)
+
+    def inferred_types(self, view: View) -> set[str]:
+        keys = set(view)
+        types = set()
+        if keys & OBJECT_KEYWORDS:
+            types.add("object")
+        if keys & ARRAY_KEYWORDS:
+            types.add("array")
+        if keys & STRING_KEYWORDS:
+            types.add("string")
+        if keys & NUMBER_KEYWORDS:
+            types.add("number")
+        return types or set(ALL_TYPES)
+
+    def types_of(self, view: View, ptr: str) -> set[str]:
+        if "type" not in view:
+            return self.inferred_types(view)
+        types = set(_type_list(*view["type"]))
+        if "integer" in types and "number" in types:
+            types.discard("integer")
+        return types
+
+    def compile_type(self, t: str, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
+        if t == "null":
+            return literal("null")
+        if t == "boolean":
+            return alt(literal("true"), literal("false"))
+        if t == "integer":
+            return self.compile_integer(view)
+        if t == "number":
+            return self.compile_number(view)
+        if t == "string":
+            return self.compile_string(view)
+        if t == "array":
+            return self.compile_array(view, ptr, refs, depth)
+        if t == "object":
+            return self.compile_object(view, ptr, refs, depth)
+        raise AssertionError(t)
+
+    # -- numbers ----------------------------------------------------------------------------
+    def bounds(self, view: View) -> tuple[tuple[Fraction, bool] | None, tuple[Fraction, bool] | None]:
+        lower: tuple[Fraction, bool] | None = None
+        upper: tuple[Fraction, bool] | None = None
+
+        def tighter_lower(b: tuple[Fraction, bool]) -> None:
+            nonlocal lower
+            if lower is None or b[0] > lower[0] or (b[0] == lower[0] and b[1]):
+                lower = b
+
+        def tighter_upper(b: tuple[Fraction, bool]) -> None:
+            nonlocal upper
+            if upper is None or b[0] < upper[0] or (b[0] == upper[0] and b[1]):
+                upper = b
+
+        ex_min = view.get("exclusiveMinimum")
+        ex_max = view.get("exclusiveMaximum")
+        if "minimum" in view:
+            v, p = view["minimum"]
+            tighter_lower((_number(v, p), ex_min is not None and ex_min[0] is True))
+        if "maximum" in view:
+            v, p = view["maximum"]
+            tighter_upper((_number(v, p), ex_max is not None and ex_max[0] is True))
+        for key, setter in (("exclusiveMinimum", tighter_lower), ("exclusiveMaximum", tighter_upper)):
+            if key in view:
+                v, p = view[key]
+                if isinstance(v, bool):
+                    if v and key.replace("exclusiveM", "m") not in view:
+                        raise ConstraintError(
+                            f"boolean {key} needs {key.replace('exclusiveM', 'm')}", pointer=p
+                        )
+                    continue
+                setter((_number(v, p), True))
+        return lower, upper
+
+    def multiple_of(self, view: View) -> int | None:
+        if "multipleOf" not in view:
+            return None
+        v, p = view["multipleOf"]
+        f = _number(v, p)
+        if f <= 0:
+            raise ConstraintError("multipleOf must be positive", pointer=p)
+        if f.denominator != 1:
+            raise ConstraintError("a non-integer multipleOf is not supported (float rounding)", pointer=p)
+        if f > 10_000:
+            raise ConstraintError("multipleOf above 10000 is not supported", pointer=p)
+        return int(f)
+
+    def compile_integer(self, view: View) -> Node:
+        lower, upper = self.bounds(view)
+        lo = None if lower is None else (math.floor(lower[0]) + 1 if lower[1] else math.ceil(lower[0]))
+        hi = None if upper is None else (math.ceil(upper[0]) - 1 if upper[1] else math.floor(upper[0]))
+        k = self.multiple_of(view)
+        node = INTEGER if lo is None and hi is None else int_range(lo, hi)
+        if k is None or k == 1 or is_empty(node):
+            return node
+        key = ("int", lo, hi, k)
+        dfa = _LEAF_CACHE.get(key)
+        if dfa is None:
+            dfa = intersect(
+                byte_dfa(node, self.options.max_states), _multiple_of_dfa(k), self.options.max_states
+            )
+            _LEAF_CACHE[key] = dfa
+        if dfa.is_empty():
+            return EMPTY
+        return Automaton(dfa, lambda: _multiple_of_regex(dfa, lo, hi, k))
+
+    def compile_number(self, view: View) -> Node:
+        if "multipleOf" in view:
+            k = self.multiple_of(view)
+            return self.compile_integer(view) if k is not None else EMPTY
+        lower, upper = self.bounds(view)
+        if lower is None and upper is None:
+            return NUMBER
+        for b, key in ((lower, "minimum"), (upper, "maximum")):
+            if b is not None and b[0].denominator != 1:
+                p = (view.get(key) or view.get("exclusiveM" + key[1:]))[1]
+                raise ConstraintError("a non-integer bound on a number is not supported", pointer=p)
+        lo = None if lower is None else (int(lower[0]), lower[1])
+        hi = None if upper is None else (int(upper[0]), upper[1])
+        if lo is not None and hi is not None and (lo[0] > hi[0] or (lo[0] == hi[0] and (lo[1] or hi[1]))):
+            return EMPTY
+        return number_range(lo, hi)
+
+    # -- strings ----------------------------------------------------------------------------
+    def compile_string(self, view: View) -> Node:
+        lo = _count(view, "minLength", 0)
+        hi = _count(view, "maxLength", None)
+        patterns: list[tuple[str, str]] = []
+        if "pattern" in view:
+            v, p = view["pattern"]
+            patterns = list(v.items) if isinstance(v, _Patterns) else [(v, p)]
+        fmt = None
+        if "format" in view:
+            fmt, fptr = view["format"]
+            if fmt not in FORMATS:
+                raise ConstraintError(
+                    f"format {fmt!r} is not supported (supported: {', '.join(SUPPORTED_FORMATS)})",
+                    pointer=fptr,
+                )
+        if hi is not None and lo > hi:
+            return EMPTY
+        quote = literal('"')
+        pieces: list[tuple[tuple, Any, str]] = []  # (cache key, node builder, regex text)
+        if fmt is not None:
+            fnode = encode_node(parse_regex(FORMATS[fmt])[0].node)
+            pieces.append((("format", fmt), lambda n=fnode: n, to_regex(fnode)))
+        for pat, pptr in patterns:
+            if not isinstance(pat, str):
+                raise ConstraintError("pattern must be a string", pointer=pptr)
+            try:
+                pnode = self.pattern_node(pat)
+            except ConstraintError as e:
+                raise e.with_pointer(pptr) from None
+            pieces.append((("pattern", pat), lambda n=pnode: n, to_regex(pnode)))
+        if lo > 0 or hi is not None or not pieces:
+            body = repeat(JSON_CHAR, lo, hi)
+            pieces.append((("length", lo, hi), lambda b=body: b, to_regex(body)))
+        if len(pieces) == 1:
+            key, build, text = pieces[0]
+            dfa = _cached_leaf(key, build, self.options.max_states, self.options.max_size)
+            return concat(quote, Automaton(dfa, text), quote)
+        dfa = _cached_leaf(pieces[0][0], pieces[0][1], self.options.max_states, self.options.max_size)
+        for key, build, _ in pieces[1:]:
+            dfa = intersect(
+                dfa,
+                _cached_leaf(key, build, self.options.max_states, self.options.max_size),
+                self.options.max_states,
+            )
+        if dfa.is_empty():
+            return EMPTY
+        # Python can check an intersection of string bodies with lookaheads up to the closing quote.
+        text = "".join(f'(?=(?:{t})")' for _, _, t in pieces[:-1]) + f"(?:{pieces[-1][2]})"
+        return concat(quote, Automaton(dfa, text), quote)
+
+    def pattern_node(self, pattern: str) -> Node:
+        """A JSON Schema pattern (ECMA search semantics) as a node over the string body."""
+        options = []
+        anything = repeat(JSON_CHAR, 0, None)
+        for a in parse_regex(pattern, ecma_dot=True):
+            options.append(
+                concat(
+                    EPSILON if a.anchored_start else anything,
+                    encode_node(a.node),
+                    EPSILON if a.anchored_end else anything,
+                )
+            )
+        return alt(*options)
+
+    # -- arrays -----------------------------------------------------------------------------
+    def compile_array(self, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
+        lo = _count(view, "minItems", 0)
+        hi = _count(view, "maxItems", None)
+        if "uniqueItems" in view:
+            v, p = view["uniqueItems"]
+            if v is True and (hi is None or hi > 1):
+                raise ConstraintError("uniqueItems: true is not supported (unless maxItems <= 1)", pointer=p)
+        prefix: list[tuple[Any, str] | _Sub] = []
+        rest: tuple[Any, str] | _Sub = (True, ptr)
+        if "prefixItems" in view:
+            v, p = view["prefixItems"]
+            if not isinstance(v, list):
+                raise ConstraintError("prefixItems must be an array", pointer=p)
+            prefix = [(s, join_pointer(p, i)) for i, s in enumerate(v)]
+            if "items" in view:
+                rest = _as_sub(*view["items"])
+            if "additionalItems" in view:
+                raise ConstraintError(
+                    "additionalItems next to prefixItems is not supported", pointer=view["additionalItems"][1]
+                )
+        elif "items" in view and isinstance(view["items"][0], list):
+            v, p = view["items"]
+            prefix = [(s, join_pointer(p, i)) for i, s in enumerate(v)]
+            if "additionalItems" in view:
+                rest = _as_sub(*view["additionalItems"])
+        elif "items" in view:
+            rest = _as_sub(*view["items"])
+            if "additionalItems" in view:
+                pass  # ignored by the spec when items is a single schema
+        if hi is not None and lo > hi:
+            return EMPTY
+        prefix_nodes = [
+            self.compile(s, refs, depth + 1) for s in prefix[: hi if hi is not None else len(prefix)]
+        ]
+        needs_rest = hi is None or hi > len(prefix)
+        rest_node = self.nested_value(rest, refs, depth) if needs_rest else EMPTY
+        ws = self.ws
+        sep = concat(ws, literal(","), ws)
+
+        def element(k: int) -> Node:
+            return prefix_nodes[k] if k < len(prefix_nodes) else rest_node
+
+        def tail(k: int) -> Node:
+            # the elements from index k on, given that k >= 1 elements are already written
+            if hi is not None and k >= hi:
+                return EPSILON
+            if k >= len(prefix_nodes):
+                need = max(lo - k, 0)
+                return repeat(concat(sep, rest_node), need, None if hi is None else hi - k)
+            node = concat(sep, prefix_nodes[k], tail(k + 1))
+            return node if k < lo else optional(node)
+
+        if hi == 0:
+            items = EMPTY
+        else:
+            items = concat(element(0), tail(1))
+        open_, close = literal("["), literal("]")
+        if lo == 0:
+            return concat(open_, ws, optional(concat(items, ws)), close)
+        return concat(open_, ws, items, ws, close)
+
+    # -- objects ----------------------------------------------------------------------------
+    def compile_object(self, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
+        props_v, props_p = view.get("properties", ({}, join_pointer(ptr, "properties")))
+        if not isinstance(props_v, dict):
+            raise ConstraintError("properties must be an object", pointer=props_p)
+        req_v, req_p = view.get("required", ([], join_pointer(ptr, "required")))
+        if not isinstance(req_v, list) or not all(isinstance(r, str) for r in req_v):
+            raise ConstraintError("required must be an array of strings", pointer=req_p)
+        required = list(dict.fromkeys(req_v))
+        extra = view.get("additionalProperties", (True, ptr))
+        uneval = view.get("unevaluatedProperties")
+        if uneval is not None and uneval[0] is not False:
+            raise ConstraintError(
+                "unevaluatedProperties other than false is not supported", pointer=uneval[1]
+            )
+        closed = extra[0] is False or uneval is not None
+        min_p = _count(view, "minProperties", 0)
+        max_p = _count(view, "maxProperties", None)
+        listed: list[tuple[str, tuple[Any, str] | _Sub]] = [
+            (name, sub if isinstance(sub, _Sub) else (sub, join_pointer(props_p, name)))
+            for name, sub in props_v.items()
+        ]
+        for name in required:
+            if name not in props_v:
+                if closed:
+                    raise ConstraintError(
+                        f"required property {name!r} is forbidden by additionalProperties: false",
+                        pointer=req_p,
+                    )
+                listed.append((name, _as_sub(*extra) if extra[0] is not True else (True, ptr)))
+        ws = self.ws
+        open_, close = literal("{"), literal("}")
+        if not listed:
+            if closed or (max_p is not None and max_p == 0):
+                return EMPTY if min_p > 0 else concat(open_, ws, close)
+            value = self.nested_value(extra, refs, depth)
+            return self.map_node(value, min_p, max_p)
+        if max_p is not None and max_p < len(listed):
+            raise ConstraintError(
+                "maxProperties below the number of listed properties is not supported",
+                pointer=view["maxProperties"][1],
+            )
+        if min_p > len(required):
+            raise ConstraintError(
+                "minProperties above the number of required properties is not supported",
+                pointer=view["minProperties"][1],
+            )
+        members = []
+        for name, sub in listed:
+            value = self.compile(sub, refs, depth + 1)
+            member = concat(literal(json_literal(name)), ws, literal(":"), ws, value)
+            members.append((member, name in required))
+        sep = concat(ws, literal(","), ws)
+        # after[i]: the members from i on, given that something was written before them
+        after: list[Node] = [EPSILON] * (len(members) + 1)
+        for i in range(len(members) - 1, -1, -1):
+            member, req = members[i]
+            step = concat(sep, member)
+            after[i] = concat(step if req else optional(step), after[i + 1])
+        # first[i]: the members from i on, at least one, nothing written before
+        first: Node = EMPTY
+        for i in range(len(members) - 1, -1, -1):
+            member, req = members[i]
+            here = concat(member, after[i + 1])
+            first = here if req else alt(here, first)
+        all_optional = not any(req for _, req in members)
+        if all_optional:
+            return concat(open_, ws, optional(concat(first, ws)), close)
+        return concat(open_, ws, first, ws, close)
+
+    def nested_value(self, sub: tuple[Any, str] | _Sub, refs: dict[str, int], depth: int) -> Node:
+        """Items or map values; unconstrained ones nest one level less than a free-standing `{}`."""
+        if isinstance(sub, tuple) and (sub[0] is True or sub[0] == {}):
+            return self.any_value(self.options.any_depth - 1)
+        return self.compile(_as_sub(*sub) if isinstance(sub, tuple) else sub, refs, depth + 1)
+
+    def map_node(self, value: Node, min_p: int, max_p: int | None) -> Node:
+        ws = self.ws
+        key = concat(
+            literal('"'),
+            Automaton(self.string_body_dfa(), to_regex(repeat(JSON_CHAR, 0, None))),
+            literal('"'),
+        )
+        member = concat(key, ws, literal(":"), ws, value)
+        sep = concat(ws, literal(","), ws)
+        if max_p == 0:
+            body = EMPTY
+        else:
+            body = concat(
+                member, repeat(concat(sep, member), max(min_p - 1, 0), None if max_p is None else max_p - 1)
+            )
+        if min_p == 0:
+            return concat(literal("{"), ws, optional(concat(body, ws)), literal("}"))
+        return concat(literal("{"), ws, body, ws, literal("}"))
+
+    def string_body_dfa(self) -> DFA:
+        return _cached_leaf(("length", 0, None), lambda: repeat(JSON_CHAR, 0, None), self.options.max_states)
+
+    # -- any JSON value ---------------------------------------------------------------------
+    def any_value(self, depth: int) -> Node:
+        key = ("any", depth, self.ws_key)
+        node = self.any_value_node(depth)
+        dfa = _cached_leaf(key, lambda: node, self.options.max_states, self.options.max_size)
+        return Automaton(dfa, to_regex(node))
+
+    def any_value_node(self, depth: int) -> Node:
+        string = concat(literal('"'), repeat(JSON_CHAR, 0, None), literal('"'))
+        scalars = alt(literal("null"), literal("true"), literal("false"), NUMBER, string)
+        if depth <= 0:
+            return scalars
+        inner = self.any_value_node(depth - 1)
+        ws = self.ws
+        sep = concat(ws, literal(","), ws)
+        array = concat(
+            literal("["), ws, optional(concat(inner, repeat(concat(sep, inner), 0, None), ws)), literal("]")
+        )
+        member = concat(string, ws, literal(":"), ws, inner)
+        obj = concat(
+            literal("{"), ws, optional(concat(member, repeat(concat(sep, member), 0, None), ws)), literal("}")
+        )
+        return alt(scalars, array, obj)
+
+
+@dataclass(frozen=True)
+class _View:
+    """An already-flattened view used as an allOf part (anyOf/oneOf siblings)."""
+
+    view: View
+
+
+@dataclass(frozen=True)
+class _Patterns:
+    items: tuple[tuple[str, str], ...]
+
+
+class _Conflict:
+    """Two allOf branches require different constants: nothing matches."""
+
+
+def _normalize(k: str, v: Any, p: str) -> Any:
+    """A keyword's value in the form merging works on (subschemas keep their own pointers)."""
+    if k == "properties" and isinstance(v, dict):
+        return {name: _Sub(((sub, join_pointer(p, name)),)) for name, sub in v.items()}
+    if k == "pattern":
+        return _Patterns(((v, p),))
+    if k in ("items", "additionalItems", "additionalProperties") and isinstance(v, dict):
+        return _Sub(((v, p),))
+    return v
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, _Sub):
+        return [s for s, _ in v.parts]
+    if isinstance(v, _Patterns):
+        return [s for s, _ in v.items]
+    return v
+
+
+def _as_sub(schema: Any, ptr: str) -> tuple[Any, str] | _Sub:
+    return schema if isinstance(schema, _Sub) else (schema, ptr)
+
+
+def _merge_subs(a: Any, b: Any, ptr: str, name: str | None) -> _Sub:
+    def parts(x: Any) -> tuple[tuple[Any, str], ...]:
+        if isinstance(x, _Sub):
+            return x.parts
+        return ((x, ptr if name is None else join_pointer(ptr, name)),)
+
+    return _Sub(parts(a) + parts(b))
+
+
+def _type_list(v: Any, ptr: str) -> list[str]:
+    types = [v] if isinstance(v, str) else v
+    if not isinstance(types, list) or not types:
+        raise ConstraintError("type must be a type name or a non-empty array of them", pointer=ptr)
+    for t in types:
+        if t not in TYPES:
+            raise ConstraintError(f"unknown type {t!r}", pointer=ptr)
+    return types
+
+
+def _number(v: Any, ptr: str) -> Fraction:
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or (isinstance(v, float) and not math.isfinite(v))
+    ):
+        raise ConstraintError(f"expected a number, got {v!r}", pointer=ptr)
+    return Fraction(v)
+
+
+def _count(view: View, key: str, default: int | None) -> int | None:
+    if key not in view:
+        return default
+    v, p = view[key]
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ConstraintError(f"{key} must be a non-negative integer", pointer=p)
+    return v
+
+
+def _literal_keys(view: View) -> frozenset[str] | None:
+    keys = None
+    if "enum" in view and isinstance(view["enum"][0], list):
+        keys = frozenset(_canonical(v) for v in view["enum"][0])
+    if "const" in view:
+        c = frozenset({_canonical(view["const"][0])})
+        keys = c if keys is None else keys & c
+    return keys
+
+
+def _sub_literal_keys(sub: Any) -> frozenset[str] | None:
+    schemas = [s for s, _ in sub.parts] if isinstance(sub, _Sub) else [sub]
+    keys = None
+    for s in schemas:
+        if isinstance(s, dict) and ("enum" in s or "const" in s):
+            k = _literal_keys({key: (s[key], "") for key in ("enum", "const") if key in s})
+            keys = k if keys is None else keys & k
+    return keys
+
+
+def _exclusive(a: tuple, b: tuple) -> bool:
+    types_a, lit_a, disc_a = a
+    types_b, lit_b, disc_b = b
+    if not _types_overlap(types_a, types_b):
+        return True
+    if lit_a is not None and lit_b is not None and not (lit_a & lit_b):
+        return True
+    if lit_a is not None and all(not _type_matches(json.loads(k), types_b) for k in lit_a):
+        return True
+    if lit_b is not None and all(not _type_matches(json.loads(k), types_a) for k in lit_b):
+        return True
+    return any(name in disc_b and not (keys & disc_b[name]) for name, keys in disc_a.items())
+
+
+def _multiple_of_dfa(k: int) -> DFA:
+    """Byte DFA for `-?[0-9]+` whose value is a multiple of k (digits read left to right)."""
+    import numpy as np
+
+    # states: 0 start, 1 after '-', 2 + r: remainder r after at least one digit
+    n = 2 + k
+    symbol_class = np.full(256, 0, dtype=np.int32)  # class 0: other
+    symbol_class[ord("-")] = 1
+    for d in range(10):
+        symbol_class[48 + d] = 2 + d
+    table = np.full((n, 12), -1, dtype=np.int32)
+    table[0, 1] = 1
+    for s in (0, 1):
+        for d in range(10):
+            table[s, 2 + d] = 2 + d % k
+    for r in range(k):
+        for d in range(10):
+            table[2 + r, 2 + d] = 2 + (10 * r + d) % k
+    accepting = np.zeros(n, dtype=bool)
+    accepting[2] = True
+    from .automaton import trim
+
+    return trim(DFA(0, accepting, table, symbol_class))
+
+
+def _multiple_of_regex(dfa: DFA, lo: int | None, hi: int | None, k: int) -> str:
+    if lo is not None and hi is not None and (hi - lo) // k <= 2000:
+        first = -(-lo // k) * k
+        return "|".join(str(v) for v in range(first, hi + 1, k)) or "[^\\x00-\\U0010ffff]"
+    return ascii_dfa_to_regex(dfa)
+
+
+def _size(node: Node) -> int:
+    memo: dict[int, int] = {}
+
+    def go(n: Node) -> int:
+        got = memo.get(id(n))
+        if got is not None:
+            return got
+        if isinstance(n, (Concat, Alt)):
+            r = sum(go(p) for p in (n.parts if isinstance(n, Concat) else n.options))
+        elif isinstance(n, Repeat):
+            r = go(n.node) * (n.max if n.max is not None else max(n.min, 1))
+        else:
+            r = size(n)
+        memo[id(n)] = r
+        return r
+
+    return go(node)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def schema_options(
+    whitespace: str | int | Whitespace | None = "compact",
+    max_recursion: int = 3,
+    any_depth: int = 2,
+    max_states: int = DEFAULT_MAX_STATES,
+) -> SchemaOptions:
+    return SchemaOptions(
+        whitespace=whitespace_policy(whitespace),
+        max_recursion=max_recursion,
+        any_depth=any_depth,
+        max_states=max_states,
+    )
+
+
+def json_schema_to_node(schema: Any, options: SchemaOptions | None = None) -> Node:
+    """The schema's syntax tree (see the module docstring for the semantics)."""
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as e:
+            raise ConstraintError(f"the schema is not valid JSON: {e}", pointer="") from None
+    return SchemaCompiler(schema, options or SchemaOptions()).compile_root()
+
+
+def json_schema_to_regex(
+    schema: Any, whitespace: str | int | Whitespace | None = "compact", max_recursion: int = 3
+) -> str:
+    """A Python regex (for `re.fullmatch`) matching the JSON texts sgc generates for the schema.
+
+    Intersections (a pattern with a length, a format with a pattern) print as lookaheads.
+    """
+    return to_regex(json_schema_to_node(schema, schema_options(whitespace, max_recursion)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The keyword support table (docs/constraints.md embeds its output; a test keeps them in sync)
+
+KEYWORD_NOTES: dict[str, tuple[str, str]] = {
+    "type": ("yes", "a name or a list; no `type` means the types the other keywords imply (all if none)"),
+    "enum": ("yes", "values written compactly; next to `type` values of other types are dropped"),
+    "const": ("yes", "as a one-value enum"),
+    "anyOf": ("yes", "alternation; sibling keywords are merged into every branch"),
+    "oneOf": ("yes", "only when branches are provably exclusive (types, literals, const/enum discriminator)"),
+    "allOf": ("yes", "merged: properties/required united, bounds tightened, patterns intersected"),
+    "$ref": (
+        "yes",
+        "local JSON pointers (`#`, `#/$defs/x`, `#/definitions/x`, ...); recursion unrolled to `max_recursion`",
+    ),
+    "properties": ("yes", "generated in the order listed"),
+    "required": (
+        "yes",
+        "required ones always present; names not in `properties` take `additionalProperties`",
+    ),
+    "additionalProperties": (
+        "yes",
+        "`false` or absent: only listed properties; a schema with no `properties`: a map",
+    ),
+    "unevaluatedProperties": ("false only", "same as `additionalProperties: false`"),
+    "minProperties": ("partly", "maps; objects only when implied by `required`"),
+    "maxProperties": ("partly", "maps; objects only when all listed properties fit"),
+    "items": ("yes", "a schema, or a list (tuple form, with `additionalItems`)"),
+    "prefixItems": ("yes", ""),
+    "additionalItems": ("yes", "with tuple-form `items`"),
+    "minItems": ("yes", ""),
+    "maxItems": ("yes", "unrolled (mind the size budget)"),
+    "uniqueItems": ("false only", "`true` only with `maxItems <= 1`"),
+    "minLength": ("yes", "code points; escapes count as one"),
+    "maxLength": ("yes", "code points; escapes count as one"),
+    "pattern": ("yes", "ECMA search semantics (unanchored ends get `.*`); see the regex syntax"),
+    "format": ("yes", ", ".join(SUPPORTED_FORMATS)),
+    "minimum": ("yes", "integers: any bound; numbers: integer-valued bounds (no exponent then)"),
+    "maximum": ("yes", "as `minimum`"),
+    "exclusiveMinimum": ("yes", "number form and draft-4 boolean form"),
+    "exclusiveMaximum": ("yes", "number form and draft-4 boolean form"),
+    "multipleOf": (
+        "integers",
+        "integer divisors up to 10000 (numbers become integers); fractional ones rejected",
+    ),
+}
+
+
+def support_table_markdown() -> str:
+    """The JSON Schema keyword table for docs/constraints.md."""
+    lines = ["| keyword | support | notes |", "| --- | --- | --- |"]
+    for k in sorted(KEYWORD_NOTES, key=lambda k: k.lower().lstrip("$")):
+        status, note = KEYWORD_NOTES[k]
+        lines.append(f"| `{k}` | {status} | {note} |")
+    for k in sorted(ANNOTATIONS, key=lambda k: k.lower().lstrip("$")):
+        lines.append(f"| `{k}` | ignored | annotation{' (root only)' if k == '$id' else ''} |")
+    for k in sorted(REJECTED_KEYWORDS, key=lambda k: k.lower().lstrip("$")):
+        lines.append(f"| `{k}` | **rejected** | {REJECTED_KEYWORDS[k]} |")
+    lines.append("| anything else | **rejected** | unknown keyword |")
+    return "\n".join(lines)

@@ -1,0 +1,359 @@
+"""Regex text -> syntax tree (`regex_ast`): our scanner for classes and rejections, interegular for
+the structure.
+
+The scanner runs first, over each top-level alternative. It
+
+* rejects, with their offset, the constructs that cannot be compiled to a finite automaton exactly
+  (backreferences, lookarounds, word boundaries, inline flags, possessive quantifiers, atomic
+  groups, conditionals, Unicode property escapes, anchors anywhere but at the ends);
+* parses every character class (`[...]`, `\\d`, `\\W`, ...) itself into a `CharSet` and leaves a
+  placeholder character (from Unicode's last private-use plane) in its stead, so the classes get
+  exactly the semantics below, and huge classes never become Python sets of characters;
+* rewrites what interegular lacks: `\\uXXXX` / `\\UXXXXXXXX` escapes, ECMA named groups `(?<n>...)`.
+
+interegular then parses groups, alternation and quantifiers, and its tree becomes ours.
+
+Semantics: Python's `re.fullmatch` (for `compile_regex`) with one twist that makes the language valid
+under both Python's Unicode and ASCII/ECMA readings: shorthands in a positive position match their
+ASCII sets (`\\d` = `[0-9]`) and in a negative position (`\\D`, `[^\\d]`) exclude their Unicode sets,
+so `\\D` never produces an Arabic-Indic digit. With `ecma_dot` (JSON Schema patterns) `.` excludes
+all ECMA line terminators (\\n, \\r, U+2028, U+2029), else only \\n as in Python.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from functools import cache
+
+from interegular import patterns as _ip
+
+from .charset import MAX_CODE_POINT, CharSet
+from .errors import ConstraintError
+from .regex_ast import EPSILON, Node, alt, chars, concat, repeat
+
+_PLACEHOLDER_BASE = 0x100000  # plane 16, private use: never a meaningful pattern character
+_LITERAL_SPECIAL = set(".^$*+?{}[]\\|()")
+_HEX = set("0123456789abcdefABCDEF")
+_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "a": "\a"}
+
+_ASCII_SHORTHAND = {
+    "d": CharSet.range("0", "9"),
+    "w": CharSet.from_ranges([(48, 57), (65, 90), (95, 95), (97, 122)]),
+    "s": CharSet.of(" \t\n\r\f\v"),
+}
+
+
+@cache
+def _unicode_shorthand(kind: str) -> CharSet:
+    """Python's Unicode reading of \\d, \\w, \\s (a superset of the ASCII one)."""
+    test = {"d": str.isdecimal, "w": lambda c: c.isalnum() or c == "_", "s": str.isspace}[kind]
+    ranges: list[tuple[int, int]] = []
+    for c in range(sys.maxunicode + 1):
+        if test(chr(c)):
+            if ranges and ranges[-1][1] == c - 1:
+                ranges[-1] = (ranges[-1][0], c)
+            else:
+                ranges.append((c, c))
+    return CharSet.from_ranges(ranges) | _ASCII_SHORTHAND[kind]
+
+
+def _shorthand(letter: str, positive_position: bool) -> CharSet:
+    """The set for \\d, \\D, ... that is right under both readings in this position."""
+    kind = letter.lower()
+    negated = letter.isupper()
+    if negated:
+        # \D in a positive position: exclude every reading's digits. In a negated class,
+        # [^\D] = digits under every reading = the ASCII digits.
+        return (
+            _unicode_shorthand(kind).complement()
+            if positive_position
+            else _ASCII_SHORTHAND[kind].complement()
+        )
+    return _ASCII_SHORTHAND[kind] if positive_position else _unicode_shorthand(kind)
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """One top-level alternative of a regex, with its own anchors (JSON Schema's search semantics
+    anchor each alternative separately: `^a|b` is "starts with a, or contains b")."""
+
+    node: Node
+    anchored_start: bool  # it began with ^
+    anchored_end: bool  # it ended with $
+
+
+def parse_regex(pattern: str, ecma_dot: bool = False) -> list[Alternative]:
+    """Parse `pattern` into its top-level alternatives; their leading `^`/trailing `$` are recorded
+    and removed. Anchors anywhere else are rejected."""
+    return [_Scanner(pattern, lo, hi, ecma_dot).parse() for lo, hi in _top_level_alternatives(pattern)]
+
+
+def parse_fullmatch_node(pattern: str) -> Node:
+    """The syntax tree of `pattern` under `re.fullmatch` (anchors at the ends are no-ops there)."""
+    return alt(*(a.node for a in parse_regex(pattern)))
+
+
+def _top_level_alternatives(pattern: str) -> list[tuple[int, int]]:
+    spans = []
+    depth = 0
+    in_class = False
+    class_first = -1
+    lo = 0
+    i = 0
+    n = len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            if c == "]" and i != class_first:
+                in_class = False
+        elif c == "[":
+            in_class = True
+            class_first = i + 2 if pattern.startswith("[^", i) else i + 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            spans.append((lo, i))
+            lo = i + 1
+        i += 1
+    spans.append((lo, n))
+    return spans
+
+
+_NEWLINE = CharSet.of("\n")
+_ECMA_LINE_TERMINATORS = CharSet.of("\n\r\u2028\u2029")
+
+
+class _Scanner:
+    def __init__(self, pattern: str, lo: int, hi: int, ecma_dot: bool) -> None:
+        self.pattern = pattern
+        self.lo = lo
+        self.n = hi
+        self.dot = (_ECMA_LINE_TERMINATORS if ecma_dot else _NEWLINE).complement()
+        self.out: list[str] = []
+        self.origin: list[int] = []
+        self.classes: list[CharSet] = []
+
+    # -- errors -----------------------------------------------------------------------------
+    def error(self, message: str, pos: int) -> ConstraintError:
+        return ConstraintError(message, position=pos, pattern=self.pattern)
+
+    def unsupported(self, what: str, pos: int) -> ConstraintError:
+        return self.error(f"{what} is not supported", pos)
+
+    # -- output -----------------------------------------------------------------------------
+    def emit(self, text: str, pos: int) -> None:
+        self.out.append(text)
+        self.origin.extend([pos] * len(text))
+
+    def emit_class(self, cs: CharSet, pos: int) -> None:
+        self.emit(chr(_PLACEHOLDER_BASE + len(self.classes)), pos)
+        self.classes.append(cs)
+
+    # -- scanning ---------------------------------------------------------------------------
+    def parse(self) -> Alternative:
+        p, n = self.pattern, self.n
+        anchored_start = p.startswith("^", self.lo) and self.lo < n
+        i = self.lo + 1 if anchored_start else self.lo
+        anchored_end = False
+        while i < n:
+            c = p[i]
+            if c == "\\":
+                i = self.escape(i)
+            elif c == "[":
+                i = self.char_class(i)
+            elif c == "(" and p.startswith("(?", i):
+                i = self.extension_group(i)
+            elif c in "*+?}" and i + 1 < n and p[i + 1] == "+":
+                raise self.unsupported("possessive quantifier", i + 1)
+            elif c == "^":
+                raise self.unsupported("anchor ^ other than at the start of the regex", i)
+            elif c == "$":
+                if i != n - 1:
+                    raise self.unsupported("anchor $ other than at the end of the regex", i)
+                anchored_end = True
+                i += 1
+            elif c == ".":
+                self.emit_class(self.dot, i)
+                i += 1
+            elif ord(c) >= _PLACEHOLDER_BASE:
+                self.emit_class(CharSet.of(c), i)
+                i += 1
+            else:
+                self.emit(c, i)
+                i += 1
+        return Alternative(self.interegular_parse(), anchored_start, anchored_end)
+
+    def escape(self, i: int) -> int:
+        p, n = self.pattern, self.n
+        if i + 1 >= n:
+            raise self.error("the regex ends in a lone backslash", i)
+        e = p[i + 1]
+        if e in "123456789":
+            raise self.unsupported(f"backreference \\{e}", i)
+        if e == "k":
+            raise self.unsupported("named backreference \\k", i)
+        if e in "bB":
+            raise self.unsupported(f"word boundary \\{e}", i)
+        if e in "AZzG":
+            raise self.unsupported(f"anchor \\{e}", i)
+        if e in "dDwWsS":
+            self.emit_class(_shorthand(e, positive_position=True), i)
+            return i + 2
+        ch, j = self.escaped_char(i)
+        self.emit_class(CharSet.of(ch), i)
+        return j
+
+    def escaped_char(self, i: int) -> tuple[str, int]:
+        """A single-character escape at `i` (the backslash): the character and the next index."""
+        p, n = self.pattern, self.n
+        e = p[i + 1]
+        if e in "xuU":
+            width = {"x": 2, "u": 4, "U": 8}[e]
+            digits = p[i + 2 : min(i + 2 + width, n)]
+            if len(digits) != width or not set(digits) <= _HEX:
+                raise self.error(f"\\{e} needs {width} hex digits", i)
+            code = int(digits, 16)
+            if code > MAX_CODE_POINT:
+                raise self.error("code point out of range", i)
+            return chr(code), i + 2 + width
+        if e == "0":
+            j = i + 2
+            while j < min(i + 4, n) and p[j] in "01234567":
+                j += 1
+            return chr(int(p[i + 1 : j], 8)), j
+        if e in _SIMPLE_ESCAPES:
+            return _SIMPLE_ESCAPES[e], i + 2
+        if e in "pPN":
+            raise self.unsupported(f"Unicode property escape \\{e}", i)
+        if e == "c":
+            raise self.unsupported("control escape \\c", i)
+        if e.isalnum():
+            raise self.error(f"bad escape \\{e}", i)
+        return e, i + 2
+
+    def char_class(self, i: int) -> int:
+        p, n = self.pattern, self.n
+        start = i
+        i += 1
+        negated = i < n and p[i] == "^"
+        if negated:
+            i += 1
+        first = i
+        members = CharSet.nothing()
+        while True:
+            if i >= n:
+                raise self.error("unterminated character class", start)
+            c = p[i]
+            if c == "]" and i != first:
+                i += 1
+                break
+            if c == "\\" and i + 1 < n and p[i + 1] in "dDwWsS":
+                members = members | _shorthand(p[i + 1], positive_position=not negated)
+                i += 2
+                continue
+            if c == "\\" and i + 1 < n and p[i + 1] == "b":
+                lo_ch, j = "\b", i + 2
+            elif c == "\\":
+                if i + 1 >= n:
+                    raise self.error("unterminated character class", start)
+                lo_ch, j = self.escaped_char(i)
+            elif c == "[" and p.startswith("[:", i):
+                raise self.unsupported("POSIX class [:...:]", i)
+            else:
+                lo_ch, j = c, i + 1
+            # a range?
+            if j + 1 < n and p[j] == "-" and p[j + 1] != "]":
+                k = j + 1
+                if p[k] == "\\":
+                    if k + 1 < n and p[k + 1] in "dDwWsS":
+                        raise self.error("bad character range", i)
+                    hi_ch, k2 = ("\b", k + 2) if p.startswith("\\b", k) else self.escaped_char(k)
+                else:
+                    hi_ch, k2 = p[k], k + 1
+                if ord(hi_ch) < ord(lo_ch):
+                    raise self.error(f"bad character range {lo_ch}-{hi_ch}", i)
+                members = members | CharSet.range(lo_ch, hi_ch)
+                i = k2
+            else:
+                members = members | CharSet.of(lo_ch)
+                i = j
+        self.emit_class(members.complement() if negated else members, start)
+        return i
+
+    def extension_group(self, i: int) -> int:
+        p, n = self.pattern, self.n
+        rest = p[i + 2 : min(i + 4, n)]
+        if rest[:1] in ("=", "!") or rest in ("<=", "<!"):
+            key = rest if rest in ("<=", "<!") else rest[:1]
+            kind = {
+                "=": "lookahead",
+                "!": "negative lookahead",
+                "<=": "lookbehind",
+                "<!": "negative lookbehind",
+            }
+            raise self.unsupported(f"{kind[key]} (?{key}...)", i)
+        if rest.startswith("P="):
+            raise self.unsupported("named backreference (?P=...)", i)
+        if rest.startswith("("):
+            raise self.unsupported("conditional group (?(...)...)", i)
+        if rest.startswith(">"):
+            raise self.unsupported("atomic group (?>...)", i)
+        if rest.startswith("#"):
+            raise self.unsupported("comment group (?#...)", i)
+        if rest.startswith(":"):
+            self.emit("(?:", i)
+            return i + 3
+        if rest.startswith("P<") or rest.startswith("<"):
+            close = p.find(">", i, n)
+            if close < 0:
+                raise self.error("unterminated group name", i)
+            self.emit("(?:", i)  # a named group matches what an unnamed one does
+            return close + 1
+        raise self.unsupported("inline flags (?...)", i)
+
+    def interegular_parse(self) -> Node:
+        text = "".join(self.out)
+        parser = _ip._ParsePattern(text)
+        try:
+            tree = parser.parse().simplify()
+        except _ip.InvalidSyntax as e:
+            pos = getattr(e.__context__, "index", parser.index)
+            raise self.error(f"invalid regex syntax{': ' + str(e) if str(e) else ''}", self.at(pos)) from None
+        except _ip.Unsupported as e:
+            raise self.error(f"unsupported regex construct: {e}", self.at(parser.index)) from None
+        return self.convert(tree)
+
+    def at(self, pos: int) -> int:
+        return self.origin[pos] if 0 <= pos < len(self.origin) else self.n
+
+    def convert(self, p: object) -> Node:
+        if isinstance(p, _ip.Pattern):
+            if p.added_flags or p.removed_flags:
+                raise self.unsupported("regex flags", self.lo)
+            return alt(*(self.convert(o) for o in p.options))
+        if isinstance(p, _ip._Concatenation):
+            return concat(*(self.convert(part) for part in p.parts))
+        if isinstance(p, _ip._Repeated):
+            return repeat(self.convert(p.base), p.min, p.max)
+        if isinstance(p, _ip._CharGroup):
+            cs = CharSet.nothing()
+            plain = []
+            for ch in p.chars:
+                k = ord(ch) - _PLACEHOLDER_BASE
+                if 0 <= k < len(self.classes):
+                    cs = cs | self.classes[k]
+                else:
+                    plain.append(ch)
+            cs = cs | CharSet.of(plain)
+            return chars(cs.complement() if p.negated else cs)
+        if p is _ip._DOT:
+            return chars(self.dot)
+        if p is _ip._EMPTY:
+            return EPSILON
+        raise self.unsupported(f"regex construct {type(p).__name__}", self.lo)
