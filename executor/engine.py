@@ -45,6 +45,12 @@ class EngineConfig:
     device: str = "auto"
     dtype: str | None = None  # default: float32 on CPU, bfloat16 on CUDA
     kv_cache_gb: float | None = None  # KV memory budget; default sized from the machine
+    # Without kv_cache_gb: the share of free device memory (after loading the weights) the KV pool
+    # takes. Default on CUDA 0.8, leaving room for activations, CUDA graphs and the sampler;
+    # on CPU the default stays a quarter of RAM (at most 4 GiB), a given fraction is of free RAM.
+    kv_cache_fraction: float | None = None
+    disable_cuda_graph: bool = False  # CUDA: run decode eagerly instead of replaying graphs
+    cuda_graph_max_bs: int | None = None  # largest captured decode batch; default max_running_requests
     max_total_tokens: int | None = None  # KV slots; overrides kv_cache_gb (tests use tiny pools)
     max_running_requests: int = 256
     max_prefill_tokens: int = 8192
@@ -57,17 +63,33 @@ class EngineConfig:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available on this machine; use 'cpu' or 'auto'")
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu' or 'cuda[:N]'")
-    return torch.device(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available on this machine "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+                         "use 'cpu' or 'auto'")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu' or 'cuda[:N]'") from exc
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r} was asked for but this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+    return resolved
 
 
-def _default_kv_bytes(device: torch.device) -> int:
+DEFAULT_CUDA_KV_FRACTION = 0.8
+
+
+def _default_kv_bytes(device: torch.device, fraction: float | None = None) -> int:
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ValueError(f"kv_cache_fraction must be in (0, 1], got {fraction}")
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.5)
+        return int(free * (DEFAULT_CUDA_KV_FRACTION if fraction is None else fraction))
+    if fraction is not None:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") * fraction)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return min(4 << 30, total // 4)
 
@@ -160,20 +182,26 @@ class Engine:
 
     def _pick_dtype(self) -> torch.dtype:
         if self.config.dtype is None:
-            return torch.bfloat16 if self.device.type == "cuda" else torch.float32
+            if self.device.type != "cuda":
+                return torch.float32
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         if self.config.dtype not in names:
             raise ValueError(f"unknown dtype {self.config.dtype!r}; expected one of {sorted(names)}")
         return names[self.config.dtype]
 
     def _build_runtime(self, dtype: torch.dtype) -> None:
+        if self.device.type == "cuda" and getattr(self, "runner", None) is not None:
+            # A rebuild after a failed step: free the old pool and graphs before sizing new ones.
+            self.runner = self.kv_pool = None
+            torch.cuda.empty_cache()
         cfg = self.model_config
         per_token = kv_bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, dtype)
         if self.config.max_total_tokens is not None:
             num_slots = self.config.max_total_tokens
         else:
             budget = (int(self.config.kv_cache_gb * (1 << 30)) if self.config.kv_cache_gb
-                      else _default_kv_bytes(self.device))
+                      else _default_kv_bytes(self.device, self.config.kv_cache_fraction))
             num_slots = budget // per_token
         if num_slots < 2:
             raise ValueError(f"KV budget gives {num_slots} slots; it must hold at least a short prompt")
@@ -183,6 +211,8 @@ class Engine:
         self.req_to_token = ReqToTokenPool(self.config.max_running_requests + 8, self.context_len, self.device)
         self.radix_cache = None if self.config.disable_radix_cache else RadixCache(self.allocator)
         self.runner = ModelRunner(self.model, self.kv_pool, self.req_to_token, cfg.head_dim)
+        if self.device.type == "cuda" and not self.config.disable_cuda_graph:
+            self._capture_cuda_graphs()
         self.scheduler = Scheduler(
             self.runner,
             KVManager(self.allocator, self.req_to_token, self.radix_cache),
@@ -197,6 +227,16 @@ class Engine:
             self.device,
         )
         self.scheduler.constraints = self.constraints
+
+    def _capture_cuda_graphs(self) -> None:
+        from executor import kernels
+        from executor.cuda_graph import capture_batch_sizes
+
+        if not kernels.triton_available():  # the reference decode attention syncs with the host
+            logger.warning("Triton kernels are off: decode runs without CUDA graphs")
+            return
+        max_bs = self.config.cuda_graph_max_bs or self.config.max_running_requests
+        self.runner.capture_cuda_graphs(capture_batch_sizes(min(max_bs, self.config.max_running_requests)))
 
     # -- public API ------------------------------------------------------------------------------
     def generate(

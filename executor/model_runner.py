@@ -4,9 +4,15 @@ The model is a plain torch module (models/); this module is where it meets the e
 Per layer, the attention function stores the new tokens' K/V into the pool at the batch's
 out_cache_loc and calls the extend or decode kernel, which reads every request's KV through the
 request-to-token table.
+
+On CUDA the runner also swaps the model's norm and rotary modules for fused kernels and, once
+`capture_cuda_graphs` has run, replays decode steps from CUDA graphs (`executor/cuda_graph.py`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -14,6 +20,9 @@ from torch import nn
 from executor import kernels
 from executor.forward_batch import ForwardBatch, ForwardMode
 from executor.memory import KVPool, ReqToTokenPool
+
+if TYPE_CHECKING:
+    from executor.cuda_graph import CudaGraphRunner
 
 
 class ModelRunner:
@@ -23,6 +32,20 @@ class ModelRunner:
         self.req_to_token = req_to_token
         self.scale = head_dim**-0.5
         self.num_forward_passes = 0
+        self.cuda_graphs: CudaGraphRunner | None = None
+        if kv_pool.device.type == "cuda":
+            from executor.kernels.fused_layers import use_fused_layers
+
+            use_fused_layers(model)
+
+    def capture_cuda_graphs(self, batch_sizes: Sequence[int]) -> None:
+        """Record the decode step for these batch sizes; later decode batches replay them."""
+        from executor.cuda_graph import CudaGraphRunner
+
+        if self.cuda_graphs is not None:
+            self.cuda_graphs.release()
+            self.cuda_graphs = None
+        self.cuda_graphs = CudaGraphRunner(self, batch_sizes)
 
     def _attention_for(self, batch: ForwardBatch):
         table = self.req_to_token.req_to_token
@@ -53,6 +76,12 @@ class ModelRunner:
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Hidden states [num_tokens, hidden] of every new token in the batch."""
         self.num_forward_passes += 1
+        if self.cuda_graphs is not None and self.cuda_graphs.can_run(batch):
+            return self.cuda_graphs.replay(batch)
+        return self.forward_eager(batch)
+
+    def forward_eager(self, batch: ForwardBatch) -> torch.Tensor:
+        """`forward` without CUDA graphs (what the graphs record)."""
         return self.model(batch.input_ids, batch.positions, self._attention_for(batch))
 
     @torch.inference_mode()

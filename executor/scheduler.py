@@ -318,7 +318,7 @@ class Scheduler:
         if not reqs:
             return aborted
         table = self.kv.req_to_token.req_to_token
-        slots = self.kv.allocator.allocate(len(reqs))
+        slots = self.kv.allocator.allocate(len(reqs)).to(self.device)
         rows = torch.tensor([r.req_row for r in reqs], dtype=torch.long, device=self.device)
         positions = torch.tensor([r.num_kv for r in reqs], dtype=torch.long, device=self.device)
         table[rows, positions] = slots

@@ -33,6 +33,11 @@ def _triton_modules() -> tuple[ModuleType, ModuleType, ModuleType] | None:
     return attention_triton, norm_triton, rotary_triton
 
 
+def triton_available() -> bool:
+    """Whether CUDA tensors get the Triton kernels (False without Triton or with SGC_DISABLE_TRITON)."""
+    return _triton_modules() is not None
+
+
 def use_triton(x: torch.Tensor) -> bool:
     """Whether ops on `x` run as Triton kernels."""
     return x.is_cuda and _triton_modules() is not None
@@ -109,5 +114,6 @@ __all__ = [
     "rmsnorm_ref",
     "rotary_embedding",
     "rotary_embedding_ref",
+    "triton_available",
     "use_triton",
 ]

@@ -29,6 +29,16 @@ import triton.language as tl
 _LOG2E = 1.4426950408889634
 
 
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    # float32 inputs get true float32 products; the default would round them to tf32 on the GPU.
+    # (bf16 and fp16 inputs multiply exactly either way, accumulating in float32.)
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
 # -- decode -------------------------------------------------------------------------------------------
 @triton.jit
 def _decode_split_kernel(
@@ -46,7 +56,7 @@ def _decode_split_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """Program (b, kv_head, split): partial attention of the group's heads over one split."""
     b = tl.program_id(0)
@@ -80,7 +90,7 @@ def _decode_split_kernel(
         slots = tl.load(table_row + pos, mask=mask_n, other=0)
         k = tl.load(K + slots[:, None] * stride_kn + kv_head * stride_kh + offs_d[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_H, BLOCK_N], log2 units
+        s = _dot(q, tl.trans(k), IEEE) * qk_scale  # [BLOCK_H, BLOCK_N], log2 units
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile has a valid position
         alpha = tl.exp2(m_i - m_new)
@@ -88,7 +98,7 @@ def _decode_split_kernel(
         v = tl.load(V + slots[:, None] * stride_vn + kv_head * stride_vh + offs_d[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
 
     # An empty split (sequence shorter than the split start) leaves l_i == 0: write lse = -inf so
@@ -145,11 +155,6 @@ def default_num_kv_splits(batch: int, num_kv_heads: int, device: torch.device) -
     return max(1, min(16, triton.next_power_of_2(want)))
 
 
-def _precision(dtype: torch.dtype) -> str:
-    # float32 inputs get true float32 products (the default would round them to tf32 on GPU).
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def decode_attention_splits(
     q: torch.Tensor,
     k_buffer: torch.Tensor,
@@ -185,7 +190,7 @@ def decode_attention_splits(
         mid_lse.stride(0), mid_lse.stride(1),
         GROUP=group, HEAD_DIM=head_dim, NUM_SPLITS=num_kv_splits,
         BLOCK_H=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
-        PRECISION=_precision(q.dtype),
+        IEEE=q.dtype == torch.float32,
         num_warps=4, num_stages=2,
     )
     _decode_merge_kernel[(batch, num_heads)](
@@ -229,7 +234,7 @@ def _extend_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """Program (request, head, block of new tokens): flash attention over prefix + new tokens.
 
@@ -267,7 +272,7 @@ def _extend_kernel(
         slots = tl.load(table_row + pos, mask=mask_n, other=0)
         k = tl.load(K + slots[:, None] * stride_kn + kv_head * stride_kh + offs_d[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        s = _dot(q, tl.trans(k), IEEE) * qk_scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -275,7 +280,7 @@ def _extend_kernel(
         v = tl.load(V + slots[:, None] * stride_vn + kv_head * stride_vh + offs_d[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
 
     # Pass 2: the new tokens, causal. Keys past this block's last query are never needed.
@@ -287,7 +292,7 @@ def _extend_kernel(
         slots = tl.load(table_row + pos, mask=mask_n, other=0)
         k = tl.load(K + slots[:, None] * stride_kn + kv_head * stride_kh + offs_d[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        s = _dot(q, tl.trans(k), IEEE) * qk_scale
         s = tl.where(mask_n[None, :] & (pos[None, :] <= q_pos[:, None]), s, float("-inf"))
         # A row may see no key of this tile only after an earlier tile gave it one (the first new
         # token sees itself, and rows past extend_len see everything), so m_new stays finite.
@@ -297,7 +302,7 @@ def _extend_kernel(
         v = tl.load(V + slots[:, None] * stride_vn + kv_head * stride_vh + offs_d[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
 
     out = acc / l_i[:, None]
@@ -350,7 +355,7 @@ def extend_attention_blocks(
         req_to_token.stride(0),
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-        PRECISION=_precision(q.dtype),
+        IEEE=q.dtype == torch.float32,
         num_warps=4 if head_dim <= 64 else 8, num_stages=2,
     )
     return out
