@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 DESCRIPTION = """\
 sgc compiles and runs structured LLM programs on its own LLM runtime.
@@ -35,6 +36,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible outputs)")
     p.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
+    p.add_argument("--regex", default=None, help="constrain the output to fullmatch this regex")
+    p.add_argument("--json-schema", default=None, metavar="FILE_OR_JSON",
+                   help="constrain the output to JSON valid for this schema (a file path or inline JSON)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn in the model's chat template")
     p.add_argument("--stream", action="store_true", help="print text as it is generated (one prompt only)")
     p.set_defaults(run=_run_generate)
@@ -50,7 +54,8 @@ def _run_generate(args: argparse.Namespace) -> int:
         if args.chat:
             prompts = [engine.tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
         params = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                  "top_p": args.top_p, "seed": args.seed, "stop": args.stop}
+                  "top_p": args.top_p, "seed": args.seed, "stop": args.stop, "regex": args.regex,
+                  "json_schema": _load_schema(args.json_schema)}
         t0 = time.perf_counter()
         if args.stream and len(prompts) == 1:
             for chunk in engine.generate(prompts[0], params, stream=True):
@@ -69,6 +74,14 @@ def _run_generate(args: argparse.Namespace) -> int:
             print(f"[{len(outputs)} prompt(s), {num_tokens} tokens in {elapsed:.2f} s "
                   f"({num_tokens / elapsed:.1f} tok/s); engine start {load_s:.2f} s]", file=sys.stderr)
     return 0
+
+
+def _load_schema(value: str | None) -> str | None:
+    """--json-schema takes a file path or the schema's JSON text."""
+    if value is None:
+        return None
+    path = Path(value)
+    return path.read_text(encoding="utf-8") if path.is_file() else value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         print(f"sgc: error: {exc}", file=sys.stderr)
         return 1
 
