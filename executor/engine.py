@@ -13,7 +13,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,51 @@ def _default_kv_bytes(device: torch.device, fraction: float | None = None) -> in
     return min(4 << 30, total // 4)
 
 
+class PrefixPin:
+    """A lock on a cached token prefix, from `Engine.pin_prefix`; release it with `Engine.unpin`."""
+
+    def __init__(self, token_ids: list[int]) -> None:
+        self.token_ids = token_ids
+        self.num_tokens = 0  # how many leading tokens were cached and locked (set once applied)
+        self.applied = threading.Event()
+        self._cache: RadixCache | None = None
+        self._node: Any = None
+        self._released = False
+
+    # Both run on the engine thread (or after it stopped).
+    def _apply(self, engine: Engine) -> None:
+        cache = engine.radix_cache
+        if not self._released and cache is not None and self.token_ids:
+            match = cache.match_prefix(self.token_ids)
+            if match.num_cached_tokens:
+                cache.lock(match.last_node)
+                self._cache, self._node, self.num_tokens = cache, match.last_node, match.num_cached_tokens
+        self.applied.set()
+
+    def _release(self, engine: Engine) -> None:
+        self._released = True
+        # After a failed step the runtime (and its cache) is rebuilt: the old lock went with it.
+        if self._node is not None and self._cache is engine.radix_cache:
+            self._cache.unlock(self._node)
+        self._cache = self._node = None
+
+    def __repr__(self) -> str:
+        return f"PrefixPin({len(self.token_ids)} tokens, {self.num_tokens} locked)"
+
+
+@dataclass(frozen=True)
+class _EngineTask:
+    """A function to run on the engine thread between steps (queued in the inbox with requests)."""
+
+    fn: Callable[[Engine], None]
+
+    def run(self, engine: Engine) -> None:
+        try:
+            self.fn(engine)
+        except Exception:
+            logger.exception("an engine task failed")
+
+
 class RequestHandle:
     """A submitted request: wait for its result or iterate over its streamed text."""
 
@@ -105,10 +150,14 @@ class RequestHandle:
         self._error: BaseException | None = None
         self.submitted_at = time.perf_counter()
         self.finished_at: float | None = None
+        # Listeners (add_listener) run on the engine thread; the lock orders registration and finish.
+        self._listeners: list[Callable[[str, bool], None]] = []
+        self._listener_lock = threading.Lock()
 
     # Called from the engine thread.
     def _publish(self) -> None:
         detok = self.req.detokenizer
+        delta = ""
         if self._deltas is not None and detok is not None:
             if self.req.finished:
                 detok.finish()
@@ -117,15 +166,42 @@ class RequestHandle:
                 self._deltas.put(delta)
         if self.req.finished:
             self.finished_at = time.perf_counter()
-            self._done.set()
+            with self._listener_lock:
+                self._done.set()
             if self._deltas is not None:
                 self._deltas.put(None)
+        if delta or self.req.finished:
+            self._notify(delta, self.req.finished)
 
     def _fail(self, error: BaseException) -> None:
         self._error = error
-        self._done.set()
+        with self._listener_lock:
+            self._done.set()
         if self._deltas is not None:
             self._deltas.put(None)
+        self._notify("", True)
+
+    def _notify(self, delta: str, finished: bool) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(delta, finished)
+            except Exception:  # a listener's bug must not take the engine thread down
+                logger.exception("request %s: a listener raised", self.req.rid)
+
+    def add_listener(self, listener: Callable[[str, bool], None]) -> None:
+        """Call `listener(delta, finished)` after each update of this request: `delta` is the newly
+        streamed text (always "" unless submitted with stream=True), `finished` is True once, at the
+        end (success or failure: `result()` then returns or raises without blocking).
+
+        Listeners run on the engine thread between forward passes: they must be quick and must not
+        block (put the event on a queue). Registered after the request finished, the listener is
+        called at once, on the caller's thread, with ("", True).
+        """
+        with self._listener_lock:
+            if not self._done.is_set():
+                self._listeners.append(listener)
+                return
+        listener("", True)
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -286,19 +362,53 @@ class Engine:
         prompt_ids = self._encode_prompt(prompt)
         conts = [self.tokenizer.encode(c, add_special_tokens=False) if isinstance(c, str) else list(c)
                  for c in continuations]
+        return self.submit_score(prompt_ids, conts).result()
+
+    def submit_score(self, prompt_ids: Sequence[int], continuations: Sequence[Sequence[int]]) -> RequestHandle:
+        """`score` without waiting: queue the scoring request and return its handle (token ids only)."""
+        prompt_ids = self._encode_prompt(prompt_ids)
+        conts = [list(c) for c in continuations]
         if not conts:
             raise ValueError("score needs at least one continuation")
+        vocab = self.model_config.vocab_size
         for i, c in enumerate(conts):
             if not c:
                 raise ValueError(f"continuation {i} is empty")
+            if not all(isinstance(t, int) and 0 <= t < vocab for t in c):
+                raise ValueError(f"continuation {i} has a token outside the vocabulary [0, {vocab})")
             if len(prompt_ids) + len(c) > self.context_len:
                 raise ValueError(f"prompt plus continuation {i} has {len(prompt_ids) + len(c)} tokens; "
                                  f"the model's context is {self.context_len}")
         req = Request(rid=self._next_id(), input_ids=prompt_ids, params=SamplingParams(max_new_tokens=1),
                       kind=RequestKind.SCORE)
         req.continuations = conts
-        handle = self._submit_request(req, stream=False)
-        return handle.result()
+        return self._submit_request(req, stream=False)
+
+    def pin_prefix(self, token_ids: Sequence[int]) -> PrefixPin:
+        """Lock the cached part of `token_ids` in the radix cache so eviction cannot take it.
+
+        For callers that know a prefix is about to be extended (the graph executor pins a prefilled
+        prefix until the fork's branches have run). Called on the engine thread (from a request
+        listener) it takes effect at once; from another thread it is queued with the requests, so it
+        takes effect before any request submitted after it is scheduled. `pin.num_tokens` says how
+        many tokens were cached and locked (0 without a radix cache). Pinned KV is unavailable to
+        other requests: unpin as soon as possible.
+        """
+        pin = PrefixPin([int(t) for t in token_ids])
+        self._run_on_engine_thread(pin._apply)
+        return pin
+
+    def unpin(self, pin: PrefixPin) -> None:
+        """Release a `pin_prefix` lock (idempotent; safe after a runtime rebuild)."""
+        self._run_on_engine_thread(pin._release)
+
+    def _run_on_engine_thread(self, task: Callable[[Engine], None]) -> None:
+        if threading.current_thread() is self._thread:
+            task(self)
+        elif self._stopping or not self._thread.is_alive():
+            task(self)  # nothing else touches the runtime any more
+        else:
+            self._inbox.put(_EngineTask(task))
 
     def submit(self, input_ids: list[int], params: SamplingParams, options: LogprobOptions = LogprobOptions(),
                stream: bool = False, constraint: TokenFSM | None = None) -> RequestHandle:
@@ -448,6 +558,9 @@ class Engine:
                 if item is None:
                     self._fail_all(EngineError("the engine was shut down before this request finished"))
                     return
+                if isinstance(item, _EngineTask):
+                    item.run(self)
+                    continue
                 item.req.arrival = next(self._ids)
                 self._handles[item.req.rid] = item
                 self.scheduler.add(item.req)

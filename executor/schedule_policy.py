@@ -8,7 +8,6 @@ ids, which is a depth-first walk of the prefix tree: requests that share a prefi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 from executor.request import Request
@@ -34,8 +33,3 @@ def order_waiting(
     else:
         raise ValueError(f"unknown schedule policy {policy!r}; expected one of {POLICIES}")
     return started + fresh
-
-
-def shared_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the common prefix of two token sequences (C-speed via os.path.commonprefix)."""
-    return len(os.path.commonprefix([a, b]))

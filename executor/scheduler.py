@@ -23,7 +23,7 @@ from executor.kv_manager import KVManager
 from executor.model_runner import ModelRunner
 from executor.request import Request, RequestKind
 from executor.sampling import Sampler, SamplingBatch, compute_logprobs
-from executor.schedule_policy import order_waiting, shared_prefix_len
+from executor.schedule_policy import order_waiting
 
 logger = logging.getLogger("sgc.scheduler")
 
@@ -171,8 +171,12 @@ class Scheduler:
             return False
         cached = self.kv.cached_len(req.fill_ids[: self._max_cached(req)])
         others = [e.req for e in chosen] + in_progress
-        threshold = cached + self.config.defer_shared_prefix_tokens
-        return any(shared_prefix_len(req.fill_ids, o.fill_ids) >= threshold for o in others if o is not req)
+        n = cached + self.config.defer_shared_prefix_tokens
+        head = req.fill_ids[:n]
+        if len(head) < n:
+            return False
+        # Slice equality runs in C; waiting x admitted pairs can be many thousands per step.
+        return any(o is not req and o.fill_ids[:n] == head for o in others)
 
     def _run_extend(self, extends: list[_Extend]) -> list[Request]:
         input_ids: list[int] = []
