@@ -31,8 +31,8 @@ import networkx as nx
 __all__ = [
     "NO_DEFAULT", "OPS", "Append", "Arg", "BatchGen", "Branch", "Call", "Const", "Fork", "FrozenDict",
     "Gen", "GetVar", "Graph", "Host", "IRError", "Join", "Json", "Kind", "Module", "Node", "Op", "Output",
-    "Prefill", "Region", "RoleBegin", "RoleEnd", "Score", "Select", "Slot", "StateIn", "StateNew",
-    "Switch", "attribute_types", "branch_origin", "check_attribute", "describe_type", "freeze_json",
+    "Prefill", "Region", "RoleBegin", "RoleEnd", "Score", "Select", "SetVar", "Slot", "StateIn", "StateNew",
+    "Switch", "VarScopeBegin", "VarScopeEnd", "attribute_types", "branch_origin", "check_attribute", "describe_type", "freeze_json",
     "state_lineage", "thaw_json",
 ]
 
@@ -539,13 +539,17 @@ SelectMethod = Literal["token_length_normalized", "greedy_token_selection", "unc
 class _Choose(Op):
     category = "llm"
     operand_slots = (Slot.STATE,)
-    name: str
+    name: str | None  # None: anonymous (the choice is appended, no variable is bound)
     choices: tuple[str, ...]
     method: SelectMethod = "token_length_normalized"
     temperature: float | None = None
+    # Text shared by every choice that hoist-prefix moved out of `choices` into the state (the state
+    # already ends with it). The candidates are still `prefix + choice` in every respect: scored as
+    # continuations of the state without the prefix, and `name` is bound to `prefix + choice`.
+    prefix: str = ""
 
     def _check(self) -> str | None:
-        if not self.name:
+        if self.name is not None and not self.name:
             return "name must not be empty"
         if self.temperature is not None and self.temperature < 0:
             return f"temperature must be >= 0, got {self.temperature}"
@@ -564,6 +568,45 @@ class Score(_Choose):
     """`select` lowered to one batched scoring request (all choices scored against the shared prompt)."""
 
     opname = "score"
+
+
+@dataclass(frozen=True)
+class SetVar(Op):
+    """The state with variable `name` bound to the value (`s.set_var(name, value)`); text unchanged."""
+
+    opname = "set_var"
+    category = "text"
+    operand_slots = (Slot.STATE, Slot.VALUE)
+    name: str
+
+    def _check(self) -> str | None:
+        return None if self.name else "name must not be empty"
+
+
+@dataclass(frozen=True)
+class VarScopeBegin(Op):
+    """Start capturing variable `name` (`with s.var_scope(name):`): remembers where the text ends now."""
+
+    opname = "var_scope_begin"
+    category = "text"
+    operand_slots = (Slot.STATE,)
+    name: str
+
+    def _check(self) -> str | None:
+        return None if self.name else "name must not be empty"
+
+
+@dataclass(frozen=True)
+class VarScopeEnd(Op):
+    """Bind `name` to the text appended since the matching `var_scope_begin` on this state's lineage."""
+
+    opname = "var_scope_end"
+    category = "text"
+    operand_slots = (Slot.STATE,)
+    name: str
+
+    def _check(self) -> str | None:
+        return None if self.name else "name must not be empty"
 
 
 # -- control -----------------------------------------------------------------------------------------
@@ -660,11 +703,17 @@ class Call(Op):
 
 @dataclass(frozen=True)
 class Prefill(Op):
-    """Hint: compute the KV of the state's text now (so later forks hit the prefix cache). Identity."""
+    """Hint: compute the KV of the state's text now (so later forks hit the prefix cache). Identity.
+
+    Optional value operands after the state extend the hinted text: `prefill %s, %v` warms the cache
+    with the state's text followed by `v`'s text (the prefix that every branch of the next fork starts
+    with, found by hoist-prefix), without changing the state itself.
+    """
 
     opname = "prefill"
     category = "llm"
     operand_slots = (Slot.STATE,)
+    variadic = Slot.VALUE
 
 
 HostResult = Literal["state", "text", "value"]
@@ -723,7 +772,7 @@ OPS: dict[str, type[Op]] = {
     cls.opname: cls
     for cls in (
         Arg, Const, StateNew, StateIn, Append, RoleBegin, RoleEnd, Gen, GetVar, Select, Score, Fork,
-        Branch, Join, Switch, Call, Prefill, BatchGen, Host, Output,
+        Branch, Join, Switch, Call, Prefill, BatchGen, Host, Output, SetVar, VarScopeBegin, VarScopeEnd,
     )
 }
 

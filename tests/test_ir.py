@@ -122,6 +122,7 @@ def test_ops_are_frozen_validated_and_hashable() -> None:
     assert set(OPS) == {
         "arg", "const", "state_new", "state_in", "append", "role_begin", "role_end", "gen", "getvar",
         "select", "score", "fork", "branch", "join", "switch", "call", "prefill", "batch_gen", "host", "output",
+        "set_var", "var_scope_begin", "var_scope_end",
     }
 
 
@@ -490,3 +491,46 @@ def test_prefill_and_score_signatures() -> None:
     g.set_operands(n["out"], [sc])
     g.verify()
     assert [x.id for x in state_lineage(sc)] == [sc.id, n["s3"].id, p.id, n["s2"].id, n["s1"].id, n["s0"].id]
+
+
+def test_prefill_value_operands_and_select_prefix() -> None:
+    """The two hooks of hoist-prefix: a prefill may carry the hinted prefix as value operands, and a
+    select/score may carry the choices' hoisted prefix (printed, parsed and checked like any attribute)."""
+    from compiler.ir_text import print_graph
+    from compiler.parser.ir_reader import parse_graph
+
+    g, n = forked()
+    c = g.add(Const("Shared: "), before=n["fork"])
+    p = g.add(Prefill(), [n["s"], c, c], before=n["fork"])
+    g.set_operands(n["fork"], [p])
+    g.set_operands(n["join"], [p, *n["ends"]])
+    sel = g.add(Select("pick", ["yes", "no"], prefix="The answer is "), [n["join"]], before=n["out"])
+    g.set_operands(n["out"], [sel])
+    g.verify()
+    text = print_graph(g)
+    assert 'prefill %0, %' in text and 'prefix="The answer is "' in text
+    assert print_graph(parse_graph(text)) == text
+    assert Score("x", ["a"], prefix="p").prefix == "p" and Select("x", ["a"]).prefix == ""
+    with pytest.raises(IRError, match="prefix"):
+        Select("x", ["a"], prefix=3)
+    g.set_operands(p, [n["s"], n["s"]])
+    expect_error(g, p, "operand 1", "must be a text or value")
+
+
+def test_variable_ops_and_anonymous_select_round_trip() -> None:
+    from compiler.ir import SetVar, VarScopeBegin, VarScopeEnd
+    from compiler.parser.ir_reader import parse_graph
+
+    g = Graph("vars")
+    s = g.add(StateNew())
+    s = g.add(VarScopeBegin("span"), [s], loc="v.py:2")
+    s = g.add(Select(None, ["a", "b"]), [s])
+    s = g.add(VarScopeEnd("span"), [s])
+    s = g.add(SetVar("k"), [s, g.add(Const(3))])
+    g.add(Output(), [s])
+    g.verify()
+    text = str(g)
+    assert 'select %1 name=null choices=["a", "b"]' in text and 'set_var %3, %4 name="k"' in text
+    assert str(parse_graph(text)) == text
+    with pytest.raises(IRError, match="name must not be empty"):
+        SetVar("")
