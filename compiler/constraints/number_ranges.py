@@ -24,8 +24,13 @@ MAX_FRAC_DIGITS = 15
 MAX_EXP_DIGITS = 3
 FRAC_ANY = optional(concat(literal("."), repeat(DIGIT, 1, MAX_FRAC_DIGITS)))
 FRAC_ZERO = optional(concat(literal("."), repeat(literal("0"), 1, MAX_FRAC_DIGITS)))
+# A fraction with a nonzero digit, at most MAX_FRAC_DIGITS long, spelled by its count of leading
+# zeros: `[0-9]{0,14}[1-9][0-9]{0,14}` would need a DFA state per position of the nonzero digit in
+# the window (~49k states) and would allow 29 digits.
 FRAC_NONZERO = concat(
-    literal("."), repeat(DIGIT, 0, MAX_FRAC_DIGITS - 1), NONZERO_DIGIT, repeat(DIGIT, 0, MAX_FRAC_DIGITS - 1)
+    literal("."),
+    alt(*(concat(repeat(literal("0"), k, k), NONZERO_DIGIT, repeat(DIGIT, 0, MAX_FRAC_DIGITS - 1 - k))
+          for k in range(MAX_FRAC_DIGITS))),
 )
 EXPONENT = optional(
     concat(chars(CharSet.of("eE")), optional(chars(CharSet.of("+-"))), repeat(DIGIT, 1, MAX_EXP_DIGITS))

@@ -25,8 +25,7 @@ def constraint_key(op: Gen | BatchGen) -> tuple[str, str] | None:
     if op.json_schema is not None:
         return ("json_schema", op.json_schema)
     if op.dtype is not None:
-        regex = dtype_regex(op.dtype)
-        return None if regex is None else ("regex", regex)
+        return ("regex", dtype_regex(op.dtype))
     return None
 
 

@@ -1,0 +1,80 @@
+"""What both executors' state objects share: SGLang's role forms and the role-owner check.
+
+The eager `ProgramState` (`compiler.interpreter`) and the tracer's `SymState`
+(`compiler.parser.trace_state`) subclass `StateBase`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from compiler.errors import CompileError
+from compiler.lang_expr import _role
+
+__all__ = ["StateBase"]
+
+
+class StateBase:
+    """Base of the eager `ProgramState` and the tracer's symbolic state.
+
+    Subclasses implement `_exec_role_begin(role)` and `_exec_role_end(role)`; this class gives them
+    SGLang's `with s.user():` forms and the check that a gen runs in a role of its own state.
+    """
+
+    def _exec_role_begin(self, role: str) -> None:
+        raise NotImplementedError
+
+    def _exec_role_end(self, role: str) -> None:
+        raise NotImplementedError
+
+    def _open_role(self) -> str | None:
+        raise NotImplementedError
+
+    def _role_common(self, role: str, expr: Any) -> Any:
+        if expr is not None:
+            self += _role(role, expr)
+            return None
+        return self._role_block(role)
+
+    @contextlib.contextmanager
+    def _role_block(self, role: str) -> Iterator[None]:
+        self._exec_role_begin(role)
+        _ACTIVE_ROLES.stack.append((weakref.ref(self), role))
+        try:
+            yield
+        finally:
+            _ACTIVE_ROLES.stack.pop()
+        self._exec_role_end(role)
+
+    def system(self, expr: Any = None) -> Any:
+        return self._role_common("system", expr)
+
+    def user(self, expr: Any = None) -> Any:
+        return self._role_common("user", expr)
+
+    def assistant(self, expr: Any = None) -> Any:
+        return self._role_common("assistant", expr)
+
+    def _check_role_owner(self, what: str) -> None:
+        """A gen added to this state inside `with other.user():` of another state is an error."""
+        stack = _ACTIVE_ROLES.stack
+        if not stack:
+            return
+        owner, role = stack[-1]
+        if owner() is not self and self._open_role() is None:
+            raise CompileError.here(
+                f"{what} on a state that is not in a role, inside the {role} role block of another state "
+                "(add it to that state, or open a role on this one)"
+            )
+
+
+class _ActiveRoles(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[tuple[weakref.ref, str]] = []
+
+
+_ACTIVE_ROLES = _ActiveRoles()

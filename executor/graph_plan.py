@@ -1,0 +1,79 @@
+"""Static plans of regions for the graph executor: dependency counts, main lines, pin consumers.
+
+A plan is computed once per region and shared by every frame (activation) of it. Uses inside a
+switch's nested regions count as uses by the switch, so a switch starts only when every value its
+regions read is ready. The *main line* is the lineage of the region's output state: the text a
+stream shows. The *pin consumers* of a prefill are the nodes that first extend its state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from compiler import ir
+from compiler.ir import Node, Region
+
+__all__ = ["Plan", "make_plan", "pin_consumers"]
+
+# Ops through which a state flows on to its next LLM consumer (for prefill pins).
+_PASS_THROUGH = (ir.Append, ir.RoleBegin, ir.RoleEnd, ir.Fork, ir.Branch, ir.Join)
+
+
+def _subtree(node: Node) -> Iterator[Node]:
+    yield node
+    for region in node.regions:
+        for inner in region.nodes:
+            yield from _subtree(inner)
+
+
+@dataclass
+class Plan:
+    """A region's dependency counts (uses inside nested regions lifted to their switch)."""
+
+    nodes: tuple[Node, ...]
+    num_deps: dict[int, int]
+    users: dict[int, list[Node]]
+    main_line: frozenset[int]  # the lineage of the region's output: the text a stream shows
+
+
+def make_plan(region: Region) -> Plan:
+    tops = {n.id: n for n in region.nodes}
+    preds: dict[int, set[int]] = {n.id: set() for n in region.nodes}
+    for top in region.nodes:
+        for inner in _subtree(top):
+            for operand in inner.operands:
+                if operand.id in tops and operand.id != top.id and tops[operand.id] is operand:
+                    preds[top.id].add(operand.id)
+    users: dict[int, list[Node]] = {n.id: [] for n in region.nodes}
+    for node_id, ps in preds.items():
+        for p in ps:
+            users[p].append(tops[node_id])
+    main: set[int] = set()
+    out = region.output
+    current = out.operands[0] if out is not None and out.operands else None
+    while current is not None and current.id in tops and current.id not in main:
+        main.add(current.id)
+        if isinstance(current.op, ir.Branch):
+            break  # a branch root; the main line of a region never starts inside a fork
+        current = current.operands[0] if current.operands and current.operands[0].kind is ir.Kind.STATE else None
+    return Plan(region.nodes, {k: len(v) for k, v in preds.items()}, users, frozenset(main))
+
+
+def pin_consumers(node: Node) -> frozenset[int]:
+    """The nodes that first extend the state `node` produces (LLM nodes or opaque steps)."""
+    graph = node.graph
+    found: set[int] = set()
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        for user in graph.users(current):
+            if user.id in seen or user.region is not node.region:
+                continue
+            seen.add(user.id)
+            if isinstance(user.op, _PASS_THROUGH):
+                stack.append(user)
+            elif not isinstance(user.op, (ir.GetVar, ir.Output)):
+                found.add(user.id)
+    return frozenset(found)

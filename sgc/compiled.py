@@ -1,0 +1,129 @@
+"""Compiled programs on a runtime: the glue between `compiler.driver` and `executor.graph_executor`.
+
+`CompiledProgram` holds one optimized module, its token FSMs and a `GraphExecutor` on an engine;
+`CompiledState` gives an executor result the eager interpreter's state API (`text()`, `messages()`,
+`state[name]`, `get_meta_info`, `error()`, `text_iter`, `snapshot()`), so `Function.run` returns
+the same kind of object whether it ran compiled or eagerly. The executor is imported lazily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from compiler.errors import ProgramError
+
+__all__ = ["CompiledProgram", "CompiledState"]
+
+
+class CompiledState:
+    """One instance's result: a finished state, an error, or a streaming run (`ProgramRun`)."""
+
+    def __init__(self, state: Any = None, error: BaseException | None = None, run: Any = None) -> None:
+        self._state = state
+        self._error = error
+        self._run = run
+
+    def _resolve(self) -> None:
+        if self._run is not None:
+            run, self._run = self._run, None
+            try:
+                self._state = run.result().state
+            except BaseException as exc:  # held like the eager interpreter holds it
+                self._error = exc
+
+    def _get(self) -> Any:
+        self._resolve()
+        if self._error is not None:
+            raise self._error
+        return self._state
+
+    def text(self) -> str:
+        return self._get().text
+
+    def messages(self) -> list[dict[str, str]]:
+        return self._get().messages
+
+    def __getitem__(self, name: str) -> Any:
+        state = self._get()
+        if name not in state:
+            raise KeyError(f"variable {name!r} is not set (set: {', '.join(map(repr, state.variables)) or 'none'})")
+        return state[name]
+
+    def get_var(self, name: str) -> Any:
+        return self[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._get()
+
+    def get_meta_info(self, name: str) -> Any:
+        return self._get().get_meta_info(name)
+
+    def error(self) -> BaseException | None:
+        self._resolve()
+        return self._error
+
+    def sync(self) -> None:
+        self._get()
+
+    def text_iter(self, var_name: str | None = None) -> Iterator[str]:
+        if self._run is not None:
+            run = self._run
+            yield from run.text_iter(var_name)
+            return
+        state = self._get()
+        yield state.text if var_name is None else str(state.variables.get(var_name, ""))
+
+    def snapshot(self) -> dict[str, Any]:
+        state = self._get()
+        return {"text": state.text, "messages": state.messages, "variables": dict(state.variables),
+                "meta_info": dict(state.meta_info), "role": state.open_role}
+
+    def __repr__(self) -> str:
+        self._resolve()
+        if self._error is not None:
+            return f"CompiledState(error={self._error!r})"
+        return f"CompiledState({self._state!r})"
+
+
+class CompiledProgram:
+    """A compiled module on an engine: run its functions one at a time, in batches or streaming."""
+
+    def __init__(self, engine: Any, module: Any, fsms: Mapping[str, Any] | None = None, *,
+                 chat_format: Any = None, breaks: Sequence[Any] = ()) -> None:
+        from executor.graph_executor import GraphExecutor
+
+        self.module = module
+        self.fsms = dict(fsms or {})
+        self.breaks = list(breaks)
+        self.executor = GraphExecutor(engine, module, chat_format, fsms=self.fsms)
+
+    def arguments(self, function: str, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The values the graph takes (bound arguments are constants in it)."""
+        names = {node.op.name for node in self.module[function].args}
+        return {k: v for k, v in values.items() if k in names}
+
+    def run(self, function: str, values: Mapping[str, Any], defaults: Any, *, stream: bool = False) -> CompiledState:
+        args = self.arguments(function, values)
+        if stream:
+            return CompiledState(run=self.executor.start(args, function=function, defaults=defaults))
+        result = self.executor.run_batch([args], function=function, defaults=defaults)[0]
+        if result.error is not None:
+            raise result.error
+        return CompiledState(result.state)
+
+    def run_batch(self, function: str, batch: Sequence[Mapping[str, Any]], defaults: Any, *,
+                  progress_bar: bool = False) -> list[CompiledState]:
+        args = [self.arguments(function, values) for values in batch]
+        results = self.executor.run_batch(args, function=function, defaults=defaults, progress_bar=progress_bar)
+        states = []
+        for index, result in enumerate(results):
+            if result.error is None:
+                states.append(CompiledState(result.state))
+            else:
+                cause = result.error
+                where = f"@{cause.function}: %{cause.node_id} ({cause.opname})" + (f" at {cause.loc}" if cause.loc else "")
+                error = ProgramError(f"{where}: {cause.reason}", index)
+                error.__cause__ = result.error
+                states.append(CompiledState(error=error))
+        return states
