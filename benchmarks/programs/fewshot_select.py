@@ -1,0 +1,14 @@
+"""Few-shot select: a shared few-shot prefix, one question, pick one of its choices by likelihood.
+
+Bind `prefix` (`fewshot_select.bind(prefix=...)`) so it is a constant of the graph. The choices must
+be bound too for the select to compile: a `choices` argument is a graph break (the function then runs
+on the host, in the eager interpreter).
+"""
+
+import sgc
+
+
+@sgc.function
+def fewshot_select(s, prefix, question, choices):
+    s += prefix + question
+    s += sgc.select("answer", choices=choices)
