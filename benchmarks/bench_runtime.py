@@ -140,7 +140,7 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU fp32"
 
 
-def record(lines: list[str], command: str) -> None:
+def record(lines: list[str], command: str, title: str = "Runtime benchmark") -> None:
     path = ROOT / "docs" / "performance.md"
     path.parent.mkdir(exist_ok=True)
     if not path.exists():
@@ -152,7 +152,7 @@ def record(lines: list[str], command: str) -> None:
                                 text=True).stdout.strip()
     except OSError:
         commit = "?"
-    block = [f"\n## Runtime benchmark, {stamp} (commit {commit})\n", f"Machine: {machine()}  ",
+    block = [f"\n## {title}, {stamp} (commit {commit})\n", f"Machine: {machine()}  ",
              f"Command: `{command}`\n", *lines, ""]
     with path.open("a") as f:
         f.write("\n".join(block) + "\n")

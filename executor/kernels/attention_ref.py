@@ -44,8 +44,8 @@ def extend_attention_ref(
     for row, prefix, extend in zip(rows, prefixes, extends):
         total = prefix + extend
         slots = req_to_token[row, :total]
-        k = k_buffer[slots].transpose(0, 1)  # [Hkv, total, D]
-        v = v_buffer[slots].transpose(0, 1)
+        k = torch.index_select(k_buffer, 0, slots).transpose(0, 1)  # [Hkv, total, D]
+        v = torch.index_select(v_buffer, 0, slots).transpose(0, 1)
         qi = q[start : start + extend].transpose(0, 1)  # [H, extend, D]
         # Query j sits at absolute position prefix + j and may see keys 0..prefix + j.
         key_pos = torch.arange(total, device=q.device)
@@ -79,10 +79,17 @@ def decode_attention_ref(
     slots = req_to_token[req_rows, :max_len]  # [B, L]; entries past a request's length are ignored
     positions = torch.arange(max_len, device=q.device)
     valid = positions[None, :] < seq_lens[:, None]  # [B, L]
-    slots = torch.where(valid, slots, torch.zeros_like(slots))  # padding reads reserved slot 0
-    k = k_buffer[slots].permute(0, 2, 1, 3)  # [B, Hkv, L, D]
-    v = v_buffer[slots].permute(0, 2, 1, 3)
-    qb = q.view(batch, q.shape[1], 1, q.shape[2])  # [B, H, 1, D]
-    mask = valid[:, None, None, :]
-    o = F.scaled_dot_product_attention(qb, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
-    return o.view(batch, q.shape[1], q.shape[2])
+    slots = torch.where(valid, slots, torch.zeros_like(slots)).reshape(-1)  # padding reads slot 0
+    # index_select, not advanced indexing: on CPU it is several times faster for this gather.
+    gathered = (batch, max_len, k_buffer.shape[1], k_buffer.shape[2])
+    k = torch.index_select(k_buffer, 0, slots).view(gathered).permute(0, 2, 1, 3)  # [B, Hkv, L, D]
+    v = torch.index_select(v_buffer, 0, slots).view(gathered).permute(0, 2, 1, 3)
+    # Grouped-query attention as batched matmuls over [B, Hkv, group, ...]: each KV head is read
+    # once for its whole group of query heads, instead of being repeated per query head.
+    num_kv_heads = k_buffer.shape[1]
+    group = q.shape[1] // num_kv_heads
+    qg = q.view(batch, num_kv_heads, group, q.shape[2])
+    scores = torch.matmul(qg, k.transpose(-1, -2)) * scale  # [B, Hkv, group, L]
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    o = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, Hkv, group, D]
+    return o.reshape(batch, q.shape[1], q.shape[2])
