@@ -43,6 +43,7 @@ from compiler.lang import (
     lookup_function,
 )
 from compiler.lang_sampling import RunDefaults, choice_token_ids, logprob_options, sampling_params
+from compiler.lang_state import BranchGroupBase
 
 __all__ = ["ForkGroup", "ProgramState", "new_state", "resolve_backend", "resolve_function",
            "run_batch", "run_eager", "run_host_function", "run_program"]
@@ -417,7 +418,7 @@ def _add_logprob_text(meta: dict, tokenizer: Any) -> None:
             meta[key] = [(lp, tid, tokenizer.decode([tid], skip_special_tokens=False)) for lp, tid, *_ in meta[key]]
 
 
-class ForkGroup(Sequence[ProgramState]):
+class ForkGroup(BranchGroupBase, Sequence[ProgramState]):
     """The states `s.fork(n)` returns (SGLang's `ProgramStateGroup`); `join()` merges them back."""
 
     def __init__(self, parent: ProgramState, branches: list[ProgramState]) -> None:
@@ -425,30 +426,8 @@ class ForkGroup(Sequence[ProgramState]):
         self._branches = branches
         self._joined = False
 
-    def __len__(self) -> int:
-        return len(self._branches)
-
     def __getitem__(self, index: Any) -> Any:
         return self._branches[index]
-
-    def __iter__(self) -> Iterator[ProgramState]:
-        return iter(self._branches)
-
-    def __iadd__(self, other: Any) -> Any:
-        """SGLang's `forks += x`: the same expression on every branch, `x[i]` for a list, `x(i)` for a
-        callable."""
-        for i, branch in enumerate(self._branches):
-            if callable(other) and not hasattr(other, "__sgc_symbolic__"):
-                branch += other(i)
-            elif isinstance(other, (list, tuple)):
-                branch += other[i]
-            else:
-                branch += other
-        return self
-
-    def __setitem__(self, index: int, value: ProgramState) -> None:
-        if value is not self._branches[index]:  # `forks[i] += x` stores the same state back
-            raise CompileError.here("a fork's branches cannot be replaced")
 
     def join(self, mode: str = "gather_variable") -> None:
         """Merge the branches into the parent state.

@@ -72,6 +72,37 @@ class StateBase:
             )
 
 
+class BranchGroupBase:
+    """What the eager and the traced fork groups share: SGLang's sequence protocol and `forks += x`.
+
+    Subclasses set `_branches` (the branch states) and define `join`.
+    """
+
+    _branches: list
+
+    def __len__(self) -> int:
+        return len(self._branches)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._branches)
+
+    def __iadd__(self, other: Any) -> Any:
+        """SGLang's `forks += x`: the same expression on every branch, `x[i]` for a list, `x(i)` for a
+        callable."""
+        for i, branch in enumerate(self._branches):
+            if callable(other) and not hasattr(other, "__sgc_symbolic__"):
+                branch += other(i)
+            elif isinstance(other, (list, tuple)):
+                branch += other[i]
+            else:
+                branch += other
+        return self
+
+    def __setitem__(self, index: int, value: Any) -> None:
+        if value is not self._branches[index]:  # `forks[i] += x` stores the same state back
+            raise CompileError.here("a fork's branches cannot be replaced")
+
+
 class _ActiveRoles(threading.local):
     def __init__(self) -> None:
         self.stack: list[tuple[weakref.ref, str]] = []

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from compiler import ir
 from compiler.errors import CompileError
 from compiler.lang import ExprList, GenExpr, RoleBegin, RoleEnd, SelectExpr, StateBase, Text
+from compiler.lang_state import BranchGroupBase
 from compiler.parser.symbolic import Symbolic, SymValue, VarInfo, has_marks, split_placeholders
 
 if TYPE_CHECKING:
@@ -249,7 +250,7 @@ def _marked(value: Any) -> bool:
     return False
 
 
-class SymForkGroup:
+class SymForkGroup(BranchGroupBase):
     """The branches of a traced `s.fork(n)`."""
 
     def __init__(self, parent: SymState, branches: list[SymState]) -> None:
@@ -257,32 +258,10 @@ class SymForkGroup:
         self._branches = branches
         self._joined = False
 
-    def __len__(self) -> int:
-        return len(self._branches)
-
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, Symbolic):
             index = operator_index(index)
         return self._branches[index]
-
-    def __iter__(self) -> Iterator[SymState]:
-        return iter(self._branches)
-
-    def __iadd__(self, other: Any) -> Any:
-        """SGLang's `forks += x`: the same expression on every branch, `x[i]` for a list, `x(i)` for a
-        callable."""
-        for i, branch in enumerate(self._branches):
-            if callable(other) and not hasattr(other, "__sgc_symbolic__"):
-                branch += other(i)
-            elif isinstance(other, (list, tuple)):
-                branch += other[i]
-            else:
-                branch += other
-        return self
-
-    def __setitem__(self, index: int, value: SymState) -> None:
-        if value is not self._branches[index]:
-            raise CompileError.here("a fork's branches cannot be replaced")
 
     def join(self, mode: str = "gather_variable") -> None:
         if mode not in JOIN_MODES:
