@@ -209,3 +209,19 @@ def test_requests_arriving_mid_decode_join_the_running_batch(tiny):
     assert [h.result()["output_ids"] for h in handles] == expected
     passes = tiny.stats()["num_forward_passes"] - before
     assert passes < 6 * 16, passes  # requests shared passes instead of running one after another
+
+
+def test_bad_constraints_are_clear_errors(tiny):
+    with pytest.raises(ValueError, match="json_schema is not valid JSON"):
+        tiny.generate("hi", {"json_schema": "{not json", "max_new_tokens": 4})
+    with pytest.raises(ValueError, match="regex position"):
+        tiny.generate("hi", {"regex": "(", "max_new_tokens": 4})
+
+
+def test_constraint_compiled_for_another_tokenizer_is_refused(tiny):
+    from compiler.constraints import Vocabulary, compile_regex
+
+    toy = Vocabulary.from_strings(["a", "b", "ab"])
+    fsm = compile_regex("ab", toy)
+    with pytest.raises(ValueError, match="different tokenizer"):
+        tiny.submit(tiny.encode("hi"), SamplingParams.from_dict({"max_new_tokens": 4}), constraint=fsm)
