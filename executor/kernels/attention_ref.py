@@ -35,26 +35,89 @@ def extend_attention_ref(
     Returns:
         [sum(extend_lens), num_heads, head_dim]; token j of request i attends to positions
         0 .. prefix_lens[i] + j (causal).
+
+    A mixed pass (running requests decode as one-token extends beside prefills and jump-forward
+    extends) is mostly one-token extends: those take the batched decode path, the rest are padded
+    into one batch when that is small, so the cost does not grow with a Python loop per request.
     """
     out = torch.empty_like(q)
-    rows = req_rows.tolist()
-    prefixes = prefix_lens.tolist()
     extends = extend_lens.tolist()
-    start = 0
-    for row, prefix, extend in zip(rows, prefixes, extends):
-        total = prefix + extend
-        slots = req_to_token[row, :total]
-        k = torch.index_select(k_buffer, 0, slots).transpose(0, 1)  # [Hkv, total, D]
-        v = torch.index_select(v_buffer, 0, slots).transpose(0, 1)
-        qi = q[start : start + extend].transpose(0, 1)  # [H, extend, D]
-        # Query j sits at absolute position prefix + j and may see keys 0..prefix + j.
-        key_pos = torch.arange(total, device=q.device)
-        query_pos = torch.arange(prefix, total, device=q.device)
-        mask = key_pos[None, :] <= query_pos[:, None]
-        o = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
-        out[start : start + extend] = o.transpose(0, 1)
-        start += extend
+    starts = [0]
+    for n in extends[:-1]:
+        starts.append(starts[-1] + n)
+    single = [i for i, n in enumerate(extends) if n == 1]
+    multi = [i for i, n in enumerate(extends) if n > 1]
+    if single:
+        pick = torch.tensor(single, device=q.device)
+        token_idx = torch.tensor([starts[i] for i in single], device=q.device)
+        out[token_idx] = decode_attention_ref(q[token_idx], k_buffer, v_buffer, req_to_token, req_rows[pick],
+                                              prefix_lens[pick] + 1, scale)
+    if multi:
+        pick = torch.tensor(multi, device=q.device)
+        max_extend = max(extends[i] for i in multi)
+        max_total = int((prefix_lens[pick] + extend_lens[pick]).max())
+        per_head = max_extend * max_total
+        if per_head <= _PADDED_SCORES_PER_HEAD and len(multi) * q.shape[1] * per_head <= _PADDED_SCORES_LIMIT:
+            _extend_padded(out, q, k_buffer, v_buffer, req_to_token, req_rows[pick], prefix_lens[pick],
+                           extend_lens[pick], [starts[i] for i in multi], max_extend, max_total, scale)
+        else:
+            for i in multi:
+                _extend_one(out, q, k_buffer, v_buffer, req_to_token[int(req_rows[i])], int(prefix_lens[i]),
+                            extends[i], starts[i], scale)
     return out
+
+
+# The padded batch pays off while each request's attention is small (Python overhead per request
+# dominates); for long extends SDPA's fused kernel per request is faster and pads nothing.
+# Measured on 2 CPU cores: 32 prompts x 50 tokens 10 ms padded vs 26 ms looped; 8 x 400 tokens
+# 250 ms padded vs 104 ms looped.
+_PADDED_SCORES_PER_HEAD = 1 << 15  # longest extend x longest sequence
+_PADDED_SCORES_LIMIT = 1 << 24  # requests x heads x the above
+
+
+def _extend_padded(out, q, k_buffer, v_buffer, req_to_token, rows, prefix_lens, extend_lens, starts,
+                   max_extend, max_total, scale) -> None:
+    """Multi-token extends padded to [B, max_extend] queries x [B, max_total] keys, one matmul each way."""
+    batch, num_heads, head_dim = len(starts), q.shape[1], q.shape[2]
+    num_kv_heads = k_buffer.shape[1]
+    group = num_heads // num_kv_heads
+    device = q.device
+    offsets = torch.arange(max_extend, device=device)
+    query_valid = offsets[None, :] < extend_lens[:, None]  # [B, Qmax]
+    token_idx = torch.tensor(starts, device=device)[:, None] + offsets[None, :]
+    token_idx = torch.where(query_valid, token_idx, torch.zeros_like(token_idx))  # padding reads token 0
+    qg = torch.index_select(q, 0, token_idx.reshape(-1)).view(batch, max_extend, num_kv_heads, group, head_dim)
+    qg = qg.permute(0, 2, 3, 1, 4)  # [B, Hkv, group, Qmax, D]
+    totals = prefix_lens + extend_lens
+    key_pos = torch.arange(max_total, device=device)
+    key_valid = key_pos[None, :] < totals[:, None]  # [B, L]
+    slots = torch.where(key_valid, req_to_token[rows, :max_total], torch.zeros((), dtype=req_to_token.dtype,
+                                                                                 device=device))
+    gathered = (batch, max_total, num_kv_heads, head_dim)
+    k = torch.index_select(k_buffer, 0, slots.reshape(-1)).view(gathered).permute(0, 2, 1, 3)[:, :, None]
+    v = torch.index_select(v_buffer, 0, slots.reshape(-1)).view(gathered).permute(0, 2, 1, 3)[:, :, None]
+    # Query j of request b sits at position prefix_b + j and sees keys 0 .. prefix_b + j. Padded
+    # queries still see key 0, so no row is all -inf; their outputs are dropped below.
+    visible = (key_pos[None, None, :] <= (prefix_lens[:, None] + offsets[None, :])[:, :, None]) & key_valid[:, None, :]
+    scores = torch.matmul(qg, k.transpose(-1, -2)) * scale  # [B, Hkv, group, Qmax, L]
+    scores = scores.masked_fill(~visible[:, None, None], float("-inf"))
+    o = torch.matmul(torch.softmax(scores, dim=-1), v)  # [B, Hkv, group, Qmax, D]
+    o = o.permute(0, 3, 1, 2, 4).reshape(batch, max_extend, num_heads, head_dim)
+    out[token_idx[query_valid]] = o[query_valid]
+
+
+def _extend_one(out, q, k_buffer, v_buffer, row_slots, prefix, extend, start, scale) -> None:
+    """One request's extend with SDPA over its gathered KV (long prompts: no padding waste)."""
+    total = prefix + extend
+    slots = row_slots[:total]
+    k = torch.index_select(k_buffer, 0, slots).transpose(0, 1)  # [Hkv, total, D]
+    v = torch.index_select(v_buffer, 0, slots).transpose(0, 1)
+    qi = q[start : start + extend].transpose(0, 1)  # [H, extend, D]
+    key_pos = torch.arange(total, device=q.device)
+    query_pos = torch.arange(prefix, total, device=q.device)
+    mask = key_pos[None, :] <= query_pos[:, None]
+    o = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    out[start : start + extend] = o.transpose(0, 1)
 
 
 def decode_attention_ref(
