@@ -233,6 +233,11 @@ class Run:
         self.num_in_flight = 0
         self.num_unfinished = len(self.instances)
         self.pinned_tokens = 0
+        # Steps held by our listeners (Engine.hold_next_step) until the follow-ups are submitted.
+        self._holds_lock = threading.Lock()
+        self._holds_taken = 0  # by listeners, on the engine thread
+        self._holds_handled = 0  # their results handled by this loop
+        self._holds_released = 0
         slots = getattr(executor.engine, "num_kv_slots", 0) or 0
         self.pin_limit = int(slots * executor.pin_budget)
         self.bar: Any = None
@@ -251,6 +256,7 @@ class Run:
             while self.num_unfinished:
                 self._drain_ready()
                 self._submit()
+                self._release_held_steps()
                 if not self.num_unfinished:
                     break
                 if not self.num_in_flight and not self.ready:
@@ -258,6 +264,7 @@ class Run:
                     continue
                 self._wait_for_events()
         finally:
+            self._release_held_steps(everything=True)
             for inst in self.instances:
                 self._release_pins(inst.pins)
                 # Unpins take effect on the engine thread; wait, so the run leaves the cache as it
@@ -322,6 +329,7 @@ class Run:
     def _listener(self, req: _Req) -> Callable[[str, bool], None]:
         events = self.events
         engine = self.engine
+        hold = getattr(engine, "hold_next_step", None)
 
         def listen(delta: str, finished: bool) -> None:
             # On the engine thread, right after the step that finished the request: a pin taken
@@ -330,9 +338,25 @@ class Run:
                 req.pin.take(engine, req.prompt)
                 pinned = req.pin.engine_pin
                 req.num_pinned = pinned.num_tokens if pinned is not None else 0
-            events.put((req, delta, finished))
+            held = finished and hold is not None
+            if held:
+                # The next pass waits for the nodes this result makes ready (released in the loop).
+                with self._holds_lock:
+                    self._holds_taken += 1
+                hold()
+            events.put((req, delta, finished, held))
 
         return listen
+
+    def _release_held_steps(self, everything: bool = False) -> None:
+        """Let the engine step again once the follow-ups of the results handled so far are submitted
+        (`everything`: also the holds of results never handled, when the run ends)."""
+        with self._holds_lock:
+            upto = self._holds_taken if everything else self._holds_handled
+            count = upto - self._holds_released
+            self._holds_released = max(upto, self._holds_released)
+        if count > 0:
+            self.engine.release_step(count)
 
     def _wait_for_events(self) -> None:
         while True:
@@ -354,7 +378,11 @@ class Run:
             if isinstance(item, _HostDone):
                 self._on_host_done(item)
             else:
-                self._on_event(*item)
+                req, delta, finished, held = item
+                self._on_event(req, delta, finished)
+                if held:
+                    with self._holds_lock:
+                        self._holds_handled += 1
 
     def _on_event(self, req: _Req, delta: str, finished: bool) -> None:
         inst = req.call.frame.inst

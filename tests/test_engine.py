@@ -225,3 +225,58 @@ def test_constraint_compiled_for_another_tokenizer_is_refused(tiny):
     fsm = compile_regex("ab", toy)
     with pytest.raises(ValueError, match="different tokenizer"):
         tiny.submit(tiny.encode("hi"), SamplingParams.from_dict({"max_new_tokens": 4}), constraint=fsm)
+
+
+def _follow_up_pass_gap(tiny_model_dirs, hold: bool, wait_s: float, delay_s: float) -> int:
+    """Passes between request A finishing and its follow-up C (submitted `delay_s` later by another
+    thread) producing its token, while B keeps the engine busy decoding."""
+    import threading
+
+    with Engine(model_path=str(tiny_model_dirs["llama"]), device="cpu", follow_up_wait_s=wait_s) as engine:
+        params = SamplingParams(max_new_tokens=1, temperature=0.0)
+        marks: dict[str, int] = {}
+        done = threading.Event()
+
+        def on_c(_delta: str, finished: bool) -> None:
+            if finished:
+                marks["c"] = engine.stats()["num_forward_passes"]
+                done.set()
+
+        def follow_up() -> None:
+            time.sleep(delay_s)
+            engine.submit(engine.encode("follow-up"), params, listener=on_c)
+            if hold:
+                engine.release_step()
+
+        def on_a(_delta: str, finished: bool) -> None:
+            if finished:  # on the engine thread, right after A's pass
+                marks["a"] = engine.stats()["num_forward_passes"]
+                if hold:
+                    engine.hold_next_step()
+                threading.Thread(target=follow_up).start()
+
+        busy = engine.submit(engine.encode("keep busy"), SamplingParams(max_new_tokens=200, temperature=0.0,
+                                                                        ignore_eos=True))
+        engine.submit(engine.encode("first"), params, listener=on_a)
+        assert done.wait(30)
+        busy.result()
+        return marks["c"] - marks["a"]
+
+
+def test_a_held_step_waits_for_the_follow_up_request(tiny_model_dirs):
+    assert _follow_up_pass_gap(tiny_model_dirs, hold=True, wait_s=10.0, delay_s=0.05) == 1
+
+
+def test_without_a_hold_the_engine_does_not_wait(tiny_model_dirs):
+    assert _follow_up_pass_gap(tiny_model_dirs, hold=False, wait_s=10.0, delay_s=0.3) > 1
+
+
+def test_a_hold_never_released_only_delays_the_engine(tiny_model_dirs):
+    """Past follow_up_wait_s the step runs anyway and the stale hold is dropped."""
+    with Engine(model_path=str(tiny_model_dirs["llama"]), device="cpu", follow_up_wait_s=0.02) as engine:
+        engine.hold_next_step()
+        engine.hold_next_step()
+        out = engine.generate("still runs", {"max_new_tokens": 4, "temperature": 0.0})
+        assert out["meta_info"]["completion_tokens"] == 4
+        engine.release_step(5)  # releasing more than was held is harmless
+        assert engine.generate("again", {"max_new_tokens": 2})["meta_info"]["completion_tokens"] == 2
