@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from compiler.constraints import TokenFSM
+from executor import kernels
 from executor.constrained import ConstraintCache, ConstraintCursor
 from executor.detokenizer import IncrementalDetokenizer
 from executor.kv_manager import KVManager
@@ -58,6 +59,8 @@ class EngineConfig:
     schedule_policy: str = "lpm"
     disable_radix_cache: bool = False
     disable_jump_forward: bool = False
+    # Decode requests submitted with a common prefix_group read their shared prefix once (CPU).
+    disable_shared_prefix_decode: bool = False
     # How long a step may wait for the follow-up requests of a client that holds it (see
     # `Engine.hold_next_step`); past it the step runs without them and the holds are dropped.
     follow_up_wait_s: float = 0.05
@@ -306,6 +309,9 @@ class Engine:
                 context_len=self.context_len,
                 policy=self.config.schedule_policy,
                 enable_jump_forward=not self.config.disable_jump_forward,
+                # The Triton decode kernel reads per request; only the CPU path uses the groups.
+                shared_prefix_decode=not self.config.disable_shared_prefix_decode
+                and not (self.device.type == "cuda" and kernels.triton_available()),
             ),
             self.device,
         )
@@ -447,13 +453,16 @@ class Engine:
 
     def submit(self, input_ids: list[int], params: SamplingParams, options: LogprobOptions = LogprobOptions(),
                stream: bool = False, constraint: TokenFSM | None = None,
-               listener: Callable[[str, bool], None] | None = None) -> RequestHandle:
+               listener: Callable[[str, bool], None] | None = None,
+               prefix_group: str | None = None) -> RequestHandle:
         """Queue one generate request without waiting (the graph executor uses this).
 
         `constraint` is a precompiled token FSM (from an artifact); otherwise params.regex /
         params.json_schema are compiled here (once per distinct constraint). `listener` is
         registered (see `RequestHandle.add_listener`) before the request is queued, so it sees
-        every update.
+        every update. Requests submitted with the same `prefix_group` are expected to share a
+        prompt prefix (a fork's branches): on CPU their decode steps read that prefix's KV once
+        per group. The sharing is checked on the KV slots, so a wrong hint costs nothing.
         """
         params.validate()
         input_ids = self._encode_prompt(list(input_ids))  # in the vocabulary, inside the context
@@ -478,6 +487,7 @@ class Engine:
                                                no_stop_trim=params.no_stop_trim),
             generator=generator,
             constraint=None if constraint is None else ConstraintCursor(constraint, self.tokenizer.eos_token_ids),
+            prefix_group=prefix_group,
         )
         return self._submit_request(req, stream, listener=listener)
 
@@ -493,6 +503,7 @@ class Engine:
             "num_decode_steps": s.num_decode_steps,
             "num_retractions": s.num_retractions,
             "num_jump_forward_tokens": s.num_jump_forward_tokens,
+            "num_shared_prefix_tokens": s.num_shared_prefix_tokens,
             "num_free_kv_slots": self.allocator.num_free,
             "num_cached_kv_tokens": self.radix_cache.total_size() if self.radix_cache else 0,
         }

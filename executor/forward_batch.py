@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from executor.kernels.attention_shared_ref import SharedPrefix
+
 
 class ForwardMode(enum.Enum):
     EXTEND = "extend"  # new tokens after a (possibly empty) cached prefix: prefill and chunks
@@ -30,6 +32,7 @@ class ForwardBatch:
     prefix_lens: torch.Tensor | None = None
     extend_lens: torch.Tensor | None = None
     seq_lens: torch.Tensor | None = None
+    shared_prefix: SharedPrefix | None = None  # DECODE: groups of requests reading one prefix
 
     @property
     def num_tokens(self) -> int:

@@ -8,6 +8,7 @@ queue by listeners on the engine thread) and completes the nodes they finish.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -201,6 +202,11 @@ class _Req:
     streamed: str = ""
     result: dict | None = None
     num_pinned: int = 0
+    prefix_group: str | None = None  # a batch_gen's branches: they share the fork's prefix
+
+
+# Prefix-group keys, unique across every run sharing an engine.
+_prefix_groups = itertools.count()
 
 
 @dataclass(eq=False)
@@ -321,7 +327,8 @@ class Run:
                     req.handle = self.engine.submit_score(req.prompt, req.continuations, listener=listener)
                 else:
                     req.handle = self.engine.submit(req.prompt, req.params, req.options, stream=req.stream,
-                                                    constraint=req.constraint, listener=listener)
+                                                    constraint=req.constraint, listener=listener,
+                                                    **({"prefix_group": req.prefix_group} if req.prefix_group else {}))
             except Exception as exc:
                 self.num_in_flight -= 1
                 self._fail_node(req.call.frame, req.call.node, f"the engine rejected the request: {exc}")
@@ -733,13 +740,15 @@ class Run:
         stream = (not batched and frame.inst.sink is not None and frame.main
                   and node.id in frame.plan.main_line)
         call = _Call(frame, node, finish, started=started)
+        # A fused fork's branches decode over the fork's prefix together: tell the engine.
+        group = f"batch_gen-{next(_prefix_groups)}" if batched and len(states) > 1 else None
         for state, request in zip(states, requests):
             try:
                 ids = prompt_ids(self.tokenizer, state.text, "gen")
             except ValueError as exc:
                 raise _NodeFailed(str(exc)) from exc
             call.requests.append(_Req(call, ids, request.params, request.options, request.constraint,
-                                      stream_var=name, stream=stream))
+                                      stream_var=name, stream=stream, prefix_group=group))
         self._queue(call)
 
     def _prefill(self, frame: _Frame, node: Node, started: float) -> None:

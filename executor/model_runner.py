@@ -67,7 +67,7 @@ class ModelRunner:
                 pool.write(layer_id, batch.out_cache_loc, k, v)
                 return kernels.decode_attention(
                     q, pool.k_buffer(layer_id), pool.v_buffer(layer_id), table,
-                    batch.req_rows, batch.seq_lens, scale,
+                    batch.req_rows, batch.seq_lens, scale, batch.shared_prefix,
                 )
 
         return attention

@@ -19,6 +19,7 @@ import torch
 
 from executor.constrained import ConstraintCache, apply_jump, plan_jump_forward
 from executor.forward_batch import ForwardBatch, ForwardMode
+from executor.kernels.attention_shared_ref import SharedPrefix
 from executor.kv_manager import KVManager
 from executor.model_runner import ModelRunner
 from executor.request import Request, RequestKind
@@ -43,6 +44,10 @@ class SchedulerConfig:
     mix_decode_into_extend: bool = True
     # Append text a constraint forces in one extend pass instead of decoding it token by token.
     enable_jump_forward: bool = True
+    # Decode requests of one prefix_group read their common prefix's KV once (the CPU attention).
+    shared_prefix_decode: bool = True
+    # Groups sharing fewer tokens than this decode as usual (too little to gain).
+    min_shared_prefix_tokens: int = 32
 
 
 @dataclass
@@ -66,6 +71,7 @@ class Scheduler:
         self.num_decode_steps = 0
         self.num_extend_steps = 0
         self.num_jump_forward_tokens = 0
+        self.num_shared_prefix_tokens = 0  # prefix KV reads saved by shared-prefix decode
         self._finished_early: list[Request] = []  # finished in add(), reported by the next step()
         self.constraints: ConstraintCache | None = None  # set by the engine; jump-forward needs it
 
@@ -333,12 +339,42 @@ class Scheduler:
             out_cache_loc=slots,
             req_rows=rows,
             seq_lens=positions + 1,
+            shared_prefix=self._shared_prefix(reqs, rows, positions + 1) if self.config.shared_prefix_decode else None,
         )
         hidden = self.runner.forward(batch)
         for r in reqs:
             r.num_kv += 1
         logits = self.runner.logits(hidden)
         return self._sample_and_append(list(reqs), logits) + aborted
+
+    def _shared_prefix(self, reqs: list[Request], rows: torch.Tensor, seq_lens: torch.Tensor) -> SharedPrefix | None:
+        """The groups of this decode batch that really share a prefix: same prefix_group, and the
+        same KV slots for the first P positions (checked here, so the hint is never trusted)."""
+        declared: dict[str, list[int]] = {}
+        for i, req in enumerate(reqs):
+            if req.prefix_group is not None:
+                declared.setdefault(req.prefix_group, []).append(i)
+        table = self.kv.req_to_token.req_to_token
+        members: list[list[int]] = []
+        prefix_lens: list[int] = []
+        for group in declared.values():
+            if len(group) < 2:
+                continue
+            idx = torch.tensor(group, device=rows.device)
+            span = int(seq_lens[idx].min()) - 1  # each request's newest slot is its own
+            slots = table[rows[idx], :span]
+            same = (slots == slots[0]).all(dim=0)
+            shared = span if bool(same.all()) else int(torch.argmin(same.to(torch.int8)))
+            if shared >= self.config.min_shared_prefix_tokens:
+                members.append(group)
+                prefix_lens.append(shared)
+                self.num_shared_prefix_tokens += shared * (len(group) - 1)
+        if not members:
+            return None
+        width = max(len(m) for m in members)
+        padded = [m + [-1] * (width - len(m)) for m in members]
+        return SharedPrefix(torch.tensor(padded, dtype=torch.long, device=rows.device),
+                            torch.tensor(prefix_lens, dtype=torch.long, device=rows.device))
 
     def _make_room_for_decode(self) -> list[Request]:
         """Every running request needs one slot; retract the newest requests until they fit."""

@@ -280,3 +280,33 @@ def test_a_hold_never_released_only_delays_the_engine(tiny_model_dirs):
         assert out["meta_info"]["completion_tokens"] == 4
         engine.release_step(5)  # releasing more than was held is harmless
         assert engine.generate("again", {"max_new_tokens": 2})["meta_info"]["completion_tokens"] == 2
+
+
+def _grouped_outputs(engine, prompts: list[str], group: str | None) -> tuple[list[list[int]], int]:
+    before = engine.stats()["num_shared_prefix_tokens"]
+    params = SamplingParams(max_new_tokens=8, temperature=0.0, ignore_eos=True)
+    handles = [engine.submit(engine.encode(p), params, prefix_group=group) for p in prompts]
+    outs = [h.result()["output_ids"] for h in handles]
+    return outs, engine.stats()["num_shared_prefix_tokens"] - before
+
+
+SHARED_PREFIX = "A long shared context that every branch of the fork reads before its own question. " * 3
+
+
+@pytest.mark.parametrize("radix_cache", [True, False])
+def test_prefix_group_decodes_the_same_tokens(tiny_model_dirs, radix_cache):
+    """Branches declared as one prefix group decode exactly as undeclared ones; with the radix cache
+    their prefix slots are shared and read once per group, without it nothing is shared."""
+    prompts = [SHARED_PREFIX + q for q in ("First?", "Second one?", "Third!", "4")]
+    with Engine(model_path=str(tiny_model_dirs["llama"]), device="cpu", disable_radix_cache=not radix_cache) as engine:
+        plain, saved_plain = _grouped_outputs(engine, prompts, None)
+        grouped, saved = _grouped_outputs(engine, prompts, "fork-1")
+        wrong_hint, saved_wrong = _grouped_outputs(engine, ["Nothing in common " * 4, "at all " * 9], "fork-2")
+        alone = [engine.generate(input_ids=engine.encode(p), sampling_params={"max_new_tokens": 8,
+                 "temperature": 0.0, "ignore_eos": True})["output_ids"] for p in ["Nothing in common " * 4, "at all " * 9]]
+    assert grouped == plain
+    assert wrong_hint == alone and saved_wrong == 0 and saved_plain == 0
+    if radix_cache:
+        assert saved >= 3 * 32 * 7  # 3 branches x >= 32 prefix tokens x 7 decode steps not re-read
+    else:
+        assert saved == 0

@@ -229,8 +229,12 @@ func @main {{
 
 @pytest.mark.parametrize("mode", ["gather_variable", "concate_and_append"])
 def test_fork_batch_gen_join_with_prefill(engine, mode):
+    shared_before = engine.stats()["num_shared_prefix_tokens"]
     plain = executor(engine, fork_program(mode, optimized=False)).run(**GREEDY)
+    assert engine.stats()["num_shared_prefix_tokens"] == shared_before  # separate gens: no declared group
     fused = executor(engine, fork_program(mode, optimized=True)).run(**GREEDY)
+    # The batch_gen's branches decode as one prefix group (3 steps after the first token).
+    assert engine.stats()["num_shared_prefix_tokens"] - shared_before >= 3 * 32
     expected = [direct_gen(engine, PREFIX + q, max_new_tokens=4, ignore_eos=True) for q in ("First:", "Second:")]
     for result in (plain, fused):
         assert result.state["x"] == expected

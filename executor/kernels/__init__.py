@@ -18,6 +18,7 @@ from types import ModuleType
 import torch
 
 from executor.kernels.attention_ref import decode_attention_ref, extend_attention_ref
+from executor.kernels.attention_shared_ref import SharedPrefix, decode_attention_shared_prefix_ref
 from executor.kernels.norm_ref import fused_add_rmsnorm_ref, rmsnorm_ref
 from executor.kernels.rotary_ref import rotary_embedding_ref
 
@@ -69,12 +70,20 @@ def decode_attention(
     req_rows: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    shared: SharedPrefix | None = None,
 ) -> torch.Tensor:
-    """See `decode_attention_ref`. On CUDA it never syncs with the host (CUDA-graph safe)."""
+    """See `decode_attention_ref`. On CUDA it never syncs with the host (CUDA-graph safe).
+
+    `shared` (groups of requests with a common prefix) makes the CPU path read each group's prefix
+    once (`decode_attention_shared_prefix_ref`); the Triton kernel does not use it yet.
+    """
     if use_triton(q):
         return _triton_modules()[0].decode_attention_triton(
             q, k_buffer, v_buffer, req_to_token, req_rows, seq_lens, scale
         )
+    if shared is not None:
+        return decode_attention_shared_prefix_ref(q, k_buffer, v_buffer, req_to_token, req_rows, seq_lens, scale,
+                                                  shared)
     return decode_attention_ref(q, k_buffer, v_buffer, req_to_token, req_rows, seq_lens, scale)
 
 
@@ -104,8 +113,10 @@ def rotary_embedding(
 
 
 __all__ = [
+    "SharedPrefix",
     "decode_attention",
     "decode_attention_ref",
+    "decode_attention_shared_prefix_ref",
     "extend_attention",
     "extend_attention_ref",
     "fused_add_rmsnorm",
