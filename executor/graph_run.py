@@ -328,7 +328,7 @@ class Run:
                 else:
                     req.handle = self.engine.submit(req.prompt, req.params, req.options, stream=req.stream,
                                                     constraint=req.constraint, listener=listener,
-                                                    **({"prefix_group": req.prefix_group} if req.prefix_group else {}))
+                                                    prefix_group=req.prefix_group)
             except Exception as exc:
                 self.num_in_flight -= 1
                 self._fail_node(req.call.frame, req.call.node, f"the engine rejected the request: {exc}")
