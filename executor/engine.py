@@ -263,6 +263,10 @@ class Engine:
         self._stopping = False
         self._step_holds = 0
         self._holds_changed = threading.Condition()
+        # Over every request finished so far (benchmarks take differences; cache hit rate =
+        # cached / prompt tokens). A score request's prompt counts its continuations too.
+        self._token_totals = dict.fromkeys(("num_finished_requests", "num_prompt_tokens",
+                                            "num_cached_prompt_tokens", "num_generated_tokens"), 0)
         self._thread = threading.Thread(target=self._loop, name="sgc-engine", daemon=True)
         self._thread.start()
 
@@ -504,6 +508,7 @@ class Engine:
             "num_retractions": s.num_retractions,
             "num_jump_forward_tokens": s.num_jump_forward_tokens,
             "num_shared_prefix_tokens": s.num_shared_prefix_tokens,
+            **self._token_totals,
             "num_free_kv_slots": self.allocator.num_free,
             "num_cached_kv_tokens": self.radix_cache.total_size() if self.radix_cache else 0,
         }
@@ -627,6 +632,15 @@ class Engine:
                 handle._publish()
                 if req.finished:
                     del self._handles[req.rid]
+                    self._count_finished(req)
+
+    def _count_finished(self, req: Request) -> None:
+        totals = self._token_totals
+        totals["num_finished_requests"] += 1
+        totals["num_prompt_tokens"] += len(req.input_ids) + sum(len(c) for c in req.continuations)
+        totals["num_cached_prompt_tokens"] += req.num_cached_tokens
+        if req.kind is not RequestKind.SCORE:
+            totals["num_generated_tokens"] += len(req.output_ids)
 
     def _take_inbox(self, items: list) -> bool:
         """Queue new requests and run engine tasks; False on the shutdown sentinel."""

@@ -239,6 +239,9 @@ class Run:
         self.num_in_flight = 0
         self.num_unfinished = len(self.instances)
         self.pinned_tokens = 0
+        # Submit depth-first over shared prefixes unless the engine was asked for arrival order.
+        config = getattr(executor.engine, "config", None)
+        self.cache_aware_order = getattr(config, "schedule_policy", "lpm") != "fcfs"
         # Steps held by our listeners (Engine.hold_next_step) until the follow-ups are submitted.
         self._holds_lock = threading.Lock()
         self._holds_taken = 0  # by listeners, on the engine thread
@@ -315,7 +318,8 @@ class Run:
         if not self.to_submit:
             return
         batch, self.to_submit = self.to_submit, []
-        batch.sort(key=lambda r: r.prompt)  # depth-first over shared prefixes
+        if self.cache_aware_order:
+            batch.sort(key=lambda r: r.prompt)  # depth-first over shared prefixes
         for req in batch:
             inst = req.call.frame.inst
             if inst.done:

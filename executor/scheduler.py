@@ -37,7 +37,8 @@ class SchedulerConfig:
     context_len: int = 8192
     policy: str = "lpm"
     # A waiting request that shares at least this many uncached tokens with a request being
-    # prefilled waits one step, then reuses that request's KV instead of computing it again.
+    # prefilled waits one step, then reuses that request's KV instead of computing it again
+    # (cache-aware scheduling: the "lpm" policy only; "fcfs" is the cache-oblivious baseline).
     defer_shared_prefix_tokens: int = 16
     # Running requests decode inside an extend pass (as one-token extends) instead of waiting for
     # the next pass: fewer forward passes when prefills and jump-forward extends arrive mid-decode.
@@ -141,7 +142,7 @@ class Scheduler:
                     break
                 if not self.kv.req_to_token.can_alloc():
                     break
-                if self._should_defer(req, chosen, in_progress):
+                if cfg.policy == "lpm" and self._should_defer(req, chosen, in_progress):
                     continue
                 self.kv.begin(req, self._max_cached(req))
                 if not req.admitted_once:

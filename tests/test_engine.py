@@ -310,3 +310,19 @@ def test_prefix_group_decodes_the_same_tokens(tiny_model_dirs, radix_cache):
         assert saved >= 3 * 32 * 7  # 3 branches x >= 32 prefix tokens x 7 decode steps not re-read
     else:
         assert saved == 0
+
+
+def test_stats_count_prompt_cached_and_generated_tokens(tiny):
+    before = tiny.stats()
+    prompt = "Counting tokens for the benchmark harness."
+    outs = [tiny.generate(prompt, {"max_new_tokens": 5, "temperature": 0.0, "ignore_eos": True}) for _ in range(2)]
+    tiny.score(prompt, [" yes", " no"])
+    after = tiny.stats()
+    delta = {k: after[k] - before[k] for k in ("num_finished_requests", "num_prompt_tokens",
+                                                "num_cached_prompt_tokens", "num_generated_tokens")}
+    n = outs[0]["meta_info"]["prompt_tokens"]
+    conts = len(tiny.encode(" yes")) + len(tiny.encode(" no"))
+    assert delta["num_finished_requests"] == 3
+    assert delta["num_generated_tokens"] == 10
+    assert delta["num_prompt_tokens"] == 2 * n + n + conts
+    assert delta["num_cached_prompt_tokens"] == sum(o["meta_info"]["cached_tokens"] for o in outs) + n - 1
