@@ -3,6 +3,7 @@
 ```python
 result = compile_program(fn, tokenizer=tok)                # one Function (bound args from fn.bind)
 result = compile_program_file("prog.py", opt_level=0)       # every @function of a file
+result = compile_program(fn, disable_passes=["hoist-prefix"])  # an ablation: one pass left out
 result.module, result.breaks, result.fsms                    # optimized IR, graph breaks, token FSMs
 fsms = compile_constraint_tables(module, tokenizer)          # re-derive the FSMs (another tokenizer)
 ```
@@ -16,6 +17,7 @@ regex/schema and the engine compiles them on first use. Never imports the execut
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -60,11 +62,16 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def optimize(module: ir.Module, *, opt_level: int | None = None, tokenizer: Any = None,
              print_after: tuple[str, ...] | list[str] = (), print_after_all: bool = False,
-             stream: TextIO | None = None, verify: bool = False) -> dict[str, Any]:
-    """Run the pipeline of `opt_level` on `module` in place; returns the compiled FSMs by id."""
+             stream: TextIO | None = None, verify: bool = False,
+             disable_passes: Iterable[str] = ()) -> dict[str, Any]:
+    """Run the pipeline of `opt_level` on `module` in place; returns the compiled FSMs by id.
+
+    `disable_passes` leaves those passes out of the pipeline (ablations; `UnknownPassError` for a typo).
+    """
     constraints = CompileConstraints(_vocab_source(tokenizer)) if tokenizer is not None else None
     pm = PassManager.for_level(resolve_opt_level(opt_level), constraints=constraints, verify=verify,
-                               print_after=print_after, print_after_all=print_after_all, stream=stream)
+                               print_after=print_after, print_after_all=print_after_all, stream=stream,
+                               disable=disable_passes)
     pm.run(module)
     return dict(constraints.fsms) if constraints is not None else {}
 

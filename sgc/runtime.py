@@ -13,6 +13,7 @@ arguments, opt level, tokenizer fingerprint).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["Runtime"]
@@ -22,15 +23,21 @@ class Runtime:
     """A lazily started `executor.engine.Engine`.
 
     `model_path` and `engine_kwargs` go to the engine (`device`, `max_total_tokens`, ...).
+    `disable_passes` leaves those compiler passes out of every compile on this runtime (ablations:
+    `Runtime(disable_passes=["hoist-prefix"])`; `compiler.passes.manager.DEFAULT_PIPELINE` names them).
     `chat_template` overrides the chat format roles render with: a name from
     `compiler.chat_template.FORMATS` (`"chatml"`, `"llama-3"`, ...) or a `ChatFormat`; by default the
     model's own template is used.
     """
 
     def __init__(self, model_path: str = "smollm2-135m-instruct", *, chat_template: Any = None,
-                 **engine_kwargs: Any) -> None:
+                 disable_passes: Iterable[str] = (), **engine_kwargs: Any) -> None:
+        from compiler.passes.manager import default_pipeline
+
+        default_pipeline(disable=disable_passes)  # an unknown name fails here, not at the first run
         self.model_path = model_path
         self.chat_template = chat_template
+        self.disable_passes = tuple(sorted(set(disable_passes)))
         self.engine_kwargs = engine_kwargs
         self._engine: Any = None
         self._lock = threading.Lock()
@@ -81,7 +88,8 @@ class Runtime:
         with self._compile_lock:
             program = self._compiled.get(key)
             if program is None:
-                result = compile_program(function, opt_level=level, tokenizer=tokenizer)
+                result = compile_program(function, opt_level=level, tokenizer=tokenizer,
+                                         disable_passes=self.disable_passes)
                 program = CompiledProgram(self.engine, result.module, result.fsms,
                                           chat_format=self.chat_format(), breaks=result.breaks)
                 self._compiled[key] = program

@@ -118,6 +118,45 @@ def test_the_constraint_pass_has_a_slot() -> None:
     PassManager(print_after={"compile-constraints"})  # a known name even when not registered
 
 
+def test_disabled_passes_are_left_out() -> None:
+    class FakeConstraints:
+        name = "compile-constraints"
+
+        def run(self, graph: Graph) -> bool:
+            return False
+
+    names = [p.name for p in default_pipeline(constraints=FakeConstraints(), disable={"fuse-fork-gens"})]
+    assert names == ["dce", "fold-constants", "lower-select", "hoist-prefix", "compile-constraints", "dce"]
+    assert PassManager.for_level(1, disable=["dce"]).names == ["fold-constants", "lower-select",
+                                                               "hoist-prefix", "fuse-fork-gens"]
+    graph = parse_graph(PROGRAM)
+    before = evaluate(graph)
+    PassManager.for_level(1, disable={"hoist-prefix"}, verify=True).run(graph)
+    text = print_graph(graph)
+    assert "prefill" not in text and "batch_gen" in text and 'choices=["Tip one", "Tip two"]' in text
+    assert evaluate(graph) == before
+    with pytest.raises(UnknownPassError, match="'hoist'"):
+        PassManager.for_level(1, disable=["hoist"])
+    with pytest.raises(UnknownPassError):  # checked at -O0 too, so a typo never goes unnoticed
+        PassManager.for_level(0, disable=["hoist"])
+    with pytest.raises(ValueError, match="cannot be disabled"):
+        default_pipeline(disable=["compile-constraints"])
+
+
+def test_the_driver_and_runtime_take_disabled_passes() -> None:
+    from compiler.driver import optimize
+    from sgc.runtime import Runtime
+
+    module = parse_module(PROGRAM)
+    optimize(module, opt_level=1, disable_passes=["fuse-fork-gens"])
+    text = print_module(module)
+    assert "prefill" in text and "batch_gen" not in text
+    runtime = Runtime(disable_passes=["hoist-prefix", "hoist-prefix"])  # the engine is not started
+    assert runtime.disable_passes == ("hoist-prefix",) and not runtime.started
+    with pytest.raises(UnknownPassError):
+        Runtime(disable_passes=["fuse"])
+
+
 def test_print_after_writes_parsable_dumps() -> None:
     stream = io.StringIO()
     module = parse_module(PROGRAM)

@@ -4,6 +4,7 @@
 pm = PassManager(verify=True, print_after={"hoist-prefix"}, stream=sys.stderr)
 pm.run(module)                        # the default pipeline
 PassManager.for_level(0).run(module)  # -O0: no passes
+PassManager.for_level(1, disable={"hoist-prefix"}).run(module)  # an ablation: one pass left out
 ```
 """
 
@@ -46,11 +47,22 @@ class PassLike(Protocol):
     def run(self, graph: Graph) -> bool: ...
 
 
-def default_pipeline(*, constraints: PassLike | None = None) -> list[PassLike]:
-    """Fresh instances of the default pipeline; with `constraints`, that pass runs in its slot."""
-    passes: list[PassLike] = [get_pass(name)() for name in DEFAULT_PIPELINE]
+def default_pipeline(*, constraints: PassLike | None = None, disable: Iterable[str] = ()) -> list[PassLike]:
+    """Fresh instances of the default pipeline; with `constraints`, that pass runs in its slot.
+
+    `disable` names passes to leave out (every occurrence), for ablations: benchmarks switch one
+    optimization off at a time. Unknown names raise `UnknownPassError`; compile-constraints cannot be
+    disabled (constrained gens need their FSMs).
+    """
+    skip = frozenset(disable)
+    for name in sorted(skip):
+        if name == CONSTRAINT_PASS_NAME:
+            raise ValueError(f"{CONSTRAINT_PASS_NAME} cannot be disabled: constrained gens need their FSMs")
+        get_pass(name)  # UnknownPassError for a typo
+    passes: list[PassLike] = [get_pass(name)() for name in DEFAULT_PIPELINE if name not in skip]
     if constraints is not None:
-        slot = DEFAULT_PIPELINE.index(CONSTRAINT_SLOT) + 1
+        slot = len([name for name in DEFAULT_PIPELINE[: DEFAULT_PIPELINE.index(CONSTRAINT_SLOT) + 1]
+                    if name not in skip])
         passes.insert(slot, constraints)
     return passes
 
@@ -95,14 +107,16 @@ class PassManager:
         return cls([get_pass(name)() for name in names], **options)
 
     @classmethod
-    def for_level(cls, level: int, *, constraints: PassLike | None = None, **options) -> PassManager:
+    def for_level(cls, level: int, *, constraints: PassLike | None = None, disable: Iterable[str] = (),
+                  **options) -> PassManager:
         """`-O0`: no passes (only `constraints`, which the executor needs for constrained gens);
-        `-O1` and up: the default pipeline."""
+        `-O1` and up: the default pipeline, less the passes named in `disable`."""
         if level < 0:
             raise ValueError(f"optimization level must be >= 0, got {level}")
+        pipeline = default_pipeline(constraints=constraints, disable=disable)  # checks the names at any level
         if level == 0:
             return cls([constraints] if constraints is not None else [], **options)
-        return cls(default_pipeline(constraints=constraints), **options)
+        return cls(pipeline, **options)
 
     @property
     def names(self) -> list[str]:
