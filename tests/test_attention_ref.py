@@ -40,19 +40,7 @@ def make_paged(seq_lens, num_kv_heads, head_dim, seed):
 
 @pytest.mark.parametrize("num_heads,num_kv_heads,head_dim", [(4, 4, 16), (6, 2, 32), (8, 2, 64)])
 def test_extend_matches_dense(num_heads, num_kv_heads, head_dim):
-    prefix = [0, 5, 17]
-    extend = [7, 1, 4]
-    seq = [p + e for p, e in zip(prefix, extend)]
-    k_buf, v_buf, table, rows = make_paged(seq, num_kv_heads, head_dim, seed=1)
-    q = torch.randn(sum(extend), num_heads, head_dim)
-    scale = head_dim**-0.5
-    out = extend_attention_ref(q, k_buf, v_buf, table, rows, torch.tensor(prefix), torch.tensor(extend), scale)
-    start = 0
-    for i, (p, e) in enumerate(zip(prefix, extend)):
-        slots = table[rows[i], : p + e]
-        ref = dense_causal(q[start : start + e], k_buf[slots], v_buf[slots], p, scale)
-        torch.testing.assert_close(out[start : start + e], ref, atol=1e-5, rtol=1e-5)
-        start += e
+    check_extend_against_dense([0, 5, 17], [7, 1, 4], num_heads, num_kv_heads, head_dim, seed=1)
 
 
 @pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 4), (9, 3)])
