@@ -12,6 +12,20 @@ import torch
 import torch.nn.functional as F
 
 
+def gather_kv(k_buffer: torch.Tensor, v_buffer: torch.Tensor, slots: torch.Tensor, valid: torch.Tensor,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V of a padded [B, L] block of slots as [B, num_kv_heads, L, head_dim] each.
+
+    Positions where `valid` is False read slot 0 (reserved padding); callers mask their scores.
+    index_select, not advanced indexing: on CPU it is several times faster for this gather.
+    """
+    flat = torch.where(valid, slots, torch.zeros((), dtype=slots.dtype, device=slots.device)).reshape(-1)
+    shape = (*slots.shape, k_buffer.shape[1], k_buffer.shape[2])
+    k = torch.index_select(k_buffer, 0, flat).view(shape).permute(0, 2, 1, 3)
+    v = torch.index_select(v_buffer, 0, flat).view(shape).permute(0, 2, 1, 3)
+    return k, v
+
+
 def extend_attention_ref(
     q: torch.Tensor,
     k_buffer: torch.Tensor,
@@ -91,11 +105,8 @@ def _extend_padded(out, q, k_buffer, v_buffer, req_to_token, rows, prefix_lens, 
     totals = prefix_lens + extend_lens
     key_pos = torch.arange(max_total, device=device)
     key_valid = key_pos[None, :] < totals[:, None]  # [B, L]
-    slots = torch.where(key_valid, req_to_token[rows, :max_total], torch.zeros((), dtype=req_to_token.dtype,
-                                                                                 device=device))
-    gathered = (batch, max_total, num_kv_heads, head_dim)
-    k = torch.index_select(k_buffer, 0, slots.reshape(-1)).view(gathered).permute(0, 2, 1, 3)[:, :, None]
-    v = torch.index_select(v_buffer, 0, slots.reshape(-1)).view(gathered).permute(0, 2, 1, 3)[:, :, None]
+    k, v = gather_kv(k_buffer, v_buffer, req_to_token[rows, :max_total], key_valid)
+    k, v = k[:, :, None], v[:, :, None]  # [B, Hkv, 1, L, D]: one key block per query group
     # Query j of request b sits at position prefix_b + j and sees keys 0 .. prefix_b + j. Padded
     # queries still see key 0, so no row is all -inf; their outputs are dropped below.
     visible = (key_pos[None, None, :] <= (prefix_lens[:, None] + offsets[None, :])[:, :, None]) & key_valid[:, None, :]
@@ -142,11 +153,7 @@ def decode_attention_ref(
     slots = req_to_token[req_rows, :max_len]  # [B, L]; entries past a request's length are ignored
     positions = torch.arange(max_len, device=q.device)
     valid = positions[None, :] < seq_lens[:, None]  # [B, L]
-    slots = torch.where(valid, slots, torch.zeros_like(slots)).reshape(-1)  # padding reads slot 0
-    # index_select, not advanced indexing: on CPU it is several times faster for this gather.
-    gathered = (batch, max_len, k_buffer.shape[1], k_buffer.shape[2])
-    k = torch.index_select(k_buffer, 0, slots).view(gathered).permute(0, 2, 1, 3)  # [B, Hkv, L, D]
-    v = torch.index_select(v_buffer, 0, slots).view(gathered).permute(0, 2, 1, 3)
+    k, v = gather_kv(k_buffer, v_buffer, slots, valid)  # [B, Hkv, L, D]
     # Grouped-query attention as batched matmuls over [B, Hkv, group, ...]: each KV head is read
     # once for its whole group of query heads, instead of being repeated per query head.
     num_kv_heads = k_buffer.shape[1]

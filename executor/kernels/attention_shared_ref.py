@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from executor.kernels.attention_ref import gather_kv
+
 
 @dataclass(frozen=True)
 class SharedPrefix:
@@ -64,10 +66,7 @@ def decode_attention_shared_prefix_ref(
     suffix_valid = positions < seq_lens[:, None]
     positions = torch.where(suffix_valid, positions, torch.zeros_like(positions))
     suffix_slots = torch.gather(req_to_token[req_rows], 1, positions)
-    suffix_slots = torch.where(suffix_valid, suffix_slots, torch.zeros_like(suffix_slots)).reshape(-1)
-    gathered = (batch, max_suffix, num_kv_heads, head_dim)
-    k_suffix = torch.index_select(k_buffer, 0, suffix_slots).view(gathered).permute(0, 2, 1, 3)
-    v_suffix = torch.index_select(v_buffer, 0, suffix_slots).view(gathered).permute(0, 2, 1, 3)
+    k_suffix, v_suffix = gather_kv(k_buffer, v_buffer, suffix_slots, suffix_valid)  # [B, Hkv, Ls, D]
     qg = q.view(batch, num_kv_heads, group, head_dim)
     suffix_scores = torch.matmul(qg, k_suffix.transpose(-1, -2)) * scale  # [B, Hkv, group, Ls]
     suffix_scores = suffix_scores.masked_fill(~suffix_valid[:, None, None, :], float("-inf"))
@@ -76,11 +75,7 @@ def decode_attention_shared_prefix_ref(
     max_prefix = int(shared.prefix_lens.max())
     leaders = req_rows[shared.members[:, 0]]
     prefix_valid = torch.arange(max_prefix, device=device)[None, :] < shared.prefix_lens[:, None]  # [G, P]
-    prefix_slots = torch.where(prefix_valid, req_to_token[leaders, :max_prefix],
-                               torch.zeros((), dtype=req_to_token.dtype, device=device)).reshape(-1)
-    gathered = (num_groups, max_prefix, num_kv_heads, head_dim)
-    k_prefix = torch.index_select(k_buffer, 0, prefix_slots).view(gathered).permute(0, 2, 1, 3)  # [G, Hkv, P, D]
-    v_prefix = torch.index_select(v_buffer, 0, prefix_slots).view(gathered).permute(0, 2, 1, 3)
+    k_prefix, v_prefix = gather_kv(k_buffer, v_buffer, req_to_token[leaders, :max_prefix], prefix_valid)  # [G, Hkv, P, D]
     q_members = qg[member_idx].view(num_groups, width, num_kv_heads, group, head_dim)
     q_members = q_members.permute(0, 2, 1, 3, 4).reshape(num_groups, num_kv_heads, width * group, head_dim)
     prefix_scores = torch.matmul(q_members, k_prefix.transpose(-1, -2)) * scale  # [G, Hkv, N*group, P]
