@@ -240,13 +240,10 @@ class Run:
         self.num_unfinished = len(self.instances)
         self.pinned_tokens = 0
         # Submit depth-first over shared prefixes unless the engine was asked for arrival order.
-        config = getattr(executor.engine, "config", None)
-        self.cache_aware_order = getattr(config, "schedule_policy", "lpm") != "fcfs"
-        # Steps held by our listeners (Engine.hold_next_step) until the follow-ups are submitted.
-        self._holds_lock = threading.Lock()
-        self._holds_taken = 0  # by listeners, on the engine thread
-        self._holds_handled = 0  # their results handled by this loop
-        self._holds_released = 0
+        self.cache_aware_order = executor.engine.config.schedule_policy != "fcfs"
+        # Every finished request held the engine's next step (see `_listener`); the holds of the
+        # results this loop has handled are released once their follow-ups are submitted.
+        self.holds_to_release = 0
         slots = getattr(executor.engine, "num_kv_slots", 0) or 0
         self.pin_limit = int(slots * executor.pin_budget)
         self.bar: Any = None
@@ -273,7 +270,7 @@ class Run:
                     continue
                 self._wait_for_events()
         finally:
-            self._release_held_steps(everything=True)
+            self._release_unhandled_holds()
             for inst in self.instances:
                 self._release_pins(inst.pins)
                 # Unpins take effect on the engine thread; wait, so the run leaves the cache as it
@@ -340,7 +337,6 @@ class Run:
     def _listener(self, req: _Req) -> Callable[[str, bool], None]:
         events = self.events
         engine = self.engine
-        hold = getattr(engine, "hold_next_step", None)
 
         def listen(delta: str, finished: bool) -> None:
             # On the engine thread, right after the step that finished the request: a pin taken
@@ -349,25 +345,28 @@ class Run:
                 req.pin.take(engine, req.prompt)
                 pinned = req.pin.engine_pin
                 req.num_pinned = pinned.num_tokens if pinned is not None else 0
-            held = finished and hold is not None
-            if held:
-                # The next pass waits for the nodes this result makes ready (released in the loop).
-                with self._holds_lock:
-                    self._holds_taken += 1
-                hold()
-            events.put((req, delta, finished, held))
+            if finished:  # the next pass waits for the nodes this result makes ready
+                engine.hold_next_step()
+            events.put((req, delta, finished))
 
         return listen
 
-    def _release_held_steps(self, everything: bool = False) -> None:
-        """Let the engine step again once the follow-ups of the results handled so far are submitted
-        (`everything`: also the holds of results never handled, when the run ends)."""
-        with self._holds_lock:
-            upto = self._holds_taken if everything else self._holds_handled
-            count = upto - self._holds_released
-            self._holds_released = max(upto, self._holds_released)
-        if count > 0:
-            self.engine.release_step(count)
+    def _release_held_steps(self) -> None:
+        """Let the engine step again: the follow-ups of the results handled so far are submitted."""
+        if self.holds_to_release:
+            self.engine.release_step(self.holds_to_release)
+            self.holds_to_release = 0
+
+    def _release_unhandled_holds(self) -> None:
+        """At the end of the run: the holds of finished requests whose events were never handled."""
+        while True:
+            try:
+                item = self.events.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(item, _HostDone) and item[2]:
+                self.holds_to_release += 1
+        self._release_held_steps()
 
     def _wait_for_events(self) -> None:
         while True:
@@ -389,11 +388,10 @@ class Run:
             if isinstance(item, _HostDone):
                 self._on_host_done(item)
             else:
-                req, delta, finished, held = item
+                req, delta, finished = item
                 self._on_event(req, delta, finished)
-                if held:
-                    with self._holds_lock:
-                        self._holds_handled += 1
+                if finished:  # its listener held the engine's next step
+                    self.holds_to_release += 1
 
     def _on_event(self, req: _Req, delta: str, finished: bool) -> None:
         inst = req.call.frame.inst
