@@ -571,42 +571,38 @@ class Score(_Choose):
 
 
 @dataclass(frozen=True)
-class SetVar(Op):
+class _NamedTextOp(Op):
+    """A text op about the variable `name` (which must not be empty)."""
+
+    category = "text"
+    name: str
+
+    def _check(self) -> str | None:
+        return None if self.name else "name must not be empty"
+
+
+@dataclass(frozen=True)
+class SetVar(_NamedTextOp):
     """The state with variable `name` bound to the value (`s.set_var(name, value)`); text unchanged."""
 
     opname = "set_var"
-    category = "text"
     operand_slots = (Slot.STATE, Slot.VALUE)
-    name: str
-
-    def _check(self) -> str | None:
-        return None if self.name else "name must not be empty"
 
 
 @dataclass(frozen=True)
-class VarScopeBegin(Op):
+class VarScopeBegin(_NamedTextOp):
     """Start capturing variable `name` (`with s.var_scope(name):`): remembers where the text ends now."""
 
     opname = "var_scope_begin"
-    category = "text"
     operand_slots = (Slot.STATE,)
-    name: str
-
-    def _check(self) -> str | None:
-        return None if self.name else "name must not be empty"
 
 
 @dataclass(frozen=True)
-class VarScopeEnd(Op):
+class VarScopeEnd(_NamedTextOp):
     """Bind `name` to the text appended since the matching `var_scope_begin` on this state's lineage."""
 
     opname = "var_scope_end"
-    category = "text"
     operand_slots = (Slot.STATE,)
-    name: str
-
-    def _check(self) -> str | None:
-        return None if self.name else "name must not be empty"
 
 
 # -- control -----------------------------------------------------------------------------------------
