@@ -31,14 +31,10 @@ from typing import Any
 from compiler.chat_template import ChatFormat, get_chat_format
 from compiler.errors import CompileError, ProgramError, user_location
 from compiler.lang import (
-    ExprList,
     Function,
     GenExpr,
-    RoleBegin,
-    RoleEnd,
     SelectExpr,
     StateBase,
-    Text,
     get_default_backend,
     lookup_function,
 )
@@ -293,26 +289,8 @@ class ProgramState(StateBase):
         if name not in self._assigned:
             self._assigned.append(name)
 
-    def _exec(self, item: Any) -> None:
-        if isinstance(item, str):
-            self._append(item)
-        elif isinstance(item, ExprList):
-            for part in item.items:
-                self._exec(part)
-        elif isinstance(item, Text):
-            self._append(item.text)
-        elif isinstance(item, GenExpr):
-            self._gen(item)
-        elif isinstance(item, SelectExpr):
-            self._select(item)
-        elif isinstance(item, RoleBegin):
-            self._exec_role_begin(item.role)
-        elif isinstance(item, RoleEnd):
-            self._exec_role_end(item.role)
-        elif isinstance(item, (StateBase, ForkGroup)):
-            raise CompileError.here(f"cannot add a state to a state ({item!r})")
-        else:
-            self._append(str(item))  # as SGLang: s += 3 appends "3"
+    def _append_text(self, text: str) -> None:
+        self._append(text)
 
     def _exec_role_begin(self, role: str) -> None:
         self._check_alive()

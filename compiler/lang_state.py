@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from compiler.errors import CompileError
-from compiler.lang_expr import _role
+from compiler.lang_expr import ExprList, GenExpr, RoleBegin, RoleEnd, SelectExpr, Text, _role
 
 __all__ = ["StateBase"]
 
@@ -21,9 +21,42 @@ __all__ = ["StateBase"]
 class StateBase:
     """Base of the eager `ProgramState` and the tracer's symbolic state.
 
-    Subclasses implement `_exec_role_begin(role)` and `_exec_role_end(role)`; this class gives them
-    SGLang's `with s.user():` forms and the check that a gen runs in a role of its own state.
+    Subclasses implement how text is appended (`_append_text`), `_gen`, `_select`,
+    `_exec_role_begin(role)` and `_exec_role_end(role)`; this class gives them the dispatch of
+    `s += item`, SGLang's `with s.user():` forms and the check that a gen runs in a role of its own
+    state.
     """
+
+    def _exec(self, item: Any) -> None:
+        """`s += item`: text, expressions, lists of them; anything else appends `str(item)` (as SGLang)."""
+        if isinstance(item, str):
+            self._append_text(item)
+        elif isinstance(item, ExprList):
+            for part in item.items:
+                self._exec(part)
+        elif isinstance(item, Text):
+            self._append_text(item.text)
+        elif isinstance(item, GenExpr):
+            self._gen(item)
+        elif isinstance(item, SelectExpr):
+            self._select(item)
+        elif isinstance(item, RoleBegin):
+            self._exec_role_begin(item.role)
+        elif isinstance(item, RoleEnd):
+            self._exec_role_end(item.role)
+        elif isinstance(item, (StateBase, BranchGroupBase)):
+            raise CompileError.here(f"cannot add a state to a state ({item!r})")
+        else:
+            self._append_text(str(item))  # as SGLang: s += 3 appends "3"
+
+    def _append_text(self, text: str) -> None:
+        raise NotImplementedError
+
+    def _gen(self, expr: GenExpr) -> None:
+        raise NotImplementedError
+
+    def _select(self, expr: SelectExpr) -> None:
+        raise NotImplementedError
 
     def _exec_role_begin(self, role: str) -> None:
         raise NotImplementedError

@@ -425,3 +425,18 @@ def test_fork_group_iadd_and_copy(fake) -> None:
     x = state["x"]
     assert state.text() == f"Q: all a #0{x[0]} all b #1{x[1]} all c #2{x[2]}"
     assert state["twin_text"] == state.text() + " twin"
+
+
+@pytest.mark.parametrize("what", ["state", "forks"])
+def test_adding_a_state_to_a_state_is_an_error_eager_and_traced(fake, what) -> None:
+    """The shared `s += item` dispatch (lang_state.StateBase._exec) refuses states and fork groups."""
+    @sgc.function
+    def adds_state(s):
+        s += "x"
+        other = s.fork(2) if what == "forks" else s
+        s += other
+
+    with pytest.raises(CompileError, match=r"test_lang\.py:\d+: cannot add a state to a state"):
+        adds_state.run(backend=fake)
+    with pytest.raises(CompileError, match=r"test_lang\.py:\d+: cannot add a state to a state"):
+        sgc.compile_function(adds_state)

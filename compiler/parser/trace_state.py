@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from compiler import ir
 from compiler.errors import CompileError
-from compiler.lang import ExprList, GenExpr, RoleBegin, RoleEnd, SelectExpr, StateBase, Text
+from compiler.lang import GenExpr, SelectExpr, StateBase
 from compiler.lang_state import BranchGroupBase
 from compiler.parser.symbolic import Symbolic, SymValue, VarInfo, has_marks, split_placeholders
 
@@ -73,27 +73,14 @@ class SymState(StateBase):
         return self
 
     def _exec(self, item: Any) -> None:
-        if isinstance(item, str):
-            self._append_parts(split_placeholders(item), placeholders=True)
-        elif isinstance(item, Symbolic):
+        if isinstance(item, Symbolic):  # an argument or generated value: appended by reference
             self._append_parts(item._parts())
-        elif isinstance(item, ExprList):
-            for part in item.items:
-                self._exec(part)
-        elif isinstance(item, Text):
-            self._exec(item.text)
-        elif isinstance(item, GenExpr):
-            self._gen(item)
-        elif isinstance(item, SelectExpr):
-            self._select(item)
-        elif isinstance(item, RoleBegin):
-            self._exec_role_begin(item.role)
-        elif isinstance(item, RoleEnd):
-            self._exec_role_end(item.role)
-        elif isinstance(item, (StateBase, SymForkGroup)):
-            raise CompileError.here(f"cannot add a state to a state ({item!r})")
         else:
-            self._exec(str(item))  # as SGLang: s += 3 appends "3"
+            super()._exec(item)
+
+    def _append_text(self, text: str) -> None:
+        # Text may carry placeholders of symbolic values (f-strings); they become references.
+        self._append_parts(split_placeholders(text), placeholders=True)
 
     def _append_parts(self, parts: list[str | int], placeholders: bool = False) -> None:
         for part in parts:
