@@ -16,7 +16,7 @@ import types
 from pathlib import Path
 
 __all__ = ["CompileError", "ProgramError", "definition_site", "is_internal_file", "location_of_traceback",
-           "user_location"]
+           "recursion_site", "user_location"]
 
 
 class CompileError(Exception):
@@ -94,41 +94,71 @@ def is_internal_file(filename: str) -> bool:
     return cached
 
 
+def _is_user_code(code: types.CodeType) -> bool:
+    """Whether a frame running `code` is the user's: not sgc, not the standard library, and not a
+    method that `dataclasses` generated (`__init__` in `<string>`, which wraps sgc's own checks)."""
+    if code.co_filename == "<string>" and code.co_name.startswith("__") and code.co_name.endswith("__"):
+        return False
+    return not is_internal_file(code.co_filename)
+
+
 def user_location(frame: types.FrameType | None = None) -> tuple[str | None, int | None]:
     """(file, line) of the innermost user frame at or above `frame` (default: the caller's)."""
     current = frame if frame is not None else sys._getframe(1)
     while current is not None:
-        filename = current.f_code.co_filename
-        if not is_internal_file(filename):
-            return filename, current.f_lineno
+        if _is_user_code(current.f_code):
+            return current.f_code.co_filename, current.f_lineno
         current = current.f_back
     return None, None
 
 
 def definition_site(func: object) -> tuple[str | None, int | None]:
     """(file, line) of a function's `def` line (not its first decorator's, which is what
-    `co_firstlineno` gives)."""
-    code = getattr(func, "__code__", None)
-    if code is None:
-        return None, None
-    try:
-        import inspect
+    `co_firstlineno` gives); a class's `class` line. (None, None) for what has no Python source."""
+    import inspect
 
+    code = getattr(func, "__code__", None)
+    if code is None and not inspect.isclass(func):
+        return None, None
+    fallback = (code.co_filename, code.co_firstlineno) if code is not None else (None, None)
+    try:
+        file = inspect.getsourcefile(func) or fallback[0]  # type: ignore[arg-type]
         lines, start = inspect.getsourcelines(func)  # type: ignore[arg-type]
     except (OSError, TypeError):
-        return code.co_filename, code.co_firstlineno
+        return fallback
     for offset, text in enumerate(lines):
-        stripped = text.lstrip()
-        if stripped.startswith(("def ", "async def ")):
-            return code.co_filename, start + offset
-    return code.co_filename, code.co_firstlineno
+        if text.lstrip().startswith(("def ", "async def ", "class ")):
+            return file, start + offset
+    return fallback if code is not None else (file, start)
+
+
+def _user_frames(tb: types.TracebackType | None) -> list[tuple[types.CodeType, str, int]]:
+    """(code, file, line) of each user frame of a traceback, outermost first."""
+    frames = []
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if _is_user_code(code):
+            frames.append((code, code.co_filename, tb.tb_lineno))
+        tb = tb.tb_next
+    return frames
 
 
 def location_of_traceback(tb: types.TracebackType | None) -> tuple[str | None, int | None]:
     """(file, line) of the innermost user frame of a traceback (where an exception was raised)."""
-    found: tuple[str | None, int | None] = (None, None)
-    while tb is not None:
-        if not is_internal_file(tb.tb_frame.f_code.co_filename):
-            found = (tb.tb_frame.f_code.co_filename, tb.tb_lineno)
-        tb = tb.tb_next
-    return found
+    frames = _user_frames(tb)
+    return (frames[-1][1], frames[-1][2]) if frames else (None, None)
+
+
+def recursion_site(tb: types.TracebackType | None) -> tuple[str | None, int | None]:
+    """(file, line) of the call that recursed, for a `RecursionError`'s traceback.
+
+    The innermost frame of a runaway recursion is wherever the stack happened to run out, which says
+    little; the useful line is the recursive call: in the outermost user function that appears again
+    deeper in the traceback, the line it was executing.
+    """
+    frames = _user_frames(tb)
+    last_seen = {id(code): index for index, (code, _, _) in enumerate(frames)}
+    for index, (code, file, line) in enumerate(frames):
+        if last_seen[id(code)] > index:
+            return file, line
+    return (frames[-1][1], frames[-1][2]) if frames else (None, None)

@@ -9,12 +9,15 @@ test oracle. `Function.compile` traces (`compiler.parser.tracer`). `compiler.lan
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from compiler import budgets
 from compiler.errors import CompileError, definition_site
 from compiler.lang_state import StateBase
 
@@ -50,8 +53,9 @@ class Function:
 
     def __init__(self, func: Callable[..., Any], num_api_spec_tokens: int | None = None,
                  bind_arguments: dict[str, Any] | None = None) -> None:
-        if not callable(func):
-            raise TypeError(f"@function decorates a function, got {func!r}")
+        if isinstance(func, Function):  # @function applied twice
+            func = func.func
+        _check_program_form(func)
         self.func = func
         self.num_api_spec_tokens = num_api_spec_tokens  # accepted for SGLang compatibility; unused
         self.bind_arguments = dict(bind_arguments or {})
@@ -64,6 +68,7 @@ class Function:
             first = params[0].name if params else "nothing"
             raise CompileError(f"@function {self.name}: the first parameter must be the state `s`, got {first}",
                                *definition_site(func))
+        _check_parameters(self.name, func, params[1:])
         self.arg_names = [p.name for p in params[1:]]
         unknown = set(self.bind_arguments) - set(self.arg_names)
         if unknown:
@@ -105,7 +110,8 @@ class Function:
         """`other(s, ...)` inside a program continues `s` (inlined); otherwise it is `run`."""
         if args and isinstance(args[0], StateBase):
             values = self.bind_call(args[1:], kwargs)
-            return self.func(args[0], **values)
+            with _nested_call(self):
+                return self.func(args[0], **values)
         return self.run(*args, **kwargs)
 
     def run(self, *args: Any, max_new_tokens: int = 128, stop: str | Sequence[str] | None = None,
@@ -178,6 +184,98 @@ class Function:
 
         _, breaks = self.compile(bind=bind)
         return explain(breaks, self.name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a program may be
+
+
+def _check_program_form(func: Any) -> None:
+    """Refuse, at decoration time, callables that cannot be programs (see docs/language.md, 4).
+
+    These are properties of the definition, so they are checked once, where the program is defined,
+    for both executors: a generator or a coroutine would otherwise "run" without executing its body
+    (calling it only creates the generator), and the other forms have no `def` to name the graph.
+    """
+    if inspect.isclass(func):
+        raise CompileError(f"@function decorates a function defined with def, got class {func.__name__}",
+                           *definition_site(func))
+    if not (inspect.isfunction(func) or inspect.ismethod(func)):
+        what = f"the builtin {func.__name__}" if inspect.isbuiltin(func) else f"an object of type {type(func).__name__}"
+        raise CompileError.here(f"@function decorates a Python function defined with def, got {what}")
+    name = func.__name__
+    site = definition_site(func)
+    if name == "<lambda>":
+        raise CompileError("@function cannot decorate a lambda: define the program with def "
+                           "(its name names the compiled graph and the host steps that run it)", *site)
+    if inspect.isasyncgenfunction(func):
+        raise CompileError(f"@function {name} is an async generator (async def with yield): programs are "
+                           "plain functions that append to `s`", *site)
+    if inspect.iscoroutinefunction(func):
+        raise CompileError(f"@function {name} is an async def: programs are plain functions (sgc runs "
+                           "them itself and batches their requests; there is nothing to await)", *site)
+    if inspect.isgeneratorfunction(func):
+        raise CompileError(f"@function {name} is a generator (it contains yield): calling it would not run "
+                           "its body; programs append to `s` (use s.text_iter() to stream text)", *site)
+
+
+def _check_parameters(name: str, func: Any, params: list[inspect.Parameter]) -> None:
+    """The arguments after `s`: named ones only, since `run(**args)` passes them by name."""
+    for param in params:
+        if param.kind is param.VAR_POSITIONAL:
+            raise CompileError(f"@function {name}: *{param.name} is not supported: name each argument "
+                               "(run() passes arguments by name)", *definition_site(func))
+        if param.kind is param.VAR_KEYWORD:
+            raise CompileError(f"@function {name}: **{param.name} is not supported: name each argument "
+                               "(a compiled graph has a fixed set of arguments)", *definition_site(func))
+        if param.kind is param.POSITIONAL_ONLY:
+            raise CompileError(f"@function {name}: argument {param.name!r} is positional-only (before /), "
+                               "but run() passes arguments by name", *definition_site(func))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Nested calls
+
+
+class _CallStack(threading.local):
+    """The @functions called inside a running program, innermost last (per thread)."""
+
+    def __init__(self) -> None:
+        self.functions: list[Function] = []
+
+
+_CALLS = _CallStack()
+
+
+@contextlib.contextmanager
+def _nested_call(function: Function) -> Iterator[None]:
+    """Enter a nested call; a CompileError at the caller's line beyond the program_depth budget.
+
+    Both executors inline nested calls as plain Python calls, so a recursion without an end would
+    otherwise be a RecursionError somewhere deep inside sgc. A bounded recursion (a base case on a
+    constant or bound argument) is fine within the budget.
+    """
+    stack = _CALLS.functions
+    depth = len(stack) + 1
+    if depth > budgets.value("program_depth"):
+        raise CompileError.here(budgets.over_budget("program_depth", depth, _describe_calls(stack, function)))
+    stack.append(function)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def _describe_calls(stack: list[Function], callee: Function) -> str:
+    """`recursive @function calls a -> b -> a` (the cycle), or the chain of nested calls, shortened."""
+    if callee in stack:
+        start = len(stack) - 1 - stack[::-1].index(callee)
+        cycle = [f.name for f in stack[start:]] + [callee.name]
+        return f"recursive @function calls {' -> '.join(cycle)} (no base case?)"
+    names = [f.name for f in stack] + [callee.name]
+    if len(names) > 6:
+        names = [*names[:3], "...", *names[-2:]]
+    return f"nested @function calls {' -> '.join(names)}"
 
 
 def _compiling_backend(backend: Any, eager: bool) -> Any:

@@ -360,8 +360,13 @@ def test_program_errors_name_the_users_line(fake) -> None:
 
     with pytest.raises(CompileError, match=r"test_lang\.py:\d+: prog\(\) got an unknown argument 'z'"):
         prog.run(backend=fake, q="a", z=1)
+    def no_state(state):
+        pass
+
     with pytest.raises(CompileError, match="the first parameter must be the state `s`"):
-        sgc.function(lambda state: None)
+        sgc.function(no_state)
+    with pytest.raises(CompileError, match=r"test_lang\.py:\d+: @function cannot decorate a lambda"):
+        sgc.function(lambda s: None)
     with pytest.raises(ProgramError, match="no backend"):
         prog.run(q="a")
 

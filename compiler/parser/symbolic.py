@@ -80,6 +80,10 @@ def has_marks(text: str) -> bool:
     return bool(_MARK.search(text))
 
 
+MAX_ORIGIN_CHARS = 160  # how long a symbolic value's description for messages may get
+_MAX_TEXT_ORIGINS = 4  # how many sources a concatenation's description names
+
+
 class Symbolic:
     """Base of symbolic values. `origin` says what it is, for messages (`s["answer"]`, `argument 'q'`)."""
 
@@ -87,7 +91,8 @@ class Symbolic:
 
     def __init__(self, run: _Run, origin: str) -> None:
         self._run = run
-        self._origin = origin
+        # Bounded: a chain of 10k `x = x.strip()` would otherwise describe itself in O(n^2) memory.
+        self._origin = origin if len(origin) <= MAX_ORIGIN_CHARS else origin[:MAX_ORIGIN_CHARS - 3] + "..."
 
     # -- what subclasses provide ----------------------------------------------------------------------
     def _value_ref(self) -> int:
@@ -314,17 +319,22 @@ class SymText(Symbolic):
 
     def __init__(self, run: _Run, items: list[Any]) -> None:
         pieces: list[str | Symbolic] = []
+        sources: dict[str, None] = {}  # the first few distinct origins, for messages
         for item in items:
             if isinstance(item, SymText):
                 pieces.extend(item._pieces)
+                sources.update(dict.fromkeys(item._sources))
             elif isinstance(item, (str, Symbolic)):
                 pieces.append(item)
+                if isinstance(item, Symbolic):
+                    sources[item._origin] = None
             else:
                 pieces.append(str(item))
         self._pieces = pieces
         self._ref: int | None = None
-        origins = [p._origin for p in pieces if isinstance(p, Symbolic)]
-        super().__init__(run, "text built from " + ", ".join(origins))
+        self._sources = tuple(sources)[:_MAX_TEXT_ORIGINS + 1]
+        names = ", ".join(self._sources[:_MAX_TEXT_ORIGINS]) + (", ..." if len(self._sources) > _MAX_TEXT_ORIGINS else "")
+        super().__init__(run, "text built from " + names)
 
     def _parts(self) -> list[str | int]:
         out: list[str | int] = []

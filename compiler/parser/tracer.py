@@ -43,7 +43,13 @@ from pathlib import Path as FilePath
 from typing import Any, NoReturn
 
 from compiler import ir
-from compiler.errors import CompileError, definition_site, location_of_traceback, user_location
+from compiler.errors import (
+    CompileError,
+    definition_site,
+    location_of_traceback,
+    recursion_site,
+    user_location,
+)
 from compiler.lang import Function
 from compiler.parser.paths import Decision, Instr, Path, SwitchUnsupported, build_graph
 from compiler.parser.symbolic import Symbolic, SymValue, has_marks
@@ -132,6 +138,8 @@ class _Run:
             return self.emit(ir.Const(value))
         except ir.IRError:
             self.needs_host(f"a {type(value).__name__} value is passed to a host step (not JSON)")
+        except RecursionError:
+            raise CompileError.here(f"a {type(value).__name__} value nested too deeply is passed to a host step") from None
 
     def value_ref(self, value: Any) -> int:
         """An instruction holding `value` (symbolic, a string with placeholders, or JSON)."""
@@ -225,6 +233,9 @@ class _Run:
             except ir.IRError:
                 raise CompileError(f"{fn.name}: the default of argument {param.name!r} is not a JSON value; "
                                    "bind it to compile", *_def_site(fn)) from None
+            except RecursionError:
+                raise CompileError(f"{fn.name}: the default of argument {param.name!r} is nested too deeply",
+                                   *_def_site(fn)) from None
             args[param.name] = SymValue(self, ref, f"argument {param.name!r}")
         state = SymState(self, self.emit(ir.StateNew(), at=site))
         try:
@@ -233,6 +244,8 @@ class _Run:
             return
         except CompileError:
             raise
+        except RecursionError as exc:
+            raise _recursion_error(exc) from None
         except _PROGRAM_ERRORS as exc:
             file, line = location_of_traceback(exc.__traceback__)
             raise CompileError(f"{type(exc).__name__}: {exc}", file, line) from exc
@@ -259,25 +272,31 @@ def _def_site(fn: Function) -> tuple[str | None, int | None]:
     return definition_site(fn.func)
 
 
+def _recursion_error(exc: RecursionError) -> CompileError:
+    """A RecursionError in the program (a helper that calls itself without end, a value nested
+    too deeply to print) as a CompileError at the recursive call."""
+    file, line = recursion_site(exc.__traceback__)
+    return CompileError(f"RecursionError: {exc} (a recursive call without an end, or a value nested too deeply?)",
+                        file, line)
+
+
 def _trace(fn: Function, bind: dict[str, Any]) -> tuple[ir.Graph, list[GraphBreak]]:
     scripts: list[list[Any]] = [[]]
     runs: list[_Run] = []
-    breaks: list[GraphBreak] = []
+    breaks: dict[GraphBreak, None] = {}  # in order, without duplicates (paths share code)
     fallback: GraphBreak | None = None
     while scripts:
         if len(runs) >= MAX_PATHS:
             file, line = _def_site(fn)
             fallback = fallback or GraphBreak(fn.name, file, line, f"more than {MAX_PATHS} paths through branches "
                                               "on generated values", "host function")
-            breaks.append(fallback)
+            breaks[fallback] = None
             break
         run = _Run(fn, scripts.pop(0))
         run.execute(bind)
         runs.append(run)
         scripts.extend(run.alternatives)
-        for brk in run.breaks:
-            if brk not in breaks:
-                breaks.append(brk)
+        breaks.update(dict.fromkeys(run.breaks))
         if run.fallback is not None and fallback is None:
             fallback = run.fallback
     if fallback is None:
@@ -286,7 +305,7 @@ def _trace(fn: Function, bind: dict[str, Any]) -> tuple[ir.Graph, list[GraphBrea
         except SwitchUnsupported as exc:
             file, line = _loc_parts(exc.loc, fn)
             fallback = GraphBreak(fn.name, file, line, exc.reason, "host function")
-            breaks.append(fallback)
+            breaks[fallback] = None
     if fallback is not None:
         graph = _host_graph(fn, bind, fallback)
         graph.meta["needs_host"] = True
@@ -294,7 +313,7 @@ def _trace(fn: Function, bind: dict[str, Any]) -> tuple[ir.Graph, list[GraphBrea
         graph.meta["needs_host"] = False
     graph.meta["function"] = fn.ref
     graph.meta["bound"] = {k: bind[k] for k in bind}
-    return graph, _sorted_breaks(breaks)
+    return graph, _sorted_breaks(list(breaks))
 
 
 def _loc_parts(loc: str | None, fn: Function) -> tuple[str | None, int | None]:
@@ -324,14 +343,14 @@ def _host_graph(fn: Function, bind: dict[str, Any], brk: GraphBreak) -> ir.Graph
         if param.name in bind:
             try:
                 values.append(graph.add(ir.Const(bind[param.name]), loc=site))
-            except (ir.IRError, TypeError):
-                raise CompileError(f"{fn.name}: bound argument {param.name!r} is not a JSON value, "
-                                   "and the function runs on the host", *_def_site(fn)) from None
+            except (ir.IRError, TypeError, RecursionError):
+                raise CompileError(f"{fn.name}: bound argument {param.name!r} is not a JSON value (or is nested "
+                                   "too deeply), and the function runs on the host", *_def_site(fn)) from None
         else:
             default = ir.NO_DEFAULT if param.default is param.empty else param.default
             try:
                 values.append(graph.add(ir.Arg(param.name, default=default), loc=site))
-            except ir.IRError:
+            except (ir.IRError, RecursionError):
                 values.append(graph.add(ir.Arg(param.name), loc=site))
         names.append(param.name)
     state = graph.add(ir.StateNew(), loc=site)
