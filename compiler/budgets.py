@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["BUDGETS", "Budget", "BudgetExceeded", "budget_overrides", "check", "over_budget", "set_budget",
-           "value"]
+__all__ = ["BUDGETS", "Budget", "BudgetExceeded", "budget_overrides", "check", "nesting_depth", "over_budget",
+           "set_budget", "value"]
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,13 @@ BUDGETS: dict[str, Budget] = {b.name: b for b in (
     Budget("ir_text_bytes", 64 * _MIB, "bytes", "size of IR text given to the reader"),
     # constraints (regex, JSON schema, choices)
     Budget("constraint_seconds", 20.0, "seconds", "time to compile one regex or JSON schema constraint"),
-    Budget("constraint_states", 1_000_000, "states", "automaton states of one compiled constraint"),
-    Budget("constraint_positions", 1_000_000, "positions", "character positions a regex or schema unrolls to"),
+    Budget("constraint_states", 4_000_000, "states", "automaton states of one compiled constraint"),
+    Budget("constraint_positions", 4_000_000, "positions", "character positions a regex or schema unrolls to"),
     Budget("constraint_memory_bytes", 512 * _MIB, "bytes", "token-table memory of one compiled constraint"),
     Budget("constraint_nesting", 64, "levels", "nesting depth of a JSON schema or regex group"),
-    Budget("pattern_chars", 1_000_000, "characters", "length of a regex or serialized JSON schema"),
+    Budget("pattern_chars", 8_000_000, "characters", "length of a regex or serialized JSON schema"),
     # programs
+    Budget("host_value_chars", 16 * _MIB, "characters", "size of a value a host step may build (str * n, padding)"),
     Budget("program_depth", 200, "levels", "depth of nested @function calls while tracing a program"),
 )}
 
@@ -135,3 +137,32 @@ def check(name: str, actual: float, what: str, error: type[Exception] = BudgetEx
     """Raise `error(over_budget(...))` if `actual` is over budget `name`."""
     if actual > value(name):
         raise error(over_budget(name, actual, what))
+
+
+_STRING_LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+_LINE_COMMENT = re.compile(r"(?://|#)[^\n]*")
+
+
+def nesting_depth(text: str, *, comments: bool = False) -> tuple[int, int]:
+    """The deepest `[`/`{` nesting in JSON-like `text` and the 1-based line where it is reached.
+
+    Double-quoted string literals (one line each, backslash escapes) are skipped, and with
+    `comments` so are `// ...` and `# ...` to the end of the line (the IR's comments and locations).
+    Linear time and no recursion, so it can guard a recursive parser against hostile nesting.
+    """
+    import numpy as np
+
+    stripped = _STRING_LITERAL.sub('""', text)
+    if comments:
+        stripped = _LINE_COMMENT.sub("", stripped)
+    data = np.frombuffer(stripped.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    steps = (np.isin(data, (ord("["), ord("{"))).astype(np.int32)
+             - np.isin(data, (ord("]"), ord("}"))).astype(np.int32))
+    if not len(steps):
+        return 0, 1
+    depth = np.cumsum(steps)
+    at = int(np.argmax(depth))
+    deepest = int(depth[at])
+    if deepest <= 0:
+        return 0, 1
+    return deepest, int(np.count_nonzero(data[:at] == ord("\n"))) + 1

@@ -43,11 +43,12 @@ cannot hang: it notices a dead engine thread and a stalled graph.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from compiler.ir import Graph, Module, Node, Region
 from compiler.lang_sampling import RunDefaults
+from executor.graph_host import HostPolicy
 from executor.graph_llm import make_run_defaults
 from executor.graph_plan import Plan, make_plan, pin_consumers
 from executor.graph_results import BatchResult, GraphExecutionError, InstanceResult
@@ -66,20 +67,22 @@ class GraphExecutor:
     `chat_format` renders role ops and gives a gen in an assistant role its end-of-turn stop: a
     `compiler.chat_template.ChatFormat` or any object with `prefix(role)`/`suffix(role)` (see
     `executor/graph_state.py`); None derives it from the engine's tokenizer on first use, as the
-    eager interpreter does (`compiler.chat_template.get_chat_format`). `host_functions` maps a
-    host step's `func` ("module:qualname") to the callable (any Mapping, looked up with `.get`);
-    it is called with the operands' values (states as `ProgramState`) positionally and must return
-    a `ProgramState` for `returns="state"`, a `str` for `returns="text"`, anything for
-    `returns="value"`. Steps it lacks are resolved as `executor/graph_host.py` says (pure
-    built-ins, live sgc functions run eagerly). `fsms` maps a gen's `fsm` id to a
+    eager interpreter does (`compiler.chat_template.get_chat_format`). Host steps call only what
+    `executor/graph_host.py`'s `HostPolicy` allows: sgc's pure functions, plus `host_functions`
+    (a Mapping of a step's `func` "module:qualname" to the callable, looked up with `.get`, or a
+    module / modules whose functions the caller trusts), plus every live sgc `Function` of this
+    process when `live_functions=True` (for graphs traced in-process, never for loaded data). A
+    callable gets the operands' values (states as `ProgramState`) positionally and must return a
+    `ProgramState` for `returns="state"`, a `str` for `returns="text"`, anything for `returns="value"`. `fsms` maps a gen's `fsm` id to a
     precompiled `TokenFSM` (from an artifact); without it the engine compiles the node's regex or
     schema on first use. `pin_budget` is the largest share of KV slots prefill pins may hold (0
     turns pinning off).
     """
 
     def __init__(self, engine: Any, module: Module | Graph, chat_format: Any | None = None,
-                 host_functions: Mapping[str, Callable[..., Any]] | None = None, *, function: str | None = None,
-                 fsms: Mapping[str, Any] | None = None, pin_budget: float = 0.5) -> None:
+                 host_functions: Any = None, *, function: str | None = None,
+                 fsms: Mapping[str, Any] | None = None, pin_budget: float = 0.5,
+                 live_functions: bool = False) -> None:
         if isinstance(module, Graph):
             module = module.module if module.module is not None else Module([module])
         module.verify()
@@ -91,7 +94,7 @@ class GraphExecutor:
         self.engine = engine
         self.module = module
         self._chat_format = chat_format
-        self.host_functions: Mapping[str, Callable[..., Any]] = host_functions if host_functions is not None else {}
+        self.host_policy = HostPolicy.make(host_functions, live_functions=live_functions)
         self.function = function
         self.fsms = fsms
         self.pin_budget = pin_budget

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from compiler import ir
 from compiler.ir import Graph, Node, Region
 from compiler.lang_sampling import RunDefaults
-from executor.graph_host import live_function, resolve_pure, run_function_step
+from executor.graph_host import run_function_step
 from executor.graph_llm import decide, gen_request, prompt_ids, select_requests
 from executor.graph_plan import Plan
 from executor.graph_results import BatchResult, GraphExecutionError, InstanceResult, Stats, merge_stats
@@ -607,9 +607,9 @@ class Run:
         """Run a host step (see executor/graph_host.py for how `func` is found)."""
         op: ir.Host = node.op  # type: ignore[assignment]
         args = [frame.lookup(o) for o in node.operands]
-        fn = self.ex.host_functions.get(op.func) or resolve_pure(op.func)
+        fn = self.ex.host_policy.resolve(op.func)
         if fn is None and op.returns == "state":
-            function = live_function(op.func)
+            function = self.ex.host_policy.function(op.func)
             if function is not None:
                 names = op.args or ("s",)
                 if len(names) != len(args):
@@ -618,8 +618,9 @@ class Run:
                                  lambda: run_function_step(function, self.engine, self.defaults, names, args))
                 return
         if fn is None:
-            raise _NodeFailed(f"no host function is registered for {op.func!r} (pass it in host_functions; "
-                              f"this step exists because: {op.reason or 'no reason given'})")
+            raise _NodeFailed(f"no allowed host function is registered for {op.func!r} (pass it in host_functions, "
+                              f"or opt into its program's module; this step exists because: "
+                              f"{op.reason or 'no reason given'})")
         try:
             value = fn(*args)
         except Exception as exc:

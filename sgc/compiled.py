@@ -90,13 +90,16 @@ class CompiledProgram:
     """A compiled module on an engine: run its functions one at a time, in batches or streaming."""
 
     def __init__(self, engine: Any, module: Any, fsms: Mapping[str, Any] | None = None, *,
-                 chat_format: Any = None, breaks: Sequence[Any] = ()) -> None:
+                 chat_format: Any = None, breaks: Sequence[Any] = (), host_functions: Any = None,
+                 live_functions: bool = False) -> None:
+        """`host_functions` / `live_functions`: what host steps may call (`executor.graph_host.HostPolicy`)."""
         from executor.graph_executor import GraphExecutor
 
         self.module = module
         self.fsms = dict(fsms or {})
         self.breaks = list(breaks)
-        self.executor = GraphExecutor(engine, module, chat_format, fsms=self.fsms)
+        self.executor = GraphExecutor(engine, module, chat_format, host_functions, fsms=self.fsms,
+                                      live_functions=live_functions)
 
     def arguments(self, function: str, values: Mapping[str, Any]) -> dict[str, Any]:
         """The values the graph takes (bound arguments are constants in it)."""

@@ -6,17 +6,26 @@ state = program.qa.run(question="Why?", temperature=0)  # the same state API as 
 states = program.qa.run_batch([{"question": "A"}, {"question": "B"}])
 ```
 
-Loading reads the artifact as data (`compiler.codegen.artifact.read_artifact`); nothing in it is
-executed. If its constraint tables were compiled for another tokenizer than the backend's, they are
-recompiled from the IR (or refused with `strict_tokenizer=True`). A function whose graph needs the
-host (`needs_host`) runs only if its Python function is live in this process (imported), or with
-`import_source=True`, which imports the artifact's `source.py`: that runs the program's code.
+Loading reads the artifact as data (`compiler.codegen.artifact.read_artifact`, bounded by the
+budgets of `compiler.budgets`); nothing in it is executed, and running it calls only code you allowed.
+Its host steps may call sgc's pure functions (`executor.graph_host.PURE_FUNCTIONS`) and nothing else
+unless you opt in, as `torch.load(weights_only=True)` is safe unless told otherwise:
+
+- `host_functions=my_program` (a module, modules, or a mapping of "module:qualname" to callables):
+  steps of a function that needs the host (`needs_host`) call the functions of that module;
+- `import_source=True` imports the artifact's `source.py` and trusts it: that runs the program's code.
+
+An artifact that names anything else is refused at load with an `ArtifactError` naming the node and
+the function. Constraint tables are checked against the backend's vocabulary; tables compiled for
+another tokenizer are recompiled from the IR within the constraint budgets (or refused with
+`strict_tokenizer=True`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,12 +59,19 @@ class LoadedFunction:
 
     def run(self, *, stream: bool = False, **kwargs: Any) -> Any:
         """Run one instance; returns its state (`text()`, `state[name]`, ...); raises if it failed."""
+        self._check_unlocked()
         values, defaults = _split(dict(kwargs))
         return self.program.compiled.run(self.name, values, defaults, stream=stream)
+
+    def _check_unlocked(self) -> None:
+        why = self.program.locked.get(self.name)
+        if why is not None:
+            raise ArtifactError(f"{self.program.path}: {why}")
 
     def run_batch(self, batch_kwargs: Sequence[dict[str, Any]], *, progress_bar: bool = False,
                   **options: Any) -> list[Any]:
         """Run many instances together; a failed one's state holds its error (`state.error()`)."""
+        self._check_unlocked()
         extra, defaults = _split(dict(options))
         if extra:
             raise TypeError(f"run_batch got unknown option(s) {sorted(extra)}")
@@ -66,7 +82,8 @@ class LoadedFunction:
 class LoadedProgram:
     """The functions of an artifact, as attributes (`program.qa`) and by name (`program["qa"]`)."""
 
-    def __init__(self, artifact: Artifact, backend: Any, path: Path) -> None:
+    def __init__(self, artifact: Artifact, backend: Any, path: Path, host_policy: Any = None,
+                 locked: dict[str, str] | None = None) -> None:
         from sgc.compiled import CompiledProgram
 
         self.artifact = artifact
@@ -74,7 +91,9 @@ class LoadedProgram:
         self.backend = backend
         self.module = artifact.module
         self.manifest = artifact.manifest
-        self.compiled = CompiledProgram(backend.engine, self.module, artifact.fsms, chat_format=backend.chat_format())
+        self.compiled = CompiledProgram(backend.engine, self.module, artifact.fsms, chat_format=backend.chat_format(),
+                                        host_functions=host_policy)
+        self.locked = dict(locked or {})  # function -> why it may not run (host steps nobody opted into)
         self.functions = {g.name: LoadedFunction(self, g.name) for g in self.module}
 
     def __getattr__(self, name: str) -> LoadedFunction:
@@ -94,11 +113,14 @@ class LoadedProgram:
 
 
 def load(path: str | os.PathLike[str], *, backend: Any = None, strict_tokenizer: bool = False,
-         import_source: bool = False) -> LoadedProgram:
+         import_source: bool = False, host_functions: Any = None) -> LoadedProgram:
     """Load a `.sgc` artifact onto `backend` (an `sgc.Runtime`; default: the default backend if it
-    is one, else a `Runtime` of the default model). See the module docstring."""
+    is one, else a `Runtime` of the default model). See the module docstring for `host_functions`
+    and `import_source`."""
+    from compiler.constraints import ConstraintError
     from compiler.driver import compile_constraint_tables
     from compiler.lang import get_default_backend
+    from executor.graph_host import HostPolicy
     from sgc.runtime import Runtime
 
     if backend is None:
@@ -109,22 +131,54 @@ def load(path: str | os.PathLike[str], *, backend: Any = None, strict_tokenizer:
     path = Path(path)
     artifact = read_artifact(path, tokenizer_fingerprint=backend.tokenizer_fingerprint(),
                              on_tokenizer_mismatch="error" if strict_tokenizer else "recompile")
-    if artifact.fsms_stale:
-        artifact.fsms = compile_constraint_tables(artifact.module, backend.engine.tokenizer)
-        artifact.fsms_stale = False
+    policy = HostPolicy.make(host_functions)
     if import_source:
-        _import_source(artifact, path)
-    return LoadedProgram(artifact, backend, path)
+        module = _import_source(artifact, path)
+        policy = dataclasses.replace(policy, modules=policy.modules | {module.__name__})
+    locked = _lock_host_functions(artifact, policy, path)
+    vocab_size = backend.engine.tokenizer.vocab_size
+    if artifact.fsms_stale:
+        try:
+            artifact.fsms = compile_constraint_tables(artifact.module, backend.engine.tokenizer)
+        except ConstraintError as exc:
+            raise ArtifactError(f"{path}: recompiling its constraints for this model's tokenizer failed: {exc}") from None
+        artifact.fsms_stale = False
+    for ident, fsm in artifact.fsms.items():
+        try:
+            fsm.check(vocab_size)
+        except ValueError as exc:
+            raise ArtifactError(f"{path}: constraint table {ident} does not fit this model's vocabulary: {exc}") from None
+    return LoadedProgram(artifact, backend, path, policy, locked)
 
 
-def _import_source(artifact: Artifact, path: Path) -> None:
+def _lock_host_functions(artifact: Artifact, policy: Any, path: Path) -> dict[str, str]:
+    """Refuse host steps that name anything but sgc's pure functions or the artifact's own program;
+    those that name its program without an opt-in lock their function (returned: name -> why)."""
+    from executor.graph_host import describe_refusal
+
+    own = _MODULE_NAME.sub("_", Path(str(artifact.manifest.get("source_name") or "")).stem)
+    locked: dict[str, str] = {}
+    for function, node in policy.refused(artifact.module):
+        why = describe_refusal(function, node)
+        if not own or node.op.func.partition(":")[0] != own:
+            raise ArtifactError(f"{path}: {why}")
+        locked.setdefault(function, why)
+    return locked
+
+
+_MODULE_NAME = re.compile(r"[^0-9A-Za-z_]")
+
+
+def _import_source(artifact: Artifact, path: Path) -> Any:
     """Import the artifact's source (under its original module name) so its host steps resolve."""
     from compiler.parser.tracer import load_program_file
 
     if not artifact.source:
         raise ArtifactError(f"{path}: the artifact has no source to import")
     name = Path(artifact.manifest.get("source_name") or "program.py").name
+    if not name.endswith(".py") or not name[:-3].replace("_", "a").isalnum():
+        name = "program.py"
     folder = Path(tempfile.mkdtemp(prefix="sgc-source-"))
     file = folder / name
     file.write_text(artifact.source, encoding="utf-8")
-    load_program_file(file)
+    return load_program_file(file)

@@ -90,8 +90,10 @@ class Runtime:
             if program is None:
                 result = compile_program(function, opt_level=level, tokenizer=tokenizer,
                                          disable_passes=self.disable_passes)
+                # traced here from the caller's own code: its host steps may call its live functions
                 program = CompiledProgram(self.engine, result.module, result.fsms,
-                                          chat_format=self.chat_format(), breaks=result.breaks)
+                                          chat_format=self.chat_format(), breaks=result.breaks,
+                                          live_functions=True)
                 self._compiled[key] = program
         return program
 

@@ -449,7 +449,7 @@ func @main {
   %0 = state_new
   %1 = host %0 func="t:missing" reason="eval" returns="state"  # p.py:2
   %2 = output %1
-}""", r"%1 \(host\) at p.py:2: no host function is registered for 't:missing'"),
+}""", r"%1 \(host\) at p.py:2: no allowed host function is registered for 't:missing'"),
     ("""
 func @main {
   %0 = state_new
@@ -742,7 +742,7 @@ func @main {
 }"""
     assert executor(engine, program).run({"x": "hi"}).state.text == "HI!"
     unsafe = program.replace("builtins:str.upper", "os:getcwd").replace("%2 = host %0", "%2 = host %1")
-    with pytest.raises(GraphExecutionError, match="no host function is registered for 'os:getcwd'"):
+    with pytest.raises(GraphExecutionError, match="no allowed host function is registered for 'os:getcwd'"):
         executor(engine, unsafe).run({"x": "hi"})
 
 
@@ -764,8 +764,10 @@ func @needs_host {{
   %3 = output %2
 }}"""
     eager = needs_host.run(topic="salt", backend=engine, temperature=0.0)
-    batch = GraphExecutor(engine, parse_module(program)).run_batch([{"topic": "salt"}, {"topic": "glass"}],
-                                                                  temperature=0.0)
+    with pytest.raises(GraphExecutionError, match="no allowed host function"):  # live functions need an opt-in
+        GraphExecutor(engine, parse_module(program)).run({"topic": "salt"}, temperature=0.0)
+    batch = GraphExecutor(engine, parse_module(program), live_functions=True).run_batch(
+        [{"topic": "salt"}, {"topic": "glass"}], temperature=0.0)
     assert not batch.errors
     state = batch[0].state
     assert state.text == eager.text() and state["word"] == eager["word"]

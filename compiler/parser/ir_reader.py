@@ -15,6 +15,7 @@ from typing import Any
 
 import lark
 
+from compiler import budgets
 from compiler.ir import (
     OPS,
     Graph,
@@ -85,6 +86,7 @@ def _expected(names: set[str] | frozenset[str]) -> str:
     return ", ".join(words)
 
 
+_NODE_START = re.compile(r"^[ \t]*%[0-9]+[ \t]*=", re.MULTILINE)
 _ESCAPE = re.compile(r'\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|(["\\nrt]))')
 _SIMPLE = {'"': '"', "\\": "\\", "n": "\n", "r": "\r", "t": "\t"}
 
@@ -98,7 +100,20 @@ class _Reader:
         column = getattr(token, "column", None)
         return IRParseError(message, line, column, self.text)
 
+    def check_budgets(self) -> None:
+        """Refuse text too big or too deep to parse in bounded time and memory (before lark sees it)."""
+        size = len(self.text)
+        if size > budgets.value("ir_text_bytes"):
+            raise IRParseError(budgets.over_budget("ir_text_bytes", size, "the IR text"))
+        nodes = len(_NODE_START.findall(self.text))
+        if nodes > budgets.value("ir_nodes"):
+            raise IRParseError(budgets.over_budget("ir_nodes", nodes, "the IR text"))
+        depth, line = budgets.nesting_depth(self.text, comments=True)
+        if depth > budgets.value("ir_depth"):
+            raise IRParseError(budgets.over_budget("ir_depth", depth, f"the IR's nesting at line {line}"))
+
     def graphs(self) -> list[Graph]:
+        self.check_budgets()
         try:
             tree = _parser().parse(self.text)
         except lark.UnexpectedCharacters as exc:
@@ -228,6 +243,8 @@ class _Reader:
             text = str(token)
             if any(c in text for c in ".eE"):
                 return float(text)
+            if len(text) > 40:  # past any count or id the IR holds (and Python's int digit limit)
+                raise self.error(f"the number {text[:20]}... has {len(text)} digits", token)
             return int(text)
         if kind == "true":
             return True
