@@ -16,7 +16,7 @@ import types
 from pathlib import Path
 
 __all__ = ["CompileError", "ProgramError", "definition_site", "is_internal_file", "location_of_traceback",
-           "recursion_site", "user_location"]
+           "recursion_error", "recursion_site", "user_location"]
 
 
 class CompileError(Exception):
@@ -162,3 +162,11 @@ def recursion_site(tb: types.TracebackType | None) -> tuple[str | None, int | No
         if last_seen[id(code)] > index:
             return file, line
     return (frames[-1][1], frames[-1][2]) if frames else (None, None)
+
+
+def recursion_error(exc: RecursionError) -> CompileError:
+    """A RecursionError from a program's own Python (a helper that calls itself without end, a value
+    nested too deeply to print) as a CompileError at the recursive call; both executors use it."""
+    file, line = recursion_site(exc.__traceback__)
+    return CompileError(f"RecursionError: {exc} (a recursive call without an end, or a value nested too deeply?)",
+                        file, line)

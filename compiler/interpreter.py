@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compiler.chat_template import ChatFormat, get_chat_format
-from compiler.errors import CompileError, ProgramError, user_location
+from compiler.errors import CompileError, ProgramError, recursion_error, user_location
 from compiler.lang import (
     Function,
     GenExpr,
@@ -477,8 +477,17 @@ def resolve_function(ref: str) -> Function:
 def run_host_function(ref: str | Function, state: ProgramState, args: dict[str, Any]) -> ProgramState:
     """Run a program's function body eagerly on `state` (the IR `host` step of a needs-host function)."""
     fn = ref if isinstance(ref, Function) else resolve_function(ref)
-    state.ret_value = fn.func(state, **args)
+    state.ret_value = _call_program(fn, state, args)
     return state
+
+
+def _call_program(function: Function, state: ProgramState, values: dict[str, Any]) -> Any:
+    """Run the program's body on `state`. A RecursionError in its Python becomes a CompileError at
+    the recursive call, as when tracing (nested @function calls stop earlier, at program_depth)."""
+    try:
+        return function.func(state, **values)
+    except RecursionError as exc:
+        raise recursion_error(exc) from None
 
 
 def run_program(function: Function, values: dict[str, Any], defaults: RunDefaults, *,
@@ -503,7 +512,7 @@ def run_eager(function: Function, *args: Any, **kwargs: Any) -> Any:
 
 def _execute(function: Function, state: ProgramState, values: dict[str, Any], reraise: bool) -> None:
     try:
-        state.ret_value = function.func(state, **values)
+        state.ret_value = _call_program(function, state, values)
     except BaseException as exc:
         state._error = exc
         if reraise:
@@ -529,7 +538,7 @@ def run_batch(function: Function, batch: Sequence[dict[str, Any]], defaults: Run
         state = ProgramState(_Context(resolved, defaults))
         state._sink = _Stream()
         try:
-            state.ret_value = function.func(state, **batch[index])
+            state.ret_value = _call_program(function, state, batch[index])
         except Exception as exc:
             error = ProgramError(f"instance {index} of {function.name} failed: {type(exc).__name__}: {exc}", index)
             error.__cause__ = exc

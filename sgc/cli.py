@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 DESCRIPTION = """\
@@ -104,6 +106,22 @@ def _load_tokenizer(model: str):
     return Tokenizer(resolve_model(model))
 
 
+class UsageError(Exception):
+    """A bad command line or input file: printed as one `sgc: error: ...` line, exit code 1."""
+
+
+def _program_file(value: str, suffixes: tuple[str, ...] = (".py", ".sgc")) -> Path:
+    """The program or artifact file named on the command line, checked before any work starts."""
+    path = Path(value)
+    if not path.exists():
+        raise UsageError(f"{value}: no such file")
+    if path.is_dir():
+        raise UsageError(f"{value}: is a directory, not a program file")
+    if suffixes == (".py",) and path.suffix != ".py":
+        raise UsageError(f"{value}: expected a Python program file (.py)")
+    return path
+
+
 def _add_compile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compile", help="compile a program file into a .sgc artifact",
@@ -134,6 +152,7 @@ def _run_compile(args: argparse.Namespace) -> int:
     from compiler.driver import compile_program_file
     from compiler.parser.tracer import explain
 
+    _program_file(args.program, suffixes=(".py",))
     tokenizer = _load_tokenizer(args.model)
     result = compile_program_file(args.program, functions=args.function, opt_level=args.opt_level,
                                   tokenizer=tokenizer, print_after=args.print_after,
@@ -174,11 +193,16 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
 
 def _run_show(args: argparse.Namespace) -> int:
     import io
+    import shutil
 
     from compiler.codegen.dumps import dump
     from compiler.driver import compile_program_file
 
-    path = Path(args.program)
+    path = _program_file(args.program)
+    if args.format == "svg" and shutil.which("dot") is None:
+        raise UsageError("--format svg needs Graphviz's `dot` program, which is not on PATH: install Graphviz "
+                         "(e.g. `apt-get install graphviz` or `brew install graphviz`), or use --format dot "
+                         "or --format html, which need nothing extra")
     if path.suffix == ".py":
         stream = io.StringIO()
         result = compile_program_file(path, functions=[args.function] if args.function else None,
@@ -237,24 +261,88 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_run)
 
 
-def _run_run(args: argparse.Namespace) -> int:
-    import json
+MAX_ARGS_LINE_BYTES = 16 << 20  # one line of `sgc run --args` (a longer one is that row's error)
 
+
+class _Row:
+    """One non-blank line of the --args file: its arguments, or why it cannot run."""
+
+    def __init__(self, index: int, where: str, args: dict | None = None, error: str | None = None) -> None:
+        self.index = index
+        self.where = where  # `rows.jsonl:7`, for messages
+        self.args = args
+        self.error = error
+
+
+def _read_rows(value: str) -> list[_Row]:
+    """Parse the --args JSONL file; a bad line (not JSON, not an object, too long, not UTF-8) is that
+    row's error, never the whole run's."""
+    path = Path(value)
+    if path.is_dir():
+        raise UsageError(f"{value}: is a directory, not a JSONL file")
+    rows: list[_Row] = []
+    with path.open("rb") as f:
+        for number, raw in enumerate(_lines(f), 1):
+            where = f"{value}:{number}"
+            if raw is None:
+                rows.append(_Row(len(rows), where, error=f"{where}: bad arguments line: over "
+                                                         f"{MAX_ARGS_LINE_BYTES} bytes"))
+                continue
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                rows.append(_Row(len(rows), where, error=f"{where}: bad arguments line: not UTF-8 text"))
+                continue
+            except ValueError as exc:
+                rows.append(_Row(len(rows), where, error=f"{where}: bad arguments line: {exc}"))
+                continue
+            except RecursionError:
+                rows.append(_Row(len(rows), where, error=f"{where}: bad arguments line: JSON nested too deeply"))
+                continue
+            if not isinstance(row, dict):
+                rows.append(_Row(len(rows), where, error=f"{where}: bad arguments line: not a JSON object "
+                                                         f"(got a {type(row).__name__})"))
+                continue
+            rows.append(_Row(len(rows), where, args=row))
+    return rows
+
+
+def _lines(f) -> Iterator[bytes | None]:
+    """The lines of a binary file; None for a line over MAX_ARGS_LINE_BYTES (read past, never kept)."""
+    while True:
+        line = f.readline(MAX_ARGS_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_ARGS_LINE_BYTES:
+            while line and not line.endswith(b"\n"):
+                line = f.readline(1 << 20)
+            yield None
+        else:
+            yield line
+
+
+def _check_arguments(rows: list[_Row], function: str, arg_names: list[str] | None) -> None:
+    """Rows naming an argument the function does not take fail alone (the runner would ignore it)."""
+    if arg_names is None:
+        return
+    for row in rows:
+        if row.args is None:
+            continue
+        unknown = [k for k in row.args if k not in arg_names]
+        if unknown:
+            row.error = (f"{row.where}: {function}() got an unknown argument {unknown[0]!r} "
+                         f"(its arguments: {', '.join(arg_names) or 'none'})")
+            row.args = None
+
+
+def _run_run(args: argparse.Namespace) -> int:
     from sgc.runtime import Runtime
 
-    rows: list[tuple[int, dict | None, str | None]] = []
-    for number, line in enumerate(Path(args.args).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError("not a JSON object")
-            rows.append((len(rows), row, None))
-        except ValueError as exc:
-            rows.append((len(rows), None, f"{args.args}:{number}: bad arguments line: {exc}"))
+    path = _program_file(args.program)
+    rows = _read_rows(args.args)
     with Runtime(args.model, device=args.device) as runtime:
-        path = Path(args.program)
         if path.suffix == ".py":
             from compiler.parser.tracer import load_program_file
 
@@ -263,37 +351,51 @@ def _run_run(args: argparse.Namespace) -> int:
                 raise ValueError(f"{path}: no @function {args.function!r}")
             function = runtime.compile(fn)
             run_batch = lambda batch, **kw: function.run_batch(fn.name, batch, _defaults(**kw))  # noqa: E731
+            arg_names = list(fn.arg_names)
         else:
             from sgc.loader import load
 
             program = load(path, backend=runtime, strict_tokenizer=args.strict_tokenizer,
                            import_source=args.import_source)
             run_batch = program[args.function].run_batch
-        good = [(i, row) for i, row, err in rows if err is None]
-        states = run_batch([row for _, row in good], max_new_tokens=args.max_new_tokens,
+            arg_names = getattr(program[args.function], "arg_names", None)
+        _check_arguments(rows, args.function, arg_names)
+        good = [row for row in rows if row.error is None]
+        states = run_batch([row.args for row in good], max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature) if good else []
-        results = {i: state for (i, _), state in zip(good, states)}
-        out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")  # noqa: SIM115
-        failed = 0
-        try:
-            for i, _row, err in rows:
-                record: dict = {"index": i}
-                if err is None:
-                    err_obj = results[i].error()
-                    if err_obj is None:
-                        snap = results[i].snapshot()
-                        record.update(text=snap["text"], variables=snap["variables"])
-                    else:
-                        err = str(err_obj)
-                if err is not None:
-                    failed += 1
-                    record["error"] = err
-                out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        finally:
-            if out is not sys.stdout:
-                out.close()
-    print(f"{len(rows)} instance(s), {failed} failed", file=sys.stderr)
-    return 0
+        for row, state in zip(good, states):
+            error = state.error()
+            if error is not None:
+                row.error = str(error)
+            else:
+                snap = state.snapshot()
+                row.args = {"text": snap["text"], "variables": snap["variables"]}
+        _write_results(rows, args.out)
+    failed = [row for row in rows if row.error is not None]
+    if not failed:
+        print(f"sgc run: {len(rows)} instance(s), none failed", file=sys.stderr)
+        return 0
+    first = failed[0]
+    reason = _first_line(first.error or "").removeprefix(f"{first.where}: ")
+    print(f"sgc run: {len(failed)} of {len(rows)} instance(s) failed; the first is row {first.index} "
+          f"({first.where}): {reason}", file=sys.stderr)
+    return 1
+
+
+def _write_results(rows: list[_Row], out_path: str) -> None:
+    """One JSON line per row, in order: index and text and variables, or index and error."""
+    out = sys.stdout if out_path == "-" else open(out_path, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        for row in rows:
+            record: dict = {"index": row.index}
+            if row.error is not None:
+                record["error"] = row.error
+            else:
+                record.update(row.args or {})
+            out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
 
 
 def _defaults(**options):
@@ -412,7 +514,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_line(message: str) -> str:
+    """A message's first line, saying how many more there are (the CLI reports errors in one line)."""
+    lines = message.strip().splitlines() or [""]
+    more = len(lines) - 1
+    return lines[0] + (f" [{more} more line{'s' * (more != 1)}; sgc -v shows them]" if more else "")
+
+
+def _error_line(exc: BaseException) -> str:
+    """The one stderr line for an error that ends a command."""
+    from compiler.codegen.artifact import ArtifactError
+    from compiler.codegen.dumps import DumpError
+    from compiler.errors import CompileError
+
+    if isinstance(exc, CompileError):  # an error in the user's program: file:line: message
+        return _first_line(str(exc))
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"sgc: error: {exc.filename}: {exc.strerror}"
+    if isinstance(exc, (UsageError, ValueError, TypeError, OSError, ArtifactError, DumpError, AttributeError)):
+        return f"sgc: error: {_first_line(str(exc))}"
+    return f"sgc: error: {type(exc).__name__}: {_first_line(str(exc))} (sgc -v shows the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; any error ends it with one line on stderr and exit code 1 (`-v`: traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -420,16 +545,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
-    from compiler.codegen.artifact import ArtifactError
-    from compiler.errors import CompileError
-
     try:
         return args.run(args)
-    except CompileError as exc:  # an error in the user's program: file:line: message
-        print(str(exc), file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, OSError, ArtifactError) as exc:
-        print(f"sgc: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("sgc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(_error_line(exc), file=sys.stderr)
         return 1
 
 

@@ -96,14 +96,16 @@ def test_show_a_program_file_after_a_pass(workdir, capsys) -> None:
     assert out.startswith("func @qa") and "score" in out and "@tool" not in out
 
 
-def test_run_jsonl_reports_every_instance(workdir, default_model_dir, runtime) -> None:
+def test_run_jsonl_reports_every_instance(workdir, default_model_dir, runtime, capsys) -> None:
     out = workdir / "results.jsonl"
     assert main(["run", str(workdir / "cliprog.sgc"), "--function", "qa", "--args", str(workdir / "rows.jsonl"),
                  "--out", str(out), "--model", str(default_model_dir), "--device", "cpu",
-                 "--max-new-tokens", "16"]) == 0
+                 "--max-new-tokens", "16"]) == 1  # two rows failed
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["index"] for r in lines] == [0, 1, 2, 3]
-    assert "bad arguments line" in lines[2]["error"] and "missing argument 'question'" in lines[3]["error"]
+    assert "bad arguments line" in lines[2]["error"] and "unknown argument 'nope'" in lines[3]["error"]
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("sgc run: 2 of 4 instance(s) failed; the first is row 2 (") and "rows.jsonl:3" in err
     from compiler.parser.tracer import load_program_file
 
     qa = load_program_file(workdir / "cliprog.py").qa

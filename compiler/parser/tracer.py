@@ -47,6 +47,7 @@ from compiler.errors import (
     CompileError,
     definition_site,
     location_of_traceback,
+    recursion_error,
     recursion_site,
     user_location,
 )
@@ -245,7 +246,7 @@ class _Run:
         except CompileError:
             raise
         except RecursionError as exc:
-            raise _recursion_error(exc) from None
+            raise recursion_error(exc) from None
         except _PROGRAM_ERRORS as exc:
             file, line = location_of_traceback(exc.__traceback__)
             raise CompileError(f"{type(exc).__name__}: {exc}", file, line) from exc
@@ -270,14 +271,6 @@ class _Run:
 
 def _def_site(fn: Function) -> tuple[str | None, int | None]:
     return definition_site(fn.func)
-
-
-def _recursion_error(exc: RecursionError) -> CompileError:
-    """A RecursionError in the program (a helper that calls itself without end, a value nested
-    too deeply to print) as a CompileError at the recursive call."""
-    file, line = recursion_site(exc.__traceback__)
-    return CompileError(f"RecursionError: {exc} (a recursive call without an end, or a value nested too deeply?)",
-                        file, line)
 
 
 def _trace(fn: Function, bind: dict[str, Any]) -> tuple[ir.Graph, list[GraphBreak]]:
@@ -427,6 +420,8 @@ _MODULE_NAME = re.compile(r"[^0-9A-Za-z_]")
 def load_program_file(path: str | os.PathLike[str]) -> Any:
     """Import a program file as a module named after it (kept in sys.modules so host steps resolve)."""
     file = FilePath(path).resolve()
+    if file.is_dir():
+        raise CompileError("is a directory, not a program file", str(path), None)
     if not file.is_file():
         raise CompileError("no such file", str(path), None)
     name = _MODULE_NAME.sub("_", file.stem) or "program"
@@ -449,11 +444,18 @@ def load_program_file(path: str | os.PathLike[str]) -> Any:
     except CompileError:
         sys.modules.pop(name, None)
         raise
-    except Exception as exc:
+    except RecursionError as exc:
+        sys.modules.pop(name, None)
+        file_, line = recursion_site(exc.__traceback__)
+        if file_ is None:  # raised by Python's own compiler: no frame of the program ran
+            raise CompileError(f"Python cannot compile this file: an expression is nested too deeply ({exc})",
+                               str(path), None) from None
+        raise CompileError(f"importing the program raised RecursionError: {exc}", file_, line) from None
+    except (Exception, SystemExit) as exc:
         sys.modules.pop(name, None)
         file_, line = location_of_traceback(exc.__traceback__)
-        raise CompileError(f"importing the program raised {type(exc).__name__}: {exc}",
-                           file_ or str(path), line) from exc
+        what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"raised {type(exc).__name__}: {exc}"
+        raise CompileError(f"importing the program {what}", file_ or str(path), line) from exc
     finally:
         sys.path.remove(str(file.parent))
     return module
