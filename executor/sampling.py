@@ -21,13 +21,49 @@ Rows are processed together; Python loops only touch per-row scalars and the tok
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["SamplingParams", "SamplingBatch", "Sampler", "compute_logprobs", "make_generator"]
+__all__ = ["RequestError", "RequestTypeError", "SamplingParams", "SamplingBatch", "Sampler", "compute_logprobs",
+           "make_generator"]
+
+
+class RequestError(ValueError):
+    """A request refused on entry: the message names the parameter and its bad value (and, from the
+    engine, the request id)."""
+
+
+class RequestTypeError(RequestError, TypeError):
+    """A request parameter of the wrong type (both a `RequestError` and a `TypeError`)."""
+
+
+# Bounds on sampling parameters beyond their mathematical ranges: past them the float32 sampler
+# would overflow (temperature, repetition penalty), torch would (top_k, seed), or one request
+# could make every step of the batch slow (stop strings).
+MAX_TEMPERATURE = 1e4
+# Below this a temperature is greedy (SGLang's rule): dividing by it would overflow float32.
+GREEDY_TEMPERATURE = 1e-6
+REPETITION_PENALTY_RANGE = (0.01, 2.0)
+MAX_TOP_K = 2**31 - 1
+MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts
+MAX_STOP_STRINGS = 256
+MAX_STOP_STRING_CHARS = 1024
+MAX_STOP_TOKEN_IDS = 1024
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_finite(x: float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 @dataclass(frozen=True)
@@ -71,80 +107,106 @@ class SamplingParams:
         """Build from a dict of SGLang sampling parameters and validate; unknown keys are an error."""
         if d is None:
             return cls()
+        if not isinstance(d, Mapping):
+            raise RequestTypeError(f"sampling_params must be a dict, not {type(d).__name__}")
         if "ebnf" in d:
-            raise ValueError("sampling parameter 'ebnf' is not supported yet; use regex or json_schema")
+            raise RequestError("sampling parameter 'ebnf' is not supported yet; use regex or json_schema")
         known = cls.field_names()
         kwargs: dict[str, Any] = {}
         for key, value in d.items():
             name = cls._ALIASES.get(key, key)
-            if name not in known:
+            if not isinstance(name, str) or name.startswith("_") or name not in known:
                 names = ", ".join(sorted((*known, *cls._ALIASES)))
-                raise ValueError(f"unknown sampling parameter {key!r}; known parameters: {names}")
+                raise RequestError(f"unknown sampling parameter {key!r}; known parameters: {names}")
             if name in kwargs:
-                raise ValueError(f"sampling parameter {name!r} given twice (as {key!r} and its alias)")
+                raise RequestError(f"sampling parameter {name!r} given twice (as {key!r} and its alias)")
             kwargs[name] = value
         params = cls(**kwargs)
         params.validate()
         return params
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad parameter and its value."""
+        """Raise `RequestError` naming the first bad parameter and its value (`RequestTypeError`,
+        also a TypeError, when the value has the wrong type)."""
 
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"invalid sampling parameter {name}={getattr(self, name)!r}: {why}")
+        def bad(name: str, why: str, error: type[RequestError] = RequestError) -> RequestError:
+            return error(f"invalid sampling parameter {name}={getattr(self, name)!r}: {why}")
 
-        def is_int(x: object) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
+        def need_int(name: str) -> int:
+            value = getattr(self, name)
+            if not _is_int(value):
+                raise bad(name, "must be an integer", RequestTypeError)
+            return value
 
-        def is_num(x: object) -> bool:
-            return isinstance(x, (int, float)) and not isinstance(x, bool)
+        def need_number(name: str) -> float:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise bad(name, "must be a number", RequestTypeError)
+            if not _is_finite(value):
+                raise bad(name, "must be finite")
+            return value
 
-        if not is_int(self.max_new_tokens) or self.max_new_tokens <= 0:
+        if need_int("max_new_tokens") <= 0:
             raise bad("max_new_tokens", "must be a positive integer")
-        if not is_int(self.min_new_tokens) or self.min_new_tokens < 0:
+        if need_int("min_new_tokens") < 0:
             raise bad("min_new_tokens", "must be a non-negative integer")
         if self.min_new_tokens > self.max_new_tokens:
             raise bad("min_new_tokens", f"must not exceed max_new_tokens={self.max_new_tokens}")
-        if not is_num(self.temperature) or not self.temperature >= 0:
-            raise bad("temperature", "must be >= 0")
-        if not is_num(self.top_p) or not 0 < self.top_p <= 1:
+        if not 0 <= need_number("temperature") <= MAX_TEMPERATURE:
+            raise bad("temperature", f"must be in [0, {MAX_TEMPERATURE:g}]")
+        if not 0 < need_number("top_p") <= 1:
             raise bad("top_p", "must be in (0, 1]")
-        if not is_int(self.top_k) or self.top_k == 0 or self.top_k < -1:
-            raise bad("top_k", "must be -1 (off) or a positive integer")
-        if not is_num(self.min_p) or not 0 <= self.min_p <= 1:
+        top_k = need_int("top_k")
+        if top_k == 0 or top_k < -1 or top_k > MAX_TOP_K:
+            raise bad("top_k", f"must be -1 (off) or an integer in [1, {MAX_TOP_K}]")
+        if not 0 <= need_number("min_p") <= 1:
             raise bad("min_p", "must be in [0, 1]")
         for name in ("frequency_penalty", "presence_penalty"):
-            value = getattr(self, name)
-            if not is_num(value) or not -2 <= value <= 2:
+            if not -2 <= need_number(name) <= 2:
                 raise bad(name, "must be in [-2, 2]")
-        if not is_num(self.repetition_penalty) or not self.repetition_penalty > 0:
-            raise bad("repetition_penalty", "must be > 0")
-        stop = self.stop
-        if stop is not None:
-            items = [stop] if isinstance(stop, str) else stop
-            if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):
-                raise bad("stop", "must be a string or a list of strings")
-            if any(s == "" for s in items):
-                raise bad("stop", "stop strings must not be empty")
-        ids = self.stop_token_ids
-        if ids is not None:
-            if not isinstance(ids, (list, tuple)) or not all(is_int(i) and i >= 0 for i in ids):
-                raise bad("stop_token_ids", "must be a list of non-negative integers")
-        if self.seed is not None and not is_int(self.seed):
-            raise bad("seed", "must be an integer or None")
+        low, high = REPETITION_PENALTY_RANGE
+        if not low <= need_number("repetition_penalty") <= high:
+            raise bad("repetition_penalty", f"must be in [{low:g}, {high:g}] (1 is off)")
+        self._validate_stops(bad)
+        if self.seed is not None:
+            if not _is_int(self.seed):
+                raise bad("seed", "must be an integer or None", RequestTypeError)
+            if not 0 <= self.seed <= MAX_SEED:
+                raise bad("seed", "must be in [0, 2**64 - 1]")
         if self.regex is not None and not isinstance(self.regex, str):
-            raise bad("regex", "must be a string")
+            raise bad("regex", "must be a string", RequestTypeError)
         if self.json_schema is not None and not isinstance(self.json_schema, (str, dict)):
-            raise bad("json_schema", "must be a dict or its JSON text")
+            raise bad("json_schema", "must be a dict or its JSON text", RequestTypeError)
         if self.regex is not None and self.json_schema is not None:
             raise bad("json_schema", "cannot be combined with regex (give one constraint)")
         for name in ("ignore_eos", "skip_special_tokens", "no_stop_trim"):
             if not isinstance(getattr(self, name), bool):
-                raise bad(name, "must be a bool")
+                raise bad(name, "must be a bool", RequestTypeError)
+
+    def _validate_stops(self, bad: Callable[..., RequestError]) -> None:
+        stop = self.stop
+        if stop is not None:
+            items = [stop] if isinstance(stop, str) else stop
+            if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):
+                raise bad("stop", "must be a string or a list of strings", RequestTypeError)
+            if any(s == "" for s in items):
+                raise bad("stop", "stop strings must not be empty")
+            if len(items) > MAX_STOP_STRINGS:
+                raise bad("stop", f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(items)}")
+            if any(len(s) > MAX_STOP_STRING_CHARS for s in items):
+                raise bad("stop", f"a stop string may have at most {MAX_STOP_STRING_CHARS} characters")
+        ids = self.stop_token_ids
+        if ids is not None:
+            if not isinstance(ids, (list, tuple)) or not all(_is_int(i) for i in ids):
+                raise bad("stop_token_ids", "must be a list of non-negative integers", RequestTypeError)
+            if any(i < 0 for i in ids):
+                raise bad("stop_token_ids", "must be a list of non-negative integers")
+            if len(ids) > MAX_STOP_TOKEN_IDS:
+                raise bad("stop_token_ids", f"at most {MAX_STOP_TOKEN_IDS} ids are allowed, got {len(ids)}")
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
