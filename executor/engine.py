@@ -7,13 +7,15 @@ computed in one batch on top of the prompt's cached KV.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,15 +31,41 @@ from executor.memory import KVPool, ReqToTokenPool, TokenSlotAllocator, kv_bytes
 from executor.model_runner import ModelRunner
 from executor.radix_cache import RadixCache
 from executor.request import LogprobOptions, Request, RequestKind
-from executor.sampling import SamplingParams, make_generator
+from executor.sampling import RequestError, RequestTypeError, SamplingParams, make_generator
 from executor.scheduler import Scheduler, SchedulerConfig
 from executor.tokenizer import Tokenizer
 
 logger = logging.getLogger("sgc.engine")
 
 
+__all__ = ["Engine", "EngineConfig", "EngineError", "RequestError", "RequestHandle", "RequestTypeError"]
+
+
 class EngineError(RuntimeError):
     """A request failed inside the engine; the message names the request id."""
+
+
+# A score request fans out into one child request per continuation.
+MAX_CONTINUATIONS = 4096
+
+
+def _is_token(t: object) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool)
+
+
+def _check_listener(listener: object) -> None:
+    if listener is not None and not callable(listener):
+        raise RequestTypeError(f"listener must be callable, not {type(listener).__name__}")
+
+
+@contextlib.contextmanager
+def _naming_request(rid: str) -> Iterator[None]:
+    """Re-raise a refusal (any ValueError or TypeError) as `RequestError` naming the request."""
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        kind = RequestTypeError if isinstance(exc, TypeError) else RequestError
+        raise kind(f"request {rid}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -260,7 +288,9 @@ class Engine:
         self._ids = itertools.count()
         self._inbox: queue.Queue = queue.Queue()
         self._handles: dict[str, RequestHandle] = {}
+        self._checked_fsms: weakref.WeakSet[TokenFSM] = weakref.WeakSet()  # passed TokenFSM.check
         self._stopping = False
+        self._broken: BaseException | None = None  # set while the runtime cannot be rebuilt
         self._step_holds = 0
         self._holds_changed = threading.Condition()
         # Over every request finished so far (benchmarks take differences; cache hit rate =
@@ -350,20 +380,24 @@ class Engine:
         {"text": delta} chunks is returned instead.
         """
         prompts, batched = self._normalize_prompts(prompt, input_ids)
-        if isinstance(sampling_params, Sequence) and not isinstance(sampling_params, dict):
+        if not isinstance(stream, bool):
+            raise RequestTypeError(f"invalid stream={stream!r}: must be a bool")
+        if stream and batched:
+            raise RequestError("stream=True takes a single prompt")
+        if isinstance(sampling_params, Sequence) and not isinstance(sampling_params, (str, bytes)):
             if len(sampling_params) != len(prompts):
-                raise ValueError(f"got {len(sampling_params)} sampling_params for {len(prompts)} prompts")
-            params_list = [SamplingParams.from_dict(p) for p in sampling_params]
+                raise RequestError(f"got {len(sampling_params)} sampling_params for {len(prompts)} prompts")
+            params_list = list(sampling_params)
         else:
-            params_list = [SamplingParams.from_dict(sampling_params)] * len(prompts)
+            params_list = [sampling_params] * len(prompts)
         options = LogprobOptions(
             return_logprob=return_logprob,
             logprob_start_len=-1 if logprob_start_len is None else logprob_start_len,
-            top_logprobs_num=top_logprobs_num or 0,
+            top_logprobs_num=0 if top_logprobs_num is None else top_logprobs_num,
         )
-        if stream and batched:
-            raise ValueError("stream=True takes a single prompt")
-        handles = [self.submit(ids, params, options, stream=stream) for ids, params in zip(prompts, params_list)]
+        # Every request is checked before any is queued: a bad one refuses the whole call.
+        reqs = [self._new_generate_request(ids, params, options) for ids, params in zip(prompts, params_list)]
+        handles = [self._submit_request(req, stream) for req in reqs]
         if stream:
             return handles[0].stream()
         results = [h.result() for h in handles]
@@ -376,32 +410,49 @@ class Engine:
         callers that care about the token boundary should pass token ids. Returns
         {"logprobs": [[per-token logprob] per continuation], "meta_info": {...}}.
         """
-        prompt_ids = self._encode_prompt(prompt)
-        conts = [self.tokenizer.encode(c, add_special_tokens=False) if isinstance(c, str) else list(c)
+        if isinstance(continuations, (str, bytes)) or not isinstance(continuations, Sequence):
+            raise RequestTypeError("continuations must be a list of strings or of token-id lists, "
+                                   f"not {type(continuations).__name__}")
+        conts = [self.tokenizer.encode(c, add_special_tokens=False) if isinstance(c, str) else c
                  for c in continuations]
-        return self.submit_score(prompt_ids, conts).result()
+        return self.submit_score(self._encode_prompt(prompt), conts).result()
 
     def submit_score(self, prompt_ids: Sequence[int], continuations: Sequence[Sequence[int]],
                      listener: Callable[[str, bool], None] | None = None) -> RequestHandle:
         """`score` without waiting: queue the scoring request and return its handle (token ids only).
         `listener` is registered (see `RequestHandle.add_listener`) before the request is queued."""
-        prompt_ids = self._encode_prompt(prompt_ids)
-        conts = [list(c) for c in continuations]
-        if not conts:
-            raise ValueError("score needs at least one continuation")
-        vocab = self.model_config.vocab_size
-        for i, c in enumerate(conts):
-            if not c:
-                raise ValueError(f"continuation {i} is empty")
-            if not all(isinstance(t, int) and 0 <= t < vocab for t in c):
-                raise ValueError(f"continuation {i} has a token outside the vocabulary [0, {vocab})")
-            if len(prompt_ids) + len(c) > self.context_len:
-                raise ValueError(f"prompt plus continuation {i} has {len(prompt_ids) + len(c)} tokens; "
-                                 f"the model's context is {self.context_len}")
-        req = Request(rid=self._next_id(), input_ids=prompt_ids, params=SamplingParams(max_new_tokens=1),
+        rid = self._next_id()
+        with _naming_request(rid):
+            _check_listener(listener)
+            prompt_ids = self._encode_prompt(prompt_ids)
+            conts = self._check_continuations(prompt_ids, continuations)
+        req = Request(rid=rid, input_ids=prompt_ids, params=SamplingParams(max_new_tokens=1),
                       kind=RequestKind.SCORE)
         req.continuations = conts
         return self._submit_request(req, stream=False, listener=listener)
+
+    def _check_continuations(self, prompt_ids: list[int], continuations: object) -> list[list[int]]:
+        if isinstance(continuations, (str, bytes)) or not isinstance(continuations, Sequence):
+            raise RequestTypeError(f"continuations must be a list of token-id lists, not "
+                                   f"{type(continuations).__name__}")
+        if not continuations:
+            raise RequestError("score needs at least one continuation")
+        if len(continuations) > MAX_CONTINUATIONS:
+            raise RequestError(f"score takes at most {MAX_CONTINUATIONS} continuations, got {len(continuations)}")
+        vocab = self.model_config.vocab_size
+        conts = []
+        for i, c in enumerate(continuations):
+            if isinstance(c, (str, bytes)) or not isinstance(c, Sequence) or not all(_is_token(t) for t in c):
+                raise RequestTypeError(f"continuation {i} must be a list of token ids (ints)")
+            if not c:
+                raise RequestError(f"continuation {i} is empty")
+            if not all(0 <= t < vocab for t in c):
+                raise RequestError(f"continuation {i} has a token outside the vocabulary [0, {vocab})")
+            if len(prompt_ids) + len(c) > self.context_len:
+                raise RequestError(f"prompt plus continuation {i} has {len(prompt_ids) + len(c)} tokens; "
+                                   f"the model's context is {self.context_len}")
+            conts.append(list(c))
+        return conts
 
     def pin_prefix(self, token_ids: Sequence[int]) -> PrefixPin:
         """Lock the cached part of `token_ids` in the radix cache so eviction cannot take it.
@@ -455,45 +506,98 @@ class Engine:
         else:
             self._inbox.put(_EngineTask(task))
 
-    def submit(self, input_ids: list[int], params: SamplingParams, options: LogprobOptions = LogprobOptions(),
-               stream: bool = False, constraint: TokenFSM | None = None,
-               listener: Callable[[str, bool], None] | None = None,
+    def submit(self, input_ids: list[int], params: SamplingParams | Mapping[str, Any] | None = None,
+               options: LogprobOptions = LogprobOptions(), stream: bool = False,
+               constraint: TokenFSM | None = None, listener: Callable[[str, bool], None] | None = None,
                prefix_group: str | None = None) -> RequestHandle:
         """Queue one generate request without waiting (the graph executor uses this).
 
-        `constraint` is a precompiled token FSM (from an artifact); otherwise params.regex /
-        params.json_schema are compiled here (once per distinct constraint). `listener` is
-        registered (see `RequestHandle.add_listener`) before the request is queued, so it sees
-        every update. Requests submitted with the same `prefix_group` are expected to share a
-        prompt prefix (a fork's branches): on CPU their decode steps read that prefix's KV once
-        per group. The sharing is checked on the KV slots, so a wrong hint costs nothing.
+        `params` is a `SamplingParams` or a dict of SGLang sampling parameters. `constraint` is a
+        precompiled token FSM (from an artifact); otherwise params.regex / params.json_schema are
+        compiled here (once per distinct constraint). `listener` is registered (see
+        `RequestHandle.add_listener`) before the request is queued, so it sees every update.
+        Requests submitted with the same `prefix_group` are expected to share a prompt prefix (a
+        fork's branches): on CPU their decode steps read that prefix's KV once per group. The
+        sharing is checked on the KV slots, so a wrong hint costs nothing.
+
+        Everything is checked here, on the caller's thread: a bad request raises `RequestError`
+        (a ValueError; `RequestTypeError` is also a TypeError) naming the request id, the
+        parameter and its value, and never reaches the engine.
         """
-        params.validate()
-        input_ids = self._encode_prompt(list(input_ids))  # in the vocabulary, inside the context
-        if constraint is None and (params.regex is not None or params.json_schema is not None):
-            constraint = self.constraints.get(params.regex, params.json_schema)
-        if constraint is not None and constraint.fingerprint != self.constraints.fingerprint:
-            raise ValueError("the constraint was compiled for a different tokenizer than this model's")
-        if options.logprob_start_len >= len(input_ids):
-            raise ValueError(f"logprob_start_len={options.logprob_start_len} is not inside the prompt "
-                             f"({len(input_ids)} tokens)")
+        if not isinstance(stream, bool):
+            raise RequestTypeError(f"invalid stream={stream!r}: must be a bool")
+        req = self._new_generate_request(input_ids, params, options, constraint, prefix_group, listener)
+        return self._submit_request(req, stream, listener=listener)
+
+    def _new_generate_request(self, input_ids: object, params: object, options: object,
+                              constraint: object = None, prefix_group: object = None,
+                              listener: object = None) -> Request:
+        """A validated generate request (see `submit`); raises `RequestError` naming its id."""
+        rid = self._next_id()
+        with _naming_request(rid):
+            if isinstance(params, SamplingParams):
+                params.validate()
+            elif params is None or isinstance(params, Mapping):
+                params = SamplingParams.from_dict(params)
+            else:
+                raise RequestTypeError(f"sampling params must be a SamplingParams or a dict, "
+                                       f"not {type(params).__name__}")
+            if not isinstance(options, LogprobOptions):
+                raise RequestTypeError(f"options must be a LogprobOptions, not {type(options).__name__}")
+            options.validate()
+            if prefix_group is not None and not isinstance(prefix_group, str):
+                raise RequestTypeError(f"invalid prefix_group={prefix_group!r}: must be a string or None")
+            _check_listener(listener)
+            input_ids = self._encode_prompt(input_ids)  # in the vocabulary, inside the context
+            self._check_against_model(params, options, len(input_ids))
+            constraint = self._checked_constraint(params, constraint)
         stop_ids = set(params.stop_token_ids or ())
         if not params.ignore_eos:
             stop_ids |= self.tokenizer.eos_token_ids
-        generator = None
-        if params.seed is not None:
-            generator = make_generator(params.seed, self.device)
-        req = Request(
-            rid=self._next_id(), input_ids=list(input_ids), params=params, logprobs=options,
+        return Request(
+            rid=rid, input_ids=input_ids, params=params, logprobs=options,
             stop_token_ids=frozenset(stop_ids),
             detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop_strings,
                                                skip_special_tokens=params.skip_special_tokens,
                                                no_stop_trim=params.no_stop_trim),
-            generator=generator,
+            generator=None if params.seed is None else make_generator(params.seed, self.device),
             constraint=None if constraint is None else ConstraintCursor(constraint, self.tokenizer.eos_token_ids),
             prefix_group=prefix_group,
         )
-        return self._submit_request(req, stream, listener=listener)
+
+    def _check_against_model(self, params: SamplingParams, options: LogprobOptions, prompt_len: int) -> None:
+        """The checks that need the model: vocabulary and context bounds."""
+        if params.max_new_tokens > self.context_len:
+            raise RequestError(f"invalid sampling parameter max_new_tokens={params.max_new_tokens!r}: "
+                               f"more than the model's context of {self.context_len} tokens")
+        vocab = self.model_config.vocab_size
+        bad_ids = [t for t in params.stop_token_ids or () if t >= vocab]
+        if bad_ids:
+            raise RequestError(f"invalid sampling parameter stop_token_ids={params.stop_token_ids!r}: "
+                               f"{bad_ids[0]} is outside the vocabulary [0, {vocab})")
+        if options.logprob_start_len >= prompt_len:
+            raise RequestError(f"logprob_start_len={options.logprob_start_len} is not inside the prompt "
+                               f"({prompt_len} tokens)")
+
+    def _checked_constraint(self, params: SamplingParams, constraint: object) -> TokenFSM | None:
+        """The request's token FSM (compiled from params.regex / json_schema when not given), its
+        tables checked against this model: a tampered artifact is refused here, not mid-step."""
+        if constraint is None:
+            if params.regex is None and params.json_schema is None:
+                return None
+            constraint = self.constraints.get(params.regex, params.json_schema)
+        if not isinstance(constraint, TokenFSM):
+            raise RequestTypeError(f"constraint must be a TokenFSM, not {type(constraint).__name__}")
+        if constraint.fingerprint != self.constraints.fingerprint:
+            raise RequestError("the constraint was compiled for a different tokenizer than this model's")
+        if constraint not in self._checked_fsms:
+            vocab = self.model_config.vocab_size
+            try:
+                constraint.check(vocab)
+            except ValueError as exc:
+                raise RequestError(f"the constraint's tables are invalid: {exc}") from exc
+            self._checked_fsms.add(constraint)
+        return constraint
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
@@ -536,40 +640,42 @@ class Engine:
     def _next_id(self) -> str:
         return f"req-{next(self._ids)}"
 
-    def _encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
+    def _encode_prompt(self, prompt: object) -> list[int]:
         if isinstance(prompt, str):
             if not prompt:
-                raise ValueError("prompt is empty")
+                raise RequestError("prompt is empty")
             ids = self.tokenizer.encode(prompt)
-        elif isinstance(prompt, Sequence) and all(isinstance(t, int) for t in prompt):
+        elif isinstance(prompt, Sequence) and not isinstance(prompt, bytes) and all(_is_token(t) for t in prompt):
             ids = list(prompt)
         else:
-            raise TypeError(f"prompt must be a string or a list of token ids, not {type(prompt).__name__}")
+            raise RequestTypeError(f"prompt must be a string or a list of token ids (ints), "
+                                   f"not {type(prompt).__name__}")
         if not ids:
-            raise ValueError("prompt is empty")
+            raise RequestError("prompt is empty")
         vocab = self.model_config.vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
-            raise ValueError(f"input_ids contain {bad[0]}, outside the vocabulary [0, {vocab})")
+            raise RequestError(f"input_ids contain {bad[0]}, outside the vocabulary [0, {vocab})")
         if len(ids) >= self.context_len:
-            raise ValueError(f"prompt has {len(ids)} tokens but the model's context is {self.context_len} "
-                             "(it must leave room for at least one new token)")
+            raise RequestError(f"prompt has {len(ids)} tokens but the model's context is {self.context_len} "
+                               "(it must leave room for at least one new token)")
         return ids
 
     def _normalize_prompts(self, prompt, input_ids) -> tuple[list[list[int]], bool]:
         if (prompt is None) == (input_ids is None):
-            raise ValueError("pass exactly one of prompt= or input_ids=")
+            raise RequestError("pass exactly one of prompt= or input_ids=")
         if prompt is not None:
             if isinstance(prompt, str):
                 return [self._encode_prompt(prompt)], False
             if isinstance(prompt, Sequence) and prompt and all(isinstance(p, str) for p in prompt):
                 return [self._encode_prompt(p) for p in prompt], True
-            raise TypeError("prompt must be a string or a non-empty list of strings")
-        if isinstance(input_ids, Sequence) and input_ids and all(isinstance(t, int) for t in input_ids):
+            raise RequestTypeError("prompt must be a string or a non-empty list of strings")
+        if isinstance(input_ids, Sequence) and input_ids and all(_is_token(t) for t in input_ids):
             return [self._encode_prompt(input_ids)], False
-        if isinstance(input_ids, Sequence) and input_ids and all(isinstance(x, Sequence) for x in input_ids):
+        if (isinstance(input_ids, Sequence) and input_ids
+                and all(isinstance(x, Sequence) and not isinstance(x, (str, bytes)) for x in input_ids)):
             return [self._encode_prompt(x) for x in input_ids], True
-        raise ValueError("input_ids must be a non-empty list of token ids or a list of such lists")
+        raise RequestTypeError("input_ids must be a non-empty list of token ids or a list of such lists")
 
     def _submit_request(self, req: Request, stream: bool,
                         listener: Callable[[str, bool], None] | None = None) -> RequestHandle:
@@ -605,34 +711,65 @@ class Engine:
             raise EngineError(req.finish_reason["message"])
         text = ""
         if req.detokenizer is not None:
-            req.detokenizer.finish()
-            text = req.detokenizer.text
+            try:
+                req.detokenizer.finish()
+                text = req.detokenizer.text
+            except Exception as exc:
+                raise EngineError(f"request {req.rid} failed while detokenizing its output: {exc!r}") from exc
         return {"text": text, "output_ids": list(req.output_ids), "meta_info": meta}
 
     # -- the engine thread ----------------------------------------------------------------------------
     def _loop(self) -> None:
+        """The engine thread. It never dies of an error: a request's own failure fails that request
+        (the scheduler isolates it), anything else fails what is in flight and rebuilds the runtime."""
         while True:
-            if not self._take_inbox(self._drain_inbox(block=not self.scheduler.has_work())):
-                return
-            if self._step_holds:
-                self._wait_for_holds()
-                if not self._take_inbox(self._drain_inbox(block=False)):
-                    return
             try:
-                advanced = self.scheduler.step()
-            except Exception as exc:  # never hang callers: fail what is in flight, start clean
+                if not self._serve_once():
+                    return
+            except Exception as exc:
                 logger.exception("engine step failed")
-                self._fail_all(exc)
-                self._build_runtime(self._dtype)
+                self._recover(exc)
+
+    def _serve_once(self) -> bool:
+        """Take new requests, run one step, publish its results; False once shut down."""
+        if self._broken is not None:  # no runtime to run on: refuse, and try to rebuild it again
+            if not self._take_inbox(self._drain_inbox(block=True)):
+                return False
+            self._recover(self._broken)
+            return True
+        if not self._take_inbox(self._drain_inbox(block=not self.scheduler.has_work())):
+            return False
+        if self._step_holds:
+            self._wait_for_holds()
+            if not self._take_inbox(self._drain_inbox(block=False)):
+                return False
+        for req in self.scheduler.step():
+            handle = self._handles.get(req.rid)
+            if handle is None:
                 continue
-            for req in advanced:
-                handle = self._handles.get(req.rid)
-                if handle is None:
-                    continue
-                handle._publish()
-                if req.finished:
-                    del self._handles[req.rid]
-                    self._count_finished(req)
+            if req.error is None:
+                try:
+                    handle._publish()
+                except Exception as exc:  # e.g. detokenizing this request's output
+                    logger.exception("request %s: publishing its output failed", req.rid)
+                    self.scheduler.fail_request(req, exc, report=False)
+            if req.error is not None:
+                handle._fail(EngineError(f"request {req.rid} failed: {req.error!r}"))
+                del self._handles[req.rid]
+            elif req.finished:
+                del self._handles[req.rid]
+                self._count_finished(req)
+        return True
+
+    def _recover(self, exc: BaseException) -> None:
+        """After an error no request can be blamed for: fail every request in flight, start clean."""
+        self._fail_all(exc)
+        try:
+            self._build_runtime(self._dtype)
+            self._broken = None
+        except Exception as rebuild_exc:  # keep the thread alive; requests are refused until it works
+            logger.exception("rebuilding the runtime failed")
+            self._broken = rebuild_exc
 
     def _count_finished(self, req: Request) -> None:
         totals = self._token_totals
@@ -650,6 +787,10 @@ class Engine:
                 return False
             if isinstance(item, _EngineTask):
                 item.run(self)
+                continue
+            if self._broken is not None:
+                item._fail(EngineError(f"request {item.req.rid} failed: the engine's runtime could not be "
+                                       f"rebuilt after an error ({self._broken!r})"))
                 continue
             item.req.arrival = next(self._ids)
             self._handles[item.req.rid] = item

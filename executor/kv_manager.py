@@ -90,11 +90,13 @@ class KVManager:
         req.last_node = match.last_node
         req.num_tree_owned = n
 
-    def release(self, req: Request) -> None:
-        """A request is done with its KV: keep it in the cache (if enabled) or free it."""
+    def release(self, req: Request, keep_in_cache: bool = True) -> None:
+        """A request is done with its KV: keep it in the cache (if enabled and `keep_in_cache`) or
+        free it. A failed request passes `keep_in_cache=False`: its own KV is freed, never cached."""
         if req.req_row is None:
             return
-        self.cache_progress(req)
+        if keep_in_cache:
+            self.cache_progress(req)
         row = self.req_to_token.req_to_token[req.req_row]
         owned_from = max(req.num_tree_owned, req.num_borrowed)
         if req.num_kv > owned_from:

@@ -7,6 +7,13 @@ token (continuous batching: requests join and leave between steps). When decode 
 memory even after evicting cache, the newest requests are retracted: their KV is released (kept
 in the radix cache when possible) and they wait to be prefilled again with their output so far,
 so no request is ever lost or changed.
+
+One request's failure never hurts another. Everything a step does for one request alone (prompt
+logprobs, the constraint mask, sampling, output logprobs, detokenizing, the constraint's advance and
+jump-forward, the stop checks) runs under a guard: if it raises, that request is aborted with the
+error (`Request.error`), its KV goes back to the pool (not into the cache: its tokens are not
+trusted) and the other requests carry on in the same step. Batched work (sampling, logprobs) that
+raises is redone one row at a time to find the culprit. Only the forward pass itself fails a step.
 """
 
 from __future__ import annotations
@@ -74,27 +81,40 @@ class Scheduler:
         self.num_jump_forward_tokens = 0
         self.num_shared_prefix_tokens = 0  # prefix KV reads saved by shared-prefix decode
         self._finished_early: list[Request] = []  # finished in add(), reported by the next step()
+        self._failed: list[Request] = []  # aborted by their own error, reported by the next step()
         self.constraints: ConstraintCache | None = None  # set by the engine; jump-forward needs it
 
     # -- queue ---------------------------------------------------------------------------------
     def add(self, req: Request) -> None:
         if req.constraint is not None and not req.output_ids:
             # Text the constraint forces at the start (`{"name":"`) is prefilled with the prompt.
-            self._try_jump_forward(req)
+            try:
+                self._try_jump_forward(req)
+            except Exception as exc:
+                self.fail_request(req, exc)
+                return
         if req.finished:  # the constraint forced the whole output
             self._finished_early.append(req)
         else:
             self.waiting.append(req)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self._finished_early)
+        return bool(self.waiting or self.running or self._finished_early or self._failed)
 
     def all_requests(self) -> list[Request]:
         return list(self.waiting) + self.running + self.parked
 
     # -- one step --------------------------------------------------------------------------------
     def step(self) -> list[Request]:
-        """Run one forward pass. Returns the requests that produced output or finished."""
+        """Run one forward pass. Returns the requests that produced output or finished, and those
+        that failed (their `error` is set)."""
+        advanced = self._step()
+        if self._failed:
+            failed, self._failed = self._failed, []
+            advanced = [r for r in advanced if r.error is None] + failed
+        return advanced
+
+    def _step(self) -> list[Request]:
         if self._finished_early:
             early, self._finished_early = self._finished_early, []
             return early
@@ -223,32 +243,43 @@ class Scheduler:
             row_offset += ext.length
         logits = self.runner.logits(hidden[needed]) if needed else None
 
-        advanced: list[Request] = []
         to_sample: list[tuple[Request, int]] = []
         cursor = 0
         for ext, lp_positions, sample_row in plans:
             req = ext.req
-            if lp_positions:
-                self._record_prompt_logprobs(req, lp_positions, logits[cursor : cursor + len(lp_positions)])
-                cursor += len(lp_positions)
-            if sample_row is not None:
-                cursor += 1
-            if req.num_kv < req.seq_len:  # more chunks to go
-                self.kv.cache_progress(req)
-                self.waiting.appendleft(req)
+            rows = logits[cursor : cursor + len(lp_positions)] if lp_positions else None
+            cursor += len(lp_positions) + (sample_row is not None)
+            if _owner(req).error is not None:  # its score request failed earlier in this step
+                self.kv.release(req, keep_in_cache=False)
                 continue
-            if req.kind is RequestKind.SCORE_CHILD:
-                self._finish_child(req)
-                continue
-            self.kv.cache_progress(req)
-            if req.kind is RequestKind.SCORE:
-                self._spawn_children(req, logits[sample_row])
-                continue
-            to_sample.append((req, sample_row))
+            try:
+                if self._after_extend(req, lp_positions, rows, sample_row, logits):
+                    to_sample.append((req, sample_row))
+            except Exception as exc:
+                self.fail_request(req, exc)
+        advanced: list[Request] = []
         if to_sample:
             rows = torch.tensor([row for _, row in to_sample], dtype=torch.long)
             advanced.extend(self._sample_and_append([r for r, _ in to_sample], logits[rows]))
         return advanced + [r for r in self._drain_finished_parents()]
+
+    def _after_extend(self, req: Request, lp_positions: list[int], lp_logits: torch.Tensor | None,
+                      sample_row: int | None, logits: torch.Tensor | None) -> bool:
+        """One request's bookkeeping after its extend; True if it samples a token now."""
+        if lp_positions:
+            self._record_prompt_logprobs(req, lp_positions, lp_logits)
+        if req.num_kv < req.seq_len:  # more chunks to go
+            self.kv.cache_progress(req)
+            self.waiting.appendleft(req)
+            return False
+        if req.kind is RequestKind.SCORE_CHILD:
+            self._finish_child(req)
+            return False
+        self.kv.cache_progress(req)
+        if req.kind is RequestKind.SCORE:
+            self._spawn_children(req, logits[sample_row])
+            return False
+        return True
 
     def _logprob_positions(self, req: Request, ext: _Extend) -> list[int]:
         """Positions in this pass whose logits give a logprob the request asked for."""
@@ -293,16 +324,21 @@ class Scheduler:
         log_probs = torch.log_softmax(last_logits.float(), dim=-1)[first_tokens].tolist()
         parent.continuation_logprobs = [[lp] for lp in log_probs]
         children = []
-        for i, cont in enumerate(parent.continuations):
-            if len(cont) < 2:
-                continue
-            child = Request(
-                rid=f"{parent.rid}/{i}", input_ids=parent.input_ids + cont[:-1], params=parent.params,
-                kind=RequestKind.SCORE_CHILD, parent=parent, child_index=i, arrival=parent.arrival,
-            )
-            child.continuation_logprobs = [[]]
-            self.kv.begin_borrowed(child, parent, len(parent.input_ids))
-            children.append(child)
+        try:
+            for i, cont in enumerate(parent.continuations):
+                if len(cont) < 2:
+                    continue
+                child = Request(
+                    rid=f"{parent.rid}/{i}", input_ids=parent.input_ids + cont[:-1], params=parent.params,
+                    kind=RequestKind.SCORE_CHILD, parent=parent, child_index=i, arrival=parent.arrival,
+                )
+                child.continuation_logprobs = [[]]
+                self.kv.begin_borrowed(child, parent, len(parent.input_ids))
+                children.append(child)
+        except Exception:
+            for child in children:  # not queued yet: nobody else would return their rows
+                self.kv.release(child, keep_in_cache=False)
+            raise
         parent.num_children_pending = len(children)
         self.parked.append(parent)
         for child in reversed(children):
@@ -395,51 +431,129 @@ class Scheduler:
 
     # -- sampling and finishing ---------------------------------------------------------------------
     def _sample_and_append(self, reqs: list[Request], logits: torch.Tensor) -> list[Request]:
-        batch = SamplingBatch(
-            params=[r.params for r in reqs],
-            output_ids=[r.output_ids for r in reqs],
-            generators=[r.generator for r in reqs],
-            eos_ids=[r.stop_token_ids for r in reqs],
-            prompt_ids=[r.input_ids for r in reqs],
-        )
-        allowed = None
-        if any(r.constraint is not None for r in reqs):
-            allowed = torch.ones(logits.shape, dtype=torch.bool)
-            for i, r in enumerate(reqs):
-                if r.constraint is not None:
-                    r.constraint.fill_mask(allowed[i])
-            allowed = allowed.to(logits.device)
-        tokens = self.sampler.sample(logits, batch, allowed)
-        want_lp = [i for i, r in enumerate(reqs) if r.logprobs.return_logprob]
-        lp_info = None
-        if want_lp:
-            idx = torch.tensor(want_lp, dtype=torch.long)
-            top_k = max(reqs[i].logprobs.top_logprobs_num for i in want_lp)
-            lp_info = dict(zip(want_lp, zip(*[t.tolist() if t is not None else [None] * len(want_lp)
-                                              for t in compute_logprobs(logits[idx], tokens[idx], top_k)])))
-        token_list = tokens.tolist()
-        for i, (req, token) in enumerate(zip(reqs, token_list)):
-            req.output_ids.append(token)
-            if lp_info is not None and i in lp_info:
-                chosen, top_ids, top_lps = lp_info[i]
-                req.output_token_logprobs.append((chosen, token, None))
-                k = req.logprobs.top_logprobs_num
-                if k:
-                    req.output_top_logprobs.append(list(zip(top_lps[:k], top_ids[:k], [None] * k)))
-            if req.detokenizer is not None:
-                req.detokenizer.add(token)
-            if req.constraint is not None:
-                req.constraint.advance(token)
-            self._check_finished(req, token)
-            if not req.finished and req.constraint is not None and self._try_jump_forward(req):
+        """Sample one token per request and append it; returns the requests still healthy."""
+        allowed = self._constraint_masks(reqs, logits)
+        tokens = self._sample(reqs, logits, allowed)
+        lp_info = self._output_logprobs(reqs, logits, tokens)
+        for i, (req, token) in enumerate(zip(reqs, tokens)):
+            if req.error is not None:
                 continue
-            if req.finished:
-                if req in self.running:
-                    self.running.remove(req)
-                self.kv.release(req)
-            elif req not in self.running:
-                self.running.append(req)
-        return reqs
+            try:
+                self._append_token(req, token, lp_info.get(i))
+            except Exception as exc:
+                self.fail_request(req, exc)
+        return [r for r in reqs if r.error is None]
+
+    def _constraint_masks(self, reqs: list[Request], logits: torch.Tensor) -> torch.Tensor | None:
+        """The allowed-token mask of every constrained row (None when no row is constrained)."""
+        if all(r.constraint is None for r in reqs):
+            return None
+        allowed = torch.ones(logits.shape, dtype=torch.bool)
+        for i, r in enumerate(reqs):
+            if r.constraint is not None:
+                try:
+                    r.constraint.fill_mask(allowed[i])
+                except Exception as exc:
+                    allowed[i] = True  # the row is sampled with the others and then ignored
+                    self.fail_request(r, exc)
+        return allowed.to(logits.device)
+
+    def _sample(self, reqs: list[Request], logits: torch.Tensor, allowed: torch.Tensor | None) -> list[int | None]:
+        """One token per row, batched; if the batch raises, row by row so only the culprit fails
+        (None for a failed row). Greedy rows give the same tokens either way."""
+        try:
+            return self.sampler.sample(logits, _sampling_batch(reqs), allowed).tolist()
+        except Exception:
+            logger.warning("batched sampling raised; sampling the %d rows one at a time", len(reqs), exc_info=True)
+        tokens: list[int | None] = []
+        for i, req in enumerate(reqs):
+            token = None
+            if req.error is None:
+                try:
+                    row_mask = None if allowed is None else allowed[i : i + 1]
+                    token = int(self.sampler.sample(logits[i : i + 1], _sampling_batch([req]), row_mask)[0])
+                except Exception as exc:
+                    self.fail_request(req, exc)
+            tokens.append(token)
+        return tokens
+
+    def _output_logprobs(self, reqs: list[Request], logits: torch.Tensor,
+                         tokens: list[int | None]) -> dict[int, tuple]:
+        """Row index -> (chosen logprob, top ids, top logprobs) for the rows that asked; batched,
+        row by row if the batch raises."""
+        want = [i for i, r in enumerate(reqs) if r.logprobs.return_logprob and r.error is None]
+        if not want:
+            return {}
+
+        def compute(rows: list[int]) -> dict[int, tuple]:
+            idx = torch.tensor(rows, dtype=torch.long)
+            targets = torch.tensor([tokens[i] for i in rows], dtype=torch.long)
+            top_k = max(reqs[i].logprobs.top_logprobs_num for i in rows)
+            chosen, top_ids, top_lps = compute_logprobs(logits[idx], targets, top_k)
+            columns = [t.tolist() if t is not None else [None] * len(rows) for t in (chosen, top_ids, top_lps)]
+            return dict(zip(rows, zip(*columns)))
+
+        try:
+            return compute(want)
+        except Exception:
+            logger.warning("batched logprobs raised; computing the %d rows one at a time", len(want), exc_info=True)
+        info: dict[int, tuple] = {}
+        for i in want:
+            try:
+                info.update(compute([i]))
+            except Exception as exc:
+                self.fail_request(reqs[i], exc)
+        return info
+
+    def _append_token(self, req: Request, token: int, lp: tuple | None) -> None:
+        """Everything that follows one request's new token: results, detokenizer, constraint, stop."""
+        req.output_ids.append(token)
+        if lp is not None:
+            chosen, top_ids, top_lps = lp
+            req.output_token_logprobs.append((chosen, token, None))
+            k = req.logprobs.top_logprobs_num
+            if k:
+                req.output_top_logprobs.append(list(zip(top_lps[:k], top_ids[:k], [None] * k)))
+        if req.detokenizer is not None:
+            req.detokenizer.add(token)
+        if req.constraint is not None:
+            req.constraint.advance(token)
+        self._check_finished(req, token)
+        if not req.finished and req.constraint is not None and self._try_jump_forward(req):
+            return
+        if req.finished:
+            if req in self.running:
+                self.running.remove(req)
+            self.kv.release(req)
+        elif req not in self.running:
+            self.running.append(req)
+
+    def fail_request(self, req: Request, exc: BaseException, report: bool = True) -> None:
+        """Abort a request whose own work raised `exc`: take it (and a score request's other
+        continuations) out of every queue and return its KV. The KV goes back to the pool rather
+        than into the radix cache, since the failure may have left its tokens and KV out of step.
+        With `report`, the next `step()` returns it (its `error` set) so the engine fails its handle.
+        """
+        owner = _owner(req)
+        if owner.error is not None:
+            return
+        logger.warning("request %s failed; aborting it alone: %r", owner.rid, exc)
+        owner.error = exc
+        owner.finish_reason = {"type": "abort", "message": f"request {owner.rid} failed: {exc!r}"}
+        family = [owner]
+        if owner.kind is RequestKind.SCORE:
+            family += [r for r in self.waiting if r.parent is owner]
+            if req is not owner:
+                family.append(req)
+        for r in family:
+            for queue in (self.waiting, self.running, self.parked):
+                if r in queue:
+                    queue.remove(r)
+        # Children first: they borrow their parent's prompt slots.
+        for r in reversed(family):
+            self.kv.release(r, keep_in_cache=False)
+        if report:
+            self._failed.append(owner)
 
     def _try_jump_forward(self, req: Request) -> bool:
         """Append the text the constraint forces now; True if the request left the decode batch."""
@@ -495,8 +609,24 @@ class Scheduler:
             req.finish_reason = {"type": "length", "length": num_out}
 
     def _abort(self, req: Request, message: str) -> None:
+        """Finish a request the runtime cannot serve (no error of its own: see `fail_request`)."""
         req.finish_reason = {"type": "abort", "message": f"request {req.rid}: {message}"}
         if req in self.running:
             self.running.remove(req)
         if req.parent is None:
             self.kv.release(req)
+
+
+def _owner(req: Request) -> Request:
+    """The request that answers for `req`: a score continuation's parent, else itself."""
+    return req.parent if req.kind is RequestKind.SCORE_CHILD else req
+
+
+def _sampling_batch(reqs: list[Request]) -> SamplingBatch:
+    return SamplingBatch(
+        params=[r.params for r in reqs],
+        output_ids=[r.output_ids for r in reqs],
+        generators=[r.generator for r in reqs],
+        eos_ids=[r.stop_token_ids for r in reqs],
+        prompt_ids=[r.input_ids for r in reqs],
+    )
