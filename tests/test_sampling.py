@@ -53,6 +53,21 @@ def test_defaults_match_sglang():
     ({"stop_token_ids": [-1]}, "stop_token_ids"),
     ({"stop_token_ids": ["2"]}, "stop_token_ids"),
     ({"seed": "x"}, "seed"),
+    ({"temperature": math.inf}, "temperature"),
+    ({"temperature": math.nan}, "temperature"),
+    ({"temperature": 1e9}, "temperature"),
+    ({"temperature": True}, "temperature"),
+    ({"top_k": True}, "top_k"),
+    ({"top_k": 2**40}, "top_k"),
+    ({"max_new_tokens": True}, "max_new_tokens"),
+    ({"repetition_penalty": math.inf}, "repetition_penalty"),
+    ({"repetition_penalty": 1e-300}, "repetition_penalty"),
+    ({"seed": 2**64}, "seed"),
+    ({"seed": -1}, "seed"),
+    ({"seed": True}, "seed"),
+    ({"stop": ["s"] * 300}, "stop"),
+    ({"stop_token_ids": [False]}, "stop_token_ids"),
+    ({"ignore_eos": 1}, "ignore_eos"),
 ])
 def test_validation_names_parameter_and_value(kwargs, name):
     with pytest.raises(ValueError) as err:
@@ -60,6 +75,25 @@ def test_validation_names_parameter_and_value(kwargs, name):
     message = str(err.value)
     assert name in message
     assert repr(kwargs[name]) in message
+
+
+def test_type_errors_are_both_value_and_type_errors():
+    from executor.sampling import RequestError, RequestTypeError
+
+    with pytest.raises(RequestTypeError) as err:
+        SamplingParams.from_dict({"temperature": "hot"})
+    assert isinstance(err.value, TypeError) and isinstance(err.value, ValueError)
+    with pytest.raises(RequestTypeError, match="must be a dict"):
+        SamplingParams.from_dict(["temperature", 0])
+    with pytest.raises(RequestError) as err:
+        SamplingParams.from_dict({"temperature": -1})
+    assert not isinstance(err.value, TypeError)
+
+
+def test_extreme_but_valid_values_are_accepted():
+    SamplingParams.from_dict({"seed": 2**64 - 1, "top_k": 2**31 - 1, "temperature": 1e4,
+                              "repetition_penalty": 2.0, "stop": ["s"] * 256}).validate()
+    assert SamplingParams(temperature=1e-9).is_greedy  # dividing by it would overflow float32
 
 
 def test_from_dict_rejects_unknown_keys_listing_known():
