@@ -66,13 +66,16 @@ class Function:
             inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
         ):
             first = params[0].name if params else "nothing"
+            if first == "s":
+                first = f"{params[0]} (it must be positional)"
             raise CompileError(f"@function {self.name}: the first parameter must be the state `s`, got {first}",
                                *definition_site(func))
         _check_parameters(self.name, func, params[1:])
         self.arg_names = [p.name for p in params[1:]]
         unknown = set(self.bind_arguments) - set(self.arg_names)
         if unknown:
-            raise CompileError(f"@function {self.name}: cannot bind unknown argument(s) {sorted(unknown)}")
+            raise CompileError(f"@function {self.name}: cannot bind unknown argument(s) {sorted(unknown)}",
+                               *definition_site(func))
         _FUNCTIONS[self.ref] = self
         self.__doc__ = func.__doc__
         self.__name__ = self.name

@@ -63,7 +63,7 @@ MAX_DECISIONS = 16
 MAX_INSTRS = 200_000
 
 # Exceptions from user code that are mistakes in the program, not a sign that it needs real values.
-_PROGRAM_ERRORS = (NameError, ImportError, SyntaxError, RecursionError)
+_PROGRAM_ERRORS = (NameError, ImportError, SyntaxError)  # RecursionError: see recursion_error
 
 
 @dataclass(frozen=True)
