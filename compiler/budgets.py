@@ -56,6 +56,9 @@ BUDGETS: dict[str, Budget] = {b.name: b for b in (
     Budget("constraint_memory_bytes", 512 * _MIB, "bytes", "token-table memory of one compiled constraint"),
     Budget("constraint_nesting", 64, "levels", "nesting depth of a JSON schema or regex group"),
     Budget("pattern_chars", 8_000_000, "characters", "length of a regex or serialized JSON schema"),
+    # chat templates (they come with model folders)
+    Budget("template_seconds", 2.0, "seconds", "time to render a chat template once"),
+    Budget("template_chars", 4 * _MIB, "characters", "size of a chat template's output or of a value it builds"),
     # programs
     Budget("host_value_chars", 16 * _MIB, "characters", "size of a value a host step may build (str * n, padding)"),
     Budget("program_depth", 200, "levels", "depth of nested @function calls while tracing a program"),

@@ -29,6 +29,7 @@ from .json_schema import (
     json_schema_to_regex,
     whitespace_policy,
 )
+from .limits import compiling, describe_regex, over
 from .regex_dfa import CharDFA, parse_fullmatch, regex_to_byte_dfa, regex_to_char_dfa
 from .token_fsm import TokenFSM
 from .vocabulary import Vocabulary
@@ -69,14 +70,23 @@ def as_vocabulary(vocab: Any) -> Vocabulary:
     return v
 
 
-def compile_regex(pattern: str, vocab: Any, max_states: int = DEFAULT_MAX_STATES) -> TokenFSM:
+def compile_regex(pattern: str, vocab: Any, max_states: int | None = DEFAULT_MAX_STATES) -> TokenFSM:
     """A token FSM whose accepted texts are exactly the strings `re.fullmatch(pattern, s)` accepts
-    (ASCII shorthands; see `regex_parser` for the exact semantics)."""
-    node = parse_fullmatch(pattern)
-    dfa = byte_dfa(node, max_states)
-    if dfa.num_states == 0:
-        raise ConstraintError("the regex matches no string", pattern=pattern)
-    return TokenFSM.build(dfa, as_vocabulary(vocab))
+    (ASCII shorthands; see `regex_parser` for the exact semantics).
+
+    Bounded by the constraint budgets of `compiler.budgets` (time, states, positions, table memory,
+    nesting, pattern length); anything over one ends in a `ConstraintError` naming it.
+    `max_states` overrides the `constraint_states` budget.
+    """
+    with compiling(describe_regex(pattern) if isinstance(pattern, str) else "a regex"):
+        try:
+            node = parse_fullmatch(pattern)
+            dfa = byte_dfa(node, max_states)
+            if dfa.num_states == 0:
+                raise ConstraintError("the regex matches no string", pattern=pattern)
+            return TokenFSM.build(dfa, as_vocabulary(vocab))
+        except RecursionError:
+            raise over("constraint_nesting", None, "regex structure") from None
 
 
 def compile_json_schema(
@@ -85,7 +95,7 @@ def compile_json_schema(
     whitespace: str | int | Whitespace | None = "compact",
     max_recursion: int = 3,
     any_depth: int = 2,
-    max_states: int = DEFAULT_MAX_STATES,
+    max_states: int | None = DEFAULT_MAX_STATES,
 ) -> TokenFSM:
     """A token FSM whose accepted texts are JSON documents valid for `schema` (a dict or JSON text).
 
@@ -93,7 +103,7 @@ def compile_json_schema(
     int N (up to N spaces), or a `Whitespace`. `max_recursion`: how many times one `$ref` may be
     entered along a path. `any_depth`: nesting allowed inside unconstrained values (`{}`, `true`,
     `{"type": "object"}`). Raises `ConstraintError` (with a JSON pointer) for anything it cannot
-    enforce exactly.
+    enforce exactly, or that is over a constraint budget (`compiler.budgets`).
     """
     options = SchemaOptions(
         whitespace=whitespace_policy(whitespace),
@@ -101,11 +111,15 @@ def compile_json_schema(
         any_depth=any_depth,
         max_states=max_states,
     )
-    node = json_schema_to_node(schema, options)
-    # The schema's automaton is determinized once and not minimized: built from minimized leaves
-    # it is within a state or two of minimal, and Hopcroft would cost more than it saves.
-    try:
-        dfa = byte_dfa(node, max_states, minimized=False)
-    except ConstraintError as e:
-        raise e.with_pointer("") from None
-    return TokenFSM.build(dfa, as_vocabulary(vocab))
+    with compiling("JSON schema"):
+        try:
+            node = json_schema_to_node(schema, options)
+            # The schema's automaton is determinized once and not minimized: built from minimized
+            # leaves it is within a state or two of minimal, and Hopcroft would cost more than it saves.
+            try:
+                dfa = byte_dfa(node, max_states, minimized=False)
+            except ConstraintError as e:
+                raise (e if e.pointer is not None else e.with_pointer("")) from None
+            return TokenFSM.build(dfa, as_vocabulary(vocab))
+        except RecursionError:
+            raise over("constraint_nesting", None, "schema nesting", pointer="") from None

@@ -26,9 +26,11 @@ import numpy as np
 
 from .charset import CharSet, utf8_sequences
 from .errors import ConstraintError
-from .regex_ast import Alt, Automaton, Chars, Concat, Empty, Epsilon, Node, Repeat
+from .limits import check_positions, check_states, check_time
+from .regex_ast import Alt, Automaton, Chars, Concat, Empty, Epsilon, Node, Repeat, size
 
-DEFAULT_MAX_STATES = 50_000
+# None: the `constraint_states` budget (compiler.budgets). Kept as a name for callers that pass it.
+DEFAULT_MAX_STATES: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -210,7 +212,7 @@ def embed_dfa(dfa: DFA, nfa: NFA, start: int, end: int) -> None:
 
 
 def determinize(
-    nfa: NFA, start: int, final: int, num_symbols: int, max_states: int = DEFAULT_MAX_STATES
+    nfa: NFA, start: int, final: int, num_symbols: int, max_states: int | None = DEFAULT_MAX_STATES
 ) -> DFA:
     """Subset construction; the result is trimmed (every state can reach acceptance)."""
     edges, eps = nfa.edges, nfa.eps
@@ -241,6 +243,8 @@ def determinize(
     while i < len(keys):
         key = keys[i]
         i += 1
+        if i & 255 == 0:
+            check_time()
         by_mask: dict[int, set[int]] = {}
         for q in key:
             for m, t in edges[q]:
@@ -262,10 +266,7 @@ def determinize(
             tid = ids.get(tkey)
             if tid is None:
                 tid = len(keys)
-                if tid >= max_states:
-                    raise ConstraintError(
-                        f"the automaton exceeds its budget of {max_states} states; simplify the constraint"
-                    )
+                check_states(tid + 1, max_states)
                 ids[tkey] = tid
                 keys.append(tkey)
             row.append((m, tid))
@@ -478,7 +479,7 @@ def minimize(dfa: DFA) -> DFA:
 # Products and whole-node compilation
 
 
-def intersect(a: DFA, b: DFA, max_states: int = DEFAULT_MAX_STATES) -> DFA:
+def intersect(a: DFA, b: DFA, max_states: int | None = DEFAULT_MAX_STATES) -> DFA:
     """The product automaton accepting strings both accept (same symbol space)."""
     if a.is_empty() or b.is_empty():
         return DFA(0, np.zeros(0, bool), np.zeros((0, 1), np.int32), np.zeros_like(a.symbol_class))
@@ -503,8 +504,9 @@ def intersect(a: DFA, b: DFA, max_states: int = DEFAULT_MAX_STATES) -> DFA:
             t = ids.get(key)
             if t is None:
                 t = len(queue)
-                if t >= max_states:
-                    raise ConstraintError(f"an intersection exceeds its budget of {max_states} states")
+                check_states(t + 1, max_states)
+                if t & 255 == 0:
+                    check_time()
                 ids[key] = t
                 queue.append(key)
             row[k] = t
@@ -518,20 +520,23 @@ def intersect(a: DFA, b: DFA, max_states: int = DEFAULT_MAX_STATES) -> DFA:
 MINIMIZE_AUTO_LIMIT = 400
 
 
-def byte_dfa(node: Node, max_states: int = DEFAULT_MAX_STATES, minimized: bool | None = None) -> DFA:
+def byte_dfa(node: Node, max_states: int | None = DEFAULT_MAX_STATES, minimized: bool | None = None) -> DFA:
     """Compile a syntax tree to a byte-level (UTF-8) DFA.
 
     `minimized` None: minimize when the subset construction gave at most `MINIMIZE_AUTO_LIMIT`
     states. Our Hopcroft is pure Python; the automata sgc builds from syntax trees are close to
     minimal already, so large ones skip it (a few redundant states cost less than minimizing).
+    Trees with large counted repetitions, long literal sets or large spliced automata are written
+    down directly (`dfa_ops`), never unrolled into an NFA. `max_states` None: the
+    `constraint_states` budget.
     """
-    nfa = NFA()
-    start, final = nfa.state(), nfa.state()
-    build_nfa(node, nfa, start, final, utf8_leaf)
-    dfa = determinize(nfa, start, final, 256, max_states)
-    if minimized is None:
-        minimized = dfa.num_states <= MINIMIZE_AUTO_LIMIT
-    return minimize(dfa) if minimized else compact_classes(dfa)
+    from .dfa_ops import SMALL_POSITIONS, large_byte_dfa, small_byte_dfa
+
+    positions = size(node)
+    check_positions(positions)
+    if positions > SMALL_POSITIONS:
+        return large_byte_dfa(node, max_states)
+    return small_byte_dfa(node, max_states, minimized)
 
 
 def ascii_dfa_to_regex(dfa: DFA, max_chars: int = 200_000) -> str:

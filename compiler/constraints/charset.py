@@ -68,7 +68,17 @@ class CharSet:
         return False
 
     def __or__(self, other: CharSet) -> CharSet:
+        if not other.ranges:
+            return self
+        if not self.ranges:
+            return other
         return CharSet(_normalize(self.ranges + other.ranges))
+
+    @staticmethod
+    def union(sets: Iterable[CharSet]) -> CharSet:
+        """The union of many sets with one sort and merge. Folding `|` over n sets re-sorts the
+        growing result n times (quadratic for a class of thousands of ranges); this does not."""
+        return CharSet(_normalize(r for cs in sets for r in cs.ranges))
 
     def complement(self) -> CharSet:
         out = []

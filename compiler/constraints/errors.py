@@ -40,12 +40,24 @@ class ConstraintError(ValueError):
         if where:
             text += " (" + ", ".join(where) + ")"
         if self.pattern is not None and self.position is not None:
-            text += f"\n    {self.pattern}\n    {' ' * self.position}^"
+            shown, caret = _window(self.pattern, self.position)
+            text += f"\n    {shown}\n    {' ' * caret}^"
         return text
 
     def with_pointer(self, pointer: str) -> ConstraintError:
         """The same error, placed at `pointer` (used when a schema's regex fails to compile)."""
         return ConstraintError(self.message, pointer=pointer, position=self.position, pattern=self.pattern)
+
+
+def _window(pattern: str, position: int, width: int = 80) -> tuple[str, int]:
+    """The part of a long pattern around `position` (a hostile regex can be megabytes long), and
+    the caret's column in it."""
+    if len(pattern) <= width:
+        return pattern, position
+    lo = max(0, min(position - width // 2, len(pattern) - width))
+    head = "..." if lo > 0 else ""
+    tail = "..." if lo + width < len(pattern) else ""
+    return head + pattern[lo : lo + width] + tail, len(head) + position - lo
 
 
 def escape_pointer_token(token: str | int) -> str:

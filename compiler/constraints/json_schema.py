@@ -36,8 +36,10 @@ from urllib.parse import unquote
 
 from .automaton import DEFAULT_MAX_STATES, DFA, ascii_dfa_to_regex, byte_dfa, intersect
 from .charset import CharSet
+from .dfa_ops import literal_set_dfa
 from .errors import ConstraintError, join_pointer
 from .formats import FORMATS
+from .limits import check_pattern_chars, check_positions, max_nesting, over
 from .number_ranges import INTEGER, NUMBER, int_range, number_range
 from .regex_ast import (
     EMPTY,
@@ -106,9 +108,10 @@ class SchemaOptions:
     whitespace: Whitespace = COMPACT
     max_recursion: int = 3  # times one $ref may be entered on the way down one instance path
     any_depth: int = 2  # nesting of arrays/objects inside an unconstrained JSON value
-    max_nesting: int = 64  # nested subschemas (a budget against hostile schemas)
-    max_size: int = 100_000  # automaton positions after unrolling bounded repeats
-    max_states: int = DEFAULT_MAX_STATES
+    # Budgets; None reads compiler.budgets (constraint_nesting, constraint_positions, constraint_states)
+    max_nesting: int | None = None  # nested subschemas
+    max_size: int | None = None  # automaton positions after unrolling bounded repeats
+    max_states: int | None = DEFAULT_MAX_STATES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,21 +299,26 @@ class _Cut(Exception):
 
 _LEAF_CACHE: dict[tuple, DFA] = {}
 _LEAF_CACHE_LIMIT = 256
+_LEAF_CACHE_MAX_BYTES = 1 << 20  # a maxLength: 100000 body (100+ MB) is not kept after its compile
 
 
-def _cached_leaf(key: tuple, build: Any, max_states: int, max_size: int = SchemaOptions.max_size) -> DFA:
+def _check_size(n: int, max_size: int | None, what: str) -> None:
+    if max_size is None:
+        check_positions(n)
+    elif n > max_size:
+        raise ConstraintError(f"{what} unrolls to {n} automaton positions, over the budget of {max_size}")
+
+
+def _cached_leaf(key: tuple, build: Any, max_states: int | None, max_size: int | None = None) -> DFA:
     dfa = _LEAF_CACHE.get(key)
     if dfa is None:
         node = build()
-        n = _size(node)
-        if n > max_size:
-            raise ConstraintError(
-                f"a string or value unrolls to {n} automaton positions, over the budget of {max_size}"
-            )
+        _check_size(_size(node), max_size, "a string or value")
         dfa = byte_dfa(node, max_states)
-        if len(_LEAF_CACHE) >= _LEAF_CACHE_LIMIT:
-            _LEAF_CACHE.pop(next(iter(_LEAF_CACHE)))
-        _LEAF_CACHE[key] = dfa
+        if dfa.transitions.nbytes <= _LEAF_CACHE_MAX_BYTES:
+            if len(_LEAF_CACHE) >= _LEAF_CACHE_LIMIT:
+                _LEAF_CACHE.pop(next(iter(_LEAF_CACHE)))
+            _LEAF_CACHE[key] = dfa
     return dfa
 
 
@@ -330,21 +338,20 @@ class SchemaCompiler:
                 f"recursion than max_recursion={self.options.max_recursion})",
                 pointer="",
             )
-        n = _size(node)
-        if n > self.options.max_size:
-            raise ConstraintError(
-                f"the schema unrolls to {n} automaton positions, over the budget of {self.options.max_size}",
-                pointer="",
-            )
+        try:
+            _check_size(_size(node), self.options.max_size, "the schema")
+        except ConstraintError as e:
+            raise e.with_pointer("") from None
         return node
 
     # -- schema -> node ---------------------------------------------------------------------
     def compile(self, sub: tuple[Any, str] | _Sub, refs: dict[str, int], depth: int) -> Node:
         ptr = sub[1] if isinstance(sub, tuple) else sub.parts[0][1]
-        if depth > self.options.max_nesting:
-            raise ConstraintError(
-                f"schema nesting exceeds the budget of {self.options.max_nesting}", pointer=ptr
-            )
+        limit = self.options.max_nesting if self.options.max_nesting is not None else max_nesting()
+        if depth > limit:
+            if self.options.max_nesting is not None:
+                raise ConstraintError(f"schema nesting exceeds the budget of {limit}", pointer=ptr)
+            raise over("constraint_nesting", depth, "schema nesting", pointer=ptr)
         parts = [sub] if isinstance(sub, tuple) else list(sub.parts)
         # The $refs entered while flattening stay counted for everything below this instance.
         refs = dict(refs)
@@ -615,13 +622,17 @@ class SchemaCompiler:
         if "type" in view:
             types = frozenset(_type_list(*view["type"]))
             values = [v for v in values if _type_matches(v, types)]
-        out = []
+        texts = []
         for v in values:
             try:
-                out.append(literal(json_literal(v)))
+                texts.append(json_literal(v))
             except ValueError:
                 raise ConstraintError(f"enum/const value {v!r} is not JSON", pointer=ptr) from None
-        return alt(*out)
+            except RecursionError:
+                raise over("constraint_nesting", None, "an enum/const value's nesting", pointer=ptr) from None
+        if len(texts) > _LITERAL_TRIE_MIN:
+            return _literal_set(texts)
+        return alt(*(literal(t) for t in texts))
 
     def inferred_types(self, view: View) -> set[str]:
         keys = set(view)
@@ -1140,6 +1151,16 @@ def _multiple_of_regex(dfa: DFA, lo: int | None, hi: int | None, k: int) -> str:
     return ascii_dfa_to_regex(dfa)
 
 
+_LITERAL_TRIE_MIN = 64  # longer enums become a trie directly (no node per character)
+
+
+def _literal_set(texts: list[str]) -> Node:
+    """A long enum as a trie automaton: 100k values would otherwise be ~1M syntax-tree nodes."""
+    check_positions(sum(len(t) for t in texts))
+    dfa = literal_set_dfa([t.encode("utf-8", "surrogatepass") for t in texts])
+    return Automaton(dfa, lambda: "|".join(to_regex(literal(t)) for t in sorted(set(texts))))
+
+
 def _size(node: Node) -> int:
     memo: dict[int, int] = {}
 
@@ -1167,7 +1188,7 @@ def schema_options(
     whitespace: str | int | Whitespace | None = "compact",
     max_recursion: int = 3,
     any_depth: int = 2,
-    max_states: int = DEFAULT_MAX_STATES,
+    max_states: int | None = DEFAULT_MAX_STATES,
 ) -> SchemaOptions:
     return SchemaOptions(
         whitespace=whitespace_policy(whitespace),
@@ -1179,12 +1200,24 @@ def schema_options(
 
 def json_schema_to_node(schema: Any, options: SchemaOptions | None = None) -> Node:
     """The schema's syntax tree (see the module docstring for the semantics)."""
-    if isinstance(schema, str):
-        try:
-            schema = json.loads(schema)
-        except json.JSONDecodeError as e:
-            raise ConstraintError(f"the schema is not valid JSON: {e}", pointer="") from None
-    return SchemaCompiler(schema, options or SchemaOptions()).compile_root()
+    try:
+        if isinstance(schema, str):
+            check_pattern_chars(len(schema), "a JSON schema's text")
+            try:
+                schema = json.loads(schema)
+            except json.JSONDecodeError as e:
+                raise ConstraintError(f"the schema is not valid JSON: {e}", pointer="") from None
+        else:
+            try:
+                text = json.dumps(schema, allow_nan=True, default=str)
+            except (TypeError, ValueError):
+                text = ""  # not JSON-serializable: the compiler says where, with a pointer
+            check_pattern_chars(len(text), "a JSON schema's text")
+        return SchemaCompiler(schema, options or SchemaOptions()).compile_root()
+    except RecursionError:
+        # a schema nested deeper than Python's stack (json.loads, json.dumps): the nesting budget
+        # stops every nesting the compiler itself walks long before this
+        raise over("constraint_nesting", None, "schema nesting", pointer="") from None
 
 
 def json_schema_to_regex(

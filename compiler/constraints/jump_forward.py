@@ -24,12 +24,14 @@ def forced_bytes(dfa: DFA) -> np.ndarray:
     if n == 0:
         return out
     class_size = np.bincount(dfa.symbol_class, minlength=dfa.num_classes)
-    live = dfa.transitions >= 0
-    live_bytes = live @ class_size
+    # bytes that keep each state alive, by chunks (a table can have millions of rows)
+    live_bytes = np.empty(n, dtype=np.int64)
+    for lo in range(0, n, 1 << 16):
+        live_bytes[lo : lo + (1 << 16)] = (dfa.transitions[lo : lo + (1 << 16)] >= 0) @ class_size
     candidates = np.flatnonzero((live_bytes == 1) & ~dfa.accepting)
     if len(candidates):
         # the one live class of each candidate has exactly one byte
-        cls = np.argmax(live[candidates], axis=1)
+        cls = np.argmax(dfa.transitions[candidates] >= 0, axis=1)
         byte_of_class = np.full(dfa.num_classes, -1, dtype=np.int16)
         single_bytes = np.flatnonzero(class_size[dfa.symbol_class] == 1)
         byte_of_class[dfa.symbol_class[single_bytes]] = single_bytes
@@ -42,8 +44,12 @@ def mid_character(dfa: DFA) -> np.ndarray:
     # a class is "continuation only" if none of its bytes is outside 0x80..0xBF
     cont_only = np.ones(dfa.num_classes, dtype=bool)
     cont_only[dfa.symbol_class[np.r_[0:0x80, 0xC0:0x100]]] = False
-    live = dfa.transitions >= 0
-    return live.any(axis=1) & ~(live & ~cont_only[None, :]).any(axis=1) & ~dfa.accepting
+    n = dfa.num_states
+    out = np.empty(n, dtype=bool)
+    for lo in range(0, n, 1 << 16):  # by chunks (a table can have millions of rows)
+        live = dfa.transitions[lo : lo + (1 << 16)] >= 0
+        out[lo : lo + (1 << 16)] = live.any(axis=1) & ~(live & ~cont_only[None, :]).any(axis=1)
+    return out & ~dfa.accepting
 
 
 def jump_forward(dfa: DFA, forced: np.ndarray, mid_char: np.ndarray, state: int) -> tuple[bytes, int]:

@@ -119,9 +119,7 @@ def alt(*options: Node) -> Node:
     # Merge single-character options into one class: smaller automata, shorter printed regexes.
     singles = [o for o in flat if isinstance(o, Chars)]
     if len(singles) > 1:
-        merged = singles[0].charset
-        for s in singles[1:]:
-            merged = merged | s.charset
+        merged = CharSet.union(s.charset for s in singles)
         flat = [o for o in flat if not isinstance(o, Chars)] + [Chars(merged)]
     if not flat:
         return EPSILON if nullable else EMPTY

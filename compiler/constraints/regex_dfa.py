@@ -22,10 +22,9 @@ import numpy as np
 from .automaton import DEFAULT_MAX_STATES, DFA, NFA, build_nfa, byte_dfa, determinize, minimize
 from .charset import MAX_CODE_POINT, CharSet
 from .errors import ConstraintError
+from .limits import check_positions, describe_regex
 from .regex_ast import Alt, Automaton, Chars, Concat, Node, Repeat, size
 from .regex_parser import parse_fullmatch_node
-
-DEFAULT_MAX_REGEX_SIZE = 100_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,7 +94,7 @@ def _collect_charsets(node: Node, out: set[CharSet]) -> None:
         raise ConstraintError("a precompiled byte automaton has no character-level form")
 
 
-def node_to_char_dfa(node: Node, max_states: int = DEFAULT_MAX_STATES) -> CharDFA:
+def node_to_char_dfa(node: Node, max_states: int | None = DEFAULT_MAX_STATES) -> CharDFA:
     """Compile a syntax tree over the partition of code points its classes induce."""
     sets: set[CharSet] = set()
     _collect_charsets(node, sets)
@@ -148,26 +147,23 @@ def node_to_char_dfa(node: Node, max_states: int = DEFAULT_MAX_STATES) -> CharDF
     return CharDFA(dfa.initial, dfa.accepting, dfa.transitions, bounds, interval_class, anything_else)
 
 
-def check_size(node: Node, max_size: int, pattern: str | None = None) -> None:
-    n = size(node)
-    if n > max_size:
-        raise ConstraintError(
-            f"the regex unrolls to {n} character positions, over the budget of {max_size}", pattern=pattern
-        )
-
-
-def parse_fullmatch(pattern: str, max_size: int = DEFAULT_MAX_REGEX_SIZE) -> Node:
-    """The syntax tree of `pattern` under `re.fullmatch` semantics (anchors at the ends are no-ops)."""
+def parse_fullmatch(pattern: str) -> Node:
+    """The syntax tree of `pattern` under `re.fullmatch` semantics (anchors at the ends are no-ops);
+    over the `constraint_positions` budget once unrolled, a `ConstraintError`."""
     node = parse_fullmatch_node(pattern)
-    check_size(node, max_size, pattern)
+    n = size(node)
+    try:
+        check_positions(n)
+    except ConstraintError as e:
+        raise ConstraintError(f"{describe_regex(pattern)}: {e.message}") from None
     return node
 
 
-def regex_to_char_dfa(pattern: str, max_states: int = DEFAULT_MAX_STATES) -> CharDFA:
+def regex_to_char_dfa(pattern: str, max_states: int | None = DEFAULT_MAX_STATES) -> CharDFA:
     """The minimized character DFA accepting exactly the strings `re.fullmatch(pattern, s, re.ASCII)` matches."""
     return node_to_char_dfa(parse_fullmatch(pattern), max_states)
 
 
-def regex_to_byte_dfa(pattern: str, max_states: int = DEFAULT_MAX_STATES) -> DFA:
+def regex_to_byte_dfa(pattern: str, max_states: int | None = DEFAULT_MAX_STATES) -> DFA:
     """The minimized byte DFA accepting exactly the UTF-8 encodings of the strings `pattern` fullmatches."""
     return byte_dfa(parse_fullmatch(pattern), max_states)

@@ -30,6 +30,7 @@ from interegular import patterns as _ip
 
 from .charset import MAX_CODE_POINT, CharSet
 from .errors import ConstraintError
+from .limits import check_pattern_chars, describe_regex, max_nesting, over
 from .regex_ast import EPSILON, Node, alt, chars, concat, repeat
 
 _PLACEHOLDER_BASE = 0x100000  # plane 16, private use: never a meaningful pattern character
@@ -86,6 +87,9 @@ class Alternative:
 def parse_regex(pattern: str, ecma_dot: bool = False) -> list[Alternative]:
     """Parse `pattern` into its top-level alternatives; their leading `^`/trailing `$` are recorded
     and removed. Anchors anywhere else are rejected."""
+    if not isinstance(pattern, str):
+        raise ConstraintError(f"a regex must be a string, not {type(pattern).__name__}")
+    check_pattern_chars(len(pattern), describe_regex(pattern))
     return [_Scanner(pattern, lo, hi, ecma_dot).parse() for lo, hi in _top_level_alternatives(pattern)]
 
 
@@ -161,8 +165,15 @@ class _Scanner:
         anchored_start = p.startswith("^", self.lo) and self.lo < n
         i = self.lo + 1 if anchored_start else self.lo
         anchored_end = False
+        depth, limit = 0, max_nesting()
         while i < n:
             c = p[i]
+            if c == "(":
+                depth += 1
+                if depth > limit:  # interegular parses groups recursively: refuse before it recurses
+                    raise over("constraint_nesting", depth, "group nesting", position=i, pattern=self.pattern)
+            elif c == ")":
+                depth -= 1
             if c == "\\":
                 i = self.escape(i)
             elif c == "[":
@@ -245,7 +256,7 @@ class _Scanner:
         if negated:
             i += 1
         first = i
-        members = CharSet.nothing()
+        members: list[CharSet] = []  # united once at the end: folding `|` would be quadratic
         while True:
             if i >= n:
                 raise self.error("unterminated character class", start)
@@ -254,7 +265,7 @@ class _Scanner:
                 i += 1
                 break
             if c == "\\" and i + 1 < n and p[i + 1] in "dDwWsS":
-                members = members | _shorthand(p[i + 1], positive_position=not negated)
+                members.append(_shorthand(p[i + 1], positive_position=not negated))
                 i += 2
                 continue
             if c == "\\" and i + 1 < n and p[i + 1] == "b":
@@ -278,12 +289,13 @@ class _Scanner:
                     hi_ch, k2 = p[k], k + 1
                 if ord(hi_ch) < ord(lo_ch):
                     raise self.error(f"bad character range {lo_ch}-{hi_ch}", i)
-                members = members | CharSet.range(lo_ch, hi_ch)
+                members.append(CharSet.range(lo_ch, hi_ch))
                 i = k2
             else:
-                members = members | CharSet.of(lo_ch)
+                members.append(CharSet.of(lo_ch))
                 i = j
-        self.emit_class(members.complement() if negated else members, start)
+        united = CharSet.union(members)
+        self.emit_class(united.complement() if negated else united, start)
         return i
 
     def extension_group(self, i: int) -> int:
@@ -322,6 +334,8 @@ class _Scanner:
         parser = _ip._ParsePattern(text)
         try:
             tree = parser.parse().simplify()
+        except RecursionError:
+            raise over("constraint_nesting", None, "regex structure", position=self.lo, pattern=self.pattern) from None
         except _ip.InvalidSyntax as e:
             pos = getattr(e.__context__, "index", parser.index)
             raise self.error(f"invalid regex syntax{': ' + str(e) if str(e) else ''}", self.at(pos)) from None
@@ -342,15 +356,16 @@ class _Scanner:
         if isinstance(p, _ip._Repeated):
             return repeat(self.convert(p.base), p.min, p.max)
         if isinstance(p, _ip._CharGroup):
-            cs = CharSet.nothing()
+            parts: list[CharSet] = []
             plain = []
             for ch in p.chars:
                 k = ord(ch) - _PLACEHOLDER_BASE
                 if 0 <= k < len(self.classes):
-                    cs = cs | self.classes[k]
+                    parts.append(self.classes[k])
                 else:
                     plain.append(ch)
-            cs = cs | CharSet.of(plain)
+            parts.append(CharSet.of(plain))
+            cs = CharSet.union(parts)
             return chars(cs.complement() if p.negated else cs)
         if p is _ip._DOT:
             return chars(self.dot)

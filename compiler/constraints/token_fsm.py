@@ -23,7 +23,8 @@ from .jump_forward import forced_bytes, jump_forward, mid_character
 from .token_index import TokenIndex, build_token_index
 from .vocabulary import Vocabulary
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: token rows shared between states (`state_row`); 1 is still read
+_LIST_TABLE_MAX = 1 << 20  # transition tables up to this many entries are walked as Python lists
 
 
 class TokenFSM:
@@ -39,22 +40,47 @@ class TokenFSM:
         eos_token_id: int | None = None,
         forced: np.ndarray | None = None,
     ) -> None:
+        self._init_fields(
+            dfa, index, vocab_bytes, vocab_offsets, fingerprint, eos_token_id,
+            forced_bytes(dfa) if forced is None else forced,
+        )
+        self._derive()
+
+    def _init_fields(
+        self,
+        dfa: DFA,
+        index: TokenIndex,
+        vocab_bytes: np.ndarray,
+        vocab_offsets: np.ndarray,
+        fingerprint: str,
+        eos_token_id: int | None,
+        forced: np.ndarray,
+    ) -> None:
         self.dfa = dfa
         self.index = index
         self.vocab_bytes = vocab_bytes
         self.vocab_offsets = vocab_offsets
         self.fingerprint = fingerprint
         self.eos_token_id = eos_token_id
-        self.forced = forced_bytes(dfa) if forced is None else forced
-        self.mid_char = mid_character(dfa)
-        self._table: list[list[int]] | None = None
+        self.forced = forced
+        self._table: Any = None
         self._symbol_class: list[int] | None = None
         self._tokens: list[bytes] | None = None
         self._dense_rows: dict[int, np.ndarray] = {}
         self._torch_cache: dict[tuple, Any] = {}
 
+    def _derive(self) -> None:
+        """Arrays computed from the validated ones (never stored, so never tampered with)."""
+        self.mid_char = mid_character(self.dfa)
+
     @classmethod
     def build(cls, dfa: DFA, vocab: Vocabulary) -> TokenFSM:
+        dfa = DFA(
+            int(dfa.initial),
+            dfa.accepting.astype(bool, copy=False),
+            np.ascontiguousarray(dfa.transitions, dtype=np.int32),
+            dfa.symbol_class.astype(np.int32, copy=False),
+        )
         flat, offsets = vocab.arrays
         return cls(dfa, build_token_index(dfa, vocab), flat, offsets, vocab.fingerprint, vocab.eos_token_id)
 
@@ -78,9 +104,12 @@ class TokenFSM:
         """Sorted int32 ids of the tokens allowed in `state` (never special tokens, never EOS)."""
         return self.index.allowed(state)
 
-    def _lists(self) -> tuple[list[list[int]], list[int], list[bytes]]:
+    def _lists(self) -> tuple[Any, list[int], list[bytes]]:
+        """The table as something `table[s][c]` indexes fast: nested Python lists when small (the
+        fastest walk), else the numpy table itself (a 1.5M-state table as lists would be ~1 GB)."""
         if self._table is None:
-            self._table = self.dfa.transitions.tolist()
+            t = self.dfa.transitions
+            self._table = t.tolist() if t.size <= _LIST_TABLE_MAX else t
             self._symbol_class = self.dfa.symbol_class.tolist()
             data, offs = self.vocab_bytes.tobytes(), self.vocab_offsets.tolist()
             self._tokens = [data[offs[i] : offs[i + 1]] for i in range(len(offs) - 1)]
@@ -93,20 +122,20 @@ class TokenFSM:
         for b in data:
             if s < 0:
                 return -1
-            s = table[s][symbol_class[b]]
+            s = int(table[s][symbol_class[b]])
         return s
 
     def next_state(self, state: int, token: int) -> int:
         """The state after `token`, or -1 if the token is not allowed (special tokens never are)."""
         table, symbol_class, tokens = self._lists()
-        if state < 0 or not 0 <= token < len(tokens):
+        if not 0 <= state < self.num_states or not 0 <= token < len(tokens):
             return -1
         data = tokens[token]
         if not data:
             return -1
         s = state
         for b in data:
-            s = table[s][symbol_class[b]]
+            s = int(table[s][symbol_class[b]])
             if s < 0:
                 return -1
         return s
@@ -129,6 +158,9 @@ class TokenFSM:
             self._dense_rows[dense] = row
         return row
 
+    def _row(self, state: int) -> int:
+        return int(self.index.state_row[state])
+
     def fill_mask(self, state: int, mask: Any, eos_token_id: int | None = None) -> None:
         """Write the allowed-token mask of `state` into `mask` (a bool numpy array or torch tensor of
         at least `vocab_size` entries; entries past the vocabulary, e.g. padded logits, become False).
@@ -142,7 +174,8 @@ class TokenFSM:
 
     def _fill_numpy(self, state: int, mask: np.ndarray) -> None:
         v = self.vocab_size
-        dense = int(self.index.dense_id[state])
+        row = self._row(state)
+        dense = int(self.index.dense_id[row])
         if dense >= 0:
             if mask.shape[0] == v:
                 np.copyto(mask, self._dense_row(dense))
@@ -152,7 +185,7 @@ class TokenFSM:
         else:
             mask.fill(False)
             ptr = self.index.sparse_ptr
-            mask[self.index.sparse_tokens[ptr[state] : ptr[state + 1]]] = True
+            mask[self.index.sparse_tokens[ptr[row] : ptr[row + 1]]] = True
 
     def _fill_torch(self, state: int, mask: Any) -> None:
         if mask.device.type == "cpu" and mask.is_contiguous():
@@ -162,7 +195,8 @@ class TokenFSM:
         import torch
 
         v = self.vocab_size
-        dense = int(self.index.dense_id[state])
+        row_id = self._row(state)
+        dense = int(self.index.dense_id[row_id])
         device = mask.device
         if dense >= 0:
             key = ("dense", dense, device)
@@ -176,12 +210,12 @@ class TokenFSM:
                 mask[:v].copy_(row)
                 mask[v:].fill_(False)
         else:
-            key = ("sparse", state, device)
+            key = ("sparse", row_id, device)
             ids = self._torch_cache.get(key)
             if ids is None:
                 ptr = self.index.sparse_ptr
                 ids = torch.from_numpy(
-                    self.index.sparse_tokens[ptr[state] : ptr[state + 1]].astype(np.int64)
+                    self.index.sparse_tokens[ptr[row_id] : ptr[row_id + 1]].astype(np.int64)
                 ).to(device)
                 self._torch_cache[key] = ids
             mask.fill_(False)
@@ -193,24 +227,27 @@ class TokenFSM:
         return {
             "format_version": np.array([FORMAT_VERSION], dtype=np.int32),
             "initial": np.array([self.dfa.initial], dtype=np.int32),
-            "accepting": self.dfa.accepting.astype(bool),
-            "transitions": self.dfa.transitions.astype(np.int32),
-            "symbol_class": self.dfa.symbol_class.astype(np.int32),
-            "forced_byte": self.forced.astype(np.int16),
+            "accepting": self.dfa.accepting.astype(bool, copy=False),
+            "transitions": self.dfa.transitions.astype(np.int32, copy=False),
+            "symbol_class": self.dfa.symbol_class.astype(np.int32, copy=False),
+            "forced_byte": self.forced.astype(np.int16, copy=False),
             "vocab_size": np.array([self.vocab_size], dtype=np.int64),
-            "dense_id": self.index.dense_id.astype(np.int32),
-            "dense_masks": self.index.dense_masks.astype(np.uint8),
-            "sparse_ptr": self.index.sparse_ptr.astype(np.int64),
-            "sparse_tokens": self.index.sparse_tokens.astype(np.int32),
-            "vocab_bytes": self.vocab_bytes.astype(np.uint8),
-            "vocab_offsets": self.vocab_offsets.astype(np.int64),
+            "state_row": self.index.state_row.astype(np.int32, copy=False),
+            "dense_id": self.index.dense_id.astype(np.int32, copy=False),
+            "dense_masks": self.index.dense_masks.astype(np.uint8, copy=False),
+            "sparse_ptr": self.index.sparse_ptr.astype(np.int64, copy=False),
+            "sparse_tokens": self.index.sparse_tokens.astype(np.int32, copy=False),
+            "vocab_bytes": self.vocab_bytes.astype(np.uint8, copy=False),
+            "vocab_offsets": self.vocab_offsets.astype(np.int64, copy=False),
             "fingerprint": np.frombuffer(self.fingerprint.encode("ascii"), dtype=np.uint8).copy(),
             "eos_token_id": np.array([eos], dtype=np.int64),
         }
 
     @classmethod
     def from_arrays(cls, arrays: Any) -> TokenFSM:
-        """Rebuild from `to_arrays()` output (a dict or an `np.load` result), checking every bound."""
+        """Rebuild from `to_arrays()` output (a dict or an `np.load` result). Every array is
+        validated (`check`) first: a tampered table is a `ConstraintError` here, never a crash or a
+        wrong mask at decode time."""
 
         def get(name: str) -> np.ndarray:
             try:
@@ -218,73 +255,61 @@ class TokenFSM:
             except KeyError:
                 raise ConstraintError(f"token FSM arrays lack {name!r}") from None
 
-        def check(ok: bool, what: str) -> None:
-            if not ok:
-                raise ConstraintError(f"corrupt token FSM arrays: {what}")
-
         version = get("format_version")
-        check(
-            version.shape == (1,) and int(version[0]) == FORMAT_VERSION, f"format version {version.tolist()}"
+        if version.shape != (1,) or version.dtype.kind not in "iu" or int(version[0]) not in (1, FORMAT_VERSION):
+            raise ConstraintError(f"corrupt token FSM arrays: format_version: unknown version {version.tolist()}")
+        _check_dtypes({name: get(name) for name in _DTYPES if name != "state_row"}, "corrupt token FSM arrays")
+        transitions = get("transitions")
+        if int(version[0]) == 1:  # one row per state
+            state_row = np.arange(transitions.shape[0] if transitions.ndim == 2 else 0, dtype=np.int32)
+        else:
+            state_row = get("state_row")
+        fingerprint = get("fingerprint").tobytes().decode("ascii", errors="replace")
+        eos = get("eos_token_id")
+        eos_id = int(eos[0]) if eos.shape == (1,) else -2
+        initial = get("initial")
+        if initial.shape != (1,):
+            raise ConstraintError(f"corrupt token FSM arrays: initial: shape {initial.shape}, expected (1,)")
+        vocab_size = get("vocab_size")
+        if vocab_size.shape != (1,) or int(vocab_size[0]) < 0:
+            raise ConstraintError(f"corrupt token FSM arrays: vocab_size: {vocab_size.tolist()}")
+        dfa = DFA(int(initial[0]), get("accepting"), transitions, get("symbol_class"))
+        index = TokenIndex(
+            int(vocab_size[0]), state_row, get("dense_id"), get("dense_masks"), get("sparse_ptr"),
+            get("sparse_tokens"),
         )
-        transitions = get("transitions").astype(np.int32)
-        check(transitions.ndim == 2, "transitions must be 2-D")
-        num_states, num_classes = transitions.shape
-        check(
-            num_states == 0
-            or (transitions.min(initial=-1) >= -1 and transitions.max(initial=-1) < num_states),
-            "transition out of range",
-        )
-        accepting = get("accepting").astype(bool)
-        check(accepting.shape == (num_states,), "accepting shape")
-        initial = int(get("initial")[0])
-        check(num_states == 0 or 0 <= initial < num_states, "initial state out of range")
-        symbol_class = get("symbol_class").astype(np.int32)
-        check(
-            symbol_class.shape == (256,)
-            and symbol_class.min() >= 0
-            and symbol_class.max() < max(num_classes, 1),
-            "symbol classes",
-        )
-        forced = get("forced_byte").astype(np.int16)
-        check(
-            forced.shape == (num_states,) and forced.min(initial=-1) >= -1 and forced.max(initial=-1) < 256,
-            "forced bytes",
-        )
-        vocab_size = int(get("vocab_size")[0])
-        check(vocab_size >= 0, "vocab size")
-        dense_id = get("dense_id").astype(np.int32)
-        dense_masks = get("dense_masks").astype(np.uint8)
-        check(dense_masks.ndim == 2 and dense_masks.shape[1] == (vocab_size + 7) // 8, "dense mask shape")
-        check(
-            dense_id.shape == (num_states,)
-            and dense_id.min(initial=-1) >= -1
-            and dense_id.max(initial=-1) < dense_masks.shape[0],
-            "dense ids",
-        )
-        sparse_ptr = get("sparse_ptr").astype(np.int64)
-        sparse_tokens = get("sparse_tokens").astype(np.int32)
-        check(
-            sparse_ptr.shape == (num_states + 1,) and sparse_ptr[0] == 0 and (np.diff(sparse_ptr) >= 0).all(),
-            "sparse pointers",
-        )
-        check(int(sparse_ptr[-1]) == sparse_tokens.shape[0], "sparse pointer end")
-        check(
-            sparse_tokens.size == 0 or (sparse_tokens.min() >= 0 and sparse_tokens.max() < vocab_size),
-            "sparse token ids",
-        )
-        vocab_bytes = get("vocab_bytes").astype(np.uint8)
-        vocab_offsets = get("vocab_offsets").astype(np.int64)
-        check(vocab_offsets.shape == (vocab_size + 1,) and vocab_offsets[0] == 0, "vocab offsets")
-        check(
-            (np.diff(vocab_offsets) >= 0).all() and int(vocab_offsets[-1]) == vocab_bytes.shape[0],
-            "vocab offsets",
-        )
-        fingerprint = get("fingerprint").astype(np.uint8).tobytes().decode("ascii", errors="replace")
-        eos = int(get("eos_token_id")[0])
-        dfa = DFA(initial, accepting, transitions, symbol_class)
-        index = TokenIndex(vocab_size, dense_id, dense_masks, sparse_ptr, sparse_tokens)
-        return cls(dfa, index, vocab_bytes, vocab_offsets, fingerprint, None if eos < 0 else eos, forced)
+        fsm = cls.__new__(cls)
+        fsm._init_fields(dfa, index, get("vocab_bytes"), get("vocab_offsets"), fingerprint,
+                         None if eos_id == -1 else eos_id, get("forced_byte"))
+        try:
+            fsm.check()
+        except ValueError as e:
+            raise ConstraintError(f"corrupt token FSM arrays: {e}") from None
+        fsm._derive()
+        return fsm
 
+    def check(self, vocab_size: int | None = None) -> None:
+        """Validate every array (dtype, shape, ranges of state and token ids, monotone offsets, the
+        initial state, forced bytes); raise `ValueError` naming the array and the problem.
+
+        `vocab_size`: the model's vocabulary (logit rows) the masks will be applied to; the table
+        must not be wider. Called by `from_arrays`; call it again where a table meets a model.
+        """
+        fields = {
+            "accepting": self.dfa.accepting,
+            "transitions": self.dfa.transitions,
+            "symbol_class": self.dfa.symbol_class,
+            "forced_byte": self.forced,
+            "state_row": self.index.state_row,
+            "dense_id": self.index.dense_id,
+            "dense_masks": self.index.dense_masks,
+            "sparse_ptr": self.index.sparse_ptr,
+            "sparse_tokens": self.index.sparse_tokens,
+            "vocab_bytes": self.vocab_bytes,
+            "vocab_offsets": self.vocab_offsets,
+        }
+        _check_dtypes(fields, "token FSM")
+        _check_structure(self, vocab_size)
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays specific to this constraint (the vocabulary's bytes not counted)."""
@@ -297,3 +322,118 @@ class TokenFSM:
             f"TokenFSM(states={self.num_states}, classes={self.dfa.num_classes}, vocab={self.vocab_size}, "
             f"dense_masks={self.index.dense_masks.shape[0]}, sparse_entries={self.index.sparse_tokens.shape[0]})"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of the arrays (artifacts are untrusted input)
+
+_DTYPES: dict[str, np.dtype] = {
+    "format_version": np.dtype(np.int32),
+    "initial": np.dtype(np.int32),
+    "accepting": np.dtype(bool),
+    "transitions": np.dtype(np.int32),
+    "symbol_class": np.dtype(np.int32),
+    "forced_byte": np.dtype(np.int16),
+    "vocab_size": np.dtype(np.int64),
+    "state_row": np.dtype(np.int32),
+    "dense_id": np.dtype(np.int32),
+    "dense_masks": np.dtype(np.uint8),
+    "sparse_ptr": np.dtype(np.int64),
+    "sparse_tokens": np.dtype(np.int32),
+    "vocab_bytes": np.dtype(np.uint8),
+    "vocab_offsets": np.dtype(np.int64),
+    "fingerprint": np.dtype(np.uint8),
+    "eos_token_id": np.dtype(np.int64),
+}
+
+
+def _check_dtypes(arrays: dict[str, np.ndarray], where: str) -> None:
+    for name, arr in arrays.items():
+        if not isinstance(arr, np.ndarray):
+            raise ConstraintError(f"{where}: {name}: not an array ({type(arr).__name__})")
+        want = _DTYPES[name]
+        if arr.dtype != want:
+            raise ConstraintError(f"{where}: {name}: dtype {arr.dtype}, expected {want}")
+
+
+def _fail(name: str, problem: str) -> None:
+    raise ConstraintError(f"{name}: {problem}")
+
+
+def _in_range(name: str, arr: np.ndarray, lo: int, hi: int) -> None:
+    """All of `arr` within [lo, hi) (empty arrays pass)."""
+    if arr.size and (int(arr.min()) < lo or int(arr.max()) >= hi):
+        _fail(name, f"values {int(arr.min())}..{int(arr.max())} outside {lo}..{hi - 1}")
+
+
+def _check_structure(fsm: TokenFSM, vocab_size: int | None) -> None:
+    dfa, index = fsm.dfa, fsm.index
+    t = dfa.transitions
+    if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
+        _fail("transitions", f"shape {t.shape}, expected (states >= 1, classes >= 1)")
+    num_states, num_classes = t.shape
+    _in_range("transitions", t, -1, num_states)
+    if dfa.accepting.shape != (num_states,):
+        _fail("accepting", f"shape {dfa.accepting.shape}, expected ({num_states},)")
+    if not 0 <= dfa.initial < num_states:
+        _fail("initial", f"state {dfa.initial} outside 0..{num_states - 1}")
+    if dfa.symbol_class.shape != (256,):
+        _fail("symbol_class", f"shape {dfa.symbol_class.shape}, expected (256,)")
+    _in_range("symbol_class", dfa.symbol_class, 0, num_classes)
+    _check_forced(fsm.forced, dfa)
+    v = index.vocab_size
+    if vocab_size is not None and v > vocab_size:
+        _fail("vocab_size", f"the table covers {v} tokens, the model has {vocab_size}")
+    if fsm.eos_token_id is not None and not 0 <= fsm.eos_token_id < max(v, vocab_size or 0):
+        _fail("eos_token_id", f"{fsm.eos_token_id} outside the vocabulary")
+    if index.state_row.shape != (num_states,):
+        _fail("state_row", f"shape {index.state_row.shape}, expected ({num_states},)")
+    num_rows = index.dense_id.shape[0] if index.dense_id.ndim == 1 else -1
+    if num_rows < 1:
+        _fail("dense_id", f"shape {index.dense_id.shape}, expected (rows >= 1,)")
+    _in_range("state_row", index.state_row, 0, num_rows)
+    words = (v + 7) // 8
+    if index.dense_masks.ndim != 2 or index.dense_masks.shape[1] != words:
+        _fail("dense_masks", f"shape {index.dense_masks.shape}, expected (masks, {words})")
+    _in_range("dense_id", index.dense_id, -1, index.dense_masks.shape[0])
+    ptr = index.sparse_ptr
+    if ptr.shape != (num_rows + 1,):
+        _fail("sparse_ptr", f"shape {ptr.shape}, expected ({num_rows + 1},)")
+    if ptr[0] != 0 or (np.diff(ptr) < 0).any() or int(ptr[-1]) != index.sparse_tokens.shape[0]:
+        _fail("sparse_ptr", "not monotone from 0 to the number of sparse tokens")
+    if index.sparse_tokens.ndim != 1:
+        _fail("sparse_tokens", f"shape {index.sparse_tokens.shape}, expected 1-D")
+    _in_range("sparse_tokens", index.sparse_tokens, 0, v)
+    offsets = fsm.vocab_offsets
+    if offsets.shape != (v + 1,):
+        _fail("vocab_offsets", f"shape {offsets.shape}, expected ({v + 1},)")
+    if fsm.vocab_bytes.ndim != 1:
+        _fail("vocab_bytes", f"shape {fsm.vocab_bytes.shape}, expected 1-D")
+    if offsets[0] != 0 or (np.diff(offsets) < 0).any() or int(offsets[-1]) != fsm.vocab_bytes.shape[0]:
+        _fail("vocab_offsets", "not monotone from 0 to the number of vocabulary bytes")
+    fp = fsm.fingerprint
+    if len(fp) != 64 or any(ch not in "0123456789abcdef" for ch in fp):
+        _fail("fingerprint", "not a sha256 hex digest")
+
+
+def _check_forced(forced: np.ndarray, dfa: DFA) -> None:
+    """Forced bytes must be what the DFA forces, and a chain of them must end: `jump_forward`
+    follows them, so a tampered cycle would loop forever."""
+    n = dfa.num_states
+    if forced.shape != (n,):
+        _fail("forced_byte", f"shape {forced.shape}, expected ({n},)")
+    _in_range("forced_byte", forced, -1, 256)
+    if not np.array_equal(forced, forced_bytes(dfa)):
+        _fail("forced_byte", "differs from the bytes the transitions force")
+    # the forced-successor function, with n as the absorbing "chain ended"
+    is_forced = forced >= 0
+    succ = np.full(n + 1, n, dtype=np.int64)
+    fs = np.flatnonzero(is_forced)
+    succ[fs] = dfa.transitions[fs, dfa.symbol_class[forced[fs]]]
+    succ[succ < 0] = n
+    steps = 1
+    while steps <= n:  # pointer doubling: after 2^k >= n steps every acyclic chain has ended
+        succ = succ[succ]
+        steps *= 2
+    if (succ[:n] != n).any():
+        _fail("forced_byte", "forced bytes form a cycle")

@@ -23,11 +23,13 @@ How it is fast enough for a 49k vocabulary and ~800 states (the "person" schema)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from .automaton import DFA
+from .limits import check_memory, check_time
 from .vocabulary import Vocabulary
 
 DENSE_MIN_TOKENS = 2048  # a state allowing at least this many tokens stores a bitmask
@@ -150,27 +152,37 @@ def vocabulary_trie(vocab: Vocabulary) -> TokenTrie:
 
 @dataclass(frozen=True, eq=False)
 class TokenIndex:
-    """Per DFA state, the allowed tokens: a dense bitmask (`dense_id[s] >= 0`, a row of
-    `dense_masks`, bit-packed little-endian) or a sorted id list `sparse_tokens[sparse_ptr[s]:
-    sparse_ptr[s+1]]`."""
+    """Per DFA state, the allowed tokens, stored once per distinct row.
+
+    `state_row[s]` is the row of state s; row r is a dense bitmask (`dense_id[r] >= 0`, a row of
+    `dense_masks`, bit-packed little-endian) or a sorted id list `sparse_tokens[sparse_ptr[r]:
+    sparse_ptr[r+1]]`. A counted repetition has thousands of states but a handful of rows.
+    """
 
     vocab_size: int
-    dense_id: np.ndarray  # int32[S]
+    state_row: np.ndarray  # int32[S]
+    dense_id: np.ndarray  # int32[R]
     dense_masks: np.ndarray  # uint8[D, ceil(V/8)]
-    sparse_ptr: np.ndarray  # int64[S+1]
+    sparse_ptr: np.ndarray  # int64[R+1]
     sparse_tokens: np.ndarray  # int32[...]
 
+    @property
+    def num_rows(self) -> int:
+        return int(self.dense_id.shape[0])
+
     def allowed(self, state: int) -> np.ndarray:
-        d = int(self.dense_id[state])
+        r = int(self.state_row[state])
+        d = int(self.dense_id[r])
         if d >= 0:
             bits = np.unpackbits(self.dense_masks[d], count=self.vocab_size, bitorder="little")
             return np.flatnonzero(bits).astype(np.int32)
-        return self.sparse_tokens[self.sparse_ptr[state] : self.sparse_ptr[state + 1]]
+        return self.sparse_tokens[self.sparse_ptr[r] : self.sparse_ptr[r + 1]]
 
     @property
     def nbytes(self) -> int:
         return int(
-            self.dense_id.nbytes
+            self.state_row.nbytes
+            + self.dense_id.nbytes
             + self.dense_masks.nbytes
             + self.sparse_ptr.nbytes
             + self.sparse_tokens.nbytes
@@ -178,82 +190,97 @@ class TokenIndex:
 
 
 def build_token_index(dfa: DFA, vocab: Vocabulary) -> TokenIndex:
+    """Allowed tokens per state: rows are computed once per class of `token_row_classes` (states
+    that no token of the vocabulary can tell apart), by walking the vocabulary trie."""
     trie = vocabulary_trie(vocab)
     num_states = dfa.num_states
     vocab_size = vocab.size
+    words = (vocab_size + 7) // 8
     if num_states == 0 or trie.num_nodes == 0:
         return TokenIndex(
             vocab_size,
-            np.full(num_states, -1, np.int32),
-            np.zeros((0, (vocab_size + 7) // 8), np.uint8),
-            np.zeros(num_states + 1, np.int64),
+            np.zeros(num_states, np.int32),
+            np.full(1 if num_states else 0, -1, np.int32),
+            np.zeros((0, words), np.uint8),
+            np.zeros(2 if num_states else 1, np.int64),
             np.zeros(0, np.int32),
         )
+    state_row = token_row_classes(dfa, trie.depth)
+    num_rows = int(state_row.max()) + 1
+    _, reps = np.unique(state_row, return_index=True)  # one representative state per row
+    check_memory(num_rows * 64, "the token index")
+    check_time()
+    rows = _rows_of(dfa, reps, trie, vocab_size)
+    return TokenIndex(vocab_size, state_row, *rows)
+
+
+def _rows_of(
+    dfa: DFA, reps: np.ndarray, trie: TokenTrie, vocab_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(dense_id, dense_masks, sparse_ptr, sparse_tokens) for the states `reps`, row i = reps[i]."""
+    num_rows = len(reps)
     num_classes = dfa.num_classes
-    dead = num_states
-    # Transition table with an explicit dead state, flattened for 1-D gathers.
-    table = np.empty((num_states + 1, num_classes), dtype=np.int32)
-    table[:num_states] = np.where(dfa.transitions >= 0, dfa.transitions, dead)
-    table[dead] = dead
-    flat_table = table.ravel()
+    flat_table = dfa.transitions.reshape(-1)  # -1 is the dead state
     node_cls = dfa.symbol_class[trie.node_byte].astype(np.int32)
     roots = np.arange(trie.level_start[0], trie.level_start[1])
-    first = table[:num_states][:, node_cls[roots]]  # [S, num_roots]
-    first_alive = first != dead
+    first = dfa.transitions[reps][:, node_cls[roots]]  # [R, num_roots]
+    first_alive = first >= 0
     estimate = first_alive @ trie.subtree_size[roots]
     wide = estimate >= _DENSE_WALK_MIN_NODES
 
     words = (vocab_size + 7) // 8
-    pair_states: list[np.ndarray] = []
+    pair_rows: list[np.ndarray] = []
     pair_tokens: list[np.ndarray] = []
-    dense_states: list[np.ndarray] = []
+    dense_rows: list[np.ndarray] = []
     dense_packed: list[np.ndarray] = []
     # -- dense walk, batched by the set of allowed first bytes ------------------------------
     for members, start in _dense_batches(np.flatnonzero(wide), first_alive, trie.subtree_size[roots]):
-        masks = _dense_walk(members, roots[start], trie, flat_table, node_cls, num_classes, dead, vocab_size)
+        check_memory(vocab_size * len(members), "the token index's dense walk")
+        masks = _dense_walk(reps[members], roots[start], trie, flat_table, node_cls, num_classes, vocab_size)
         is_dense = np.count_nonzero(masks, axis=0) >= DENSE_MIN_TOKENS
         if is_dense.any():
-            dense_states.append(members[is_dense])
+            dense_rows.append(members[is_dense])
             dense_packed.append(
                 np.packbits(np.ascontiguousarray(masks[:, is_dense].T), axis=1, bitorder="little")
             )
         if not is_dense.all():
             col, tok = np.nonzero(np.ascontiguousarray(masks[:, ~is_dense].T))
-            pair_states.append(members[~is_dense][col])
+            pair_rows.append(members[~is_dense][col])
             pair_tokens.append(tok)
+        check_time()
     # -- sparse walk for the other states ---------------------------------------------------
-    s_state, s_token = _sparse_walk(
-        np.flatnonzero(~wide), roots, first, trie, flat_table, node_cls, num_classes, dead
+    s_row, s_token = _sparse_walk(
+        np.flatnonzero(~wide), roots, first, trie, flat_table, node_cls, num_classes
     )
-    counts = np.bincount(s_state, minlength=num_states)
-    heavy = counts[s_state] >= DENSE_MIN_TOKENS
+    counts = np.bincount(s_row, minlength=num_rows)
+    heavy = counts[s_row] >= DENSE_MIN_TOKENS
     if heavy.any():
-        heavy_states = np.flatnonzero(counts >= DENSE_MIN_TOKENS)
-        bits = np.zeros((len(heavy_states), vocab_size), dtype=bool)
-        bits[np.searchsorted(heavy_states, s_state[heavy]), s_token[heavy]] = True
-        dense_states.append(heavy_states)
+        heavy_rows = np.flatnonzero(counts >= DENSE_MIN_TOKENS)
+        bits = np.zeros((len(heavy_rows), vocab_size), dtype=bool)
+        bits[np.searchsorted(heavy_rows, s_row[heavy]), s_token[heavy]] = True
+        dense_rows.append(heavy_rows)
         dense_packed.append(np.packbits(bits, axis=1, bitorder="little"))
-    pair_states.append(s_state[~heavy])
+    pair_rows.append(s_row[~heavy])
     pair_tokens.append(s_token[~heavy])
     # -- assemble: deduplicated bitmasks, and a CSR of sorted token ids ---------------------
-    dense_id = np.full(num_states, -1, dtype=np.int32)
-    rows: list[np.ndarray] = []
+    dense_id = np.full(num_rows, -1, dtype=np.int32)
+    masks_out: list[np.ndarray] = []
     seen: dict[bytes, int] = {}
-    for states_part, packed in zip(dense_states, dense_packed):
-        for s, row in zip(states_part.tolist(), packed):
+    for rows_part, packed in zip(dense_rows, dense_packed):
+        for r, row in zip(rows_part.tolist(), packed):
             key = row.tobytes()
             idx = seen.get(key)
             if idx is None:
-                idx = seen[key] = len(rows)
-                rows.append(row)
-            dense_id[s] = idx
-    dense_masks = np.stack(rows) if rows else np.zeros((0, words), dtype=np.uint8)
-    pair_state = np.concatenate(pair_states)
+                idx = seen[key] = len(masks_out)
+                masks_out.append(row)
+            dense_id[r] = idx
+    dense_masks = np.stack(masks_out) if masks_out else np.zeros((0, words), dtype=np.uint8)
+    pair_row = np.concatenate(pair_rows)
     pair_token = np.concatenate(pair_tokens)
-    order = np.lexsort((pair_token, pair_state))
-    pair_state, pair_token = pair_state[order], pair_token[order]
-    sparse_ptr = np.searchsorted(pair_state, np.arange(num_states + 1)).astype(np.int64)
-    return TokenIndex(vocab_size, dense_id, dense_masks, sparse_ptr, pair_token.astype(np.int32))
+    order = np.lexsort((pair_token, pair_row))
+    pair_row, pair_token = pair_row[order], pair_token[order]
+    sparse_ptr = np.searchsorted(pair_row, np.arange(num_rows + 1)).astype(np.int64)
+    return dense_id, dense_masks, sparse_ptr, pair_token.astype(np.int32)
 
 
 def _dense_batches(
@@ -305,7 +332,6 @@ def _dense_walk(
     flat_table: np.ndarray,
     node_cls: np.ndarray,
     num_classes: int,
-    dead: int,
     vocab_size: int,
 ) -> np.ndarray:
     """Walk the subtrees under `start_nodes` from every state of `states` at once; bool[V, G].
@@ -315,9 +341,9 @@ def _dense_walk(
     """
     masks_t = np.zeros((vocab_size, len(states)), dtype=bool)
     nodes = start_nodes
-    cur = flat_table[node_cls[nodes][:, None] + states[None, :] * num_classes]
+    cur = flat_table[node_cls[nodes][:, None] + states[None, :].astype(np.int64) * num_classes]
     while len(nodes):
-        alive = cur != dead
+        alive = cur >= 0
         keep = alive.any(axis=1)
         if not keep.all():
             nodes, cur, alive = nodes[keep], cur[keep], alive[keep]
@@ -336,7 +362,9 @@ def _dense_walk(
         children, parent_pos = _expand(nodes, trie)
         if not len(children):
             break
-        cur = flat_table[cur[parent_pos] * num_classes + node_cls[children][:, None]]
+        parent = cur[parent_pos]
+        cur = flat_table[np.maximum(parent, 0).astype(np.int64) * num_classes + node_cls[children][:, None]]
+        cur[parent < 0] = -1  # the dead state stays dead
         nodes = children
     return masks_t
 
@@ -349,15 +377,15 @@ def _sparse_walk(
     flat_table: np.ndarray,
     node_cls: np.ndarray,
     num_classes: int,
-    dead: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Frontier walk of (state, node) pairs; returns the allowed (state, token) pairs."""
+    """Frontier walk of (state, node) pairs from the rows `states` of `first` (their first step);
+    returns the allowed (row, token) pairs."""
     out_s: list[np.ndarray] = []
     out_t: list[np.ndarray] = []
     if len(states) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     sub = first[states]
-    si, ri = np.nonzero(sub != dead)
+    si, ri = np.nonzero(sub >= 0)
     src = states[si]
     nodes = roots[ri]
     cur = sub[si, ri]
@@ -375,11 +403,159 @@ def _sparse_walk(
         children, parent_pos = _expand(nodes, trie)
         if not len(children):
             break
-        nxt = flat_table[cur[parent_pos] * num_classes + node_cls[children]]
-        keep = nxt != dead
+        nxt = flat_table[cur[parent_pos].astype(np.int64) * num_classes + node_cls[children]]
+        keep = nxt >= 0
         src = src[parent_pos[keep]]
         nodes = children[keep]
         cur = nxt[keep]
     if not out_s:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(out_s), np.concatenate(out_t)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which states can share a row
+
+_CHUNK = 1 << 16  # states per chunk when a pass touches the whole table (bounded temporaries)
+_MULTIPLIERS = np.random.default_rng(0x5EC).integers(1, 2**63, size=1024, dtype=np.uint64) | np.uint64(1)
+
+
+def token_row_classes(dfa: DFA, depth: int) -> np.ndarray:
+    """int32[S] labels 0..R-1 such that states with equal labels allow exactly the same tokens.
+
+    A token of at most `depth` bytes is allowed in s iff its path from s stays alive, so s and s'
+    need the same row when every string of at most `depth` bytes is alive from both or from neither:
+    Moore's partition refinement stopped after `depth` rounds (every state of the trimmed DFA can
+    still accept, so acceptance itself does not matter). In `[a-z]{40000}` that leaves `depth`+2
+    classes: the states near the end, which see it, and all the others.
+
+    Refinement is incremental: a round recomputes signatures only for predecessors of states whose
+    label changed in the previous round (a class splits only if some member's successor moved), so
+    the long uniform middle of a counted repetition costs nothing after the first round.
+    """
+    table = dfa.transitions
+    n, c = table.shape
+    if n == 0:
+        return np.zeros(0, dtype=np.int32)
+    # Round 0: the set of live classes (which bytes keep the state alive).
+    live_key = np.zeros(n, dtype=np.uint64)
+    for lo in range(0, n, _CHUNK):
+        live = table[lo : lo + _CHUNK] >= 0
+        live_key[lo : lo + _CHUNK] = (live.astype(np.uint64) * _MULTIPLIERS[:c]).sum(axis=1, dtype=np.uint64)
+    _, first = np.unique(live_key, return_inverse=True)
+    first = _verify_split(first.reshape(-1).astype(np.int64), np.arange(n), lambda rows: table[rows] >= 0)
+    # label[n] = -1 stays the dead state's label, so label[table[rows]] needs no special case
+    label = np.append(first, -1)
+    check_time()
+    preds_ptr, preds = _predecessors(table)
+    check_time()
+    cand = np.arange(n)  # round 1 looks at every state
+    sizes = np.bincount(first)  # members per label, kept up to date (labels only ever get added)
+    for _ in range(depth):
+        if len(cand) == 0:
+            break
+        label, sizes, changed = _refine(table, label, sizes, cand)
+        check_time()
+        if len(changed) == 0:
+            break
+        counts = preds_ptr[changed + 1] - preds_ptr[changed]
+        gather = np.repeat(preds_ptr[changed] - np.cumsum(counts) + counts, counts) + np.arange(
+            int(counts.sum())
+        )
+        cand = np.unique(preds[gather])
+    _, dense = np.unique(label[:n], return_inverse=True)
+    return dense.reshape(-1).astype(np.int32)
+
+
+def _signature_keys(table: np.ndarray, label: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of (label, successor labels) per state of `rows` (verified by the caller)."""
+    c = table.shape[1]
+    keys = np.empty(len(rows), dtype=np.uint64)
+    for lo in range(0, len(rows), _CHUNK):
+        part = rows[lo : lo + _CHUNK]
+        succ = label[table[part]] + 2  # dead: index -1 -> label -1 -> 1
+        k = (succ.astype(np.uint64) * _MULTIPLIERS[1 : c + 1]).sum(axis=1, dtype=np.uint64)
+        keys[lo : lo + _CHUNK] = k + (label[part] + 1).astype(np.uint64) * _MULTIPLIERS[0]
+    return keys
+
+
+def _refine(
+    table: np.ndarray, label: np.ndarray, sizes: np.ndarray, cand: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One Moore round over the candidate states; returns the labels, the label sizes and the
+    states that moved (`label` is updated in place).
+
+    Candidates of one old class are grouped by their signature; the class's non-candidates keep the
+    old label (their successors did not move, so they still agree). A class made only of
+    candidates keeps its label for its largest group. Every other group gets a fresh label.
+    """
+    keys = _signature_keys(table, label, cand)
+    _, group = np.unique(keys, return_inverse=True)
+    group = group.reshape(-1).astype(np.int64)
+    group = _verify_split(group, cand, lambda rows: np.column_stack([label[rows], label[table[rows]]]))
+    num_groups = int(group.max()) + 1
+    old = np.zeros(num_groups, dtype=np.int64)
+    old[group] = label[cand]
+    size = np.bincount(group, minlength=num_groups)
+    num_labels = len(sizes)
+    cand_per_label = np.bincount(label[cand], minlength=num_labels)
+    only_candidates = sizes[old] == cand_per_label[old]
+    # per old label, the largest group (ties: the lowest group id) keeps the label
+    order = np.lexsort((np.arange(num_groups), -size, old))
+    first_of_label = np.ones(num_groups, dtype=bool)
+    first_of_label[1:] = old[order][1:] != old[order][:-1]
+    keeps = np.zeros(num_groups, dtype=bool)
+    keeps[order[first_of_label]] = True
+    keeps &= only_candidates
+    fresh = np.full(num_groups, -1, dtype=np.int64)
+    movers = np.flatnonzero(~keeps)
+    fresh[movers] = num_labels + np.arange(len(movers))
+    moved = ~keeps[group]
+    label[cand[moved]] = fresh[group[moved]]
+    sizes = np.concatenate(
+        [
+            sizes - np.bincount(old[movers], weights=size[movers], minlength=num_labels).astype(np.int64),
+            size[movers],
+        ]
+    )
+    return label, sizes, cand[moved]
+
+
+def _verify_split(
+    group: np.ndarray, rows: np.ndarray, signature: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Check that members of each hash group have equal signatures; split exactly if not (a 64-bit
+    collision: astronomically rare, but a wrong merge would be a wrong mask)."""
+    num_groups = int(group.max()) + 1 if len(group) else 0
+    rep_pos = np.full(num_groups, -1, dtype=np.int64)
+    rep_pos[group[::-1]] = np.arange(len(group))[::-1]  # first member of each group
+    bad = np.zeros(len(group), dtype=bool)
+    for lo in range(0, len(rows), _CHUNK):
+        mine = signature(rows[lo : lo + _CHUNK])
+        theirs = signature(rows[rep_pos[group[lo : lo + _CHUNK]]])
+        bad[lo : lo + _CHUNK] = (mine != theirs).reshape(len(mine), -1).any(axis=1)
+    if not bad.any():
+        return group
+    # exact grouping by the full signature (rows are small for the states involved)
+    sig = signature(rows)
+    _, exact = np.unique(np.column_stack([group, sig.reshape(len(rows), -1)]), axis=0, return_inverse=True)
+    return exact.reshape(-1).astype(np.int64)
+
+
+def _predecessors(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR of predecessors: `preds[ptr[t]:ptr[t+1]]` are the states with a transition into t."""
+    n = table.shape[0]
+    srcs: list[np.ndarray] = []
+    dsts: list[np.ndarray] = []
+    for lo in range(0, n, _CHUNK):
+        part = table[lo : lo + _CHUNK]
+        s, k = np.nonzero(part >= 0)
+        srcs.append((s + lo).astype(np.int32))
+        dsts.append(part[s, k])
+    src = np.concatenate(srcs) if srcs else np.zeros(0, np.int32)
+    dst = np.concatenate(dsts) if dsts else np.zeros(0, np.int32)
+    check_memory(12 * len(src), "the automaton's predecessor lists")
+    order = np.argsort(dst, kind="stable")  # nearly sorted for tiled automata: timsort runs
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(dst, minlength=n), out=ptr[1:])
+    return ptr, src[order]

@@ -1,0 +1,360 @@
+"""Large automata without a subset construction: counted repetition, concatenation, alternation
+and sets of literals assembled directly as numpy tables.
+
+The subset construction (`automaton.determinize`) does Python work per DFA state: fine for the
+few thousand states of a typical schema, far too slow for `[a-z]{40000}` (40k states), `.{100000}`
+(900k: UTF-8 needs intermediate states) or a string with `maxLength: 100000` (1.5M). These shapes
+are deterministic by construction, so their DFAs can be written down instead of discovered:
+
+* `X{lo,hi}` where X is *prefix-free* (no accepted string extends another: a character, a quoted
+  string, an escape): `hi` copies of X's table, copy k's accepting transitions leading to copy
+  k+1's start, copy starts from `lo` on accepting. One vectorized tile, O(hi * |X|).
+* `A B ...` when, at every accepting state of a part, the bytes that continue the part and the bytes
+  that start the next part are disjoint: the parts' tables stacked, each part's accepting states
+  given the next part's start transitions.
+* `A | B | ...` when the options' first bytes are disjoint: the tables stacked under a new start
+  state holding the union of their first transitions.
+* a set of literal strings (a long `enum`): a byte trie, built from the sorted strings.
+
+Each function returns None when its precondition fails; the caller falls back to the subset
+construction (bounded by the time budget). Results are trimmed (every state can still reach an
+accepting state) but may keep a few unreachable states (a part's old start state); that costs a
+row, never correctness. Tables are checked against the state and memory budgets before they are
+allocated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .automaton import (
+    DFA,
+    MINIMIZE_AUTO_LIMIT,
+    NFA,
+    build_nfa,
+    compact_classes,
+    determinize,
+    minimize,
+    utf8_leaf,
+)
+from .limits import check_memory, check_states, check_time
+from .regex_ast import Alt, Automaton, Chars, Concat, Node, Repeat, concat, size
+
+
+def _table_bytes(states: int, classes: int) -> int:
+    return 4 * states * max(classes, 1)
+
+
+def joint_classes(dfas: Sequence[DFA]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A byte partition refining every DFA's classes, and per DFA the old class of each new one.
+
+    The largest DFA's column is sorted first, so when the others do not split its classes its map
+    is the identity and its table needs no copy (see `_columns`)."""
+    big = max(range(len(dfas)), key=lambda i: dfas[i].num_states)
+    order = [big] + [i for i in range(len(dfas)) if i != big]
+    pairs = np.stack([dfas[i].symbol_class for i in order], axis=1)
+    uniq, symbol_class = np.unique(pairs, axis=0, return_inverse=True)
+    maps: list[np.ndarray] = [np.empty(0)] * len(dfas)
+    for col, i in enumerate(order):
+        maps[i] = uniq[:, col].astype(np.intp)
+    return symbol_class.reshape(-1).astype(np.int32), maps
+
+
+def _columns(table: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """`table[:, cols]`, without copying when `cols` is the identity (a large part's table)."""
+    if len(cols) == table.shape[1] and bool((cols == np.arange(len(cols))).all()):
+        return table
+    return table[:, cols]
+
+
+def is_prefix_free(dfa: DFA) -> bool:
+    """No accepted string is a proper prefix of another: accepting states have no transitions
+    (and so the empty string is not accepted unless it is all there is)."""
+    if dfa.num_states == 0:
+        return False
+    acc = np.flatnonzero(dfa.accepting)
+    return not bool((dfa.transitions[acc] >= 0).any()) and not bool(dfa.accepting[dfa.initial])
+
+
+def _fresh_initial(dfa: DFA) -> DFA:
+    """The same language with a start state that no transition enters (copied from the old one)."""
+    if not bool((dfa.transitions == dfa.initial).any()):
+        return dfa
+    table = np.vstack([dfa.transitions, dfa.transitions[dfa.initial : dfa.initial + 1]])
+    accepting = np.append(dfa.accepting, dfa.accepting[dfa.initial])
+    return DFA(dfa.num_states, accepting, table, dfa.symbol_class)
+
+
+def optional_dfa(x: DFA) -> DFA:
+    """`X?`: X with a start state that also accepts."""
+    x = _fresh_initial(x)
+    accepting = x.accepting.copy()
+    accepting[x.initial] = True
+    return DFA(x.initial, accepting, x.transitions, x.symbol_class)
+
+
+def repeat_dfa(x: DFA, lo: int, hi: int | None, max_states: int | None = None) -> DFA | None:
+    """`X{lo,hi}` by tiling copies of X (None unless X is prefix-free; see the module docstring)."""
+    if not is_prefix_free(x):
+        return None
+    x = _fresh_initial(x)
+    acc = x.accepting
+    inner = np.flatnonzero(~acc)  # X's states without its (edge-less) accepting ones
+    local = np.full(x.num_states, -1, dtype=np.int64)
+    # the start state becomes local state 0 of each copy
+    order = np.concatenate([[x.initial], inner[inner != x.initial]])
+    local[order] = np.arange(len(order))
+    width = len(order)
+    # relative target per (local state, class): a local id, `width` (= the next copy's start), or -1
+    t = x.transitions[order]
+    rel = np.where(t < 0, -1, np.where(acc[np.maximum(t, 0)], width, local[np.maximum(t, 0)]))
+    copies = hi if hi is not None else lo + 1
+    total = copies * width + (1 if hi is not None else 0)
+    check_states(total, max_states)
+    check_memory(_table_bytes(total, x.num_classes), "the repetition's transition table")
+    check_time()
+    table = np.empty((total, x.num_classes), dtype=np.int32)
+    body = table[: copies * width].reshape(copies, width, x.num_classes)
+    np.add(
+        rel[None, :, :],
+        (np.arange(copies, dtype=np.int64) * width)[:, None, None],
+        out=body,
+        casting="unsafe",
+    )
+    body[:, rel < 0] = -1
+    accepting = np.zeros(total, dtype=bool)
+    if hi is None:
+        last = lo * width  # the looping copy: its accepting transitions return to its own start
+        loop = body[lo]
+        loop[rel == width] = last
+        accepting[last] = True
+    else:
+        table[copies * width :] = -1
+        accepting[np.arange(lo, hi + 1) * width] = True
+    return DFA(0, accepting, table, np.asarray(x.symbol_class, dtype=np.int32))
+
+
+def concat_dfas(parts: Sequence[DFA], max_states: int | None = None) -> DFA | None:
+    """`A B C ...` written down directly when deterministic (see the module docstring), else None."""
+    parts = [p for p in parts if not _is_epsilon(p)]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    if any(p.num_states == 0 for p in parts):
+        return None
+    symbol_class, maps = joint_classes(parts)
+    num_classes = len(maps[0])
+    tables = [_columns(p.transitions, m) for p, m in zip(parts, maps)]
+    # entry[i]: the transitions on entering parts i.. (part i's start, and later parts' entries
+    # while part i may be empty); entry_accepts[i]: whether the suffix from part i may be empty
+    n = len(parts)
+    offsets = np.cumsum([0] + [p.num_states for p in parts])
+    entry: list[np.ndarray] = [np.empty(0)] * (n + 1)
+    entry_accepts = [True] * (n + 1)
+    entry[n] = np.full(num_classes, -1, dtype=np.int64)
+    for i in range(n - 1, -1, -1):
+        p, t = parts[i], tables[i]
+        row = np.where(t[p.initial] >= 0, t[p.initial].astype(np.int64) + offsets[i], -1)
+        if p.accepting[p.initial]:
+            if ((row >= 0) & (entry[i + 1] >= 0)).any():
+                return None
+            row = np.where(row >= 0, row, entry[i + 1])
+            entry_accepts[i] = entry_accepts[i + 1]
+        else:
+            entry_accepts[i] = False
+        entry[i] = row
+    for i in range(n - 1):
+        acc = np.flatnonzero(parts[i].accepting)
+        nxt_live = entry[i + 1] >= 0
+        if (tables[i][acc][:, nxt_live] >= 0).any():
+            return None
+    total = int(offsets[-1])
+    check_states(total, max_states)
+    check_memory(_table_bytes(total, num_classes), "the concatenation's transition table")
+    check_time()
+    table = np.empty((total, num_classes), dtype=np.int32)
+    accepting = np.zeros(total, dtype=bool)
+    for i, (p, t) in enumerate(zip(parts, tables)):
+        block = table[offsets[i] : offsets[i + 1]]
+        np.add(t, offsets[i], out=block, casting="unsafe")
+        block[t < 0] = -1
+        acc = np.flatnonzero(p.accepting)
+        live = np.flatnonzero(entry[i + 1] >= 0)
+        if len(live):
+            block[np.ix_(acc, live)] = entry[i + 1][live]
+        accepting[offsets[i] + acc] = entry_accepts[i + 1]
+        check_time()
+    return DFA(int(parts[0].initial), accepting, table, symbol_class)
+
+
+def union_dfas(options: Sequence[DFA], max_states: int | None = None) -> DFA | None:
+    """`A | B | ...` under a new start state, when the options' first bytes are disjoint; else None."""
+    options = [o for o in options if o.num_states]
+    if len(options) < 2:
+        return options[0] if options else None
+    symbol_class, maps = joint_classes(options)
+    num_classes = len(maps[0])
+    tables = [_columns(o.transitions, m) for o, m in zip(options, maps)]
+    offsets = np.cumsum([1] + [o.num_states for o in options])
+    start = np.full(num_classes, -1, dtype=np.int64)
+    for i, (o, t) in enumerate(zip(options, tables)):
+        row = t[o.initial]
+        live = row >= 0
+        if (live & (start >= 0)).any():
+            return None
+        start[live] = row[live].astype(np.int64) + offsets[i]
+    total = int(offsets[-1])
+    check_states(total, max_states)
+    check_memory(_table_bytes(total, num_classes), "the alternation's transition table")
+    table = np.empty((total, num_classes), dtype=np.int32)
+    accepting = np.zeros(total, dtype=bool)
+    table[0] = start
+    accepting[0] = any(bool(o.accepting[o.initial]) for o in options)
+    for i, (o, t) in enumerate(zip(options, tables)):
+        block = table[offsets[i] : offsets[i + 1]]
+        np.add(t, offsets[i], out=block, casting="unsafe")
+        block[t < 0] = -1
+        accepting[offsets[i] : offsets[i + 1]] = o.accepting
+    return DFA(0, accepting, table, symbol_class)
+
+
+def literal_set_dfa(strings: Sequence[bytes], max_states: int | None = None) -> DFA:
+    """The trie of a set of byte strings (a long enum): one state per distinct prefix.
+
+    Built from the sorted strings: string i shares its first lcp(i-1, i) bytes with the one before,
+    so only the nodes past that are new; each node is created once.
+    """
+    uniq = sorted(set(strings))
+    parents: list[int] = []
+    labels: list[int] = []
+    ends: list[int] = []
+    path = [0]  # node ids along the previous string (path[d] = node after d bytes)
+    prev = b""
+    count = 1
+    for k, s in enumerate(uniq):
+        if k & 4095 == 0:
+            check_time()
+            check_states(count, max_states)
+        limit = min(len(prev), len(s))
+        lcp = 0
+        while lcp < limit and prev[lcp] == s[lcp]:
+            lcp += 1
+        del path[lcp + 1 :]
+        for b in s[lcp:]:
+            parents.append(path[-1])
+            labels.append(b)
+            path.append(count)
+            count += 1
+        ends.append(path[len(s)])
+        prev = s
+    check_states(count, max_states)
+    used = np.unique(np.array(labels, dtype=np.int64)) if labels else np.zeros(0, np.int64)
+    symbol_class = np.zeros(256, dtype=np.int32)  # class 0: bytes no string uses
+    symbol_class[used] = np.arange(1, len(used) + 1)
+    num_classes = len(used) + 1
+    check_memory(_table_bytes(count, num_classes), "the literal set's transition table")
+    table = np.full((count, num_classes), -1, dtype=np.int32)
+    if labels:
+        table[np.array(parents), symbol_class[np.array(labels)]] = np.arange(1, count, dtype=np.int32)
+    accepting = np.zeros(count, dtype=bool)
+    accepting[np.array(ends, dtype=np.int64)] = True
+    return DFA(0, accepting, table, symbol_class)
+
+
+def _is_epsilon(d: DFA) -> bool:
+    return d.num_states == 1 and bool(d.accepting[d.initial]) and not bool((d.transitions >= 0).any())
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiling a syntax tree: small subtrees by subset construction, large ones by the operations above
+
+SMALL_POSITIONS = 4000  # subtrees up to this many positions go through the subset construction
+NFA_BYTES_PER_POSITION = 400  # rough Python memory of the NFA per position (lists, tuples, ints)
+
+
+def large_byte_dfa(node: Node, max_states: int | None = None) -> DFA:
+    """A byte DFA for a syntax tree too large for one subset construction (see the module doc)."""
+    return _build(node, max_states)
+
+
+def _build(node: Node, max_states: int | None) -> DFA:
+    check_time()
+    if size(node) <= SMALL_POSITIONS:
+        return small_byte_dfa(node, max_states)
+    if isinstance(node, Automaton):
+        return node.dfa
+    if isinstance(node, Repeat):
+        x = _build(node.node, max_states)
+        if (node.min, node.max) == (0, 1):
+            return optional_dfa(x)
+        tiled = repeat_dfa(x, node.min, node.max, max_states)
+        if tiled is not None:
+            return tiled
+    elif isinstance(node, Concat):
+        joined = concat_dfas([_build(p, max_states) for p in _runs(node.parts)], max_states)
+        if joined is not None:
+            return joined
+    elif isinstance(node, Alt):
+        strings = _literal_strings(node.options)
+        if strings is not None:
+            return literal_set_dfa(strings, max_states)
+        joined = union_dfas([_build(o, max_states) for o in node.options], max_states)
+        if joined is not None:
+            return joined
+    return small_byte_dfa(node, max_states)
+
+
+def _runs(parts: tuple[Node, ...]) -> list[Node]:
+    """Consecutive small parts grouped into one node each (one subset construction per run)."""
+    out: list[Node] = []
+    run: list[Node] = []
+    run_size = 0
+    for p in parts:
+        n = size(p)
+        if n <= SMALL_POSITIONS and run_size + n <= SMALL_POSITIONS:
+            run.append(p)
+            run_size += n
+            continue
+        if run:
+            out.append(concat(*run))
+        run, run_size = ([p], n) if n <= SMALL_POSITIONS else ([], 0)
+        if n > SMALL_POSITIONS:
+            out.append(p)
+    if run:
+        out.append(concat(*run))
+    return out
+
+
+def _literal_strings(options: tuple[Node, ...]) -> list[bytes] | None:
+    """The UTF-8 strings of an alternation of plain literals, or None if an option is not one."""
+    out = []
+    for o in options:
+        if isinstance(o, Chars):
+            parts: tuple[Node, ...] = (o,)
+        elif isinstance(o, Concat):
+            parts = o.parts
+        else:
+            return None
+        text = []
+        for p in parts:
+            ch = p.charset.single_char() if isinstance(p, Chars) else None
+            if ch is None:
+                return None
+            text.append(ch)
+        out.append("".join(text).encode("utf-8", "surrogatepass"))
+    return out
+
+
+def small_byte_dfa(node: Node, max_states: int | None = None, minimized: bool | None = None) -> DFA:
+    """The subset construction over a Thompson NFA (memory estimated first: it is Python objects)."""
+    check_memory(size(node) * NFA_BYTES_PER_POSITION, "the automaton's NFA")
+    nfa = NFA()
+    start, final = nfa.state(), nfa.state()
+    build_nfa(node, nfa, start, final, utf8_leaf)
+    dfa = determinize(nfa, start, final, 256, max_states)
+    if minimized is None:
+        minimized = dfa.num_states <= MINIMIZE_AUTO_LIMIT
+    return minimize(dfa) if minimized else compact_classes(dfa)
