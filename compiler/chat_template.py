@@ -21,12 +21,14 @@ Both executors use the same rules (this module is pure and imports nothing from 
 
 from __future__ import annotations
 
+import functools
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["FORMATS", "ChatFormat", "ChatTemplateError", "get_chat_format"]
+__all__ = ["FORMATS", "ChatFormat", "ChatTemplateError", "get_chat_format", "render_bounded", "sandboxed_environment"]
 
 
 class ChatTemplateError(ValueError):
@@ -203,21 +205,128 @@ def _end_of_turn(assistant_suffix: str) -> str | None:
 
 
 def _renderer(template: str, bos_token: str, eos_token: str):
+    from jinja2.exceptions import TemplateError
+
+    env = sandboxed_environment()
+    try:
+        compiled = env.from_string(template)
+    except TemplateError as exc:
+        raise ChatTemplateError(f"the chat template does not compile: {exc}") from None
+
+    def render(messages: list[dict[str, str]]) -> str:
+        return render_bounded(compiled, messages=messages, add_generation_prompt=False, bos_token=bos_token,
+                              eos_token=eos_token)
+
+    return render
+
+
+def sandboxed_environment() -> Any:
+    """A Jinja2 environment for chat templates, which come with model folders: data, not code.
+
+    Jinja2's immutable sandbox already refuses unsafe attributes (`''.__class__`), mutation and
+    ranges over 100k; on top of it every operator, call, filter and attribute lookup checks the
+    render's deadline (`template_seconds`), and `*`, `**`, `+`, calls and filters may not build a
+    value over `template_chars` (`'x' * 10**10`, `'x'|center(10**10)`). `raise_exception` (what
+    templates call to reject a conversation) raises `ChatTemplateError`.
+    """
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    from compiler import budgets
+
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**", "+"})
+        deadline = float("inf")
+
+        def tick(self) -> None:
+            if time.monotonic() > self.deadline:
+                raise ChatTemplateError(budgets.over_budget("template_seconds", None, "rendering the chat template"))
+
+        def limit(self, size: int, what: str) -> None:
+            budgets.check("template_chars", size, f"the chat template's {what}", ChatTemplateError)
+
+        def limit_args(self, args: tuple, kwargs: dict, what: str) -> None:
+            for arg in (*args, *kwargs.values()):
+                if isinstance(arg, int) and not isinstance(arg, bool):
+                    self.limit(abs(arg), f"argument of {what}")
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            self.tick()
+            if operator == "*":
+                for seq, times in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
+                        self.limit(len(seq) * max(times, 0), "'*' result")
+            elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+                self.limit(right * abs(left).bit_length() // 8, "'**' result")
+            elif operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+                self.limit(len(left) + len(right), "'+' result")
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+            __self.tick()
+            __self.limit_args(args, kwargs, "a call")
+            return super().call(__context, __obj, *args, **kwargs)
+
+        def call_filter(self, name: str, value: Any, args: Any = None, kwargs: Any = None, *rest: Any,
+                        **options: Any) -> Any:
+            self.tick()
+            self.limit_args(tuple(args or ()), dict(kwargs or {}), f"filter {name}")
+            return super().call_filter(name, value, args, kwargs, *rest, **options)
+
+        def getattr(self, obj: Any, attribute: str) -> Any:
+            self.tick()
+            return super().getattr(obj, attribute)
+
+        def getitem(self, obj: Any, argument: Any) -> Any:
+            self.tick()
+            return super().getitem(obj, argument)
+
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
+    # compiled templates call filters directly, not through `call_filter`: guard each one
+    env.filters = {name: _guarded_filter(env, name, f) for name, f in env.filters.items()}
 
     def raise_exception(message: str) -> None:
         raise ChatTemplateError(f"the template raised: {message}")
 
     env.globals["raise_exception"] = raise_exception
-    compiled = env.from_string(template)
+    return env
 
-    def render(messages: list[dict[str, str]]) -> str:
-        return compiled.render(messages=messages, add_generation_prompt=False, bos_token=bos_token,
-                               eos_token=eos_token)
 
-    return render
+def _guarded_filter(env: Any, name: str, fn: Any) -> Any:
+    """`fn` with the deadline and size checks of `sandboxed_environment` (its arguments after the value)."""
+    skip = 2 if hasattr(fn, "jinja_pass_arg") else 1  # (environment or context,) value, arguments...
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        env.tick()
+        env.limit_args(args[skip:], kwargs, f"filter {name}")
+        return fn(*args, **kwargs)
+
+    return guarded
+
+
+def render_bounded(compiled: Any, **variables: Any) -> str:
+    """Render a template of `sandboxed_environment()` within the template budgets."""
+    from jinja2.exceptions import SecurityError, TemplateError
+
+    from compiler import budgets
+
+    env = compiled.environment
+    env.deadline = time.monotonic() + budgets.value("template_seconds")
+    out: list[str] = []
+    size = 0
+    try:
+        for chunk in compiled.generate(**variables):
+            size += len(chunk)
+            env.limit(size, "output")
+            env.tick()
+            out.append(chunk)
+    except ChatTemplateError:
+        raise
+    except (SecurityError, TemplateError, OverflowError, TypeError, ValueError) as exc:
+        raise ChatTemplateError(f"the chat template failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        env.deadline = float("inf")
+    return "".join(out)
 
 
 def _guess_format(template: str, model_name: str) -> str:

@@ -86,14 +86,17 @@ class Tokenizer:
         return digest.hexdigest()[:16]
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Render chat messages with the model's own template (a sandboxed Jinja2 template)."""
+        """Render chat messages with the model's own template (sandboxed Jinja2, bounded in time and size:
+        `compiler.chat_template.sandboxed_environment`); a bad template is a `ChatTemplateError`."""
         if not self.chat_template:
             raise ValueError("this model's tokenizer has no chat template")
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        from jinja2.exceptions import TemplateError
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        template = env.from_string(self.chat_template)
-        return template.render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token or "", eos_token=self.eos_token or "",
-        )
+        from compiler.chat_template import ChatTemplateError, render_bounded, sandboxed_environment
+
+        try:
+            template = sandboxed_environment().from_string(self.chat_template)
+        except TemplateError as exc:
+            raise ChatTemplateError(f"the model's chat template does not compile: {exc}") from None
+        return render_bounded(template, messages=messages, add_generation_prompt=add_generation_prompt,
+                              bos_token=self.bos_token or "", eos_token=self.eos_token or "")

@@ -132,9 +132,9 @@ def load(path: str | os.PathLike[str], *, backend: Any = None, strict_tokenizer:
     artifact = read_artifact(path, tokenizer_fingerprint=backend.tokenizer_fingerprint(),
                              on_tokenizer_mismatch="error" if strict_tokenizer else "recompile")
     policy = HostPolicy.make(host_functions)
-    if import_source:
+    if import_source:  # the caller trusts the artifact's program: its module, under either name
         module = _import_source(artifact, path)
-        policy = dataclasses.replace(policy, modules=policy.modules | {module.__name__})
+        policy = dataclasses.replace(policy, modules=policy.modules | {module.__name__, _program_module(artifact)})
     locked = _lock_host_functions(artifact, policy, path)
     vocab_size = backend.engine.tokenizer.vocab_size
     if artifact.fsms_stale:
@@ -156,7 +156,7 @@ def _lock_host_functions(artifact: Artifact, policy: Any, path: Path) -> dict[st
     those that name its program without an opt-in lock their function (returned: name -> why)."""
     from executor.graph_host import describe_refusal
 
-    own = _MODULE_NAME.sub("_", Path(str(artifact.manifest.get("source_name") or "")).stem)
+    own = _program_module(artifact)
     locked: dict[str, str] = {}
     for function, node in policy.refused(artifact.module):
         why = describe_refusal(function, node)
@@ -167,6 +167,11 @@ def _lock_host_functions(artifact: Artifact, policy: Any, path: Path) -> dict[st
 
 
 _MODULE_NAME = re.compile(r"[^0-9A-Za-z_]")
+
+
+def _program_module(artifact: Artifact) -> str:
+    """The module name the artifact's program had when it was compiled (from its source file name)."""
+    return _MODULE_NAME.sub("_", Path(str(artifact.manifest.get("source_name") or "")).stem)
 
 
 def _import_source(artifact: Artifact, path: Path) -> Any:
