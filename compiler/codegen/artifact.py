@@ -169,6 +169,8 @@ def read_artifact(
             f"but this model's tokenizer is {tokenizer_fingerprint[:12]}; recompile the program for this model"
         )
     fsms = {} if stale else _load_fsms(manifest, checked, where)
+    if not stale:
+        _check_table_references(module, fsms, where)
     source = checked.get("source.py", b"").decode("utf-8", "replace")
     return Artifact(manifest=manifest, module=module, fsms=fsms, source=source, fsms_stale=stale)
 
@@ -244,6 +246,8 @@ def _check_manifest(manifest: object, where: str) -> None:
             raise ArtifactError(f"{where}: manifest field {key!r} is missing or not a list of names")
         if len(set(names)) != len(names):
             raise ArtifactError(f"{where}: manifest field {key!r} names something twice")
+    if not manifest["functions"]:
+        raise ArtifactError(f"{where}: the manifest lists no functions")
     for key in ("tokenizer_fingerprint", "source_name", "sgc_version"):
         if manifest.get(key) is not None and not isinstance(manifest[key], str):
             raise ArtifactError(f"{where}: manifest field {key!r} is not a string")
@@ -283,6 +287,16 @@ def _load_fsms(manifest: dict, members: dict[str, bytes], where: str) -> dict[st
         except Exception as exc:  # any malformed table is the artifact's fault, reported as such
             raise ArtifactError(f"{where}: constraint table {ident} is malformed ({exc})") from None
     return fsms
+
+
+def _check_table_references(module: Module, fsms: dict[str, TokenFSM], where: str) -> None:
+    """Every constrained gen must find the table it names (a dropped table is tampering, not a cache miss)."""
+    for graph in module:
+        for node in graph.nodes():
+            ident = getattr(node.op, "fsm", None)
+            if ident is not None and ident not in fsms:
+                raise ArtifactError(f"{where}: @{graph.name}: %{node.id} ({node.op.opname}) names constraint table "
+                                    f"{ident}, which the artifact does not hold")
 
 
 def _read_npz(data: bytes, what: str) -> dict[str, np.ndarray]:
