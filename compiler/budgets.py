@@ -59,7 +59,8 @@ BUDGETS: dict[str, Budget] = {b.name: b for b in (
     # chat templates (they come with model folders)
     Budget("template_seconds", 2.0, "seconds", "time to render a chat template once"),
     Budget("template_chars", 4 * _MIB, "characters", "size of a chat template's output or of a value it builds"),
-    # programs
+    # programs and their inputs
+    Budget("args_line_bytes", 16 * _MIB, "bytes", "one line of `sgc run --args` (a longer one is that row's error)"),
     Budget("host_value_chars", 16 * _MIB, "characters", "size of a value a host step may build (str * n, padding)"),
     Budget("program_depth", 200, "levels", "depth of nested @function calls while tracing a program"),
 )}

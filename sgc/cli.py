@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from compiler import budgets
+
 DESCRIPTION = """\
 sgc compiles and runs structured LLM programs on its own LLM runtime.
 
@@ -261,9 +263,6 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_run)
 
 
-MAX_ARGS_LINE_BYTES = 16 << 20  # one line of `sgc run --args` (a longer one is that row's error)
-
-
 class _Row:
     """One non-blank line of the --args file: its arguments, or why it cannot run."""
 
@@ -285,8 +284,8 @@ def _read_rows(value: str) -> list[_Row]:
         for number, raw in enumerate(_lines(f), 1):
             where = f"{value}:{number}"
             if raw is None:
-                rows.append(_Row(len(rows), where, error=f"{where}: bad arguments line: over "
-                                                         f"{MAX_ARGS_LINE_BYTES} bytes"))
+                rows.append(_Row(len(rows), where, error=f"{where}: bad arguments line: " + budgets.over_budget(
+                    "args_line_bytes", None, "the line")))
                 continue
             if not raw.strip():
                 continue
@@ -310,12 +309,13 @@ def _read_rows(value: str) -> list[_Row]:
 
 
 def _lines(f) -> Iterator[bytes | None]:
-    """The lines of a binary file; None for a line over MAX_ARGS_LINE_BYTES (read past, never kept)."""
+    """The lines of a binary file; None for a line over the args_line_bytes budget (read past, never kept)."""
+    limit = int(budgets.value("args_line_bytes"))
     while True:
-        line = f.readline(MAX_ARGS_LINE_BYTES + 1)
+        line = f.readline(limit + 1)
         if not line:
             return
-        if len(line) > MAX_ARGS_LINE_BYTES:
+        if len(line) > limit:
             while line and not line.endswith(b"\n"):
                 line = f.readline(1 << 20)
             yield None

@@ -377,9 +377,7 @@ def test_verbose_shows_the_traceback(tmp_path, capsys) -> None:
 
 
 def test_run_reports_failed_rows_and_exits_non_zero(tmp_path, tiny_model_dirs, capsys, monkeypatch) -> None:
-    import sgc.cli
-
-    monkeypatch.setattr(sgc.cli, "MAX_ARGS_LINE_BYTES", 5000)
+    monkeypatch.setenv("SGC_MAX_ARGS_LINE_BYTES", "5000")
     program = _write(tmp_path, GOOD + "    if q == 'boom':\n        raise ValueError('boom row')\n")
     rows = _write(tmp_path, "\n".join([
         json.dumps({"q": "hi"}),             # 0: runs
@@ -404,7 +402,7 @@ def test_run_reports_failed_rows_and_exits_non_zero(tmp_path, tiny_model_dirs, c
     assert "bad arguments line" in results[1]["error"]
     assert "unknown argument 'zz'" in results[2]["error"]
     assert "not a JSON object" in results[3]["error"]
-    assert "over 5000 bytes" in results[4]["error"]
+    assert "args_line_bytes budget of 5000 bytes" in results[4]["error"]
     assert "nested too deeply" in results[5]["error"]
     assert "boom row" in results[6]["error"]
     summary = capsys.readouterr().err.strip().splitlines()[-1]
