@@ -732,11 +732,10 @@ class Engine:
 
     def _serve_once(self) -> bool:
         """Take new requests, run one step, publish its results; False once shut down."""
-        if self._broken is not None:  # no runtime to run on: refuse, and try to rebuild it again
-            if not self._take_inbox(self._drain_inbox(block=True)):
-                return False
-            self._recover(self._broken)
-            return True
+        if self._broken is not None:  # no runtime: try again to build one when requests come
+            items = self._drain_inbox(block=True)
+            self._rebuild_runtime()
+            return self._take_inbox(items)  # refuses them if it is still broken
         if not self._take_inbox(self._drain_inbox(block=not self.scheduler.has_work())):
             return False
         if self._step_holds:
@@ -764,12 +763,15 @@ class Engine:
     def _recover(self, exc: BaseException) -> None:
         """After an error no request can be blamed for: fail every request in flight, start clean."""
         self._fail_all(exc)
+        self._rebuild_runtime()
+
+    def _rebuild_runtime(self) -> None:
         try:
             self._build_runtime(self._dtype)
             self._broken = None
-        except Exception as rebuild_exc:  # keep the thread alive; requests are refused until it works
+        except Exception as exc:  # keep the thread alive; requests are refused until a rebuild works
             logger.exception("rebuilding the runtime failed")
-            self._broken = rebuild_exc
+            self._broken = exc
 
     def _count_finished(self, req: Request) -> None:
         totals = self._token_totals

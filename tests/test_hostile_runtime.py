@@ -403,6 +403,25 @@ def test_forward_failure_fails_the_batch_and_the_engine_keeps_serving(tiny_model
         assert_kv_clean(engine)
 
 
+def test_engine_thread_survives_a_failed_rebuild(tiny_model_dirs, monkeypatch):
+    """If even the rebuild after a failed step raises, requests are refused (never hang) until a
+    rebuild works again."""
+    with bounded(seconds=20, mem_mb=400), Engine(model_path=str(tiny_model_dirs["llama"]), device="cpu") as engine:
+        def no_memory(dtype):
+            raise MemoryError("no memory for the KV pool")
+
+        monkeypatch.setattr(engine.runner, "forward", lambda batch: (_ for _ in ()).throw(RuntimeError("gpu fell off")))
+        monkeypatch.setattr(engine, "_build_runtime", no_memory)
+        with pytest.raises(EngineError, match="gpu fell off"):
+            engine.generate("first", GOOD)
+        with pytest.raises(EngineError, match="could not be rebuilt.*no memory"):
+            engine.generate("second", GOOD)
+        monkeypatch.delattr(engine, "_build_runtime")  # back to the class's (a fresh runner, too)
+        assert engine.generate("third", GOOD)["meta_info"]["completion_tokens"] == 10
+        assert engine._thread.is_alive()
+        assert_kv_clean(engine)
+
+
 def test_tampered_constraint_tables_are_refused_on_entry(tiny):
     fsm = tiny.constraints.get(REGEX, None)
     if not hasattr(TokenFSM, "check"):
