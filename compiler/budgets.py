@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["BUDGETS", "Budget", "BudgetExceeded", "budget_overrides", "check", "nesting_depth", "over_budget",
+__all__ = ["BUDGETS", "Budget", "BudgetExceeded", "budget_overrides", "check", "markdown_table", "nesting_depth", "over_budget", "scan_structure",
            "set_budget", "value"]
 
 
@@ -46,9 +46,10 @@ BUDGETS: dict[str, Budget] = {b.name: b for b in (
     Budget("artifact_total_bytes", 512 * _MIB, "bytes", "decompressed size of all artifact members together"),
     Budget("manifest_depth", 32, "levels", "nesting depth of an artifact's manifest.json"),
     # the graph IR (artifacts and IR text)
-    Budget("ir_nodes", 200_000, "nodes", "nodes in one IR module"),
-    Budget("ir_depth", 64, "levels", "nesting depth of regions (switch arms) in the IR"),
-    Budget("ir_text_bytes", 64 * _MIB, "bytes", "size of IR text given to the reader"),
+    Budget("ir_nodes", 100_000, "nodes", "nodes in one IR module"),
+    Budget("ir_depth", 64, "levels", "nesting depth of regions (switch arms) and values in the IR"),
+    Budget("ir_text_bytes", 16 * _MIB, "bytes", "size of IR text given to the reader"),
+    Budget("ir_separators", 1_000_000, "separators", "`,` `:` `=` and brackets in IR text (its parse cost)"),
     # constraints (regex, JSON schema, choices)
     Budget("constraint_seconds", 20.0, "seconds", "time to compile one regex or JSON schema constraint"),
     Budget("constraint_states", 4_000_000, "states", "automaton states of one compiled constraint"),
@@ -147,12 +148,22 @@ _STRING_LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')
 _LINE_COMMENT = re.compile(r"(?://|#)[^\n]*")
 
 
-def nesting_depth(text: str, *, comments: bool = False) -> tuple[int, int]:
-    """The deepest `[`/`{` nesting in JSON-like `text` and the 1-based line where it is reached.
+@dataclass(frozen=True)
+class TextShape:
+    """What `scan_structure` measures of JSON-like text: its deepest `[`/`{` nesting, the 1-based
+    line where that is reached, and how many separators (`,` `:` `=` and brackets) it has: a cheap
+    proxy for the number of tokens a parser will build."""
+
+    depth: int
+    depth_line: int
+    separators: int
+
+
+def scan_structure(text: str, *, comments: bool = False) -> TextShape:
+    """Measure `text` (see `TextShape`) in linear time, with no recursion and no parser.
 
     Double-quoted string literals (one line each, backslash escapes) are skipped, and with
     `comments` so are `// ...` and `# ...` to the end of the line (the IR's comments and locations).
-    Linear time and no recursion, so it can guard a recursive parser against hostile nesting.
     """
     import numpy as np
 
@@ -160,13 +171,30 @@ def nesting_depth(text: str, *, comments: bool = False) -> tuple[int, int]:
     if comments:
         stripped = _LINE_COMMENT.sub("", stripped)
     data = np.frombuffer(stripped.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-    steps = (np.isin(data, (ord("["), ord("{"))).astype(np.int32)
-             - np.isin(data, (ord("]"), ord("}"))).astype(np.int32))
-    if not len(steps):
-        return 0, 1
-    depth = np.cumsum(steps)
+    opens = np.isin(data, (ord("["), ord("{")))
+    closes = np.isin(data, (ord("]"), ord("}")))
+    separators = int(np.count_nonzero(np.isin(data, (ord(","), ord(":"), ord("=")))))
+    separators += int(np.count_nonzero(opens)) + int(np.count_nonzero(closes))
+    if not len(data):
+        return TextShape(0, 1, 0)
+    depth = np.cumsum(opens.astype(np.int32) - closes.astype(np.int32))
     at = int(np.argmax(depth))
     deepest = int(depth[at])
     if deepest <= 0:
-        return 0, 1
-    return deepest, int(np.count_nonzero(data[:at] == ord("\n"))) + 1
+        return TextShape(0, 1, separators)
+    return TextShape(deepest, int(np.count_nonzero(data[:at] == ord("\n"))) + 1, separators)
+
+
+def nesting_depth(text: str, *, comments: bool = False) -> tuple[int, int]:
+    """The deepest `[`/`{` nesting of `text` and the line where it is reached (see `scan_structure`)."""
+    shape = scan_structure(text, comments=comments)
+    return shape.depth, shape.depth_line
+
+
+def markdown_table() -> str:
+    """Every budget as a markdown table (docs/security.md holds it; a test keeps the two equal)."""
+    rows = ["| budget | default | what it bounds | raise it with |", "|---|---|---|---|"]
+    for budget in BUDGETS.values():
+        rows.append(f"| `{budget.name}` | {_fmt(budget.default, budget.unit)} | {budget.what} | "
+                    f"`{budget.env_var}` |")
+    return "\n".join(rows)

@@ -508,3 +508,10 @@ def tiny_runtime(tiny_model_dirs):
     runtime = sgc.Runtime(model_path=str(tiny_model_dirs["llama"]), device="cpu")
     yield runtime
     runtime.shutdown()
+
+
+def test_ir_with_too_many_separators_is_refused_before_parsing():
+    """A megabyte of `1,1,1,...` in one attribute would cost lark seconds and hundreds of MB."""
+    text = 'func @main {\n  %0 = state_new meta={"x": [' + ",".join(["1"] * 1_500_000) + ']}\n  %1 = output %0\n}\n'
+    with bounded(seconds=5, mem_mb=150), pytest.raises(IRParseError, match="ir_separators"):
+        parse_module(text)

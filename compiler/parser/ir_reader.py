@@ -108,9 +108,11 @@ class _Reader:
         nodes = len(_NODE_START.findall(self.text))
         if nodes > budgets.value("ir_nodes"):
             raise IRParseError(budgets.over_budget("ir_nodes", nodes, "the IR text"))
-        depth, line = budgets.nesting_depth(self.text, comments=True)
-        if depth > budgets.value("ir_depth"):
-            raise IRParseError(budgets.over_budget("ir_depth", depth, f"the IR's nesting at line {line}"))
+        shape = budgets.scan_structure(self.text, comments=True)
+        if shape.depth > budgets.value("ir_depth"):
+            raise IRParseError(budgets.over_budget("ir_depth", shape.depth, f"the IR's nesting at line {shape.depth_line}"))
+        if shape.separators > budgets.value("ir_separators"):
+            raise IRParseError(budgets.over_budget("ir_separators", shape.separators, "the IR text"))
 
     def graphs(self) -> list[Graph]:
         self.check_budgets()
