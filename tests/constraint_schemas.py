@@ -269,28 +269,26 @@ SMOLLM2_EOS = 2  # <|im_end|>
 
 
 def distance_to_accept(fsm) -> np.ndarray:
-    """Bytes needed from each DFA state to reach an accepting state (BFS on reversed edges)."""
+    """Bytes needed from each DFA state to reach an accepting state (BFS on reversed edges, one
+    numpy step per distance)."""
     dfa = fsm.dfa
     n = dfa.num_states
     dist = np.full(n, -1, dtype=np.int64)
-    frontier = list(np.flatnonzero(dfa.accepting))
+    src, cls = np.nonzero(dfa.transitions >= 0)
+    dst = dfa.transitions[src, cls]
+    order = np.argsort(dst, kind="stable")
+    src, dst = src[order], dst[order]
+    ptr = np.searchsorted(dst, np.arange(n + 1))
+    frontier = np.flatnonzero(dfa.accepting)
     dist[frontier] = 0
-    table = dfa.transitions
-    preds: list[list[int]] = [[] for _ in range(n)]
-    for s, row in enumerate(table.tolist()):
-        for t in set(row):
-            if t >= 0:
-                preds[t].append(s)
     d = 0
-    while frontier:
+    while len(frontier):
         d += 1
-        nxt = []
-        for q in frontier:
-            for p in preds[q]:
-                if dist[p] < 0:
-                    dist[p] = d
-                    nxt.append(p)
-        frontier = nxt
+        counts = ptr[frontier + 1] - ptr[frontier]
+        idx = np.repeat(ptr[frontier] - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+        preds = np.unique(src[idx])
+        frontier = preds[dist[preds] < 0]
+        dist[frontier] = d
     return dist
 
 

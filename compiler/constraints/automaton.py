@@ -226,6 +226,8 @@ def determinize(
         seen = {s}
         stack = [s]
         while stack:
+            if len(seen) & 4095 == 0:
+                check_time()
             q = stack.pop()
             for t in eps[q]:
                 if t not in seen:
@@ -243,8 +245,7 @@ def determinize(
     while i < len(keys):
         key = keys[i]
         i += 1
-        if i & 255 == 0:
-            check_time()
+        check_time()  # every state: one state's subset can hold thousands of NFA states
         by_mask: dict[int, set[int]] = {}
         for q in key:
             for m, t in edges[q]:
