@@ -515,3 +515,25 @@ def test_ir_with_too_many_separators_is_refused_before_parsing():
     text = 'func @main {\n  %0 = state_new meta={"x": [' + ",".join(["1"] * 1_500_000) + ']}\n  %1 = output %0\n}\n'
     with bounded(seconds=5, mem_mb=150), pytest.raises(IRParseError, match="ir_separators"):
         parse_module(text)
+
+
+def _stale_artifact(tmp_path, regex: str) -> Path:
+    program = PROGRAM.replace('regex="(19|20)[0-9][0-9]"', f"regex={json.dumps(regex)}")
+    return write_artifact(tmp_path / "stale.sgc", parse_module(program), {}, source_name="prog.py",
+                          tokenizer_fingerprint="0" * 16)
+
+
+def test_a_stale_artifact_recompiles_its_constraints_within_budget(tiny_runtime, tmp_path):
+    """`.{5000}` for another tokenizer used to cost 14 s and 2.1 GB to recompile on load."""
+    import sgc
+
+    with bounded(seconds=15, mem_mb=400):
+        program = sgc.load(_stale_artifact(tmp_path, ".{5000}"), backend=tiny_runtime)
+    assert len(program.compiled.fsms) == 1
+
+
+def test_a_stale_artifact_whose_constraint_is_over_budget_fails_to_load(tiny_runtime, tmp_path):
+    import sgc
+
+    with bounded(seconds=10, mem_mb=300), pytest.raises(ArtifactError, match="recompiling.*constraint_positions"):
+        sgc.load(_stale_artifact(tmp_path, "[a-z]{99999999}"), backend=tiny_runtime)
