@@ -256,8 +256,11 @@ class ProgramState(StateBase):
         return ForkGroup(self, [self._fork_copy() for _ in range(size)])
 
     def copy(self, position_ids_offset: Any = None) -> ProgramState:
-        """A single fork of this state (SGLang's `copy`)."""
-        return self.fork(1)[0]
+        """A single fork of this state; `with s.copy() as c:` joins it back at the end (SGLang's form)."""
+        group = self.fork(1)
+        branch = group[0]
+        branch._copy_group = group
+        return branch
 
     def _fork_copy(self) -> ProgramState:
         child = ProgramState(self._ctx)

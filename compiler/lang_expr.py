@@ -120,6 +120,7 @@ def gen(
     n: int | None = None,
     stop: str | Sequence[str] | None = None,
     stop_token_ids: Sequence[int] | None = None,
+    stop_regex: str | Sequence[str] | None = None,
     temperature: float | None = None,
     top_p: float | None = None,
     top_k: int | None = None,
@@ -139,6 +140,9 @@ def gen(
     ebnf: str | None = None,
 ) -> GenExpr | SelectExpr:
     """Generate text into variable `name` (SGLang's `gen`). With `choices` it is a `select`."""
+    if stop_regex is not None:
+        raise CompileError.here("gen(stop_regex=...) is not supported by sgc: stop on strings (stop=[...]) "
+                                "or constrain the whole output with regex=")
     if choices is not None:
         return select(name, choices, 0.0 if temperature is None else temperature, choices_method)
     if n not in (None, 1):

@@ -160,7 +160,7 @@ class Function:
         from compiler.interpreter import run_batch
         from compiler.lang_sampling import RunDefaults
 
-        values = [self.bind_call((), dict(kw)) for kw in batch_kwargs]
+        values = [self.bind_call((), self._batch_row(row, i)) for i, row in enumerate(batch_kwargs)]
         defaults = RunDefaults.make(
             max_new_tokens=max_new_tokens, stop=stop, stop_token_ids=stop_token_ids, temperature=temperature,
             top_p=top_p, top_k=top_k, min_p=min_p, frequency_penalty=frequency_penalty,
@@ -175,11 +175,37 @@ class Function:
         return run_batch(self, values, defaults, backend=backend, num_threads=num_threads,
                          progress_bar=progress_bar, generator_style=generator_style)
 
-    def compile(self, bind: dict[str, Any] | None = None, strict: bool = False) -> Any:
-        """Trace into IR: `(Module, [GraphBreak])` (see `compiler.parser.tracer.compile_function`)."""
+    def _batch_row(self, row: Any, index: int) -> dict[str, Any]:
+        """One row of `run_batch`: a dict of arguments, or (as SGLang allows) a list/tuple of them in order."""
+        if isinstance(row, dict):
+            return dict(row)
+        if isinstance(row, (list, tuple)):
+            if len(row) > len(self.arg_names):
+                raise CompileError.here(f"{self.name}.run_batch: row {index} has {len(row)} values but the "
+                                        f"function takes {len(self.arg_names)} ({', '.join(self.arg_names)})")
+            return dict(zip(self.arg_names, row))
+        raise CompileError.here(f"{self.name}.run_batch: row {index} must be a dict of arguments or a list "
+                                f"of their values, got {type(row).__name__}")
+
+    def compile(self, bind: dict[str, Any] | None = None, strict: bool = False, *, backend: Any = None) -> Any:
+        """Trace into IR: `(Module, [GraphBreak])` (see `compiler.parser.tracer.compile_function`).
+
+        `backend` is accepted for SGLang compatibility; compiling does not need one.
+        """
         from compiler.parser.tracer import compile_function
 
         return compile_function(self, bind=bind, strict=strict)
+
+    def trace(self, *, backend: Any = None, **kwargs: Any) -> Any:
+        """SGLang's `trace`: here the program's IR `Module`, with `kwargs` bound (see `compile`)."""
+        module, _ = self.compile(bind=kwargs)
+        return module
+
+    def cache(self, backend: Any = None) -> None:
+        """SGLang's `cache` (prefill the program's constant prefix): accepted, nothing to do. The
+        runtime's radix cache keeps every prefix a run computed, and compiled graphs prefill the
+        prefixes their branches share themselves."""
+        return None
 
     def explain(self, bind: dict[str, Any] | None = None) -> str:
         """Every graph break of this function, one `file:line: reason` per line."""

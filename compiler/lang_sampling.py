@@ -256,8 +256,11 @@ def choices_method(method: ChoicesMethod | str | None) -> ChoicesMethod:
     """A method object from itself, its name, or None (the default)."""
     if method is None:
         return token_length_normalized
-    if isinstance(method, ChoicesMethod):
-        return CHOICES_METHODS.get(method.name, method)
+    if isinstance(method, ChoicesMethod) and method.name in CHOICES_METHODS:
+        return CHOICES_METHODS[method.name]
     if isinstance(method, str) and method in CHOICES_METHODS:
         return CHOICES_METHODS[method]
+    if isinstance(method, ChoicesMethod) or callable(method):
+        raise ValueError(f"custom choices_method {method!r} is not supported (a compiled select names its "
+                         f"method): use one of {', '.join(CHOICES_METHODS)}")
     raise ValueError(f"unknown choices_method {method!r}; expected one of {', '.join(CHOICES_METHODS)}")

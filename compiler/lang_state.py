@@ -29,6 +29,8 @@ class StateBase:
 
     def _exec(self, item: Any) -> None:
         """`s += item`: text, expressions, lists of them; anything else appends `str(item)` (as SGLang)."""
+        if item is None:
+            raise CompileError.here("cannot append None to a state (as in SGLang: did a helper forget to return?)")
         if isinstance(item, str):
             self._append_text(item)
         elif isinstance(item, ExprList):
@@ -92,6 +94,35 @@ class StateBase:
     def assistant(self, expr: Any = None) -> Any:
         return self._role_common("assistant", expr)
 
+    # -- SGLang's `state[name] = value` and `with s.copy() as c:` -------------------------------------
+    def set_var(self, name: str, value: Any) -> None:
+        raise NotImplementedError
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        """`s["x"] = value` is `s.set_var("x", value)`, as in SGLang."""
+        self.set_var(name, value)
+
+    _copy_group: Any = None  # the one-branch fork group of a state made by `copy()`
+
+    def __enter__(self) -> Any:
+        """`with s.copy() as c:` (SGLang's form): `c` is a one-branch fork of `s`..."""
+        if self._copy_group is None:
+            raise CompileError.here("only a state made by s.copy() can be used in a with statement")
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        """... that is joined back into `s` (gathering its variables) when the block ends."""
+        if exc_type is None:
+            self._copy_group.join()
+
+    def text_iter(self, var_name: str | None = None) -> Iterator[str]:
+        raise NotImplementedError
+
+    async def text_async_iter(self, var_name: str | None = None, return_meta_data: bool = False) -> Any:
+        """`text_iter` for asyncio code (SGLang's): each piece is awaited on a worker thread."""
+        async for piece in async_pieces(self, var_name, return_meta_data):
+            yield piece
+
     def _check_role_owner(self, what: str) -> None:
         """A gen added to this state inside `with other.user():` of another state is an error."""
         stack = _ACTIVE_ROLES.stack
@@ -105,6 +136,23 @@ class StateBase:
             )
 
 
+async def async_pieces(state: Any, var_name: str | None, return_meta_data: bool) -> Any:
+    """The pieces of `state.text_iter(var_name)`, without blocking the event loop (any state kind)."""
+    if return_meta_data:
+        raise NotImplementedError("text_async_iter(return_meta_data=True) is not supported by sgc: "
+                                  "read state.get_meta_info(name) once the run is done")
+    import asyncio
+
+    pieces = state.text_iter(var_name)
+    loop = asyncio.get_running_loop()
+    done = object()
+    while True:
+        piece = await loop.run_in_executor(None, next, pieces, done)
+        if piece is done:
+            return
+        yield piece
+
+
 class BranchGroupBase:
     """What the eager and the traced fork groups share: SGLang's sequence protocol and `forks += x`.
 
@@ -112,6 +160,17 @@ class BranchGroupBase:
     """
 
     _branches: list
+    _parent: Any
+
+    @property
+    def states(self) -> list:
+        """The branch states (SGLang's `ProgramStateGroup.states`)."""
+        return list(self._branches)
+
+    @property
+    def src_state(self) -> Any:
+        """The state that was forked (SGLang's `ProgramStateGroup.src_state`)."""
+        return self._parent
 
     def __len__(self) -> int:
         return len(self._branches)

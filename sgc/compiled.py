@@ -2,7 +2,7 @@
 
 `CompiledProgram` holds one optimized module, its token FSMs and a `GraphExecutor` on an engine;
 `CompiledState` gives an executor result the eager interpreter's state API (`text()`, `messages()`,
-`state[name]`, `get_meta_info`, `error()`, `text_iter`, `snapshot()`), so `Function.run` returns
+`state[name]`, `set_var`, `get_meta_info`, `error()`, `text_iter`, `snapshot()`), so `Function.run` returns
 the same kind of object whether it ran compiled or eagerly. The executor is imported lazily.
 """
 
@@ -53,6 +53,13 @@ class CompiledState:
     def get_var(self, name: str) -> Any:
         return self[name]
 
+    def set_var(self, name: str, value: Any) -> None:
+        """Bind a variable on the finished state (as SGLang's `state[name] = value` after a run)."""
+        self._state = self._get().with_var(name, value)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.set_var(name, value)
+
     def __contains__(self, name: str) -> bool:
         return name in self._get()
 
@@ -73,6 +80,13 @@ class CompiledState:
             return
         state = self._get()
         yield state.text if var_name is None else str(state.variables.get(var_name, ""))
+
+    async def text_async_iter(self, var_name: str | None = None, return_meta_data: bool = False) -> Any:
+        """`text_iter` for asyncio code (SGLang's)."""
+        from compiler.lang_state import async_pieces
+
+        async for piece in async_pieces(self, var_name, return_meta_data):
+            yield piece
 
     def snapshot(self) -> dict[str, Any]:
         state = self._get()

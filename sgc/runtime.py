@@ -109,6 +109,15 @@ class Runtime:
                                                              progress_bar=progress_bar)
         return iter(states) if generator_style else states
 
+    # -- SGLang's server calls (`sgl.flush_cache()`, `sgl.get_server_info()`) ----------------------
+    def flush_cache(self) -> bool:
+        """Drop the cached prefixes no running request holds; True once done (nothing to do if not started)."""
+        return True if self._engine is None else flush_engine_cache(self._engine)
+
+    def get_server_info(self) -> dict[str, Any]:
+        """What SGLang's server info says that sgc has: the version, the model and the engine's settings."""
+        return server_info(self._engine, self.model_path)
+
     def shutdown(self) -> None:
         with self._lock:
             self._compiled.clear()
@@ -138,3 +147,39 @@ def _freeze(value: Any) -> Any:
         return value
     except TypeError:
         return repr(value)
+
+
+def flush_engine_cache(engine: Any, timeout: float = 30.0) -> bool:
+    """Evict every unlocked prefix from `engine`'s radix cache, on the engine thread, between steps.
+
+    Prefixes that running requests (or pins) hold stay. False when the engine did not get to it in
+    `timeout` seconds.
+    """
+    if getattr(engine, "radix_cache", None) is None:
+        return True
+    done = threading.Event()
+
+    def evict_all(eng: Any) -> None:
+        try:
+            cache = eng.radix_cache
+            if cache is not None:
+                cache.evict(cache.evictable_size())
+        finally:
+            done.set()
+
+    engine._run_on_engine_thread(evict_all)  # between steps, like the engine's own prefix pins
+    return done.wait(timeout)
+
+
+def server_info(engine: Any, model_path: str | None = None) -> dict[str, Any]:
+    """`get_server_info()`: sgc's version, the model, whether the engine runs, and its config."""
+    import dataclasses
+
+    import sgc
+
+    info: dict[str, Any] = {"version": sgc.__version__, "model_path": model_path, "started": engine is not None}
+    config = getattr(engine, "config", None)
+    if config is not None and dataclasses.is_dataclass(config):
+        info.update(dataclasses.asdict(config))
+        info["num_kv_slots"] = getattr(engine, "num_kv_slots", None)
+    return info

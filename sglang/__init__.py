@@ -1,9 +1,12 @@
 """A compatibility shim: `import sglang as sgl` programs run on sgc unchanged.
 
-Installed only where the real SGLang is not. It re-exports sgc's language (the frontend names
-SGLang programs use: `function`, `gen`, `select`, roles, `set_default_backend`, `Runtime`, the choice
-methods); what belongs to SGLang's server world (`RuntimeEndpoint`, `OpenAI`, images) raises a clear
-error instead of half-working.
+Installed only where the real SGLang is not. It offers the whole public frontend of SGLang 0.5.x:
+every name `sglang/__init__.py` exports, `sglang.lang.ir`'s constants and expression classes,
+`sglang.lang.choices`, `sglang.lang.interpreter`'s state classes and `sglang.global_config`. Each
+name either works with SGLang's semantics (sgc's own implementation: the eager interpreter or, on an
+`sgc.Runtime`, the compiler and graph executor) or, for SGLang's server, remote-API and multimodal
+world, raises NotImplementedError with one line saying why and what to use instead.
+`docs/language.md` (section 6) is the table of every name.
 """
 
 from __future__ import annotations
@@ -11,16 +14,25 @@ from __future__ import annotations
 from typing import Any
 
 from compiler.errors import CompileError
-from compiler.lang import (
-    Function,
+from compiler.lang import Function
+from compiler.lang_sampling import (
+    greedy_token_selection,
+    token_length_normalized,
+    unconditional_likelihood_normalized,
+)
+from sglang._refused import REMOTE_API, refused_class
+from sglang.api import (
     assistant,
     assistant_begin,
     assistant_end,
+    flush_cache,
     function,
     gen,
     gen_int,
     gen_string,
     get_default_backend,
+    get_server_info,
+    image,
     select,
     set_default_backend,
     system,
@@ -29,56 +41,32 @@ from compiler.lang import (
     user,
     user_begin,
     user_end,
+    video,
 )
-from compiler.lang_sampling import (
-    greedy_token_selection,
-    token_length_normalized,
-    unconditional_likelihood_normalized,
-)
+from sglang.global_config import global_config
+from sglang.lang.backend.runtime_endpoint import RuntimeEndpoint
+from sglang.version import __version__
 
-__version__ = "0.0.0+sgc"
-
-__all__ = [
-    "CompileError", "Engine", "Function", "OpenAI", "Runtime", "RuntimeEndpoint", "assistant",
-    "assistant_begin", "assistant_end", "function", "gen", "gen_int", "gen_string", "get_default_backend",
-    "greedy_token_selection", "image", "select", "set_default_backend", "system", "system_begin",
-    "system_end", "token_length_normalized", "unconditional_likelihood_normalized", "user", "user_begin",
-    "user_end", "video",
+# What SGLang 0.5.x's `sglang/__init__.py` exports (its `__all__`), then sgc's additions.
+__all__ = [  # noqa: F822 (Engine and Runtime are imported on first use, below)
+    "Engine", "Runtime", "assistant", "assistant_begin", "assistant_end", "flush_cache", "function", "gen",
+    "gen_int", "gen_string", "get_server_info", "image", "select", "set_default_backend", "system",
+    "system_begin", "system_end", "user", "user_begin", "user_end", "video", "RuntimeEndpoint",
+    "greedy_token_selection", "token_length_normalized", "unconditional_likelihood_normalized", "Anthropic",
+    "LiteLLM", "OpenAI", "VertexAI", "global_config", "__version__",
+    "CompileError", "Function", "get_default_backend",
 ]
 
-
-class _Unsupported:
-    """A name from SGLang's server world that sgc does not provide."""
-
-    what = ""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(f"sgl.{type(self).__name__} is not supported by sgc's sglang shim: {self.what}")
-
-
-class RuntimeEndpoint(_Unsupported):
-    what = "sgc runs models in-process; use sgl.Runtime(model_path=...)"
-
-
-class OpenAI(_Unsupported):
-    what = "sgc runs local models only; use sgl.Runtime(model_path=...)"
-
-
-def image(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("sgl.image is not supported by sgc (text-only models)")
-
-
-def video(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("sgl.video is not supported by sgc (text-only models)")
+Anthropic = refused_class("Anthropic", REMOTE_API)
+LiteLLM = refused_class("LiteLLM", REMOTE_API)
+OpenAI = refused_class("OpenAI", REMOTE_API)
+VertexAI = refused_class("VertexAI", REMOTE_API)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Runtime":
-        from sgc.runtime import Runtime
+    """`Runtime` (sgc's `Runtime`) and `Engine` (sgc's `Engine`) are imported on first use."""
+    if name in ("Runtime", "Engine"):
+        import sglang.api
 
-        return Runtime
-    if name == "Engine":
-        from executor.engine import Engine
-
-        return Engine
+        return getattr(sglang.api, name)
     raise AttributeError(f"module 'sglang' (sgc's shim) has no attribute {name!r}")

@@ -139,7 +139,8 @@ class SymState(StateBase):
             self._bind(name, VarInfo("choice", self._ref, domain=tuple(choices)))
 
     def __getitem__(self, name: str) -> Any:
-        self._check_alive()
+        # No liveness check: a joined branch's variables stay readable (SGLang allows
+        # `forks[i]["x"]` after `forks.join()`); the getvar reads the branch's final state.
         name = self._name(name, "variable read")
         info = self._vars.get(name)
         if info is None:
@@ -207,7 +208,10 @@ class SymState(StateBase):
         return SymForkGroup(self, branches)
 
     def copy(self, position_ids_offset: Any = None) -> SymState:
-        return self.fork(1)[0]
+        group = self.fork(1)
+        branch = group[0]
+        branch._copy_group = group
+        return branch
 
     # What only a real run has: the text, the messages, meta info.
     def text(self) -> str:

@@ -1,0 +1,1 @@
+"""`sglang.lang`: the modules of SGLang's frontend that programs import from (see `sglang`)."""

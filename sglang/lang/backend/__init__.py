@@ -1,0 +1,1 @@
+"""`sglang.lang.backend`: SGLang's backends. sgc's is `sgc.Runtime`; the others are refused."""

@@ -1,0 +1,5 @@
+"""`OpenAI`: a remote-API backend, refused by sgc (see `sglang._refused.REMOTE_API`)."""
+
+from sglang import OpenAI
+
+__all__ = ["OpenAI"]
