@@ -220,3 +220,73 @@ def test_run_batch_equals_eager(runtime) -> None:
 def test_opt_level_from_environment(runtime, monkeypatch) -> None:
     monkeypatch.setenv("SGC_OPT_LEVEL", "0")
     assert runtime.compile(select_greedy).module is runtime.compile(select_greedy, opt_level=0).module
+
+
+# -- every program in tests and examples: eager == compiled on the tiny model ------------------------
+
+
+def _every_program() -> list:
+    """(id, function, arguments) of every program the tests and examples define, one instance each:
+    this file's CASES, the tracer's golden programs, the SGLang-surface programs and the benchmark
+    programs (`benchmarks/programs/`, the examples) with their tiny inputs."""
+    import random
+
+    from test_sglang_surface import PROGRAMS as SURFACE
+    from test_tracer import CASES as TRACER_CASES
+    from test_tracer import GOLDEN
+
+    from compiler.parser.tracer import load_program_file
+    from sgc.bench.workloads import WORKLOADS, Size, load_program
+
+    programs = [(f"compiled_programs/{fn.name}-{i}", fn, args, {}) for i, (fn, args) in enumerate(CASES)]
+    for stem, cases in sorted(TRACER_CASES.items()):
+        module = load_program_file(GOLDEN / f"{stem}.py")
+        bind = getattr(module, "BIND", {})
+        for i, (name, args) in enumerate(cases[:3]):
+            fn = getattr(module, name)
+            programs.append((f"golden/{stem}/{name}-{i}", fn.bind(**bind[name]) if name in bind else fn, args, {}))
+    programs += [(f"sglang_surface/{fn.name}", fn, args, {}) for fn, args in SURFACE]
+    for workload in WORKLOADS.values():
+        row = workload.make_inputs(random.Random(0), Size(1, 4, 1, workload.tiny.scale))[0]
+        fn = load_program(workload)
+        if workload.bind:
+            fn = fn.bind(**{k: row[k] for k in workload.bind})
+            row = {k: v for k, v in row.items() if k not in workload.bind}
+        programs.append((f"benchmarks/{workload.program_file}", fn, row, {"ignore_eos": workload.ignore_eos}))
+    return programs
+
+
+EVERY_PROGRAM = _every_program()
+
+
+@pytest.fixture(scope="module")
+def tiny_runtime(tiny_model_dirs):
+    rt = sgc.Runtime(str(tiny_model_dirs["llama"]), device="cpu", max_total_tokens=8192)
+    yield rt
+    rt.shutdown()
+
+
+@pytest.mark.parametrize(("fn", "args", "options"), [p[1:] for p in EVERY_PROGRAM], ids=[p[0] for p in EVERY_PROGRAM])
+def test_every_program_eager_equals_compiled(tiny_runtime, fn, args, options) -> None:
+    """Greedy, few tokens: the eager interpreter and the compiled graph give the same text, messages
+    and variables for every program in the tests and the examples."""
+    run = dict(backend=tiny_runtime, temperature=0, max_new_tokens=4, **options)
+    try:
+        eager = fn.run(**args, eager=True, **run)
+    except Exception as exc:  # the random model can drive a program into an error: both must hit it
+        with pytest.raises(Exception) as compiled_error:
+            fn.run(**args, **run).text()
+        assert _messages(exc)[-1] in " ".join(_messages(compiled_error.value))
+        return
+    compiled = fn.run(**args, **run)
+    assert type(compiled).__name__ == "CompiledState"
+    _same(compiled, eager)
+
+
+def _messages(exc: BaseException | None) -> list[str]:
+    """The messages of an exception and its causes, outermost first."""
+    out = []
+    while exc is not None:
+        out.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return out
