@@ -297,3 +297,31 @@ def test_traced_fork_group_iadd_and_public_names(tokenizer) -> None:
     assert not breaks and "prog: no graph breaks" in sgc.explain(breaks, "prog")
     engine = FakeEngine(tokenizer)
     assert run_graph(module["prog"], {}, engine).text() == prog.run(backend=engine).text()
+
+
+def test_branch_variables_after_join_and_setitem_compile(tokenizer) -> None:
+    """SGLang allows `forks[i]["x"]` after `forks.join()` and `s["k"] = v`: ordinary dataflow (a
+    getvar of the branch's final state, a set_var), with no graph break."""
+    @sgc.function
+    def prog(s):
+        s += "Q:"
+        forks = s.fork(2)
+        forks += lambda i: f" #{i}" + sgc.gen("x", max_tokens=2)
+        forks.join()
+        s["first"] = forks[0]["x"]
+        s += " second:" + forks[1]["x"]
+        with s.copy() as side:
+            side += sgc.gen("y", max_tokens=2)
+
+    module, breaks = sgc.compile_function(prog)
+    assert not breaks
+    graph = module["prog"]
+    joins = [n for n in graph.nodes() if isinstance(n.op, ir.Join)]
+    getvars = [n for n in graph.nodes() if isinstance(n.op, ir.GetVar)]
+    assert len(joins) == 2 and {g.operands[0] for g in getvars} <= set(joins[0].operands[1:])
+    assert any(isinstance(n.op, ir.SetVar) and n.op.name == "first" for n in graph.nodes())
+    engine = FakeEngine(tokenizer)
+    eager, compiled = prog.run(backend=engine), run_graph(graph, {}, engine)
+    assert compiled.text() == eager.text()
+    assert compiled.snapshot()["variables"] == eager.snapshot()["variables"]
+    assert eager["first"] == eager["x"][0] and eager["y"] == [eager["y"][0]]
