@@ -119,9 +119,20 @@ class SchemaOptions:
 
 ANNOTATIONS = frozenset(
     {
-        "title", "description", "default", "examples", "$comment", "$schema", "$id", "deprecated",
+        "title", "description", "default", "examples", "$comment", "$schema", "$id", "id", "deprecated",
         "readOnly", "writeOnly", "$defs", "definitions", "contentMediaType", "contentEncoding",
         "contentSchema", "$anchor", "$vocabulary",
+    }
+)  # fmt: skip
+# Formats some JSON Schema draft defines (and jsonschema's checkers know): a value sgc does not
+# enforce is rejected. Any other `format` value is an annotation (OpenAPI's int32, password, ...).
+KNOWN_FORMATS = frozenset(
+    {
+        "date-time", "date", "time", "duration", "email", "idn-email", "hostname", "idn-hostname",
+        "ipv4", "ipv6", "uri", "uri-reference", "iri", "iri-reference", "uuid", "uri-template",
+        "json-pointer", "relative-json-pointer", "regex",
+        # draft 3
+        "host-name", "ip-address", "color", "utc-millisec", "style", "phone",
     }
 )  # fmt: skip
 OBJECT_KEYWORDS = frozenset(
@@ -159,7 +170,13 @@ REJECTED_KEYWORDS = {
     "$recursiveRef": "$recursiveRef is not supported",
     "$dynamicAnchor": "$dynamicAnchor is not supported",
     "$recursiveAnchor": "$recursiveAnchor is not supported",
+    # draft 3 validation keywords (a schema using them means them)
+    "divisibleBy": "divisibleBy (draft 3) is not supported; use multipleOf",
+    "disallow": "disallow (draft 3) is not supported",
+    "extends": "extends (draft 3) is not supported; use allOf",
 }
+# Everything else that is not a keyword sgc compiles or rejects (vendor `x-*`, OpenAPI's `nullable`,
+# `discriminator`, misspellings, ...) is ignored, as the specification says unknown keywords are.
 TYPES = ("null", "boolean", "object", "array", "number", "integer", "string")
 ALL_TYPES = frozenset({"null", "boolean", "object", "array", "number", "string"})  # number covers integer
 SUPPORTED_FORMATS = tuple(FORMATS)
@@ -328,6 +345,7 @@ class SchemaCompiler:
         self.options = options
         self.ws = options.whitespace.node()
         self.ws_key = (options.whitespace.max_spaces, options.whitespace.newline)
+        self._anchors: dict[str, tuple[Any, str]] | None = None
 
     # -- entry ------------------------------------------------------------------------------
     def compile_root(self) -> Node:
@@ -386,7 +404,11 @@ class SchemaCompiler:
                 f"a schema must be an object or a boolean, not {type(schema).__name__}", pointer=ptr
             )
         self.check_keywords(schema, ptr)
-        view: View = {k: (v, join_pointer(ptr, k)) for k, v in schema.items() if k not in ("$ref", "allOf")}
+        view: View = {
+            k: (v, join_pointer(ptr, k))
+            for k, v in schema.items()
+            if k not in ("$ref", "allOf") and _asserts(k, v)
+        }
         out = [view]
         if "$ref" in schema:
             ref = schema["$ref"]
@@ -407,23 +429,28 @@ class SchemaCompiler:
 
     def check_keywords(self, schema: dict, ptr: str) -> None:
         for k in schema:
-            if k == "$id" and ptr:
-                # a nested $id starts a new base URI, which would change what "#/..." refers to
-                raise ConstraintError("$id below the root is not supported", pointer=join_pointer(ptr, k))
-            if k in SUPPORTED_KEYWORDS:
-                continue
-            reason = REJECTED_KEYWORDS.get(k, f"unknown keyword {k!r}")
-            raise ConstraintError(reason, pointer=join_pointer(ptr, k))
+            reason = REJECTED_KEYWORDS.get(k)
+            if reason is not None:
+                raise ConstraintError(reason, pointer=join_pointer(ptr, k))
 
     def resolve(self, ref: Any, ptr: str) -> tuple[Any, str]:
-        if not isinstance(ref, str) or not ref.startswith("#"):
+        if not isinstance(ref, str):
+            raise ConstraintError(f"$ref must be a string, not {ref!r}", pointer=ptr)
+        base = _schema_id(self.root)
+        if base and ref.startswith(base.split("#")[0] + "#") and not ref.startswith("#"):
+            ref = ref[len(base.split("#")[0]) :]  # the root's own URI, spelled out
+        if not ref.startswith("#"):
             raise ConstraintError(f"only local $ref ('#/...') is supported, not {ref!r}", pointer=ptr)
-        path = ref[1:]
+        self.check_base(ptr)
+        path = unquote(ref[1:])
         if path and not path.startswith("/"):
-            raise ConstraintError(f"$ref to an anchor ({ref!r}) is not supported", pointer=ptr)
+            found = self.anchors().get(path)
+            if found is None:
+                raise ConstraintError(f"$ref {ref!r}: no $anchor or $id names {path!r}", pointer=ptr)
+            return found
         node = self.root
         for token in path.split("/")[1:] if path else []:
-            token = unquote(token.replace("~1", "/").replace("~0", "~"))
+            token = token.replace("~1", "/").replace("~0", "~")
             if isinstance(node, dict) and token in node:
                 node = node[token]
             elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
@@ -431,6 +458,52 @@ class SchemaCompiler:
             else:
                 raise ConstraintError(f"$ref {ref!r} does not resolve", pointer=ptr)
         return node, path
+
+    def check_base(self, ptr: str) -> None:
+        """A `$ref` below a nested `$id` (or draft-4 `id`) is relative to that id's URI, not to the
+        document: rejected, since sgc resolves local pointers in the document only."""
+        node = self.root
+        tokens = ptr.split("/")[1:-1]  # the schemas enclosing the $ref keyword
+        for i, token in enumerate(tokens):
+            token = token.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict):
+                node = node.get(token)
+            elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+                node = node[int(token)]
+            else:
+                return
+            if isinstance(node, dict):
+                nid = _schema_id(node)
+                if nid and not nid.startswith("#"):
+                    raise ConstraintError(
+                        "a $ref inside a subschema with its own $id (a new base URI) is not supported",
+                        pointer="/" + "/".join(tokens[: i + 1]),
+                    )
+
+    def anchors(self) -> dict[str, tuple[Any, str]]:
+        """Plain-name fragments: `$anchor` (2019+) and `$id`/`id` of the form "#name" (drafts 4-7)."""
+        if self._anchors is None:
+            found: dict[str, tuple[Any, str]] = {}
+            stack: list[tuple[Any, str, int]] = [(self.root, "", 0)]
+            while stack:
+                node, p, d = stack.pop()
+                if d > 4 * max_nesting() + 8:
+                    continue
+                if isinstance(node, dict):
+                    if isinstance(node.get("$anchor"), str):
+                        found.setdefault(node["$anchor"], (node, p))
+                    nid = _schema_id(node)
+                    if nid and nid.startswith("#") and len(nid) > 1:
+                        found.setdefault(nid[1:], (node, p))
+                    for k, v in node.items():
+                        if isinstance(v, (dict, list)):
+                            stack.append((v, join_pointer(p, k), d + 1))
+                elif isinstance(node, list):
+                    for i, v in enumerate(node):
+                        if isinstance(v, (dict, list)):
+                            stack.append((v, join_pointer(p, i), d + 1))
+            self._anchors = found
+        return self._anchors
 
     # -- allOf merging ----------------------------------------------------------------------
     def merge(self, views: list[View], ptr: str) -> View | None:
@@ -1006,6 +1079,26 @@ class SchemaCompiler:
         return alt(scalars, array, obj)
 
 
+def _asserts(k: str, v: Any) -> bool:
+    """Whether keyword `k` (value `v`) constrains instances: sgc compiles it (or rejects it).
+    Annotations, unknown keywords and unknown `format` values do not."""
+    if k in ANNOTATIONS:
+        return False
+    if k == "format":
+        return not isinstance(v, str) or v in FORMATS or v in KNOWN_FORMATS
+    return k in SUPPORTED_KEYWORDS or k in REJECTED_KEYWORDS
+
+
+def _schema_id(node: dict) -> str | None:
+    """A schema's `$id`, or its draft-4 `id` when that is a string (`id` may also be a property name
+    under `properties`, where it is a subschema)."""
+    for key in ("$id", "id"):
+        v = node.get(key)
+        if isinstance(v, str):
+            return v
+    return None
+
+
 @dataclass(frozen=True)
 class _View:
     """An already-flattened view used as an allOf part (anyOf/oneOf siblings)."""
@@ -1265,7 +1358,11 @@ KEYWORD_NOTES: dict[str, tuple[str, str]] = {
     "minLength": ("yes", "code points; escapes count as one"),
     "maxLength": ("yes", "code points; escapes count as one"),
     "pattern": ("yes", "ECMA search semantics (unanchored ends get `.*`); see the regex syntax"),
-    "format": ("yes", ", ".join(SUPPORTED_FORMATS)),
+    "format": (
+        "yes",
+        ", ".join(SUPPORTED_FORMATS) + "; other formats a draft defines are rejected, unknown ones "
+        "(`int32`, `password`, ...) are annotations",
+    ),
     "minimum": ("yes", "integers: any bound; numbers: integer-valued bounds (no exponent then)"),
     "maximum": ("yes", "as `minimum`"),
     "exclusiveMinimum": ("yes", "number form and draft-4 boolean form"),
@@ -1284,8 +1381,20 @@ def support_table_markdown() -> str:
         status, note = KEYWORD_NOTES[k]
         lines.append(f"| `{k}` | {status} | {note} |")
     for k in sorted(ANNOTATIONS, key=lambda k: k.lower().lstrip("$")):
-        lines.append(f"| `{k}` | ignored | annotation{' (root only)' if k == '$id' else ''} |")
+        lines.append(f"| `{k}` | ignored | {ANNOTATION_NOTES.get(k, 'annotation')} |")
     for k in sorted(REJECTED_KEYWORDS, key=lambda k: k.lower().lstrip("$")):
         lines.append(f"| `{k}` | **rejected** | {REJECTED_KEYWORDS[k]} |")
-    lines.append("| anything else | **rejected** | unknown keyword |")
+    lines.append(
+        "| anything else | ignored | unknown keywords (vendor `x-*`, OpenAPI's `nullable`, ...), as the "
+        "specification says |"
+    )
     return "\n".join(lines)
+
+
+ANNOTATION_NOTES = {
+    "$id": "annotation; a `$ref` below a nested `$id` is rejected (it would be relative to that id)",
+    "id": "draft-4 spelling of `$id` (only when a string)",
+    "$anchor": 'annotation; `$ref: "#name"` finds it',
+    "$defs": "where `$ref` targets usually live",
+    "definitions": "where `$ref` targets usually live (drafts 4-7)",
+}
