@@ -1,0 +1,579 @@
+"""sgc on the real-world schema corpus (tests/data/schemas/, built by make_schema_corpus.py).
+
+    .venv/bin/python benchmarks/bench_schemas.py            # all schemas, ~minutes on 2 cores
+    .venv/bin/python benchmarks/bench_schemas.py --sample 30 --seed 1
+
+For every schema: compile it with `compile_json_schema` for the default model's tokenizer
+(SmolLM2, compact whitespace) under a per-schema `constraint_seconds` budget, and time it (the
+vocabulary trie is warmed once before the first schema; leaf caches stay warm between schemas, as
+in `sgc compile`). Then every instance is checked:
+
+* an instance is *accepted* when some JSON spelling of it is accepted by the FSM: compact, objects
+  in any key order (the search runs on the byte DFA over orders, pruned by dead states), strings
+  with raw characters or `\\uXXXX` escapes, numbers as Python writes them or without exponent (or
+  as an integer when integral). The search is exhaustive unless one object has so many orders
+  alive that more than `--max-frontier` remain (then counted as `search_cut`);
+* an accepted valid instance's text is tokenized with the real tokenizer and walked token by token:
+  at each state `fill_mask` is timed and must allow the next token, `next_state` advances, and the
+  final state must be accepting with EOS in its mask (else a `token_walk` failure: an index bug).
+
+A schema *passes* when it compiles, accepts every valid instance and rejects every invalid one.
+An accepted invalid instance is a soundness bug and is listed first in the report.
+
+Output: `bench_results/schema_corpus.json` (per schema) and `bench_results/schema_corpus.md`
+(the tables that docs/constraints.md shows), unless `--out` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import re
+import statistics
+import sys
+import time
+import traceback
+from collections import Counter, defaultdict
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from compiler.budgets import budget_overrides  # noqa: E402
+from compiler.constraints import ConstraintError, Vocabulary, compile_json_schema  # noqa: E402
+
+CORPUS = ROOT / "tests" / "data" / "schemas"
+
+# Keywords of JSON Schema drafts 3 to 2020-12 (the coverage table lists these one by one; anything
+# else a schema uses is "non-standard").
+STANDARD = {
+    "$schema",
+    "$id",
+    "id",
+    "$ref",
+    "$defs",
+    "definitions",
+    "$anchor",
+    "$dynamicRef",
+    "$dynamicAnchor",
+    "$recursiveRef",
+    "$recursiveAnchor",
+    "$vocabulary",
+    "$comment",
+    "type",
+    "enum",
+    "const",
+    "multipleOf",
+    "maximum",
+    "exclusiveMaximum",
+    "minimum",
+    "exclusiveMinimum",
+    "maxLength",
+    "minLength",
+    "pattern",
+    "items",
+    "prefixItems",
+    "additionalItems",
+    "unevaluatedItems",
+    "contains",
+    "maxContains",
+    "minContains",
+    "maxItems",
+    "minItems",
+    "uniqueItems",
+    "maxProperties",
+    "minProperties",
+    "required",
+    "properties",
+    "patternProperties",
+    "additionalProperties",
+    "unevaluatedProperties",
+    "propertyNames",
+    "dependentRequired",
+    "dependentSchemas",
+    "dependencies",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "if",
+    "then",
+    "else",
+    "format",
+    "contentEncoding",
+    "contentMediaType",
+    "contentSchema",
+    "title",
+    "description",
+    "default",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "examples",
+    "extends",
+    "disallow",
+    "divisibleBy",
+}
+SCHEMA_MAPS = {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+SCHEMA_VALUES = {
+    "items",
+    "additionalItems",
+    "unevaluatedItems",
+    "contains",
+    "additionalProperties",
+    "unevaluatedProperties",
+    "propertyNames",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contentSchema",
+    "prefixItems",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "extends",
+}
+
+
+def keywords_used(schema: Any, out: set[str] | None = None) -> set[str]:
+    """The keywords used anywhere in a schema (keyword positions only: not inside enum/const/...)."""
+    out = set() if out is None else out
+    if isinstance(schema, list):
+        for s in schema:
+            keywords_used(s, out)
+        return out
+    if not isinstance(schema, dict):
+        return out
+    for k, v in schema.items():
+        out.add(k)
+        if k in SCHEMA_MAPS and isinstance(v, dict):
+            for sub in v.values():
+                keywords_used(sub, out)
+        elif k in SCHEMA_VALUES:
+            keywords_used(v, out)
+        elif k == "dependencies" and isinstance(v, dict):
+            for sub in v.values():
+                if isinstance(sub, dict):
+                    keywords_used(sub, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Acceptance: some JSON spelling of the instance reaches an accepting state of the byte DFA.
+
+
+class Matcher:
+    def __init__(self, fsm: Any, max_frontier: int) -> None:
+        self.walk = fsm.walk_bytes
+        self.max_frontier = max_frontier
+        self.cut = False
+
+    @staticmethod
+    def spellings(v: Any) -> list[bytes]:
+        if v is None:
+            return [b"null"]
+        if v is True:
+            return [b"true"]
+        if v is False:
+            return [b"false"]
+        if isinstance(v, int):
+            return [str(v).encode()]
+        if isinstance(v, float):
+            text = json.dumps(v)
+            out = [text.encode()]
+            if "e" in text or "E" in text:
+                out.append(format(Decimal(text), "f").encode())
+            if v.is_integer() and abs(v) < 1e16:
+                out.append(str(int(v)).encode())
+            return out
+        if isinstance(v, str):
+            raw = json.dumps(v, ensure_ascii=False).encode("utf-8")
+            esc = json.dumps(v).encode("utf-8")
+            return [raw] if raw == esc else [raw, esc]
+        raise TypeError(type(v))
+
+    def lit(self, states: dict[int, bytes], data: bytes) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for s, text in states.items():
+            s2 = self.walk(s, data)
+            if s2 >= 0 and s2 not in out:
+                out[s2] = text + data
+        return out
+
+    def value(self, v: Any, states: dict[int, bytes]) -> dict[int, bytes]:
+        if not states:
+            return states
+        if isinstance(v, dict):
+            return self.obj(v, states)
+        if isinstance(v, list):
+            cur = self.lit(states, b"[")
+            for i, item in enumerate(v):
+                if i:
+                    cur = self.lit(cur, b",")
+                cur = self.value(item, cur)
+                if not cur:
+                    return cur
+            return self.lit(cur, b"]")
+        out: dict[int, bytes] = {}
+        for sp in self.spellings(v):
+            for s2, text in self.lit(states, sp).items():
+                out.setdefault(s2, text)
+        return out
+
+    def obj(self, v: dict, states: dict[int, bytes]) -> dict[int, bytes]:
+        keys = list(v)
+        frontier: dict[tuple[frozenset, int], bytes] = {
+            (frozenset(), s): t for s, t in self.lit(states, b"{").items()
+        }
+        for _ in keys:
+            nxt: dict[tuple[frozenset, int], bytes] = {}
+            for (used, s), text in frontier.items():
+                for k in keys:
+                    if k in used:
+                        continue
+                    start = {s: text}
+                    if used:
+                        start = self.lit(start, b",")
+                    after_key: dict[int, bytes] = {}
+                    for sp in self.spellings(k):
+                        for s2, t2 in self.lit(start, sp + b":").items():
+                            after_key.setdefault(s2, t2)
+                    for s3, t3 in self.value(v[k], after_key).items():
+                        nxt.setdefault((used | {k}, s3), t3)
+            if len(nxt) > self.max_frontier:
+                self.cut = True
+                nxt = dict(list(nxt.items())[: self.max_frontier])
+            frontier = nxt
+            if not frontier:
+                return {}
+        out: dict[int, bytes] = {}
+        for (_, s), text in frontier.items():
+            s2 = self.walk(s, b"}")
+            if s2 >= 0:
+                out.setdefault(s2, text + b"}")
+        return out
+
+    def accepted_text(self, fsm: Any, instance: Any) -> bytes | None:
+        ends = self.value(instance, {fsm.initial_state: b""})
+        for s, text in ends.items():
+            if fsm.is_accepting(s):
+                return text
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def refusal_group(e: ConstraintError) -> tuple[str, str]:
+    """(keyword, reason) for grouping refusals."""
+    msg = e.message
+    ptr = e.pointer or ""
+    last = ptr.rsplit("/", 1)[-1].replace("~1", "/").replace("~0", "~") if ptr else "(root)"
+    m = re.search(r"budget|constraint_\w+", msg)
+    if m and "constraint_" in msg:
+        name = re.search(r"constraint_\w+|pattern_chars", msg)
+        return "budget", f"over budget {name.group(0) if name else ''}".strip()
+    if msg.startswith("unknown keyword"):
+        return last, "unknown keyword"
+    if msg.startswith("format "):
+        return "format", re.sub(r" \(supported:.*", "", msg)
+    reason = re.sub(r"'[^']*'", "'…'", msg)
+    reason = re.sub(r"\d+", "N", reason)
+    if not last or last.isdigit() or last not in STANDARD:
+        # pointer at a property/branch, not at a keyword: name the keyword from the message
+        kw = next((k for k in sorted(STANDARD, key=len, reverse=True) if k in msg), last)
+        return kw, reason
+    return last, reason
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    ys = sorted(xs)
+    return ys[min(len(ys) - 1, int(q * len(ys)))]
+
+
+def load_corpus(names: list[str] | None, sample: int, seed: int) -> list[dict]:
+    files = sorted(CORPUS.glob("*.json"))
+    docs = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    if names:
+        docs = [d for d in docs if d["name"] in names]
+    if sample and sample < len(docs):
+        docs = random.Random(seed).sample(docs, sample)
+    return docs
+
+
+def run_schema(
+    doc: dict, vocab: Vocabulary, tokenizer: Any, args: argparse.Namespace, eos: int, mask_times: list[float]
+) -> dict:
+    r: dict[str, Any] = {"name": doc["name"], "category": doc.get("category", "")}
+    schema = doc["schema"]
+    t0 = time.perf_counter()
+    try:
+        with budget_overrides(constraint_seconds=args.timeout):
+            fsm = compile_json_schema(schema, vocab)
+    except ConstraintError as e:
+        r["compile_s"] = time.perf_counter() - t0
+        r["status"] = "refused"
+        r["keyword"], r["reason"] = refusal_group(e)
+        r["error"] = str(e).splitlines()[0][:300]
+        return r
+    except Exception as e:  # a crash is a bug in the compiler, reported as such
+        r["compile_s"] = time.perf_counter() - t0
+        r["status"] = "crashed"
+        r["keyword"], r["reason"] = "crash", f"{type(e).__name__}"
+        r["error"] = "".join(traceback.format_exception_only(type(e), e)).strip()[:300]
+        return r
+    r["compile_s"] = time.perf_counter() - t0
+    r["status"] = "compiled"
+    r["states"] = fsm.num_states
+    matcher = Matcher(fsm, args.max_frontier)
+    mask = np.zeros(fsm.vocab_size, dtype=bool)
+    valid_rejected, token_walk, invalid_accepted, untokenizable = [], [], [], []
+    for i, inst in enumerate(doc["valid"][: args.max_instances]):
+        text = matcher.accepted_text(fsm, inst)
+        if text is None:
+            valid_rejected.append(i)
+            continue
+        ids = tokenizer.encode(text.decode("utf-8"), add_special_tokens=False).ids
+        if vocab.decode_bytes(ids) != text:
+            untokenizable.append(i)  # e.g. a byte the vocabulary lacks: no model can write it
+            continue
+        s = fsm.initial_state
+        for n, t in enumerate(ids):
+            if n < args.mask_steps:
+                t1 = time.perf_counter()
+                fsm.fill_mask(s, mask, eos)
+                mask_times.append(time.perf_counter() - t1)
+            else:
+                fsm.fill_mask(s, mask, eos)
+            if not mask[t]:
+                token_walk.append((i, f"token {t} not in mask at step {n}"))
+                break
+            s = fsm.next_state(s, t)
+            if s < 0:
+                token_walk.append((i, f"next_state dead at step {n}"))
+                break
+        else:
+            fsm.fill_mask(s, mask, eos)
+            if not (fsm.is_accepting(s) and mask[eos]):
+                token_walk.append((i, "final state not accepting / EOS masked"))
+    for i, inst in enumerate(doc["invalid"][: args.max_instances]):
+        text = matcher.accepted_text(fsm, inst)
+        if text is not None:
+            kind = (doc.get("invalid_mutations") or [""] * (i + 1))[i]
+            invalid_accepted.append({"index": i, "mutation": kind, "text": text.decode("utf-8")[:300]})
+    n_valid = min(len(doc["valid"]), args.max_instances)
+    n_invalid = min(len(doc["invalid"]), args.max_instances)
+    r.update(
+        n_valid=n_valid,
+        n_invalid=n_invalid,
+        valid_rejected=valid_rejected,
+        token_walk=token_walk,
+        untokenizable=untokenizable,
+        invalid_accepted=invalid_accepted,
+        search_cut=matcher.cut,
+    )
+    r["passed"] = not valid_rejected and not token_walk and not invalid_accepted
+    return r
+
+
+def summarize(
+    results: list[dict], mask_times: list[float], args: argparse.Namespace, docs: list[dict]
+) -> dict:
+    n = len(results)
+    compiled = [r for r in results if r["status"] == "compiled"]
+    passed = [r for r in compiled if r["passed"]]
+    n_valid = sum(r["n_valid"] for r in compiled)
+    n_invalid = sum(r["n_invalid"] for r in compiled)
+    v_rej = sum(len(r["valid_rejected"]) + len(r["token_walk"]) for r in compiled)
+    inv_acc = [(r["name"], a) for r in compiled for a in r["invalid_accepted"]]
+    times = [r["compile_s"] for r in compiled]
+    refusals = Counter((r["keyword"], r["reason"]) for r in results if r["status"] != "compiled")
+    by_kw_refused = Counter(
+        r["keyword"] if r["keyword"] in STANDARD or r["keyword"] == "budget" else "(non-standard keywords)"
+        for r in results
+        if r["status"] != "compiled"
+    )
+    unknown = Counter(
+        r["error"].split("'")[1]
+        for r in results
+        if r["status"] == "refused" and r["reason"] == "unknown keyword" and "'" in r["error"]
+    )
+    usage: dict[str, list[str]] = defaultdict(list)
+    for d in docs:
+        for k in keywords_used(d["schema"]):
+            usage[k if k in STANDARD else "(non-standard keywords)"].append(d["name"])
+    status = {r["name"]: r for r in results}
+    coverage = []
+    for k, names in usage.items():
+        names = sorted(set(names))
+        coverage.append(
+            {
+                "keyword": k,
+                "schemas": len(names),
+                "compiled": sum(status[x]["status"] == "compiled" for x in names),
+                "passed": sum(status[x].get("passed", False) for x in names),
+                "refused_here": by_kw_refused.get(k, 0),
+            }
+        )
+    coverage.sort(key=lambda c: (-c["schemas"], c["keyword"]))
+    by_cat: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        by_cat[r["category"]].append(r)
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+        "command": " ".join(["benchmarks/bench_schemas.py"] + sys.argv[1:]),
+        "schemas": n,
+        "compiled": len(compiled),
+        "passed": len(passed),
+        "pass_share": len(passed) / n if n else 0.0,
+        "valid_instances": n_valid,
+        "valid_rejected": v_rej,
+        "valid_rejected_share": v_rej / n_valid if n_valid else 0.0,
+        "invalid_instances": n_invalid,
+        "invalid_accepted": len(inv_acc),
+        "invalid_accepted_list": [{"schema": s, **a} for s, a in inv_acc],
+        "token_walk_failures": sum(len(r["token_walk"]) for r in compiled),
+        "untokenizable": sum(len(r["untokenizable"]) for r in compiled),
+        "search_cut": sum(bool(r["search_cut"]) for r in compiled),
+        "crashed": sum(r["status"] == "crashed" for r in results),
+        "compile_p50_s": pct(times, 0.5),
+        "compile_p90_s": pct(times, 0.9),
+        "compile_max_s": max(times, default=float("nan")),
+        "mask_mean_us": statistics.fmean(mask_times) * 1e6 if mask_times else float("nan"),
+        "mask_p90_us": pct(mask_times, 0.9) * 1e6,
+        "mask_samples": len(mask_times),
+        "by_category": {
+            c: {
+                "schemas": len(rs),
+                "compiled": sum(r["status"] == "compiled" for r in rs),
+                "passed": sum(r.get("passed", False) for r in rs),
+            }
+            for c, rs in sorted(by_cat.items())
+        },
+        "refusals": [{"keyword": k, "reason": why, "schemas": c} for (k, why), c in refusals.most_common()],
+        "unknown_keywords": unknown.most_common(),
+        "coverage": coverage,
+        "results": results,
+    }
+
+
+def markdown(s: dict) -> str:
+    L = []
+    L.append(f"Run {s['date']} on {s['machine']}: `{s['command']}`\n")
+    L.append("| measure | value |")
+    L.append("| --- | --- |")
+    L.append(f"| schemas | {s['schemas']} |")
+    L.append(f"| compile (not refused) | {s['compiled']} ({s['compiled'] / s['schemas']:.1%}) |")
+    L.append(
+        f"| pass: compiles, accepts every valid, rejects every invalid | **{s['passed']} ({s['pass_share']:.1%})** |"
+    )
+    L.append(f"| invalid instances accepted | **{s['invalid_accepted']}** of {s['invalid_instances']} |")
+    L.append(
+        f"| valid instances rejected | {s['valid_rejected']} of {s['valid_instances']} ({s['valid_rejected_share']:.2%}) |"
+    )
+    L.append(f"| token-walk failures (mask/next_state disagree with the DFA) | {s['token_walk_failures']} |")
+    L.append(
+        f"| valid instances the tokenizer cannot spell (DFA accepts; token walk skipped) | {s['untokenizable']} |"
+    )
+    L.append(f"| compiler crashes (not a ConstraintError) | {s['crashed']} |")
+    L.append(
+        f"| compile time p50 / p90 / max (compiled schemas) | {s['compile_p50_s']:.3f} s / {s['compile_p90_s']:.3f} s / {s['compile_max_s']:.2f} s |"
+    )
+    L.append(
+        f"| `fill_mask` per token, mean / p90 ({s['mask_samples']} steps) | {s['mask_mean_us']:.1f} us / {s['mask_p90_us']:.1f} us |"
+    )
+    L.append("")
+    L.append("| category | schemas | compile | pass |")
+    L.append("| --- | --- | --- | --- |")
+    for c, v in s["by_category"].items():
+        L.append(f"| {c} | {v['schemas']} | {v['compiled']} | {v['passed']} |")
+    if s["invalid_accepted_list"]:
+        L.append("\n**Invalid instances accepted (soundness bugs):**\n")
+        for a in s["invalid_accepted_list"]:
+            L.append(f"- `{a['schema']}` invalid #{a['index']} ({a['mutation']}): `{a['text'][:120]}`")
+    L.append("\nRefusals, grouped by keyword and reason (schemas):\n")
+    L.append("| keyword | reason | schemas |")
+    L.append("| --- | --- | --- |")
+    for r in s["refusals"][:25]:
+        L.append(f"| `{r['keyword']}` | {r['reason'].replace('|', '/')} | {r['schemas']} |")
+    if s["unknown_keywords"]:
+        L.append(
+            "\nUnknown (non-standard) keywords that stopped a compile: "
+            + ", ".join(f"`{k}` {c}" for k, c in s["unknown_keywords"][:15])
+        )
+    L.append(
+        "\nCoverage by keyword (schemas using it anywhere; refused here = schemas whose first refusal is this keyword):\n"
+    )
+    L.append("| keyword | schemas | compile | pass | refused here |")
+    L.append("| --- | --- | --- | --- | --- |")
+    for c in s["coverage"]:
+        if c["keyword"] in ("title", "description", "$schema", "$comment", "examples"):
+            continue
+        L.append(
+            f"| `{c['keyword']}` | {c['schemas']} | {c['compiled']} | {c['passed']} | {c['refused_here']} |"
+        )
+    return "\n".join(L) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sample", type=int, default=0, help="run on a random sample of this many schemas")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--names", nargs="*", help="only these schemas")
+    ap.add_argument("--timeout", type=float, default=10.0, help="constraint_seconds budget per compile")
+    ap.add_argument("--max-instances", type=int, default=5, help="instances checked per kind and schema")
+    ap.add_argument("--mask-steps", type=int, default=200, help="fill_mask calls timed per instance")
+    ap.add_argument("--max-frontier", type=int, default=20000)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench_results" / "schema_corpus")
+    ap.add_argument("-q", "--quiet", action="store_true")
+    args = ap.parse_args()
+
+    from constraint_schemas import SMOLLM2_EOS, load_smollm2_tokenizer
+
+    tokenizer = load_smollm2_tokenizer()
+    vocab = Vocabulary.from_tokenizer(tokenizer, eos_token_id=SMOLLM2_EOS)
+    compile_json_schema({"type": "string"}, vocab)  # the vocabulary trie, built once per vocabulary
+    docs = load_corpus(args.names, args.sample, args.seed)
+    results, mask_times = [], []
+    t_all = time.perf_counter()
+    for i, doc in enumerate(docs):
+        r = run_schema(doc, vocab, tokenizer, args, SMOLLM2_EOS, mask_times)
+        results.append(r)
+        if not args.quiet:
+            what = (
+                (
+                    "PASS"
+                    if r["passed"]
+                    else "FAIL "
+                    + json.dumps(
+                        {k: r[k] for k in ("valid_rejected", "token_walk", "invalid_accepted") if r[k]}
+                    )[:200]
+                )
+                if r["status"] == "compiled"
+                else f"{r['status'].upper()} {r['error'][:150]}"
+            )
+            print(f"[{i + 1}/{len(docs)}] {doc['name']} {r['compile_s']:.3f}s {what}", flush=True)
+    summary = summarize(results, mask_times, args, docs)
+    summary["wall_s"] = time.perf_counter() - t_all
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+    md = markdown(summary)
+    args.out.with_suffix(".md").write_text(md)
+    print()
+    print(md)
+    print(f"wall {summary['wall_s']:.0f} s; results in {args.out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()

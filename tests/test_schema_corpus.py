@@ -1,0 +1,62 @@
+"""The real-world schema corpus (tests/data/schemas/, built by benchmarks/make_schema_corpus.py) is
+well formed, and sgc never accepts an invalid instance of it (slow: runs the harness on a sample)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+CORPUS = Path(__file__).resolve().parent / "data" / "schemas"
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_schemas.py"
+
+
+def _docs() -> list[dict]:
+    return [json.loads(f.read_text(encoding="utf-8")) for f in sorted(CORPUS.glob("*.json"))]
+
+
+def test_corpus_is_well_formed() -> None:
+    docs = _docs()
+    assert len(docs) >= 300
+    names = set()
+    for doc in docs:
+        assert {"name", "source", "category", "schema", "valid", "invalid"} <= set(doc), doc.get("name")
+        assert doc["name"] not in names
+        names.add(doc["name"])
+        assert doc["valid"] and doc["invalid"], doc["name"]
+        schema = doc["schema"]
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+        for inst in doc["valid"]:
+            assert validator.is_valid(inst), (doc["name"], inst)
+        for inst in doc["invalid"]:
+            assert not validator.is_valid(inst), (doc["name"], inst)
+    sources = (CORPUS / "SOURCES.md").read_text(encoding="utf-8")
+    for prefix in {d["name"].split("-")[0] for d in docs}:
+        assert f"`{prefix}-" in sources, prefix
+
+
+@pytest.mark.slow
+def test_no_invalid_instance_is_accepted_on_a_sample() -> None:
+    spec = importlib.util.spec_from_file_location("bench_schemas", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from constraint_schemas import SMOLLM2_EOS, load_smollm2_tokenizer
+
+    from compiler.constraints import Vocabulary
+
+    tokenizer = load_smollm2_tokenizer()
+    vocab = Vocabulary.from_tokenizer(tokenizer, eos_token_id=SMOLLM2_EOS)
+    args = argparse.Namespace(timeout=10.0, max_instances=5, mask_steps=0, max_frontier=20000)
+    docs = bench.load_corpus(None, 30, 7)
+    results = [bench.run_schema(d, vocab, tokenizer, args, SMOLLM2_EOS, []) for d in docs]
+    compiled = [r for r in results if r["status"] == "compiled"]
+    assert compiled, "no schema of the sample compiled"
+    accepted = [(r["name"], a) for r in compiled for a in r["invalid_accepted"]]
+    assert not accepted, accepted
+    assert not [r for r in results if r["status"] == "crashed"]
+    assert not [(r["name"], r["token_walk"]) for r in compiled if r["token_walk"]]
