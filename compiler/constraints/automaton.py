@@ -46,6 +46,10 @@ class DFA:
     accepting: np.ndarray  # bool[num_states]
     transitions: np.ndarray  # int32[num_states, num_classes]
     symbol_class: np.ndarray  # int32[num_symbols]
+    # Hints (never trusted, always verified by their users): blocks `(start, width, count)` of
+    # `count` consecutive copies of `width` states, copy k+1 behaving like copy k shifted by `width`
+    # (counted repetitions). `token_index.token_row_classes` uses them to skip the long middle.
+    periods: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def num_states(self) -> int:

@@ -84,7 +84,12 @@ def _fresh_initial(dfa: DFA) -> DFA:
         return dfa
     table = np.vstack([dfa.transitions, dfa.transitions[dfa.initial : dfa.initial + 1]])
     accepting = np.append(dfa.accepting, dfa.accepting[dfa.initial])
-    return DFA(dfa.num_states, accepting, table, dfa.symbol_class)
+    return DFA(dfa.num_states, accepting, table, dfa.symbol_class, dfa.periods)
+
+
+def _shifted(parts: Sequence[DFA], offsets: np.ndarray) -> tuple[tuple[int, int, int], ...]:
+    """The parts' period hints, moved to where their states land in a stacked table."""
+    return tuple((a + int(off), w, k) for p, off in zip(parts, offsets) for a, w, k in p.periods)
 
 
 def optional_dfa(x: DFA) -> DFA:
@@ -92,7 +97,7 @@ def optional_dfa(x: DFA) -> DFA:
     x = _fresh_initial(x)
     accepting = x.accepting.copy()
     accepting[x.initial] = True
-    return DFA(x.initial, accepting, x.transitions, x.symbol_class)
+    return DFA(x.initial, accepting, x.transitions, x.symbol_class, x.periods)
 
 
 def repeat_dfa(x: DFA, lo: int, hi: int | None, max_states: int | None = None) -> DFA | None:
@@ -133,12 +138,23 @@ def repeat_dfa(x: DFA, lo: int, hi: int | None, max_states: int | None = None) -
     else:
         table[copies * width :] = -1
         accepting[np.arange(lo, hi + 1) * width] = True
-    return DFA(0, accepting, table, np.asarray(x.symbol_class, dtype=np.int32))
+    return DFA(0, accepting, table, np.asarray(x.symbol_class, dtype=np.int32), ((0, width, copies),))
 
 
-def concat_dfas(parts: Sequence[DFA], max_states: int | None = None) -> DFA | None:
-    """`A B C ...` written down directly when deterministic (see the module docstring), else None."""
-    parts = [p for p in parts if not _is_epsilon(p)]
+def concat_dfas(
+    parts: Sequence[DFA], max_states: int | None = None, owned: Sequence[bool] | None = None
+) -> DFA | None:
+    """`A B C ...` written down directly when deterministic (see the module docstring), else None.
+
+    `owned[i]`: part i's table was made for this call and nothing else refers to it; the largest
+    such part's table then becomes the result's (grown in place, its states first), instead of
+    being copied: a 100 MB repetition is not held twice.
+    """
+    if owned is None:
+        owned = [False] * len(parts)
+    keep_parts = [i for i, p in enumerate(parts) if not _is_epsilon(p)]
+    owned = [owned[i] for i in keep_parts]
+    parts = [parts[i] for i in keep_parts]
     if not parts:
         return None
     if len(parts) == 1:
@@ -151,7 +167,23 @@ def concat_dfas(parts: Sequence[DFA], max_states: int | None = None) -> DFA | No
     # entry[i]: the transitions on entering parts i.. (part i's start, and later parts' entries
     # while part i may be empty); entry_accepts[i]: whether the suffix from part i may be empty
     n = len(parts)
-    offsets = np.cumsum([0] + [p.num_states for p in parts])
+    # where each part's states go: in order, or the largest owned part first (its table reused)
+    reuse = max((i for i in range(n) if owned[i]), key=lambda i: parts[i].num_states, default=None)
+    if reuse is not None and (
+        tables[reuse] is not parts[reuse].transitions
+        or parts[reuse].num_states < 4096
+        or not parts[reuse].transitions.flags.owndata
+        or parts[reuse].transitions.dtype != np.int32
+    ):
+        reuse = None
+    sizes = [p.num_states for p in parts]  # (a reused table grows: read the sizes first)
+    placement = list(range(n)) if reuse is None else [reuse] + [i for i in range(n) if i != reuse]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    start = 0
+    for i in placement:
+        offsets[i] = start
+        start += sizes[i]
+    offsets[n] = start
     entry: list[np.ndarray] = [np.empty(0)] * (n + 1)
     entry_accepts = [True] * (n + 1)
     entry[n] = np.full(num_classes, -1, dtype=np.int64)
@@ -175,19 +207,25 @@ def concat_dfas(parts: Sequence[DFA], max_states: int | None = None) -> DFA | No
     check_states(total, max_states)
     check_memory(_table_bytes(total, num_classes), "the concatenation's transition table")
     check_time()
-    table = np.empty((total, num_classes), dtype=np.int32)
+    if reuse is None:
+        table = np.empty((total, num_classes), dtype=np.int32)
+    else:
+        table = parts[reuse].transitions
+        # realloc: a large block is remapped, not copied; the part's DFA is not used again
+        table.resize((total, num_classes), refcheck=False)
     accepting = np.zeros(total, dtype=bool)
     for i, (p, t) in enumerate(zip(parts, tables)):
-        block = table[offsets[i] : offsets[i + 1]]
-        np.add(t, offsets[i], out=block, casting="unsafe")
-        block[t < 0] = -1
+        block = table[offsets[i] : offsets[i] + sizes[i]]
+        if i != reuse:
+            np.add(t, offsets[i], out=block, casting="unsafe")
+            block[t < 0] = -1
         acc = np.flatnonzero(p.accepting)
         live = np.flatnonzero(entry[i + 1] >= 0)
         if len(live):
             block[np.ix_(acc, live)] = entry[i + 1][live]
         accepting[offsets[i] + acc] = entry_accepts[i + 1]
         check_time()
-    return DFA(int(parts[0].initial), accepting, table, symbol_class)
+    return DFA(int(offsets[0] + parts[0].initial), accepting, table, symbol_class, _shifted(parts, offsets))
 
 
 def union_dfas(options: Sequence[DFA], max_states: int | None = None) -> DFA | None:
@@ -218,7 +256,7 @@ def union_dfas(options: Sequence[DFA], max_states: int | None = None) -> DFA | N
         np.add(t, offsets[i], out=block, casting="unsafe")
         block[t < 0] = -1
         accepting[offsets[i] : offsets[i + 1]] = o.accepting
-    return DFA(0, accepting, table, symbol_class)
+    return DFA(0, accepting, table, symbol_class, _shifted(options, offsets))
 
 
 def literal_set_dfa(strings: Sequence[bytes], max_states: int | None = None) -> DFA:
@@ -277,34 +315,36 @@ NFA_BYTES_PER_POSITION = 400  # rough Python memory of the NFA per position (lis
 
 def large_byte_dfa(node: Node, max_states: int | None = None) -> DFA:
     """A byte DFA for a syntax tree too large for one subset construction (see the module doc)."""
-    return _build(node, max_states)
+    return _build(node, max_states)[0]
 
 
-def _build(node: Node, max_states: int | None) -> DFA:
+def _build(node: Node, max_states: int | None) -> tuple[DFA, bool]:
+    """The DFA of `node`, and whether its table is this call's own (not shared with a node)."""
     check_time()
     if size(node) <= SMALL_POSITIONS:
-        return small_byte_dfa(node, max_states)
+        return small_byte_dfa(node, max_states), True
     if isinstance(node, Automaton):
-        return node.dfa
+        return node.dfa, False
     if isinstance(node, Repeat):
-        x = _build(node.node, max_states)
+        x = _build(node.node, max_states)[0]
         if (node.min, node.max) == (0, 1):
-            return optional_dfa(x)
+            return optional_dfa(x), False
         tiled = repeat_dfa(x, node.min, node.max, max_states)
         if tiled is not None:
-            return tiled
+            return tiled, True
     elif isinstance(node, Concat):
-        joined = concat_dfas([_build(p, max_states) for p in _runs(node.parts)], max_states)
+        built = [_build(p, max_states) for p in _runs(node.parts)]
+        joined = concat_dfas([d for d, _ in built], max_states, [o for _, o in built])
         if joined is not None:
-            return joined
+            return joined, len(built) > 1 or built[0][1]
     elif isinstance(node, Alt):
         strings = _literal_strings(node.options)
         if strings is not None:
-            return literal_set_dfa(strings, max_states)
-        joined = union_dfas([_build(o, max_states) for o in node.options], max_states)
+            return literal_set_dfa(strings, max_states), True
+        joined = union_dfas([_build(o, max_states)[0] for o in node.options], max_states)
         if joined is not None:
-            return joined
-    return small_byte_dfa(node, max_states)
+            return joined, True
+    return small_byte_dfa(node, max_states), True
 
 
 def _runs(parts: tuple[Node, ...]) -> list[Node]:

@@ -316,6 +316,7 @@ class _Cut(Exception):
 
 _LEAF_CACHE: dict[tuple, DFA] = {}
 _LEAF_CACHE_LIMIT = 256
+_INLINE_BODY_POSITIONS = 1 << 16  # string bodies larger than this are not leaves (see compile_string)
 _LEAF_CACHE_MAX_BYTES = 1 << 20  # a maxLength: 100000 body (100+ MB) is not kept after its compile
 
 
@@ -865,6 +866,14 @@ class SchemaCompiler:
             pieces.append((("length", lo, hi), lambda b=body: b, to_regex(body)))
         if len(pieces) == 1:
             key, build, text = pieces[0]
+            if key[0] == "length":
+                body_node = build()
+                n = _size(body_node)
+                if n > _INLINE_BODY_POSITIONS:
+                    # too large to cache: left as a repetition, so the schema's automaton tiles it
+                    # straight into its own table (one large table instead of two)
+                    _check_size(n, self.options.max_size, "a string or value")
+                    return concat(quote, body_node, quote)
             dfa = _cached_leaf(key, build, self.options.max_states, self.options.max_size)
             return concat(quote, Automaton(dfa, text), quote)
         dfa = _cached_leaf(pieces[0][0], pieces[0][1], self.options.max_states, self.options.max_size)

@@ -80,6 +80,7 @@ class TokenFSM:
             dfa.accepting.astype(bool, copy=False),
             np.ascontiguousarray(dfa.transitions, dtype=np.int32),
             dfa.symbol_class.astype(np.int32, copy=False),
+            dfa.periods,
         )
         flat, offsets = vocab.arrays
         return cls(dfa, build_token_index(dfa, vocab), flat, offsets, vocab.fingerprint, vocab.eos_token_id)

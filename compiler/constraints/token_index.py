@@ -433,10 +433,84 @@ def token_row_classes(dfa: DFA, depth: int) -> np.ndarray:
     label changed in the previous round (a class splits only if some member's successor moved), so
     the long uniform middle of a counted repetition costs nothing after the first round.
     """
-    table = dfa.transitions
-    n, c = table.shape
+    n = dfa.num_states
     if n == 0:
         return np.zeros(0, dtype=np.int32)
+    rep = _period_representatives(dfa, depth)
+    if rep is None:
+        return _moore_classes(dfa.transitions, depth)
+    # Moore on the quotient: each state stands for the states it represents (see below)
+    keep = np.flatnonzero(rep == np.arange(n))
+    new_id = np.full(n + 1, -1, dtype=np.int64)  # new_id[-1] = -1: the dead state
+    new_id[keep] = np.arange(len(keep))
+    quotient = np.empty((len(keep), dfa.num_classes), dtype=np.int32)
+    for lo in range(0, len(keep), _CHUNK):
+        rows = dfa.transitions[keep[lo : lo + _CHUNK]]
+        quotient[lo : lo + _CHUNK] = new_id[np.where(rows >= 0, rep[np.maximum(rows, 0)], -1)]
+    check_time()
+    labels = _moore_classes(quotient, depth)
+    return labels[new_id[rep]]
+
+
+def _period_representatives(dfa: DFA, depth: int) -> np.ndarray | None:
+    """int64[S] mapping each state to a state no string of at most `depth` + 1 bytes can tell
+    apart from it (itself for most), or None when the DFA's period hints do not help.
+
+    A hint `(a, w, k)` says copy j+1 of a block (states `a + j*w ...`) may behave like copy j
+    shifted by w. It is verified row by row: `ok[s]` iff row(s + w) is row(s) with every target
+    inside the block moved by w (targets outside stay). If every state reachable from s within
+    `depth` + 1 steps is ok, s and s + w are alive on the same strings of that length (induction
+    over the path), so copy j can be merged into copy j+1. Targets move at most `jump` copies per
+    byte, so that holds when copies j .. j + (depth + 1) * jump are all ok. Merged states point to
+    the last copy of their run, whose own transitions are unchanged: Moore's `depth` rounds on the
+    quotient give the same partition (a path from the representative stays equivalent to the path
+    from the original, one byte less of lookahead per step).
+    """
+    n = dfa.num_states
+    table = dfa.transitions
+    rep: np.ndarray | None = None
+    for a, w, count in dfa.periods:
+        if w <= 0 or count < 4 * (depth + 2) or a < 0 or a + count * w > n:
+            continue
+        end = a + count * w
+        ok_copy = np.ones(count - 1, dtype=bool)  # copy j ok: every state of j behaves as in j+1
+        max_jump = 0
+        step = max(1, _CHUNK // w)
+        for j0 in range(0, count - 1, step):
+            j1 = min(count - 1, j0 + step)
+            src = table[a + j0 * w : a + j1 * w]
+            dst = table[a + (j0 + 1) * w : a + (j1 + 1) * w]
+            inside = (src >= a) & (src < end)
+            same = (dst == np.where(inside, src + w, src)).reshape(j1 - j0, -1).all(axis=1)
+            ok_copy[j0:j1] = same
+            # copies a byte can jump forward (only copy j0 and the copies after a non-ok one can
+            # have jumps their predecessor lacks, but the block is read here anyway)
+            rows = np.arange(a + j0 * w, a + j1 * w)[:, None]
+            jumps = np.where(inside, (src - a) // w - (rows - a) // w, 0)
+            max_jump = max(max_jump, int(np.abs(jumps).max()) if jumps.size else 0)
+            check_time()
+        reach = (depth + 1) * max(max_jump, 1) + 1
+        # safe[j]: copies j - reach .. j + reach all ok (a window over the ok flags)
+        bad = np.concatenate([[0], np.cumsum(~ok_copy)])
+        j = np.arange(count - 1)
+        lo = np.maximum(j - reach, 0)
+        hi = np.minimum(j + reach + 1, count - 1)
+        safe = (bad[hi] - bad[lo] == 0) & (j + reach + 1 <= count - 1)
+        if not safe.any():
+            continue
+        # each copy's representative: the first copy at or after it that is not safe
+        target = np.arange(count)
+        not_safe = np.flatnonzero(~np.append(safe, False))
+        target = not_safe[np.searchsorted(not_safe, target)]
+        if rep is None:
+            rep = np.arange(n, dtype=np.int64)
+        block = np.arange(a, end, dtype=np.int64)
+        rep[a:end] = a + target[(block - a) // w] * w + (block - a) % w
+    return rep
+
+
+def _moore_classes(table: np.ndarray, depth: int) -> np.ndarray:
+    n, c = table.shape
     # Round 0: the set of live classes (which bytes keep the state alive).
     live_key = np.zeros(n, dtype=np.uint64)
     for lo in range(0, n, _CHUNK):
