@@ -76,7 +76,12 @@ class Function:
         if unknown:
             raise CompileError(f"@function {self.name}: cannot bind unknown argument(s) {sorted(unknown)}",
                                *definition_site(func))
-        _FUNCTIONS[self.ref] = self
+        # The registry host steps look functions up in (weak). A bound copy does not displace a live
+        # entry for the same def: a short-lived `f.bind(...)` would otherwise take `f`'s entry away
+        # when it is collected.
+        existing = _FUNCTIONS.get(self.ref)
+        if existing is None or existing.func is not func or not self.bind_arguments:
+            _FUNCTIONS[self.ref] = self
         self.__doc__ = func.__doc__
         self.__name__ = self.name
         self.__qualname__ = getattr(func, "__qualname__", self.name)

@@ -305,6 +305,8 @@ def test_run_batch_stream_trace_and_server_calls(tiny_runtime) -> None:
         topic="tea", backend=tiny_runtime, temperature=0, max_new_tokens=4, eager=True).text()
     module = forks_and_vars.trace(topic="tea")  # sgc's trace: the IR, arguments bound
     assert module["forks_and_vars"] is not None and forks_and_vars.cache() is None
+    assert tiny_runtime.engine.stats()["num_cached_kv_tokens"] > 0
     assert sgl.flush_cache(tiny_runtime) is True
+    assert tiny_runtime.engine.stats()["num_cached_kv_tokens"] == 0
     info = sgl.get_server_info(tiny_runtime)
     assert info["version"] == sgc.__version__ and info["started"] and info["model_path"]
