@@ -21,6 +21,7 @@ from .automaton import DFA
 from .errors import ConstraintError
 from .jump_forward import forced_bytes, jump_forward, mid_character
 from .token_index import TokenIndex, build_token_index
+from .token_live import producible_bytes, prune_dead_ends
 from .vocabulary import Vocabulary
 
 FORMAT_VERSION = 2  # 2: token rows shared between states (`state_row`); 1 is still read
@@ -83,6 +84,7 @@ class TokenFSM:
             dfa.periods,
         )
         flat, offsets = vocab.arrays
+        dfa = prune_dead_ends(dfa, producible_bytes(flat))
         return cls(dfa, build_token_index(dfa, vocab), flat, offsets, vocab.fingerprint, vocab.eos_token_id)
 
     # -- queries ----------------------------------------------------------------------------
