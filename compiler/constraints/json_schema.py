@@ -34,12 +34,12 @@ from fractions import Fraction
 from typing import Any
 from urllib.parse import unquote
 
-from .automaton import DEFAULT_MAX_STATES, DFA, ascii_dfa_to_regex, byte_dfa, intersect
+from .automaton import DEFAULT_MAX_STATES, DFA, ascii_dfa_to_regex, byte_dfa, intersect, trim
 from .charset import CharSet
 from .dfa_ops import literal_set_dfa
 from .errors import ConstraintError, join_pointer
 from .formats import FORMATS
-from .limits import check_pattern_chars, check_positions, max_nesting, over
+from .limits import check_pattern_chars, check_positions, check_states, max_nesting, over
 from .number_ranges import INTEGER, NUMBER, int_range, number_range
 from .regex_ast import (
     EMPTY,
@@ -143,6 +143,11 @@ OBJECT_KEYWORDS = frozenset(
         "minProperties",
         "maxProperties",
         "unevaluatedProperties",
+        "patternProperties",
+        "propertyNames",
+        "dependentRequired",
+        "dependencies",
+        "dependentSchemas",
     }
 )
 ARRAY_KEYWORDS = frozenset({"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems"})
@@ -157,11 +162,6 @@ REJECTED_KEYWORDS = {
     "if": "conditional subschemas (if/then/else) are not supported",
     "then": "conditional subschemas (if/then/else) are not supported",
     "else": "conditional subschemas (if/then/else) are not supported",
-    "patternProperties": "patternProperties is not supported",
-    "propertyNames": "propertyNames is not supported",
-    "dependentRequired": "dependentRequired is not supported",
-    "dependentSchemas": "dependentSchemas is not supported",
-    "dependencies": "dependencies is not supported",
     "contains": "contains is not supported",
     "minContains": "minContains is not supported",
     "maxContains": "maxContains is not supported",
@@ -347,6 +347,7 @@ class SchemaCompiler:
         self.ws = options.whitespace.node()
         self.ws_key = (options.whitespace.max_spaces, options.whitespace.newline)
         self._anchors: dict[str, tuple[Any, str]] | None = None
+        self._key_dfas: dict[int, tuple[Any, DFA]] = {}
 
     # -- entry ------------------------------------------------------------------------------
     def compile_root(self) -> Node:
@@ -513,6 +514,12 @@ class SchemaCompiler:
         for view in views:
             ap = view.get("additionalProperties")
             if ap is not None and ap[0] is False:
+                if "patternProperties" in view:
+                    raise ConstraintError(
+                        "allOf with a branch closed by additionalProperties: false next to "
+                        "patternProperties is not supported",
+                        pointer=ap[1],
+                    )
                 props = view.get("properties", ({}, ""))[0]
                 closed_sets.append(set(props) if isinstance(props, dict) else set())
             for k, (v, p) in view.items():
@@ -547,7 +554,7 @@ class SchemaCompiler:
                 if ("integer" in ta and "number" in tb) or ("number" in ta and "integer" in tb)
                 else set()
             )
-            return sorted(both)
+            return sorted(both) if both else _Conflict()
         if k == "properties":
             if not isinstance(a, dict) or not isinstance(b, dict):
                 raise ConstraintError("properties must be an object", pointer=ptr)
@@ -557,6 +564,31 @@ class SchemaCompiler:
                     merged[name] = _merge_subs(merged[name], sub, ptr, name)
                 else:
                     merged[name] = _Sub(((sub, join_pointer(ptr, name)),))
+            return merged
+        if k == "patternProperties":
+            if not isinstance(a, dict) or not isinstance(b, dict):
+                raise ConstraintError("patternProperties must be an object", pointer=ptr)
+            merged = dict(a)
+            for pat, sub in b.items():
+                merged[pat] = (
+                    _merge_subs(merged[pat], sub, ptr, pat)
+                    if pat in merged
+                    else _Sub(((sub, join_pointer(ptr, pat)),))
+                )
+            return merged
+        if k == "propertyNames":
+            return _merge_subs(a, b, ptr, None)
+        if k in ("dependentRequired", "dependencies", "dependentSchemas"):
+            if not isinstance(a, dict) or not isinstance(b, dict):
+                raise ConstraintError(f"{k} must be an object", pointer=ptr)
+            merged = dict(a)
+            for name, dep in b.items():
+                if name in merged and isinstance(merged[name], list) and isinstance(dep, list):
+                    merged[name] = list(dict.fromkeys(merged[name] + dep))
+                elif name in merged:
+                    merged[name] = {"allOf": [_plain_dep(merged[name]), _plain_dep(dep)]}
+                else:
+                    merged[name] = dep
             return merged
         if k == "required":
             return list(dict.fromkeys(list(a) + list(b)))
@@ -608,7 +640,7 @@ class SchemaCompiler:
         if any(isinstance(v, _Conflict) for v, _ in view.values()):
             return EMPTY
         if "enum" in view or "const" in view:
-            return self.compile_literals(view, ptr)
+            return self.compile_literals(view, ptr, refs, depth)
         types = self.types_of(view, ptr)
         options = [self.compile_type(t, view, ptr, refs, depth) for t in TYPES if t in types]
         return alt(*options)
@@ -680,7 +712,9 @@ class SchemaCompiler:
                         discriminators[name] = keys
         return types, literals, discriminators
 
-    def compile_literals(self, view: View, ptr: str) -> Node:
+    def compile_literals(
+        self, view: View, ptr: str, refs: dict[str, int] | None = None, depth: int = 0
+    ) -> Node:
         values = None
         if "enum" in view:
             enum, eptr = view["enum"]
@@ -690,12 +724,30 @@ class SchemaCompiler:
         if "const" in view:
             c = view["const"][0]
             values = [c] if values is None else [v for v in values if _canonical(v) == _canonical(c)]
-        for k, (_, kptr) in view.items():
-            if k not in ("enum", "const", "type") and k not in ANNOTATIONS:
-                raise ConstraintError(f"{k!r} next to enum/const is not supported", pointer=kptr)
         if "type" in view:
             types = frozenset(_type_list(*view["type"]))
             values = [v for v in values if _type_matches(v, types)]
+        others = {
+            k: x for k, x in view.items() if k not in ("enum", "const", "type") and k not in ANNOTATIONS
+        }
+        if others and values:
+            if "type" not in view:  # keywords of one type do not constrain values of another
+                types = {"number" if _json_type(v) == "integer" else _json_type(v) for v in values}
+                others["type"] = (sorted(types), ptr)
+            # the other keywords filter the values: a value stays when its compact text is what
+            # those keywords (compiled as usual, all types) accept
+            rest = self.compile_view(others, ptr, refs or {}, depth)
+            dfa = byte_dfa(rest, self.options.max_states)
+            kept = []
+            for v in values:
+                try:
+                    text = json_literal(v).encode("utf-8", "surrogatepass")
+                except (ValueError, RecursionError):
+                    kept.append(v)  # reported below
+                    continue
+                if dfa.accepts(text):
+                    kept.append(v)
+            values = kept
         texts = []
         for v in values:
             try:
@@ -974,83 +1026,271 @@ class SchemaCompiler:
         if not isinstance(req_v, list) or not all(isinstance(r, str) for r in req_v):
             raise ConstraintError("required must be an array of strings", pointer=req_p)
         required = list(dict.fromkeys(req_v))
-        extra = view.get("additionalProperties", (True, ptr))
+        extra = view.get("additionalProperties", (True, join_pointer(ptr, "additionalProperties")))
         uneval = view.get("unevaluatedProperties")
         if uneval is not None and uneval[0] is not False:
             raise ConstraintError(
                 "unevaluatedProperties other than false is not supported", pointer=uneval[1]
             )
-        closed = extra[0] is False or uneval is not None
+        if uneval is not None:
+            extra = (False, uneval[1])
+        pat_v, pat_p = view.get("patternProperties", ({}, join_pointer(ptr, "patternProperties")))
+        if not isinstance(pat_v, dict):
+            raise ConstraintError("patternProperties must be an object", pointer=pat_p)
+        patterns = [
+            (pat, sub if isinstance(sub, _Sub) else _Sub(((sub, join_pointer(pat_p, pat)),)))
+            for pat, sub in pat_v.items()
+        ]
+        names = view.get("propertyNames")
         min_p = _count(view, "minProperties", 0)
         max_p = _count(view, "maxProperties", None)
-        listed: list[tuple[str, tuple[Any, str] | _Sub]] = [
-            (name, sub if isinstance(sub, _Sub) else (sub, join_pointer(props_p, name)))
-            for name, sub in props_v.items()
-        ]
-        for name in required:
-            if name not in props_v:
-                if closed:
-                    raise ConstraintError(
-                        f"required property {name!r} is forbidden by additionalProperties: false",
-                        pointer=req_p,
-                    )
-                listed.append((name, _as_sub(*extra) if extra[0] is not True else (True, ptr)))
+        deps = self.dependencies(view)
+
+        def value_sub(name: str) -> _Sub | None:
+            """The schemas a property's value must satisfy (None: the name is not allowed)."""
+            parts: list[tuple[Any, str]] = []
+            if name in props_v:
+                sub = props_v[name]
+                parts.extend(sub.parts if isinstance(sub, _Sub) else ((sub, join_pointer(props_p, name)),))
+            matched = False
+            for pat, sub in patterns:
+                if self.pattern_matches(pat, name, join_pointer(pat_p, pat)):
+                    parts.extend(sub.parts)
+                    matched = True
+            if name not in props_v and not matched:
+                if extra[0] is False:
+                    return None
+                parts.extend(_as_sub(*extra).parts if isinstance(extra[0], _Sub) else (extra,))
+            if names is not None and not self.name_allowed(names, name, refs, depth):
+                return None
+            return _Sub(tuple(parts) or ((True, ptr),))
+
+        # the names sgc may generate: listed ones, then required and dependency targets not listed
+        order = list(props_v)
+        for name in required + [t for ts in deps.values() for t in ts]:
+            if name not in order:
+                order.append(name)
         ws = self.ws
         open_, close = literal("{"), literal("}")
-        if not listed:
-            if closed or (max_p is not None and max_p == 0):
-                return EMPTY if min_p > 0 else concat(open_, ws, close)
-            value = self.nested_value(extra, refs, depth)
-            return self.map_node(value, min_p, max_p)
-        if max_p is not None and max_p < len(listed):
+        if not order:
+            return self.map_object(view, ptr, extra, patterns, names, min_p, max_p, refs, depth)
+        members: list[tuple[str, Node]] = []
+        for name in order:
+            sub = value_sub(name)
+            value = EMPTY if sub is None else self.compile(sub, refs, depth + 1)
+            if is_empty(value):
+                if name in required:
+                    return EMPTY
+                continue
+            members.append((name, concat(literal(json_literal(name)), ws, literal(":"), ws, value)))
+        if min_p > len(members):
+            if extra[0] is False and not patterns:
+                return EMPTY  # only these names are allowed, and not enough of them can appear
             raise ConstraintError(
-                "maxProperties below the number of listed properties is not supported",
-                pointer=view["maxProperties"][1],
-            )
-        if min_p > len(required):
-            raise ConstraintError(
-                "minProperties above the number of required properties is not supported",
+                f"minProperties {min_p} needs properties the schema does not list; sgc generates "
+                "only listed (or required) properties",
                 pointer=view["minProperties"][1],
             )
-        members = []
-        for name, sub in listed:
-            value = self.compile(sub, refs, depth + 1)
-            member = concat(literal(json_literal(name)), ws, literal(":"), ws, value)
-            members.append((member, name in required))
-        sep = concat(ws, literal(","), ws)
-        # after[i]: the members from i on, given that something was written before them
-        after: list[Node] = [EPSILON] * (len(members) + 1)
-        for i in range(len(members) - 1, -1, -1):
-            member, req = members[i]
-            step = concat(sep, member)
-            after[i] = concat(step if req else optional(step), after[i + 1])
-        # first[i]: the members from i on, at least one, nothing written before
-        first: Node = EMPTY
-        for i in range(len(members) - 1, -1, -1):
-            member, req = members[i]
-            here = concat(member, after[i + 1])
-            first = here if req else alt(here, first)
-        all_optional = not any(req for _, req in members)
-        if all_optional:
-            return concat(open_, ws, optional(concat(first, ws)), close)
-        return concat(open_, ws, first, ws, close)
+        body = self.members_node(members, set(required), deps, min_p, max_p, ptr)
+        return concat(open_, ws, body, close)
 
-    def nested_value(self, sub: tuple[Any, str] | _Sub, refs: dict[str, int], depth: int) -> Node:
-        """Items or map values; unconstrained ones nest one level less than a free-standing `{}`."""
-        if isinstance(sub, tuple) and (sub[0] is True or sub[0] == {}):
-            return self.any_value(self.options.any_depth - 1)
-        return self.compile(_as_sub(*sub) if isinstance(sub, tuple) else sub, refs, depth + 1)
-
-    def map_node(self, value: Node, min_p: int, max_p: int | None) -> Node:
+    def members_node(
+        self,
+        members: list[tuple[str, Node]],
+        required: set[str],
+        deps: dict[str, list[str]],
+        min_p: int,
+        max_p: int | None,
+        ptr: str,
+    ) -> Node:
+        """Members in the listed order, each present or not, such that the required ones are, each
+        present dependency trigger has its targets present, and the count is in [min_p, max_p].
+        A member is followed by `ws`, so an empty body is just the closing brace."""
+        n = len(members)
+        index = {name: i for i, (name, _) in enumerate(members)}
+        must = frozenset(i for i, (name, _) in enumerate(members) if name in required)
+        needs: list[frozenset[int]] = []
+        impossible: set[int] = set()
+        for name, _ in members:
+            targets = deps.get(name, [])
+            if any(t not in index for t in targets):
+                impossible.add(index[name])  # a target sgc cannot generate: the trigger stays out
+            needs.append(frozenset(index[t] for t in targets if t in index))
+        if must & impossible:
+            return EMPTY
+        needed_by: list[frozenset[int]] = [frozenset(t for t in range(n) if i in needs[t]) for i in range(n)]
+        cap = max(max_p if max_p is not None else min_p, 1)
         ws = self.ws
-        key = concat(
-            literal('"'),
-            Automaton(self.string_body_dfa(), to_regex(repeat(JSON_CHAR, 0, None))),
-            literal('"'),
-        )
-        member = concat(key, ws, literal(":"), ws, value)
+        sep = concat(literal(","), ws)
+        memo: dict[tuple, Node] = {}
+
+        def go(i: int, c: int, req: frozenset[int], forb: frozenset[int]) -> Node:
+            key = (i, c, req, forb)
+            got = memo.get(key)
+            if got is not None:
+                return got
+            if len(memo) > 20000:
+                raise ConstraintError(
+                    "these properties' constraints (dependencies, counts) need too many automaton branches",
+                    pointer=ptr,
+                )
+            if i == n:
+                node = EPSILON if c >= min_p else EMPTY
+            else:
+                options = []
+                if i not in forb and i not in impossible and (max_p is None or c < max_p):
+                    nreq = (req | needs[i]) - {i}
+                    if not (nreq & forb):
+                        rest = go(i + 1, min(c + 1, cap), nreq, forb)
+                        if not is_empty(rest):
+                            options.append(concat(sep if c else EPSILON, members[i][1], ws, rest))
+                if i not in must and i not in req:
+                    nforb = forb | needed_by[i]
+                    if not (nforb & req):
+                        options.append(go(i + 1, c, req, nforb))
+                node = alt(*options)
+            memo[key] = node
+            return node
+
+        return go(0, 0, frozenset(), frozenset())
+
+    def dependencies(self, view: View) -> dict[str, list[str]]:
+        """dependentRequired, and the draft 4-7 `dependencies` with arrays (or schemas that only
+        require properties): trigger -> the names it requires."""
+        out: dict[str, list[str]] = {}
+        for key in ("dependentRequired", "dependencies", "dependentSchemas"):
+            if key not in view:
+                continue
+            v, p = view[key]
+            if not isinstance(v, dict):
+                raise ConstraintError(f"{key} must be an object", pointer=p)
+            for trigger, dep in v.items():
+                dp = join_pointer(p, trigger)
+                if isinstance(dep, dict) and key != "dependentRequired":
+                    if any(_asserts(k, x) for k, x in dep.items() if k != "required"):
+                        raise ConstraintError(
+                            f"{key} with a schema is supported only when the schema just lists "
+                            "`required` names",
+                            pointer=dp,
+                        )
+                    dep = dep.get("required", [])
+                elif dep is True and key != "dependentRequired":
+                    dep = []
+                if not isinstance(dep, list) or not all(isinstance(t, str) for t in dep):
+                    raise ConstraintError(f"{key} values must be arrays of property names", pointer=dp)
+                out.setdefault(trigger, [])
+                out[trigger].extend(t for t in dep if t not in out[trigger] and t != trigger)
+        return out
+
+    def pattern_matches(self, pattern: Any, name: str, ptr: str) -> bool:
+        """Whether `name` matches a JSON Schema pattern (ECMA search semantics, our parser)."""
+        if not isinstance(pattern, str):
+            raise ConstraintError("a patternProperties key must be a pattern", pointer=ptr)
+        key = ("raw-pattern", pattern)
+        dfa = _LEAF_CACHE.get(key)
+        if dfa is None:
+            anything = repeat(chars(_ANY_CHAR), 0, None)
+            try:
+                node = alt(
+                    *(
+                        concat(
+                            EPSILON if a.anchored_start else anything,
+                            a.node,
+                            EPSILON if a.anchored_end else anything,
+                        )
+                        for a in parse_regex(pattern, ecma_dot=True)
+                    )
+                )
+            except ConstraintError as e:
+                raise e.with_pointer(ptr) from None
+            dfa = _cached_leaf(key, lambda: node, self.options.max_states, self.options.max_size)
+        return dfa.accepts(name.encode("utf-8", "surrogatepass"))
+
+    def key_dfa(self, names: tuple[Any, str] | _Sub, refs: dict[str, int], depth: int) -> DFA:
+        """propertyNames as a byte DFA over the quoted key (only its strings matter)."""
+        got = self._key_dfas.get(id(names))
+        if got is None or got[0] is not names:
+            sub = names if isinstance(names, _Sub) else _Sub((names,))
+            got = (names, byte_dfa(self.compile(sub, refs, depth + 1), self.options.max_states))
+            self._key_dfas[id(names)] = got
+        return got[1]
+
+    def name_allowed(
+        self, names: tuple[Any, str] | _Sub, name: str, refs: dict[str, int], depth: int
+    ) -> bool:
+        return self.key_dfa(names, refs, depth).accepts(json_literal(name).encode("utf-8", "surrogatepass"))
+
+    def map_object(
+        self,
+        view: View,
+        ptr: str,
+        extra: tuple[Any, str],
+        patterns: list[tuple[str, _Sub]],
+        names: tuple[Any, str] | _Sub | None,
+        min_p: int,
+        max_p: int | None,
+        refs: dict[str, int],
+        depth: int,
+    ) -> Node:
+        """An object that lists no names: a map whose keys are split by the patterns they match
+        (keys spelled canonically, so a key's spelling decides its pattern region)."""
+        if min_p >= 2 and (max_p is None or max_p >= 2):
+            raise ConstraintError(
+                "minProperties >= 2 on an object that lists no properties is not supported: sgc "
+                "cannot keep generated keys distinct (duplicate keys collapse)",
+                pointer=view["minProperties"][1],
+            )
+        if len(patterns) > 3:
+            raise ConstraintError("more than 3 patternProperties on a map are not supported", pointer=ptr)
+        regions: list[tuple[Node, Node]] = []
+        if not patterns and names is None:
+            if extra[0] is not False:
+                key = concat(
+                    literal('"'),
+                    Automaton(self.string_body_dfa(), to_regex(repeat(JSON_CHAR, 0, None))),
+                    literal('"'),
+                )
+                regions.append((key, self.nested_value(extra, refs, depth)))
+        else:
+            canon = _cached_leaf(("canon-body",), lambda: repeat(encode_chars(_ANY_CHAR), 0, None), None)
+            pdfas = [
+                _cached_leaf(("pattern", pat), lambda pat=pat: self.pattern_node_at(pat, ptr), None)
+                for pat, _ in patterns
+            ]
+            names_dfa = self.key_dfa(names, refs, depth) if names is not None else None
+            for mask in range(1 << len(patterns)):
+                if mask == 0 and extra[0] is False:
+                    continue
+                body = canon
+                for j, pd in enumerate(pdfas):
+                    body = (
+                        intersect(body, pd, self.options.max_states)
+                        if mask >> j & 1
+                        else _difference(body, pd, self.options.max_states)
+                    )
+                    if body.is_empty():
+                        break
+                if body.is_empty():
+                    continue
+                key_dfa = byte_dfa(concat(literal('"'), Automaton(body, _no_regex), literal('"')))
+                if names_dfa is not None:
+                    key_dfa = intersect(key_dfa, names_dfa, self.options.max_states)
+                    if key_dfa.is_empty():
+                        continue
+                if mask == 0:
+                    value = self.nested_value(extra, refs, depth)
+                else:
+                    parts = tuple(
+                        p for j, (_, sub) in enumerate(patterns) if mask >> j & 1 for p in sub.parts
+                    )
+                    value = self.compile(_Sub(parts), refs, depth + 1)
+                if not is_empty(value):
+                    regions.append((Automaton(key_dfa, _no_regex), value))
+        ws = self.ws
+        members = [concat(k, ws, literal(":"), ws, v) for k, v in regions]
+        member = alt(*members)
         sep = concat(ws, literal(","), ws)
-        if max_p == 0:
+        if max_p == 0 or not members:
             body = EMPTY
         else:
             body = concat(
@@ -1059,6 +1299,18 @@ class SchemaCompiler:
         if min_p == 0:
             return concat(literal("{"), ws, optional(concat(body, ws)), literal("}"))
         return concat(literal("{"), ws, body, ws, literal("}"))
+
+    def pattern_node_at(self, pattern: str, ptr: str) -> Node:
+        try:
+            return self.pattern_node(pattern)
+        except ConstraintError as e:
+            raise e.with_pointer(join_pointer(ptr, "patternProperties", pattern)) from None
+
+    def nested_value(self, sub: tuple[Any, str] | _Sub, refs: dict[str, int], depth: int) -> Node:
+        """Items or map values; unconstrained ones nest one level less than a free-standing `{}`."""
+        if isinstance(sub, tuple) and (sub[0] is True or sub[0] == {}):
+            return self.any_value(self.options.any_depth - 1)
+        return self.compile(_as_sub(*sub) if isinstance(sub, tuple) else sub, refs, depth + 1)
 
     def string_body_dfa(self) -> DFA:
         return _cached_leaf(("length", 0, None), lambda: repeat(JSON_CHAR, 0, None), self.options.max_states)
@@ -1086,6 +1338,51 @@ class SchemaCompiler:
             literal("{"), ws, optional(concat(member, repeat(concat(sep, member), 0, None), ws)), literal("}")
         )
         return alt(scalars, array, obj)
+
+
+_ANY_CHAR = _NEEDS_ESCAPE | _NEEDS_ESCAPE.complement()
+
+
+def _no_regex() -> str:
+    raise ConstraintError(
+        "this schema has no Python regex form (a difference of automata); compile it to an FSM instead"
+    )
+
+
+def _difference(a: DFA, b: DFA, max_states: int | None = None) -> DFA:
+    """The strings `a` accepts and `b` does not (same symbol space; b's dead state is a sink)."""
+    import numpy as np
+
+    if a.is_empty() or b.is_empty():
+        return a
+    pairs, symbol_class = np.unique(
+        np.stack([a.symbol_class, b.symbol_class], axis=1), axis=0, return_inverse=True
+    )
+    symbol_class = symbol_class.reshape(-1).astype(np.int32)
+    ca, cb = pairs[:, 0], pairs[:, 1]
+    ids = {(a.initial, b.initial): 0}
+    queue = [(a.initial, b.initial)]
+    rows = []
+    i = 0
+    while i < len(queue):
+        sa, sb = queue[i]
+        i += 1
+        na = a.transitions[sa, ca]
+        nb = b.transitions[sb, cb] if sb >= 0 else np.full(len(pairs), -1, dtype=np.int32)
+        row = np.full(len(pairs), -1, dtype=np.int32)
+        for k in np.flatnonzero(na >= 0).tolist():
+            key = (int(na[k]), int(nb[k]))
+            t = ids.get(key)
+            if t is None:
+                t = len(queue)
+                check_states(t + 1, max_states)
+                ids[key] = t
+                queue.append(key)
+            row[k] = t
+        rows.append(row)
+    accepting = np.array([bool(a.accepting[x]) and not (y >= 0 and bool(b.accepting[y])) for x, y in queue])
+    table = np.array(rows, dtype=np.int32).reshape(len(rows), len(pairs))
+    return trim(DFA(0, accepting, table, symbol_class))
 
 
 def _asserts(k: str, v: Any) -> bool:
@@ -1130,9 +1427,15 @@ def _normalize(k: str, v: Any, p: str) -> Any:
         return {name: _Sub(((sub, join_pointer(p, name)),)) for name, sub in v.items()}
     if k == "pattern":
         return _Patterns(((v, p),))
-    if k in ("items", "additionalItems", "additionalProperties") and isinstance(v, dict):
+    if k == "patternProperties" and isinstance(v, dict):
+        return {pat: _Sub(((sub, join_pointer(p, pat)),)) for pat, sub in v.items()}
+    if k in ("items", "additionalItems", "additionalProperties", "propertyNames") and isinstance(v, dict):
         return _Sub(((v, p),))
     return v
+
+
+def _plain_dep(dep: Any) -> Any:
+    return {"required": dep} if isinstance(dep, list) else dep
 
 
 def _plain(v: Any) -> Any:
@@ -1353,11 +1656,24 @@ KEYWORD_NOTES: dict[str, tuple[str, str]] = {
     ),
     "additionalProperties": (
         "yes",
-        "`false` or absent: only listed properties; a schema with no `properties`: a map",
+        "a schema or a boolean: the values of required (and dependency) names not listed, and a map's "
+        "values; absent: see the open-object policy below",
     ),
+    "patternProperties": (
+        "yes",
+        "listed names take the schemas of the patterns they match; a map's keys are split by the "
+        "patterns they match (at most 3 patterns)",
+    ),
+    "propertyNames": ("yes", "listed names that fail it are never generated; a map's keys are intersected"),
+    "dependentRequired": ("yes", "exact, in any direction (a trigger listed after its target too)"),
+    "dependencies": ("yes", "array form; schema form only when the schema just lists `required`"),
+    "dependentSchemas": ("partly", "only schemas that just list `required`; others rejected"),
     "unevaluatedProperties": ("false only", "same as `additionalProperties: false`"),
-    "minProperties": ("partly", "maps; objects only when implied by `required`"),
-    "maxProperties": ("partly", "maps; objects only when all listed properties fit"),
+    "minProperties": (
+        "yes",
+        "counted over the generated properties; more than the schema names is rejected; maps: at most 1",
+    ),
+    "maxProperties": ("yes", "counted over the generated properties"),
     "items": ("yes", "a schema, or a list (tuple form, with `additionalItems`)"),
     "prefixItems": ("yes", ""),
     "additionalItems": ("yes", "with tuple-form `items`"),
