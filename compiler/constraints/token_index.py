@@ -234,7 +234,11 @@ def _rows_of(
     dense_rows: list[np.ndarray] = []
     dense_packed: list[np.ndarray] = []
     # -- dense walk, batched by the set of allowed first bytes ------------------------------
-    for members, start in _dense_batches(np.flatnonzero(wide), first_alive, trie.subtree_size[roots]):
+    widest_level = int(np.diff(trie.level_start).max()) if trie.depth else 0
+    # a walk holds a few [level nodes, states] arrays (int32 targets, bools) at a time: cap the columns
+    max_columns = max(1, _DENSE_WALK_BYTES // max(1, (widest_level * 12 + vocab_size)))
+    batches = _dense_batches(np.flatnonzero(wide), first_alive, trie.subtree_size[roots])
+    for members, start in ((m[i : i + max_columns], st) for m, st in batches for i in range(0, len(m), max_columns)):
         check_memory(vocab_size * len(members), "the token index's dense walk")
         masks = _dense_walk(reps[members], roots[start], trie, flat_table, node_cls, num_classes, vocab_size)
         is_dense = np.count_nonzero(masks, axis=0) >= DENSE_MIN_TOKENS
@@ -281,6 +285,10 @@ def _rows_of(
     pair_row, pair_token = pair_row[order], pair_token[order]
     sparse_ptr = np.searchsorted(pair_row, np.arange(num_rows + 1)).astype(np.int64)
     return dense_id, dense_masks, sparse_ptr, pair_token.astype(np.int32)
+
+
+# Working memory of one dense walk; wider batches are split (the table the walk fills is kept apart).
+_DENSE_WALK_BYTES = 96 << 20
 
 
 def _dense_batches(
@@ -343,6 +351,7 @@ def _dense_walk(
     nodes = start_nodes
     cur = flat_table[node_cls[nodes][:, None] + states[None, :].astype(np.int64) * num_classes]
     while len(nodes):
+        check_time()  # one trie level per round: a wide table makes each round expensive
         alive = cur >= 0
         keep = alive.any(axis=1)
         if not keep.all():
@@ -390,6 +399,7 @@ def _sparse_walk(
     nodes = roots[ri]
     cur = sub[si, ri]
     while len(src):
+        check_time()
         ptr_lo = trie.end_ptr[nodes]
         cnt = trie.end_ptr[nodes + 1] - ptr_lo
         ends = np.flatnonzero(cnt)
