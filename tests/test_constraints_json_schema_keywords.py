@@ -469,3 +469,88 @@ def test_enum_next_to_other_keywords_filters_the_values() -> None:
     schema = {"enum": ["a", "abcd", 1, 7, None], "maxLength": 3, "minimum": 2}
     check(schema, ["a", 7, None], ["abcd", 1])
     check({"type": "integer", "enum": [3, 4, 6], "multipleOf": 3}, [3, 6], [4])
+
+
+# ---------------------------------------------------------------------------------------------
+# not (finite forms)
+
+
+def test_not_type_const_enum_required() -> None:
+    check({"type": ["string", "integer", "null"], "not": {"type": "null"}}, ["a", 1], [None])
+    check(
+        {"type": "string", "maxLength": 2, "not": {"enum": ["a", "/", "\u00e9", 'x"']}},
+        ["", "b", "ab", "\u00e8"],
+        ["a", "/", "\u00e9", 'x"'],
+    )
+    dfa = dfa_of({"type": "string", "maxLength": 2, "not": {"const": "a/"}})
+    for spelling in [b'"a/"', b'"\\u0061/"', b'"a\\/"', b'"\\u0061\\u002F"']:
+        assert not dfa.accepts(spelling), spelling
+    assert dfa.accepts(b'"a\\u0030"')
+    check({"type": "integer", "minimum": 0, "maximum": 5, "not": {"enum": [0, 3]}}, [1, 2, 4, 5], [0, 3])
+    check({"type": ["boolean", "null"], "not": {"const": False}}, [True, None], [False])
+    mutually_exclusive = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}, "c": {"type": "integer"}},
+        "not": {"required": ["a", "b"]},
+        "additionalProperties": False,
+    }
+    check(mutually_exclusive, [{}, {"a": 1}, {"b": 2, "c": 3}, {"a": 1, "c": 3}], [{"a": 1, "b": 2}])
+    de_morgan = {
+        "type": "object",
+        "properties": {"kind": {"enum": ["x", "y"]}, "v": {"type": "integer"}},
+        "required": ["kind"],
+        "additionalProperties": False,
+        "not": {"properties": {"kind": {"const": "x"}}, "required": ["v"]},
+    }
+    with pytest.raises(ConstraintError) as info:
+        json_schema_to_node(de_morgan)
+    assert info.value.pointer == "/not/properties"
+    check(
+        {"type": "integer", "maximum": 3, "minimum": 0, "not": {"type": "integer", "const": 2}},
+        [0, 1, 3],
+        [2],
+    )
+    enum_not = {"enum": ["a", "b", 1], "not": {"type": "integer"}}
+    check(enum_not, ["a", "b"], [1])
+    with pytest.raises(ConstraintError, match="negation") as info:
+        json_schema_to_node({"not": {"type": "string"}})
+    assert info.value.pointer == "/not"
+    with pytest.raises(ConstraintError) as info:
+        json_schema_to_node({"type": "number", "not": {"const": 1}})
+    assert info.value.pointer == "/not/const"
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays: contains / minContains, uniqueItems over finitely many values
+
+
+def test_contains_and_min_contains() -> None:
+    schema = {
+        "type": "array",
+        "items": {"type": "integer", "minimum": 0, "maximum": 9},
+        "contains": {"minimum": 5},
+    }
+    check(schema, [[5], [1, 7], [9, 1, 2, 3], [0, 0, 0, 0, 6]], [[], [1, 2], [0, 0, 0, 0, 4]])
+    two = {
+        "type": "array",
+        "items": {"type": "integer", "minimum": 0, "maximum": 9},
+        "contains": {"const": 3},
+        "minContains": 2,
+        "maxItems": 4,
+    }
+    check(two, [[3, 3], [1, 3, 2, 3]], [[3], [3, 1, 1, 1, 3], [1, 2]])
+    no_items = {"type": "array", "contains": {"type": "string", "maxLength": 1}, "minItems": 2}
+    check(no_items, [["a", 1], [None, "b", []]], [["ab", 1], [1, 2]])
+    with pytest.raises(ConstraintError) as info:
+        json_schema_to_node({"type": "array", "contains": {"type": "integer"}, "maxContains": 1})
+    assert info.value.pointer == "/maxContains"
+
+
+def test_unique_items_over_finite_values() -> None:
+    schema = {"type": "array", "items": {"enum": ["a", "b", 1, 1.0, None]}, "uniqueItems": True}
+    check(schema, [[], ["a"], ["b", "a", 1], [None, 1, "a", "b"]], [["a", "a"], [1, 1.0], [None, None]])
+    flags = {"type": "array", "items": {"type": "boolean"}, "uniqueItems": True, "minItems": 2}
+    check(flags, [[True, False], [False, True]], [[True], [True, True]])
+    with pytest.raises(ConstraintError) as info:
+        json_schema_to_node({"type": "array", "items": {"type": "string"}, "uniqueItems": True})
+    assert info.value.pointer == "/uniqueItems"

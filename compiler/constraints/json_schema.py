@@ -150,21 +150,22 @@ OBJECT_KEYWORDS = frozenset(
         "dependentSchemas",
     }
 )
-ARRAY_KEYWORDS = frozenset({"items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems"})
+ARRAY_KEYWORDS = frozenset(
+    {
+        "items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems", "contains",
+        "minContains", "maxContains",
+    }
+)  # fmt: skip
 STRING_KEYWORDS = frozenset({"minLength", "maxLength", "pattern", "format"})
 NUMBER_KEYWORDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"})
-GENERIC_KEYWORDS = frozenset({"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref"})
+GENERIC_KEYWORDS = frozenset({"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "not"})
 SUPPORTED_KEYWORDS = (
     ANNOTATIONS | OBJECT_KEYWORDS | ARRAY_KEYWORDS | STRING_KEYWORDS | NUMBER_KEYWORDS | GENERIC_KEYWORDS
 )
 REJECTED_KEYWORDS = {
-    "not": "negation cannot be compiled to a generator",
     "if": "conditional subschemas (if/then/else) are not supported",
     "then": "conditional subschemas (if/then/else) are not supported",
     "else": "conditional subschemas (if/then/else) are not supported",
-    "contains": "contains is not supported",
-    "minContains": "minContains is not supported",
-    "maxContains": "maxContains is not supported",
     "unevaluatedItems": "unevaluatedItems is not supported",
     "$dynamicRef": "$dynamicRef is not supported",
     "$recursiveRef": "$recursiveRef is not supported",
@@ -639,11 +640,97 @@ class SchemaCompiler:
                 return self.compile_branches(key, view, ptr, refs, depth)
         if any(isinstance(v, _Conflict) for v, _ in view.values()):
             return EMPTY
+        if "not" in view:
+            return self.compile_not(view, ptr, refs, depth)
         if "enum" in view or "const" in view:
             return self.compile_literals(view, ptr, refs, depth)
         types = self.types_of(view, ptr)
-        options = [self.compile_type(t, view, ptr, refs, depth) for t in TYPES if t in types]
+        not_types = view.get(_NOT_TYPES, (frozenset(), ptr))[0]
+        if "integer" in not_types and "number" in types:
+            raise ConstraintError(
+                "not {type: integer} next to type number (non-integer numbers) is not supported",
+                pointer=view[_NOT_TYPES][1],
+            )
+        types -= not_types | ({"integer"} if "number" in not_types else set())
+        if _NOT_REQUIRED in view:
+            types &= {"object"}  # non-objects satisfy `required`, so they fail its negation
+        options = []
+        for t in TYPES:
+            if t in types:
+                node = self.compile_type(t, view, ptr, refs, depth)
+                if _NOT_VALUES in view:
+                    node = self.exclude_values(node, t, *view[_NOT_VALUES])
+                options.append(node)
         return alt(*options)
+
+    def compile_not(self, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
+        """`not` of the forms whose negation is finite: type, const, enum, required (several
+        keywords: De Morgan, one branch per keyword)."""
+        neg, nptr = view["not"]
+        rest = {k: v for k, v in view.items() if k != "not"}
+        if not rest:
+            # (a bare `not` would be "any JSON value but ..."; sgc asks for the type to generate)
+            raise ConstraintError(
+                "negation cannot be compiled to a generator without sibling keywords (add `type`)",
+                pointer=nptr,
+            )
+        try:
+            nviews = self.flatten(neg, nptr, dict(refs))
+        except _Cut:
+            nviews = [None]
+        if any(v is None for v in nviews):
+            return self.compile_view(rest, ptr, refs, depth)  # not false: no constraint
+        nview = self.merge(nviews, nptr) if len(nviews) != 1 else nviews[0]
+        branches: list[View] = []
+        for k, (v, kp) in nview.items():
+            if k in ANNOTATIONS:
+                continue
+            branch = dict(rest)
+            if k == "type":
+                old = branch.get(_NOT_TYPES, (frozenset(), kp))[0]
+                branch[_NOT_TYPES] = (old | frozenset(_type_list(v, kp)), kp)
+            elif k in ("enum", "const"):
+                values = [v] if k == "const" else v
+                if not isinstance(values, list):
+                    raise ConstraintError("enum must be an array", pointer=kp)
+                old = branch.get(_NOT_VALUES, ((), kp))[0]
+                branch[_NOT_VALUES] = (tuple(old) + tuple(values), kp)
+            elif k == "required":
+                if not isinstance(v, list) or not all(isinstance(r, str) for r in v):
+                    raise ConstraintError("required must be an array of strings", pointer=kp)
+                old = branch.get(_NOT_REQUIRED, ((), kp))[0]
+                branch[_NOT_REQUIRED] = (tuple(old) + (tuple(v),), kp)
+            else:
+                raise ConstraintError(
+                    f"not with {k!r} is not supported (only type, const, enum and required negate exactly)",
+                    pointer=kp,
+                )
+            branches.append(branch)
+        return alt(*(self.compile_view(b, ptr, refs, depth) for b in branches))
+
+    def exclude_values(self, node: Node, t: str, values: tuple, vptr: str) -> Node:
+        """`node` (the values of type t) without the spellings of `values`."""
+        if is_empty(node):
+            return node
+        spellings: list[Node] = []
+        for v in values:
+            if not _type_matches(v, frozenset({t})) and not (t == "number" and _json_type(v) == "integer"):
+                continue
+            if t in ("null", "boolean"):
+                spellings.append(literal(json_literal(v)))
+            elif t == "integer":
+                spellings.append(literal(str(int(v))))
+            elif t == "string":
+                spellings.append(concat(literal('"'), *(_char_spellings(c) for c in v), literal('"')))
+            else:
+                raise ConstraintError(
+                    f"not with a {t} value is not supported (a {t} has many spellings)", pointer=vptr
+                )
+        if not spellings:
+            return node
+        ms = self.options.max_states
+        dfa = _difference(byte_dfa(node, ms), byte_dfa(alt(*spellings), ms), ms)
+        return EMPTY if dfa.is_empty() else Automaton(dfa, _no_regex)
 
     def compile_branches(self, key: str, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
         items, kptr = view[key]
@@ -727,8 +814,22 @@ class SchemaCompiler:
         if "type" in view:
             types = frozenset(_type_list(*view["type"]))
             values = [v for v in values if _type_matches(v, types)]
+        if _NOT_TYPES in view:
+            values = [v for v in values if not _type_matches(v, view[_NOT_TYPES][0])]
+        if _NOT_VALUES in view:
+            gone = {_canonical(x) for x in view[_NOT_VALUES][0]}
+            values = [v for v in values if _canonical(v) not in gone]
+        if _NOT_REQUIRED in view:
+            values = [
+                v
+                for v in values
+                if isinstance(v, dict) and all(any(n not in v for n in g) for g in view[_NOT_REQUIRED][0])
+            ]
         others = {
-            k: x for k, x in view.items() if k not in ("enum", "const", "type") and k not in ANNOTATIONS
+            k: x
+            for k, x in view.items()
+            if k not in ("enum", "const", "type", _NOT_TYPES, _NOT_VALUES, _NOT_REQUIRED)
+            and k not in ANNOTATIONS
         }
         if others and values:
             if "type" not in view:  # keywords of one type do not constrain values of another
@@ -959,10 +1060,7 @@ class SchemaCompiler:
     def compile_array(self, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
         lo = _count(view, "minItems", 0)
         hi = _count(view, "maxItems", None)
-        if "uniqueItems" in view:
-            v, p = view["uniqueItems"]
-            if v is True and (hi is None or hi > 1):
-                raise ConstraintError("uniqueItems: true is not supported (unless maxItems <= 1)", pointer=p)
+        unique = "uniqueItems" in view and view["uniqueItems"][0] is True and (hi is None or hi > 1)
         prefix: list[tuple[Any, str] | _Sub] = []
         rest: tuple[Any, str] | _Sub = (True, ptr)
         if "prefixItems" in view:
@@ -987,6 +1085,20 @@ class SchemaCompiler:
                 pass  # ignored by the spec when items is a single schema
         if hi is not None and lo > hi:
             return EMPTY
+        contains = self.contains_bounds(view, hi)
+        if unique or contains is not None:
+            if prefix:
+                key = "uniqueItems" if unique else "contains"
+                raise ConstraintError(
+                    f"{key} next to tuple-form items is not supported", pointer=view[key][1]
+                )
+            if unique:
+                if contains is not None:
+                    raise ConstraintError(
+                        "uniqueItems next to contains is not supported", pointer=view["contains"][1]
+                    )
+                return self.unique_array(rest, lo, hi, view["uniqueItems"][1], refs, depth)
+            return self.contains_array(rest, contains, lo, hi, refs, depth)
         prefix_nodes = [
             self.compile(s, refs, depth + 1) for s in prefix[: hi if hi is not None else len(prefix)]
         ]
@@ -1016,6 +1128,125 @@ class SchemaCompiler:
         if lo == 0:
             return concat(open_, ws, optional(concat(items, ws)), close)
         return concat(open_, ws, items, ws, close)
+
+    def contains_bounds(self, view: View, hi: int | None) -> tuple[_Sub, int] | None:
+        """(the contains schema, minContains), or None when contains does not constrain."""
+        if "contains" not in view:
+            for key in ("minContains", "maxContains"):
+                if key in view:
+                    _count(view, key, 0)  # without contains they are ignored, but must be well-formed
+            return None
+        sub = _as_sub(*view["contains"])
+        sub = sub if isinstance(sub, _Sub) else _Sub((sub,))
+        m = _count(view, "minContains", 1)
+        mx = _count(view, "maxContains", None)
+        if mx is not None and (hi is None or mx < hi):
+            raise ConstraintError(
+                "maxContains below maxItems is not supported (it needs the contains schema's complement)",
+                pointer=view["maxContains"][1],
+            )
+        return (sub, m) if m > 0 else None
+
+    def contains_array(
+        self, rest: Any, contains: tuple[_Sub, int], lo: int, hi: int | None, refs: dict[str, int], depth: int
+    ) -> Node:
+        """Arrays of `rest` items, at least m of which also match the contains schema."""
+        sub, m = contains
+        rest_sub = rest if isinstance(rest, _Sub) else _Sub((rest,))
+        hit = self.compile(_Sub(rest_sub.parts + sub.parts), refs, depth + 1)
+        item = self.nested_value(rest, refs, depth)
+        if hi is not None and hi < m or is_empty(hit):
+            return EMPTY
+        ws = self.ws
+        sep = concat(ws, literal(","), ws)
+        top = max(lo, m)
+        memo: dict[tuple[int, int], Node] = {}
+
+        def go(k: int, c: int) -> Node:
+            # k elements written (saturating at `top` when unbounded), c of them hits (saturating at m)
+            got = memo.get((k, c))
+            if got is not None:
+                return got
+            lead = sep if k else EPSILON
+            if hi is None and k >= top:
+                more = repeat(concat(sep, item), 0, None)
+                node = more if c >= m else concat(more, sep, hit, go(k, c + 1))
+            else:
+                options = []
+                if k >= lo and c >= m:
+                    options.append(EPSILON)
+                if hi is None or k < hi:
+                    nk = k + 1 if hi is not None else min(k + 1, top)
+                    options.append(concat(lead, hit, go(nk, min(c + 1, m))))
+                    options.append(concat(lead, item, go(nk, c)))
+                node = alt(*options)
+            memo[(k, c)] = node
+            return node
+
+        return concat(literal("["), ws, go(0, 0), ws, literal("]"))
+
+    def unique_array(
+        self, rest: Any, lo: int, hi: int | None, uptr: str, refs: dict[str, int], depth: int
+    ) -> Node:
+        """uniqueItems over items with finitely many values (enum, const, boolean, null): arrays of
+        distinct values, in any order."""
+        rest_sub = rest if isinstance(rest, _Sub) else _Sub((rest,))
+        views: list[View | None] = []
+        try:
+            for schema, p in rest_sub.parts:
+                views.extend(self.flatten(schema, p, dict(refs)))
+        except _Cut:
+            views = [None]
+        if any(v is None for v in views):
+            return concat(literal("["), self.ws, literal("]")) if lo == 0 else EMPTY
+        view = self.merge(views, uptr) if len(views) != 1 else views[0]
+        if "enum" in view or "const" in view:
+            candidates = list(view["enum"][0]) if "enum" in view and isinstance(view["enum"][0], list) else []
+            if "const" in view:
+                candidates.append(view["const"][0])
+        elif "type" in view and set(_type_list(*view["type"])) <= {"boolean", "null"}:
+            candidates = [True, False, None]
+        else:
+            raise ConstraintError(
+                "uniqueItems: true is supported only for items with finitely many values (enum, const, "
+                "boolean, null) or maxItems <= 1",
+                pointer=uptr,
+            )
+        item_dfa = byte_dfa(self.compile(rest_sub, refs, depth + 1), self.options.max_states)
+        groups: dict[str, list[str]] = {}
+        for v in candidates:
+            text = json_literal(v)
+            if item_dfa.accepts(text.encode("utf-8", "surrogatepass")):
+                groups.setdefault(_canonical(v), [])
+                if text not in groups[_canonical(v)]:
+                    groups[_canonical(v)].append(text)
+        values = [alt(*(literal(t) for t in texts)) for texts in groups.values()]
+        if len(values) > 10:
+            raise ConstraintError(
+                f"uniqueItems over {len(values)} distinct values is not supported (at most 10)", pointer=uptr
+            )
+        top = len(values) if hi is None else min(hi, len(values))
+        if lo > top:
+            return EMPTY
+        ws = self.ws
+        sep = concat(ws, literal(","), ws)
+        memo: dict[frozenset[int], Node] = {}
+
+        def go(used: frozenset[int]) -> Node:
+            got = memo.get(used)
+            if got is not None:
+                return got
+            options = [EPSILON] if len(used) >= lo else []
+            if len(used) < top:
+                lead = sep if used else EPSILON
+                for i, v in enumerate(values):
+                    if i not in used:
+                        options.append(concat(lead, v, go(used | {i})))
+            node = alt(*options)
+            memo[used] = node
+            return node
+
+        return concat(literal("["), ws, go(frozenset()), ws, literal("]"))
 
     # -- objects ----------------------------------------------------------------------------
     def compile_object(self, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
@@ -1091,7 +1322,8 @@ class SchemaCompiler:
                 "only listed (or required) properties",
                 pointer=view["minProperties"][1],
             )
-        body = self.members_node(members, set(required), deps, min_p, max_p, ptr)
+        groups = view.get(_NOT_REQUIRED, ((), ptr))[0]
+        body = self.members_node(members, set(required), deps, min_p, max_p, ptr, groups)
         return concat(open_, ws, body, close)
 
     def members_node(
@@ -1102,6 +1334,7 @@ class SchemaCompiler:
         min_p: int,
         max_p: int | None,
         ptr: str,
+        groups: tuple[tuple[str, ...], ...] = (),
     ) -> Node:
         """Members in the listed order, each present or not, such that the required ones are, each
         present dependency trigger has its targets present, and the count is in [min_p, max_p].
@@ -1118,14 +1351,17 @@ class SchemaCompiler:
             needs.append(frozenset(index[t] for t in targets if t in index))
         if must & impossible:
             return EMPTY
+        # `not: {required: g}`: some name of each group g stays out (names sgc never writes do)
+        pending0 = frozenset(gi for gi, g in enumerate(groups) if all(name in index for name in g))
+        in_groups = [frozenset(gi for gi, g in enumerate(groups) if name in g) for name, _ in members]
         needed_by: list[frozenset[int]] = [frozenset(t for t in range(n) if i in needs[t]) for i in range(n)]
         cap = max(max_p if max_p is not None else min_p, 1)
         ws = self.ws
         sep = concat(literal(","), ws)
         memo: dict[tuple, Node] = {}
 
-        def go(i: int, c: int, req: frozenset[int], forb: frozenset[int]) -> Node:
-            key = (i, c, req, forb)
+        def go(i: int, c: int, req: frozenset[int], forb: frozenset[int], pending: frozenset[int]) -> Node:
+            key = (i, c, req, forb, pending)
             got = memo.get(key)
             if got is not None:
                 return got
@@ -1135,24 +1371,24 @@ class SchemaCompiler:
                     pointer=ptr,
                 )
             if i == n:
-                node = EPSILON if c >= min_p else EMPTY
+                node = EPSILON if c >= min_p and not pending else EMPTY
             else:
                 options = []
                 if i not in forb and i not in impossible and (max_p is None or c < max_p):
                     nreq = (req | needs[i]) - {i}
                     if not (nreq & forb):
-                        rest = go(i + 1, min(c + 1, cap), nreq, forb)
+                        rest = go(i + 1, min(c + 1, cap), nreq, forb, pending)
                         if not is_empty(rest):
                             options.append(concat(sep if c else EPSILON, members[i][1], ws, rest))
                 if i not in must and i not in req:
                     nforb = forb | needed_by[i]
                     if not (nforb & req):
-                        options.append(go(i + 1, c, req, nforb))
+                        options.append(go(i + 1, c, req, nforb, pending - in_groups[i]))
                 node = alt(*options)
             memo[key] = node
             return node
 
-        return go(0, 0, frozenset(), frozenset())
+        return go(0, 0, frozenset(), frozenset(), pending0)
 
     def dependencies(self, view: View) -> dict[str, list[str]]:
         """dependentRequired, and the draft 4-7 `dependencies` with arrays (or schemas that only
@@ -1341,6 +1577,25 @@ class SchemaCompiler:
 
 
 _ANY_CHAR = _NEEDS_ESCAPE | _NEEDS_ESCAPE.complement()
+# view entries that `not` adds (never schema keywords: they start with a NUL)
+_NOT_TYPES = "\0not-types"
+_NOT_VALUES = "\0not-values"
+_NOT_REQUIRED = "\0not-required"
+
+
+def _char_spellings(c: str) -> Node:
+    """Every way sgc's string grammar can spell the character c inside a JSON string."""
+    options = []
+    if ord(c) not in _NEEDS_ESCAPE:
+        options.append(literal(c))
+    if c in _SHORT_ESCAPES or c == "/":
+        options.append(literal("\\" + _SHORT_ESCAPES.get(c, "/")))
+    code = ord(c)
+    if code <= 0xFFFF and not 0xD800 <= code <= 0xDFFF:
+        options.append(
+            concat(literal("\\u"), *(chars(CharSet.of(d.lower() + d.upper())) for d in f"{code:04x}"))
+        )
+    return alt(*options)
 
 
 def _no_regex() -> str:
@@ -1640,7 +1895,7 @@ def json_schema_to_regex(
 
 KEYWORD_NOTES: dict[str, tuple[str, str]] = {
     "type": ("yes", "a name or a list; no `type` means the types the other keywords imply (all if none)"),
-    "enum": ("yes", "values written compactly; next to `type` values of other types are dropped"),
+    "enum": ("yes", "values written compactly; sibling keywords (type, bounds, ...) filter the values"),
     "const": ("yes", "as a one-value enum"),
     "anyOf": ("yes", "alternation; sibling keywords are merged into every branch"),
     "oneOf": ("yes", "only when branches are provably exclusive (types, literals, const/enum discriminator)"),
@@ -1679,7 +1934,18 @@ KEYWORD_NOTES: dict[str, tuple[str, str]] = {
     "additionalItems": ("yes", "with tuple-form `items`"),
     "minItems": ("yes", ""),
     "maxItems": ("yes", "unrolled (mind the size budget)"),
-    "uniqueItems": ("false only", "`true` only with `maxItems <= 1`"),
+    "uniqueItems": (
+        "partly",
+        "`true` for items with at most 10 distinct values (enum, const, boolean, null), or `maxItems <= 1`",
+    ),
+    "contains": ("yes", "with `items` as one schema (not tuple form); not next to `uniqueItems`"),
+    "minContains": ("yes", "with `contains`"),
+    "maxContains": ("partly", "only when it does not bind (>= `maxItems`): it needs a complement"),
+    "not": (
+        "partly",
+        "finite forms: `type`, `const`, `enum` (of null, boolean, integer, string values), `required`; "
+        "several keywords by De Morgan; a bare `not` without sibling keywords is rejected",
+    ),
     "minLength": ("yes", "code points; escapes count as one"),
     "maxLength": ("yes", "code points; escapes count as one"),
     "pattern": ("yes", "ECMA search semantics (unanchored ends get `.*`); see the regex syntax"),
