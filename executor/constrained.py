@@ -36,11 +36,21 @@ class ConstraintCursor:
         self.history: list[int] = []
 
     def fill_mask(self, row: torch.Tensor) -> None:
-        """Allowed tokens of the current state into a bool row (EOS only in accepting states)."""
+        """Allowed tokens of the current state into a bool row (EOS only in accepting states).
+
+        Raises `ConstraintDeadEnd` rather than hand the sampler a row with nothing allowed: sampling
+        from it would pick an arbitrary token (a greedy argmax of all -inf is token 0), and the
+        output would end invalid. Compiled tables prune such states; a hand-made one may not.
+        """
+        if self.state < 0:
+            raise ConstraintDeadEnd(f"the constraint has no state to continue from (state {self.state})")
         self.fsm.fill_mask(self.state, row)
         if self.fsm.is_accepting(self.state):
             for eos in self.eos_ids:
                 row[eos] = True
+        if not bool(row.any()):
+            raise ConstraintDeadEnd(f"the constraint allows no token in state {self.state}, which is not "
+                                    "accepting (a dead end in its table)")
 
     def advance(self, token: int) -> None:
         self.history.append(self.state)
@@ -60,6 +70,10 @@ class ConstraintCursor:
                 return None
             states.append(state)
         return states
+
+
+class ConstraintDeadEnd(RuntimeError):
+    """A request's constraint reached a state from which no allowed token continues."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from executor.constrained import ConstraintCache, apply_jump, plan_jump_forward
+from executor.constrained import ConstraintCache, ConstraintDeadEnd, apply_jump, plan_jump_forward
 from executor.forward_batch import ForwardBatch, ForwardMode
 from executor.kernels.attention_shared_ref import SharedPrefix
 from executor.kv_manager import KVManager
@@ -594,13 +594,14 @@ class Scheduler:
     def _check_finished(self, req: Request, token: int) -> None:
         params = req.params
         num_out = len(req.output_ids)
+        if req.constraint is not None and req.constraint.state < 0 and token not in req.constraint.eos_ids:
+            # checked first: a stop token the mask did not allow must not end an invalid output as "stop"
+            raise ConstraintDeadEnd(f"token {token} left the constraint's language")
         if token in req.stop_token_ids and num_out >= params.min_new_tokens:
             req.finish_reason = {"type": "stop", "matched": token}
         elif req.constraint is not None and (token in req.constraint.eos_ids or req.constraint.complete):
             # The constraint is satisfied (EOS is only allowed in accepting states) or allows nothing more.
             req.finish_reason = {"type": "stop", "matched": token if token in req.constraint.eos_ids else None}
-        elif req.constraint is not None and req.constraint.state < 0:
-            raise AssertionError(f"request {req.rid}: token {token} left the constraint's language")
         elif req.detokenizer is not None and req.detokenizer.stopped:
             req.finish_reason = {"type": "stop", "matched": req.detokenizer.matched_stop}
         elif num_out >= params.max_new_tokens:

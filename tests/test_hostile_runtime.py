@@ -333,6 +333,17 @@ def test_tampered_transitions_fail_only_their_request(tiny, alone, monkeypatch):
         run_beside_good(tiny, alone, ("tampered", GOOD, {"constraint": bad}), "IndexError")
 
 
+def test_a_table_with_a_dead_end_fails_its_request_instead_of_ending_invalid(tiny, alone, monkeypatch):
+    """A state that allows no token: sampling it would argmax to token 0 (a stop token may end the
+    output as "stop", invalid); the request fails with the dead end named instead."""
+    fsm = tiny.constraints.get(REGEX, None)
+    bad = _tampered(fsm, monkeypatch, dense_id=np.full_like(fsm.index.dense_id, -1),
+                    sparse_ptr=np.zeros_like(fsm.index.sparse_ptr))
+    with bounded(seconds=20, mem_mb=300):
+        run_beside_good(tiny, alone, ("dead end", {**GOOD, "stop_token_ids": [0]}, {"constraint": bad}),
+                        "allows no token")
+
+
 def test_jump_forward_failure_at_admission_fails_only_its_request(tiny, alone, monkeypatch):
     fsm = tiny.constraints.get('\\{"name": "[a-z]{1,8}"\\}', None)  # forces `{"name": "` at once
 
