@@ -51,7 +51,7 @@ def test_no_invalid_instance_is_accepted_on_a_sample() -> None:
 
     tokenizer = load_smollm2_tokenizer()
     vocab = Vocabulary.from_tokenizer(tokenizer, eos_token_id=SMOLLM2_EOS)
-    args = argparse.Namespace(timeout=10.0, max_instances=5, mask_steps=0, max_frontier=20000)
+    args = argparse.Namespace(timeout=10.0, max_instances=5, mask_steps=0, max_frontier=500)
     docs = bench.load_corpus(None, 30, 7)
     results = [bench.run_schema(d, vocab, tokenizer, args, SMOLLM2_EOS, []) for d in docs]
     compiled = [r for r in results if r["status"] == "compiled"]
