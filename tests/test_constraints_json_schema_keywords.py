@@ -554,3 +554,16 @@ def test_unique_items_over_finite_values() -> None:
     with pytest.raises(ConstraintError) as info:
         json_schema_to_node({"type": "array", "items": {"type": "string"}, "uniqueItems": True})
     assert info.value.pointer == "/uniqueItems"
+
+
+def test_merged_properties_merged_again() -> None:
+    # a $ref with sibling properties (merged), whose property holds an anyOf next to another keyword
+    schema = {
+        "definitions": {
+            "d": {"type": "object", "properties": {"t": {"anyOf": [{"type": "string"}, {"type": "integer"}]}}}
+        },
+        "$ref": "#/definitions/d",
+        "properties": {"t": {"maxLength": 2}},
+        "additionalProperties": False,
+    }
+    check(schema, [{}, {"t": "ab"}, {"t": 5}], [{"t": "abc"}])

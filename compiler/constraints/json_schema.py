@@ -402,6 +402,8 @@ class SchemaCompiler:
             return [None]  # type: ignore[list-item]
         if isinstance(schema, _View):
             return [schema.view]
+        if isinstance(schema, _Sub):  # a merged subschema inside a view merged again
+            return [v for s, p in schema.parts for v in self.flatten(s, p, refs)]
         if not isinstance(schema, dict):
             raise ConstraintError(
                 f"a schema must be an object or a boolean, not {type(schema).__name__}", pointer=ptr
@@ -1971,7 +1973,7 @@ def support_table_markdown() -> str:
     for k in sorted(KEYWORD_NOTES, key=lambda k: k.lower().lstrip("$")):
         status, note = KEYWORD_NOTES[k]
         lines.append(f"| `{k}` | {status} | {note} |")
-    for k in sorted(ANNOTATIONS, key=lambda k: k.lower().lstrip("$")):
+    for k in sorted(ANNOTATIONS, key=lambda k: (k.lower().lstrip("$"), k)):
         lines.append(f"| `{k}` | ignored | {ANNOTATION_NOTES.get(k, 'annotation')} |")
     for k in sorted(REJECTED_KEYWORDS, key=lambda k: k.lower().lstrip("$")):
         lines.append(f"| `{k}` | **rejected** | {REJECTED_KEYWORDS[k]} |")
