@@ -56,6 +56,7 @@ def test_inputs_are_reproducible() -> None:
         assert a != w.make_inputs(random.Random(4), w.quick)
 
 
+@pytest.mark.slow  # shares the fixture that runs every workload on a tiny model (~20 s)
 def test_every_workload_and_system_has_a_row(results: dict) -> None:
     assert results["schema"] == "sgc-bench/1"
     assert [w["name"] for w in results["workloads"]] == list(WORKLOADS)
@@ -67,6 +68,7 @@ def test_every_workload_and_system_has_a_row(results: dict) -> None:
             assert row["status"] == expected, (w["name"], row["name"], row.get("error"))
 
 
+@pytest.mark.slow  # shares the fixture that runs every workload on a tiny model (~20 s)
 def test_metrics_are_sane(results: dict) -> None:
     for w in results["workloads"]:
         rows = {r["name"]: r for r in w["systems"] if r["status"] == "ok"}
@@ -88,6 +90,7 @@ def test_metrics_are_sane(results: dict) -> None:
     assert json_rows["sgc-no-jump"]["metrics"]["jump_forward_tokens"] == 0
 
 
+@pytest.mark.slow  # shares the fixture that runs every workload on a tiny model (~20 s)
 def test_results_write_out(results: dict, tmp_path: Path) -> None:
     paths, warning = write_all(results, tmp_path)
     assert warning is None
@@ -103,6 +106,7 @@ def test_results_write_out(results: dict, tmp_path: Path) -> None:
     assert "n/a" in text and "HF naive" in text
 
 
+@pytest.mark.slow  # shares the fixture that runs every workload on a tiny model (~20 s)
 def test_without_matplotlib_the_tables_are_still_written(results: dict, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
@@ -111,6 +115,7 @@ def test_without_matplotlib_the_tables_are_still_written(results: dict, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md"] == sorted(p.name for p in paths)
 
 
+@pytest.mark.slow  # shares the fixture that runs every workload on a tiny model (~20 s)
 def test_the_docs_section_is_replaced_in_place(results: dict, tmp_path: Path) -> None:
     page = tmp_path / "performance.md"
     shutil.copy(ROOT / "docs" / "performance.md", page)
@@ -132,6 +137,7 @@ def test_the_docs_section_is_replaced_in_place(results: dict, tmp_path: Path) ->
     assert markdown(results).splitlines()[6] in text  # the summary table
 
 
+@pytest.mark.slow  # shares the fixture that runs every workload on a tiny model (~20 s)
 def test_the_cli(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from sgc.cli import main
 

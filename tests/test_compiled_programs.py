@@ -266,6 +266,7 @@ def tiny_runtime(tiny_model_dirs):
     rt.shutdown()
 
 
+@pytest.mark.slow  # 43 programs x 2 runs (~15 s); test_compiled_equals_eager covers CASES in the fast tier
 @pytest.mark.parametrize(("fn", "args", "options"), [p[1:] for p in EVERY_PROGRAM], ids=[p[0] for p in EVERY_PROGRAM])
 def test_every_program_eager_equals_compiled(tiny_runtime, fn, args, options) -> None:
     """Greedy, few tokens: the eager interpreter and the compiled graph give the same text, messages

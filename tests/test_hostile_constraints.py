@@ -421,6 +421,7 @@ def _regexes() -> st.SearchStrategy[str]:
     return st.one_of(st.recursive(ATOMS, grow, max_leaves=8), st.lists(st.one_of(ATOMS, junk), max_size=6).map("".join))
 
 
+@pytest.mark.slow  # hypothesis over compiles on the real vocabulary (5-10 s)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pattern=_regexes())
 def test_random_regexes_compile_or_fail_cleanly(vocab: Vocabulary, pattern: str) -> None:
@@ -460,6 +461,7 @@ def _schemas() -> st.SearchStrategy[object]:
     return st.recursive(leaves, grow, max_leaves=6)
 
 
+@pytest.mark.slow  # hypothesis over compiles on the real vocabulary (5-10 s)
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(schema=_schemas())
 def test_random_schemas_compile_or_fail_cleanly(vocab: Vocabulary, schema: object) -> None:
