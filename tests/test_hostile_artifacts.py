@@ -537,3 +537,29 @@ def test_a_stale_artifact_whose_constraint_is_over_budget_fails_to_load(tiny_run
 
     with bounded(seconds=10, mem_mb=300), pytest.raises(ArtifactError, match="recompiling.*constraint_positions"):
         sgc.load(_stale_artifact(tmp_path, "[a-z]{99999999}"), backend=tiny_runtime)
+
+
+@pytest.mark.parametrize("bad", [42, [object()], b"bytes"])
+def test_host_functions_must_be_a_mapping_or_modules(bad):
+    with pytest.raises(TypeError, match="host_functions must be a mapping, a module or modules"):
+        HostPolicy.make(bad)
+
+
+def test_a_trusted_module_exposes_no_private_or_dunder_names():
+    import types
+
+    module = types.ModuleType("trusted_prog")
+    module._secret = lambda: "ran"
+    module.ok = lambda: "ok"
+    import sys
+
+    sys.modules["trusted_prog"] = module
+    try:
+        policy = HostPolicy.make(module)
+        assert policy.resolve("trusted_prog:ok")() == "ok"
+        assert policy.resolve("trusted_prog:_secret") is None
+        assert policy.resolve("trusted_prog:__builtins__") is None
+        assert policy.resolve("trusted_prog:ok.__globals__") is None
+        assert policy.resolve("os:system") is None
+    finally:
+        del sys.modules["trusted_prog"]
