@@ -205,32 +205,31 @@ SCHEMAS: dict[str, dict] = {
     "true_schema_items": {"type": "array", "items": True, "maxItems": 2},
 }
 
-# (schema, JSON pointer of the construct that must be rejected)
+# (schema, JSON pointer of the construct that must be rejected); keywords sgc compiles exactly or
+# ignores as the specification says are not here (see docs/constraints.md, "Keyword support")
 UNSUPPORTED: list[tuple[dict, str]] = [
-    ({"not": {"type": "string"}}, "/not"),
+    ({"not": {"pattern": "a"}}, "/not/pattern"),
+    ({"type": "object", "not": {"required": ["a"]}}, "/not/required"),
     ({"type": "object", "properties": {"a": {"if": {"type": "string"}}}}, "/properties/a/if"),
-    ({"type": "object", "patternProperties": {"^x": {}}}, "/patternProperties"),
-    ({"type": "object", "propertyNames": {"maxLength": 3}}, "/propertyNames"),
-    ({"type": "object", "dependentRequired": {"a": ["b"]}}, "/dependentRequired"),
-    ({"type": "array", "contains": {"type": "integer"}}, "/contains"),
+    ({"type": "object", "propertyNames": {"maxLength": 3}, "minProperties": 2}, "/minProperties"),
+    ({"type": "object", "dependentSchemas": {"a": {"properties": {"b": {}}}}}, "/dependentSchemas/a"),
+    ({"type": "array", "contains": {"type": "integer"}, "maxContains": 1}, "/maxContains"),
     ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "/uniqueItems"),
     ({"type": "string", "format": "hostname"}, "/format"),
     ({"type": "object", "properties": {"p": {"type": "string", "format": "color"}}}, "/properties/p/format"),
     ({"type": "string", "pattern": "(a)\\1"}, "/pattern"),
     ({"type": "string", "pattern": "a(?=b)"}, "/pattern"),
     ({"type": "number", "multipleOf": 0.01}, "/multipleOf"),
-    ({"type": "number", "minimum": 0.5}, "/minimum"),
     ({"$ref": "https://example.com/schema.json"}, "/$ref"),
     ({"$ref": "#/$defs/missing"}, "/$ref"),
-    ({"type": "object", "properties": {"a": {"nullable": True}}}, "/properties/a/nullable"),
     ({"type": "strin"}, "/type"),
     ({"items": [{"type": "integer"}], "allOf": [{"unevaluatedItems": False}]}, "/allOf/0/unevaluatedItems"),
     (
         {"oneOf": [{"type": "integer"}, {"type": "number"}]},
         "/oneOf",
     ),
+    ({"oneOf": [{"type": "string"}, {"minLength": 3}]}, "/oneOf"),
     ({"anyOf": [{"type": "string"}], "oneOf": [{"type": "string"}]}, "/oneOf"),
-    ({"type": "string", "enum": ["a"], "maxLength": 3}, "/maxLength"),
     (
         {
             "$defs": {"x": {"type": "array", "items": {"$ref": "#/$defs/x"}, "minItems": 1}},

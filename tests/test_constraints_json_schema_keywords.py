@@ -512,9 +512,13 @@ def test_not_type_const_enum_required() -> None:
     )
     enum_not = {"enum": ["a", "b", 1], "not": {"type": "integer"}}
     check(enum_not, ["a", "b"], [1])
-    with pytest.raises(ConstraintError, match="negation") as info:
-        json_schema_to_node({"not": {"type": "string"}})
-    assert info.value.pointer == "/not"
+    # a bare `not`: every other JSON type (any value nested at most any_depth levels)
+    check({"not": {"type": "string"}}, [None, True, 1, 1.5, [1, "a"], {"a": "b"}], ["", "a"])
+    check({"not": {"enum": ["a", None]}}, ["b", "", False, 2, [], {}], ["a", None])
+    check({"not": {"required": ["a"]}, "properties": {"b": {}}}, [{}, {"b": 1}], [{"a": 1}, "a", 1, None, []])
+    with pytest.raises(ConstraintError) as info:  # a map's keys are free: not-required is not kept
+        json_schema_to_node({"type": "object", "not": {"required": ["a"]}})
+    assert info.value.pointer == "/not/required"
     with pytest.raises(ConstraintError) as info:
         json_schema_to_node({"type": "number", "not": {"const": 1}})
     assert info.value.pointer == "/not/const"
@@ -567,3 +571,82 @@ def test_merged_properties_merged_again() -> None:
         "additionalProperties": False,
     }
     check(schema, [{}, {"t": "ab"}, {"t": 5}], [{"t": "abc"}])
+
+
+# ---------------------------------------------------------------------------------------------
+# Schemas without `type`: type-specific keywords constrain only their own type
+
+
+def test_untyped_schema_accepts_every_type() -> None:
+    cfn = {"properties": {"Key": {"type": "string"}, "Value": {"type": "integer"}}, "required": ["Key"]}
+    check(
+        cfn,
+        ["", "x", 1e-05, 3, None, True, [], [1, "a"], {"Key": "k"}, {"Key": "k", "Value": 2}],
+        [{}, {"Key": 1}, {"Key": "k", "Value": "v"}],
+    )
+    check({"minLength": 2, "maximum": 3}, ["ab", 3, 2.5, None, [], {}], ["a", 4, 3.5])
+    check({"items": {"type": "integer"}, "minItems": 1}, [[1], "", 0, {}], [[], ["a"]])
+    # oneOf of untyped branches: decided type by type (every non-object matches both branches here)
+    tagged = {
+        "oneOf": [
+            {"properties": {"k": {"const": "a"}, "v": {"type": "integer"}}, "required": ["k"]},
+            {"properties": {"k": {"const": "b"}, "v": {"type": "string"}}, "required": ["k"]},
+        ]
+    }
+    check(tagged, [{"k": "a"}, {"k": "a", "v": 1}, {"k": "b", "v": "x"}], ["", 1, None, [], {}, {"k": "c"}])
+    check({"oneOf": [{"type": "string"}, {"minimum": 3}]}, [3, 10, None, [], {}], ["", "abc", 2.5])
+    with pytest.raises(ConstraintError) as info:  # both branches take strings of length >= 3
+        json_schema_to_node({"oneOf": [{"type": "string"}, {"minLength": 3}]})
+    assert info.value.pointer == "/oneOf"
+
+
+_UNTYPED_PARTS: list[dict[str, Any]] = [
+    {"properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["a"]},
+    {"properties": {"a": {"type": "string", "maxLength": 2}, "b": {"type": "null"}}},
+    {"minLength": 1, "maxLength": 3},
+    {"minimum": 1, "maximum": 5},
+    {"items": {"type": "boolean"}, "maxItems": 2},
+    {"not": {"type": "array"}},
+    {"not": {"enum": ["a", None, 2]}},
+    {"anyOf": [{"type": "null"}, {"minimum": 2}]},
+    {"oneOf": [{"type": "string"}, {"type": "integer", "maximum": 3}]},
+    {
+        "oneOf": [
+            {"properties": {"a": {"const": 1}}, "required": ["a"]},
+            {"properties": {"a": {"const": 2}}, "required": ["a"]},
+        ]
+    },
+    {"enum": ["a", 3, None, {"a": 1}]},
+]
+_UNTYPED_VALUES: list[Any] = [
+    None, True, False, 0, 2, 3, 7, 1.5, -1, "", "a", "ab", "abcd", [], [True], [True, False, True], ["a"],
+    {}, {"a": 1}, {"a": 2}, {"a": "x"}, {"a": "xyz"}, {"a": 1, "b": None}, {"b": None},
+]  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    parts=st.lists(st.sampled_from(range(len(_UNTYPED_PARTS))), min_size=1, max_size=3, unique=True),
+    seed=st.integers(0, 1000),
+)
+def test_generated_untyped_schemas_are_sound_and_complete(parts: list[int], seed: int) -> None:
+    schema: dict[str, Any] = (
+        {"allOf": [_UNTYPED_PARTS[i] for i in parts]} if len(parts) > 1 else _UNTYPED_PARTS[parts[0]]
+    )
+    try:
+        dfa = dfa_of(schema)
+    except ConstraintError as e:
+        # refused: a oneOf whose branches overlap, a merge sgc does not do, or nothing to generate
+        assert "oneOf" in str(e) or "allOf" in str(e) or "no instance" in str(e), (schema, e)
+        return
+    check_sound(schema, dfa, n=20, seed=seed)
+    validator = jsonschema.Draft202012Validator(schema)
+    named = {k for i in parts for k in _UNTYPED_PARTS[i].get("properties", {})}
+    named |= {k for i in parts for b in _UNTYPED_PARTS[i].get("oneOf", []) for k in b.get("properties", {})}
+    for v in _UNTYPED_VALUES:
+        if isinstance(v, dict) and not set(v) <= named:
+            continue  # the open-object policy: sgc writes only the names a schema lists
+        if validator.is_valid(v):
+            assert dfa.accepts(spell(v, {"properties": {"a": {}, "b": {}}})), (schema, v)
+        else:
+            assert not dfa.accepts(spell(v, {"properties": {"a": {}, "b": {}}})), (schema, v)

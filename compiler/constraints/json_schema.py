@@ -637,6 +637,11 @@ class SchemaCompiler:
     def compile_view(self, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
         if "anyOf" in view and "oneOf" in view:
             raise ConstraintError("anyOf together with oneOf is not supported", pointer=view["oneOf"][1])
+        if "oneOf" in view and _SPLIT not in view and "enum" not in view and "const" not in view:
+            split = self.split_types(view, ptr)
+            if split is not None:
+                # one alternative per JSON type: oneOf's exclusivity is decided type by type
+                return alt(*(self.compile_view(v, ptr, refs, depth) for v in split))
         for key in ("anyOf", "oneOf"):
             if key in view:
                 return self.compile_branches(key, view, ptr, refs, depth)
@@ -670,12 +675,6 @@ class SchemaCompiler:
         keywords: De Morgan, one branch per keyword)."""
         neg, nptr = view["not"]
         rest = {k: v for k, v in view.items() if k != "not"}
-        if not rest:
-            # (a bare `not` would be "any JSON value but ..."; sgc asks for the type to generate)
-            raise ConstraintError(
-                "negation cannot be compiled to a generator without sibling keywords (add `type`)",
-                pointer=nptr,
-            )
         try:
             nviews = self.flatten(neg, nptr, dict(refs))
         except _Cut:
@@ -747,12 +746,15 @@ class SchemaCompiler:
                 else ((item, join_pointer(kptr, i)),)
             )
             branches.append(_Sub(parts))
-        if key == "oneOf":
-            self.check_exclusive(branches, kptr, refs)
+        if key == "oneOf" and not self.check_exclusive(branches, kptr, refs):
+            return EMPTY
         return alt(*(self.compile(b, refs, depth + 1) for b in branches))
 
-    def check_exclusive(self, branches: list[_Sub], ptr: str, refs: dict[str, int]) -> None:
+    def check_exclusive(self, branches: list[_Sub], ptr: str, refs: dict[str, int]) -> bool:
+        """Raise unless the branches are provably exclusive. False: no value matches exactly one
+        branch (two branches of one type t do not constrain t at all, so every t matches both)."""
         sigs = []
+        universal = 0
         for b in branches:
             try:
                 views = []
@@ -765,7 +767,14 @@ class SchemaCompiler:
                 sigs.append(None)
                 continue
             view = self.merge(views, ptr) if len(views) > 1 else views[0]
+            if view is None or any(isinstance(v, _Conflict) for v, _ in view.values()):
+                sigs.append(None)  # matches nothing
+                continue
+            if _universal_for_one_type(view):
+                universal += 1
             sigs.append(self.signature(view, ptr))
+        if universal >= 2:
+            return False
         for i in range(len(sigs)):
             for j in range(i + 1, len(sigs)):
                 if sigs[i] is None or sigs[j] is None or _exclusive(sigs[i], sigs[j]):
@@ -776,6 +785,7 @@ class SchemaCompiler:
                     "distinct const/enum values (use anyOf if overlap is fine)",
                     pointer=ptr,
                 )
+        return True
 
     def signature(self, view: View, ptr: str) -> tuple:
         """(types, literal keys or None, {required property: literal keys})."""
@@ -830,7 +840,7 @@ class SchemaCompiler:
         others = {
             k: x
             for k, x in view.items()
-            if k not in ("enum", "const", "type", _NOT_TYPES, _NOT_VALUES, _NOT_REQUIRED)
+            if k not in ("enum", "const", "type", _NOT_TYPES, _NOT_VALUES, _NOT_REQUIRED, _SPLIT)
             and k not in ANNOTATIONS
         }
         if others and values:
@@ -864,17 +874,24 @@ class SchemaCompiler:
         return alt(*(literal(t) for t in texts))
 
     def inferred_types(self, view: View) -> set[str]:
-        keys = set(view)
-        types = set()
-        if keys & OBJECT_KEYWORDS:
-            types.add("object")
-        if keys & ARRAY_KEYWORDS:
-            types.add("array")
-        if keys & STRING_KEYWORDS:
-            types.add("string")
-        if keys & NUMBER_KEYWORDS:
-            types.add("number")
-        return types or set(ALL_TYPES)
+        """Without `type`, every JSON type: type-specific keywords (`properties`, `minLength`, ...)
+        constrain only instances of their type, so a non-object satisfies `properties`."""
+        return set(ALL_TYPES)
+
+    def split_types(self, view: View, ptr: str) -> list[View] | None:
+        """The view once per JSON type it allows (None when it allows one type only)."""
+        if "type" in view:
+            v, tp = view["type"]
+            if isinstance(v, _Conflict):
+                return None
+            types = set(_type_list(v, tp))
+        else:
+            types, tp = set(ALL_TYPES), ptr
+        if "number" in types:
+            types.discard("integer")
+        if len(types) <= 1:
+            return None
+        return [{**view, "type": ([t], tp), _SPLIT: (True, tp)} for t in TYPES if t in types]
 
     def types_of(self, view: View, ptr: str) -> set[str]:
         if "type" not in view:
@@ -1306,6 +1323,11 @@ class SchemaCompiler:
         ws = self.ws
         open_, close = literal("{"), literal("}")
         if not order:
+            if _NOT_REQUIRED in view:
+                raise ConstraintError(
+                    "not with required on an object that lists no properties is not supported",
+                    pointer=view[_NOT_REQUIRED][1],
+                )
             return self.map_object(view, ptr, extra, patterns, names, min_p, max_p, refs, depth)
         members: list[tuple[str, Node]] = []
         for name in order:
@@ -1583,6 +1605,7 @@ _ANY_CHAR = _NEEDS_ESCAPE | _NEEDS_ESCAPE.complement()
 _NOT_TYPES = "\0not-types"
 _NOT_VALUES = "\0not-values"
 _NOT_REQUIRED = "\0not-required"
+_SPLIT = "\0split"  # a view already split by type (see split_types)
 
 
 def _char_spellings(c: str) -> Node:
@@ -1778,7 +1801,37 @@ def _exclusive(a: tuple, b: tuple) -> bool:
         return True
     if lit_b is not None and all(not _type_matches(json.loads(k), types_a) for k in lit_b):
         return True
-    return any(name in disc_b and not (keys & disc_b[name]) for name, keys in disc_a.items())
+    if not _types_overlap(types_a - {"object"}, types_b):
+        # only objects are in both: a required property with disjoint literals tells them apart
+        return any(name in disc_b and not (keys & disc_b[name]) for name, keys in disc_a.items())
+    return False
+
+
+_KEYWORDS_OF_TYPE = {
+    "object": OBJECT_KEYWORDS,
+    "array": ARRAY_KEYWORDS,
+    "string": STRING_KEYWORDS,
+    "number": NUMBER_KEYWORDS,
+    "integer": NUMBER_KEYWORDS,
+    "null": frozenset(),
+    "boolean": frozenset(),
+}
+
+
+def _universal_for_one_type(view: View) -> bool:
+    """Whether a view of exactly one type accepts every value of that type: its other keywords
+    all belong to other types (or are annotations)."""
+    if "type" not in view:
+        return False
+    types = view["type"][0]
+    types = [types] if isinstance(types, str) else types
+    if not isinstance(types, list) or len(types) != 1 or types[0] not in _KEYWORDS_OF_TYPE:
+        return False
+    own = _KEYWORDS_OF_TYPE[types[0]]
+    other = (OBJECT_KEYWORDS | ARRAY_KEYWORDS | STRING_KEYWORDS | NUMBER_KEYWORDS) - own
+    if types[0] == "integer":
+        return False  # integer is not all numbers; keep the usual check
+    return all(k in ANNOTATIONS or k in (_SPLIT, "type") or (k in other and k != "format") for k in view)
 
 
 def _multiple_of_dfa(k: int) -> DFA:
