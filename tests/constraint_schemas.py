@@ -210,7 +210,10 @@ SCHEMAS: dict[str, dict] = {
 UNSUPPORTED: list[tuple[dict, str]] = [
     ({"not": {"pattern": "a"}}, "/not/pattern"),
     ({"type": "object", "not": {"required": ["a"]}}, "/not/required"),
-    ({"type": "object", "properties": {"a": {"if": {"type": "string"}}}}, "/properties/a/if"),
+    (
+        {"type": "object", "properties": {"a": {"if": {"minLength": 1}, "then": False}}},
+        "/properties/a/if/minLength",
+    ),
     ({"type": "object", "propertyNames": {"maxLength": 3}, "minProperties": 2}, "/minProperties"),
     ({"type": "object", "dependentSchemas": {"a": {"properties": {"b": {}}}}}, "/dependentSchemas/a"),
     ({"type": "array", "contains": {"type": "integer"}, "maxContains": 1}, "/maxContains"),

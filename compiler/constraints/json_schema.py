@@ -159,13 +159,17 @@ ARRAY_KEYWORDS = frozenset(
 STRING_KEYWORDS = frozenset({"minLength", "maxLength", "pattern", "format"})
 NUMBER_KEYWORDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"})
 GENERIC_KEYWORDS = frozenset({"type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "not"})
+CONDITIONAL_KEYWORDS = frozenset({"if", "then", "else"})
 SUPPORTED_KEYWORDS = (
-    ANNOTATIONS | OBJECT_KEYWORDS | ARRAY_KEYWORDS | STRING_KEYWORDS | NUMBER_KEYWORDS | GENERIC_KEYWORDS
+    ANNOTATIONS
+    | OBJECT_KEYWORDS
+    | ARRAY_KEYWORDS
+    | STRING_KEYWORDS
+    | NUMBER_KEYWORDS
+    | GENERIC_KEYWORDS
+    | CONDITIONAL_KEYWORDS
 )
 REJECTED_KEYWORDS = {
-    "if": "conditional subschemas (if/then/else) are not supported",
-    "then": "conditional subschemas (if/then/else) are not supported",
-    "else": "conditional subschemas (if/then/else) are not supported",
     "unevaluatedItems": "unevaluatedItems is not supported",
     "$dynamicRef": "$dynamicRef is not supported",
     "$recursiveRef": "$recursiveRef is not supported",
@@ -412,8 +416,13 @@ class SchemaCompiler:
         view: View = {
             k: (v, join_pointer(ptr, k))
             for k, v in schema.items()
-            if k not in ("$ref", "allOf") and _asserts(k, v)
+            if k not in ("$ref", "allOf") and k not in CONDITIONAL_KEYWORDS and _asserts(k, v)
         }
+        if "if" in schema:  # then/else without if are ignored, as the specification says
+            branches = tuple(
+                (schema[k], join_pointer(ptr, k)) if k in schema else None for k in ("if", "then", "else")
+            )
+            view[_COND] = ((branches,), join_pointer(ptr, "if"))
         out = [view]
         if "$ref" in schema:
             ref = schema["$ref"]
@@ -593,6 +602,11 @@ class SchemaCompiler:
                 else:
                     merged[name] = dep
             return merged
+        if k == _COND:
+            return a + b
+        if k == "not":  # not A and not B: kept apart, compile_not takes them one at a time
+            items = a.items if isinstance(a, _Nots) else ((a, ptr),)
+            return _Nots(items + ((b, ptr),))
         if k == "required":
             return list(dict.fromkeys(list(a) + list(b)))
         if k == "additionalProperties" or k == "unevaluatedProperties":
@@ -635,6 +649,8 @@ class SchemaCompiler:
 
     # -- a merged view -> node --------------------------------------------------------------
     def compile_view(self, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
+        if _COND in view:
+            return self.compile_conditional(view, ptr, refs, depth)
         if "anyOf" in view and "oneOf" in view:
             raise ConstraintError("anyOf together with oneOf is not supported", pointer=view["oneOf"][1])
         if "oneOf" in view and _SPLIT not in view and "enum" not in view and "const" not in view:
@@ -670,11 +686,33 @@ class SchemaCompiler:
                 options.append(node)
         return alt(*options)
 
+    def compile_conditional(self, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
+        """`if`/`then`/`else` as two exclusive alternatives: (if and then) or (not if and else).
+        Exact whenever `not if` is (see compile_not: type, const, enum, required, properties of
+        those); otherwise the negation is refused with its pointer."""
+        conds, _ = view[_COND]
+        (cond, cptr), then, els = conds[0]
+        rest = {k: v for k, v in view.items() if k != _COND}
+        if len(conds) > 1:
+            rest[_COND] = (conds[1:], view[_COND][1])
+        yes: list[tuple[Any, str]] = [(_View(rest), ptr), (cond, cptr)]
+        no: list[tuple[Any, str]] = [(_View(rest), ptr), (_View({"not": (cond, cptr)}), cptr)]
+        if then is not None:
+            yes.append(then)
+        if els is not None:
+            no.append(els)
+        return alt(
+            self.compile(_Sub(tuple(yes)), refs, depth + 1), self.compile(_Sub(tuple(no)), refs, depth + 1)
+        )
+
     def compile_not(self, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
         """`not` of the forms whose negation is finite: type, const, enum, required (several
         keywords: De Morgan, one branch per keyword)."""
         neg, nptr = view["not"]
         rest = {k: v for k, v in view.items() if k != "not"}
+        if isinstance(neg, _Nots):
+            (neg, nptr), more = neg.items[0], neg.items[1:]
+            rest["not"] = (_Nots(more), more[0][1]) if len(more) > 1 else more[0]
         try:
             nviews = self.flatten(neg, nptr, dict(refs))
         except _Cut:
@@ -701,6 +739,22 @@ class SchemaCompiler:
                     raise ConstraintError("required must be an array of strings", pointer=kp)
                 old = branch.get(_NOT_REQUIRED, ((), kp))[0]
                 branch[_NOT_REQUIRED] = (tuple(old) + (tuple(v),), kp)
+            elif k == "properties":
+                # not (every listed name is absent or valid) = an object with some name present
+                # and invalid: one branch per name, its value under `not`
+                if not isinstance(v, dict):
+                    raise ConstraintError("properties must be an object", pointer=kp)
+                for name, sub in v.items():
+                    sp = join_pointer(kp, name)
+                    negated = {
+                        "type": (["object"], kp),
+                        "required": ([name], kp),
+                        "properties": ({name: _View({"not": (sub, sp)})}, kp),
+                    }
+                    merged = self.merge([rest, negated], ptr)
+                    if merged is not None:
+                        branches.append(merged)
+                continue
             else:
                 raise ConstraintError(
                     f"not with {k!r} is not supported (only type, const, enum and required negate exactly)",
@@ -1606,6 +1660,7 @@ _NOT_TYPES = "\0not-types"
 _NOT_VALUES = "\0not-values"
 _NOT_REQUIRED = "\0not-required"
 _SPLIT = "\0split"  # a view already split by type (see split_types)
+_COND = "\0conditions"  # if/then/else triples, one per schema merged into the view
 
 
 def _char_spellings(c: str) -> Node:
@@ -1697,6 +1752,13 @@ class _Patterns:
     items: tuple[tuple[str, str], ...]
 
 
+@dataclass(frozen=True)
+class _Nots:
+    """Several `not`s merged by allOf: each must hold (never merged into one negation)."""
+
+    items: tuple[tuple[Any, str], ...]
+
+
 class _Conflict:
     """Two allOf branches require different constants: nothing matches."""
 
@@ -1706,7 +1768,7 @@ def _normalize(k: str, v: Any, p: str) -> Any:
     if k == "properties" and isinstance(v, dict):
         return {name: _Sub(((sub, join_pointer(p, name)),)) for name, sub in v.items()}
     if k == "pattern":
-        return _Patterns(((v, p),))
+        return v if isinstance(v, _Patterns) else _Patterns(((v, p),))
     if k == "patternProperties" and isinstance(v, dict):
         return {pat: _Sub(((sub, join_pointer(p, pat)),)) for pat, sub in v.items()}
     if k in ("items", "additionalItems", "additionalProperties", "propertyNames") and isinstance(v, dict):
@@ -1949,11 +2011,26 @@ def json_schema_to_regex(
 # The keyword support table (docs/constraints.md embeds its output; a test keeps them in sync)
 
 KEYWORD_NOTES: dict[str, tuple[str, str]] = {
-    "type": ("yes", "a name or a list; no `type` means the types the other keywords imply (all if none)"),
+    "type": (
+        "yes",
+        "a name or a list; no `type` means every JSON type, each constrained only by the keywords of "
+        "its type (`properties` does not make a schema an object)",
+    ),
     "enum": ("yes", "values written compactly; sibling keywords (type, bounds, ...) filter the values"),
     "const": ("yes", "as a one-value enum"),
     "anyOf": ("yes", "alternation; sibling keywords are merged into every branch"),
-    "oneOf": ("yes", "only when branches are provably exclusive (types, literals, const/enum discriminator)"),
+    "oneOf": (
+        "yes",
+        "only when branches are provably exclusive (types, literals, const/enum discriminator), decided "
+        "type by type (two branches that both take every value of a type exclude it)",
+    ),
+    "if": (
+        "yes",
+        "as (if and then) or (not if and else): exact when `not` negates the `if` schema exactly (see "
+        "`not`); otherwise rejected at the pointer inside `if`",
+    ),
+    "then": ("yes", "with `if`; ignored without it"),
+    "else": ("yes", "with `if`; ignored without it"),
     "allOf": ("yes", "merged: properties/required united, bounds tightened, patterns intersected"),
     "$ref": (
         "yes",
@@ -1998,8 +2075,9 @@ KEYWORD_NOTES: dict[str, tuple[str, str]] = {
     "maxContains": ("partly", "only when it does not bind (>= `maxItems`): it needs a complement"),
     "not": (
         "partly",
-        "finite forms: `type`, `const`, `enum` (of null, boolean, integer, string values), `required`; "
-        "several keywords by De Morgan; a bare `not` without sibling keywords is rejected",
+        "finite forms: `type`, `const`, `enum` (of null, boolean, integer, string values), `required` "
+        "(objects that list properties), `properties` whose values negate so; several keywords by De "
+        "Morgan; several `not`s each apply; a bare `not` is every other value",
     ),
     "minLength": ("yes", "code points; escapes count as one"),
     "maxLength": ("yes", "code points; escapes count as one"),
