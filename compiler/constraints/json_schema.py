@@ -1451,18 +1451,28 @@ class SchemaCompiler:
             if i == n:
                 node = EPSILON if c >= min_p and not pending else EMPTY
             else:
-                options = []
+                present: Node | None = None
+                absent: Node | None = None
                 if i not in forb and i not in impossible and (max_p is None or c < max_p):
                     nreq = (req | needs[i]) - {i}
                     if not (nreq & forb):
-                        rest = go(i + 1, min(c + 1, cap), nreq, forb, pending)
-                        if not is_empty(rest):
-                            options.append(concat(sep if c else EPSILON, members[i][1], ws, rest))
+                        present = go(i + 1, min(c + 1, cap), nreq, forb, pending)
                 if i not in must and i not in req:
                     nforb = forb | needed_by[i]
                     if not (nforb & req):
-                        options.append(go(i + 1, c, req, nforb, pending - in_groups[i]))
-                node = alt(*options)
+                        absent = go(i + 1, c, req, nforb, pending - in_groups[i])
+                member = concat(sep if c else EPSILON, members[i][1], ws)
+                if present is not None and present is absent:
+                    # the same continuation either way: written once, so that n optional members
+                    # are n positions, not 2**n copies of the tail
+                    node = concat(optional(member), present)
+                else:
+                    options = []
+                    if present is not None and not is_empty(present):
+                        options.append(concat(member, present))
+                    if absent is not None:
+                        options.append(absent)
+                    node = alt(*options)
             memo[key] = node
             return node
 
