@@ -1,0 +1,125 @@
+"""Products and large-automaton fallbacks keep languages exactly: the vectorized `intersect`,
+`union` and `trim` against their definitions, and a large alternation whose options overlap
+(alternative key orders of an object) built by products equals the subset construction's DFA."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from compiler.constraints import automaton as A
+from compiler.constraints import dfa_ops
+from compiler.constraints.regex_dfa import parse_fullmatch, regex_to_byte_dfa
+
+ATOMS = ["a", "b", "c", "[ab]", "[^a]", ".", "é", "(ab|ba)", "(a|bc)"]
+QUANTS = ["", "", "*", "+", "?", "{1,3}", "{0,4}", "{2}"]
+
+
+@st.composite
+def patterns(draw: st.DrawFn) -> str:
+    parts = draw(st.lists(st.tuples(st.sampled_from(ATOMS), st.sampled_from(QUANTS)), min_size=1, max_size=4))
+    text = "".join(a + q for a, q in parts)
+    if draw(st.booleans()):
+        text += "|" + draw(st.sampled_from(ATOMS)) + draw(st.sampled_from(QUANTS))
+    return text
+
+
+def accepts(d: A.DFA, data: bytes) -> bool:
+    if d.num_states == 0:
+        return False
+    q = d.initial
+    for byte in data:
+        q = int(d.transitions[q, d.symbol_class[byte]])
+        if q < 0:
+            return False
+    return bool(d.accepting[q])
+
+
+def is_trimmed(d: A.DFA, unreachable_ok: bool = False) -> bool:
+    """Every state is reachable from the start (unless `unreachable_ok`: the large path may keep a
+    part's old start state) and reaches an accepting state."""
+    if d.num_states == 0:
+        return True
+    n = d.num_states
+    reach = {d.initial}
+    stack = [d.initial]
+    while stack:
+        for t in d.transitions[stack.pop()].tolist():
+            if t >= 0 and t not in reach:
+                reach.add(t)
+                stack.append(t)
+    alive = set(np.flatnonzero(d.accepting).tolist())
+    changed = True
+    while changed:
+        changed = False
+        for s in range(n):
+            if s not in alive and any(t in alive for t in d.transitions[s].tolist() if t >= 0):
+                alive.add(s)
+                changed = True
+    return reach <= alive and (unreachable_ok or len(reach) == n)
+
+
+TEXTS = st.lists(st.text(alphabet="abcé", max_size=7), min_size=30, max_size=30)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(patterns(), patterns(), TEXTS)
+def test_products_accept_exactly_the_intersection_and_the_union(p: str, q: str, texts: list[str]) -> None:
+    a, b = regex_to_byte_dfa(p), regex_to_byte_dfa(q)
+    both, either = A.intersect(a, b), A.union(a, b)
+    assert is_trimmed(both) and is_trimmed(either)
+    for t in texts:
+        in_p, in_q = re.fullmatch(p, t) is not None, re.fullmatch(q, t) is not None
+        assert accepts(both, t.encode()) == (in_p and in_q), (p, q, t)
+        assert accepts(either, t.encode()) == (in_p or in_q), (p, q, t)
+
+
+def test_trim_drops_exactly_the_useless_states() -> None:
+    # 0 -a-> 1 (accepting), 0 -b-> 2 (dead end), 3 unreachable -> 1, 1 -a-> 4 -> 5 (accepting), a chain
+    n = 200
+    table = np.full((n, 2), -1, dtype=np.int32)
+    table[0] = [1, 2]
+    table[3] = [1, -1]
+    table[1, 0] = 4
+    for s in range(4, n - 1):
+        table[s, 0] = s + 1
+    accepting = np.zeros(n, dtype=bool)
+    accepting[[1, n - 1]] = True
+    symbol_class = np.zeros(256, dtype=np.int32)
+    symbol_class[ord("b")] = 1
+    d = A.trim(A.DFA(0, accepting, table, symbol_class))
+    assert d.num_states == n - 2  # 2 (dead end) and 3 (unreachable) go
+    assert is_trimmed(d)
+    assert accepts(d, b"a") and accepts(d, b"a" * (n - 3)) and not accepts(d, b"b")
+    assert not accepts(d, b"a" * 5)
+
+
+def test_large_alternation_with_overlapping_options_equals_the_subset_construction(monkeypatch) -> None:
+    # Two "key orders" of one object: the options share their first bytes, so they cannot be
+    # stacked under a new start state; the product runs them side by side.
+    pattern = '\\{("k":"[a-z]{0,30}","v":"[a-z]{0,20}"|"v":"[a-z]{0,20}","k":"[a-z]{0,30}")\\}'
+    node = parse_fullmatch(pattern)
+    slow = A.minimize(dfa_ops.small_byte_dfa(node, minimized=False))
+    monkeypatch.setattr(dfa_ops, "SMALL_POSITIONS", 20)  # force the large path on every subtree
+    fast = dfa_ops.large_byte_dfa(node)
+    assert is_trimmed(fast, unreachable_ok=True)
+    fast_min = A.minimize(fast)
+    assert fast_min.num_states == slow.num_states
+    for t in [
+        '{"k":"ab","v":""}',
+        '{"v":"x","k":"abc"}',
+        '{"k":"","k":""}',
+        '{"v":"' + "a" * 21 + '","k":""}',
+    ]:
+        assert (
+            accepts(fast, t.encode()) == accepts(slow, t.encode()) == (re.fullmatch(pattern, t) is not None)
+        )
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        k = "".join(rng.choice(list("ab"), size=int(rng.integers(0, 33))))
+        v = "".join(rng.choice(list("ab"), size=int(rng.integers(0, 23))))
+        for t in (f'{{"k":"{k}","v":"{v}"}}', f'{{"v":"{v}","k":"{k}"}}'):
+            assert accepts(fast, t.encode()) == (re.fullmatch(pattern, t) is not None), t
