@@ -346,6 +346,14 @@ def _tabulate(
     return trim(DFA(initial, accepting, table, symbol_class))
 
 
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """`np.unique` of an int array by sorting (numpy's hash-based unique is slower on these)."""
+    a = np.sort(a)
+    if len(a) > 1:
+        a = a[np.concatenate([[True], a[1:] != a[:-1]])]
+    return a
+
+
 def _reach(
     ptr: np.ndarray, nbr: np.ndarray, seeds: np.ndarray, allowed: np.ndarray | None = None
 ) -> np.ndarray:
@@ -356,10 +364,10 @@ def _reach(
     seen[seeds] = True
     frontier = np.asarray(seeds, dtype=np.int64)
     while len(frontier):
-        if len(frontier) < 64:  # a chain: a Python walk until the frontier is wide again
+        if len(frontier) < 16:  # a chain: a Python walk until the frontier is wide again
             stack = frontier.tolist()
             steps = 0
-            while stack and len(stack) < 4096:
+            while stack and len(stack) < 64:
                 steps += 1
                 if steps & 4095 == 0:
                     check_time()
@@ -380,7 +388,7 @@ def _reach(
         nxt = nxt[~seen[nxt]]
         if allowed is not None:
             nxt = nxt[allowed[nxt]]
-        frontier = np.unique(nxt)
+        frontier = _sorted_unique(nxt)
         seen[frontier] = True
     return seen
 
@@ -394,11 +402,14 @@ def trim(dfa: DFA) -> DFA:
     check_time()
     src, cls = np.nonzero(table >= 0)
     dst = table[src, cls].astype(np.int64)
+    # one edge per (source, target) pair: a string body's dozens of classes lead to one state
+    pair = _sorted_unique(src.astype(np.int64) * n + dst)
+    src, dst = pair // n, pair % n
     check_time()
     # Backward reachability from accepting states.
     order = np.argsort(dst, kind="stable")
     back_ptr = np.searchsorted(dst[order], np.arange(n + 1))
-    alive = _reach(back_ptr, src[order].astype(np.int64), np.flatnonzero(dfa.accepting))
+    alive = _reach(back_ptr, src[order], np.flatnonzero(dfa.accepting))
     if not alive[dfa.initial]:
         return DFA(0, np.zeros(0, bool), np.zeros((0, dfa.num_classes), np.int32), dfa.symbol_class)
     # Forward reachability through alive states (src is sorted: np.nonzero is row-major).
@@ -555,7 +566,7 @@ def _product(a: DFA, b: DFA, max_states: int | None, union: bool) -> DFA:
         nb = tb[frontier % width]
         live = ((na > 0) | (nb > 0)) if union else ((na > 0) & (nb > 0))
         succ = na * width + nb
-        uniq = np.unique(succ[live])
+        uniq = _sorted_unique(succ[live])
         found = np.fromiter((ids.get(k, -1) for k in uniq.tolist()), dtype=np.int64, count=len(uniq))
         new = uniq[found < 0]
         found[found < 0] = np.arange(count, count + len(new))
