@@ -773,3 +773,78 @@ def test_generated_conditionals_are_sound_and_complete(cond: dict, then: Any, el
     validator = jsonschema.Draft202012Validator(schema)
     for v in _UNTYPED_VALUES + [{"a": 1, "b": 2}, {"b": 1}, {"a": "x", "b": 2}, {"b": 2}]:
         assert dfa.accepts(spell(v, schema)) == validator.is_valid(v), (schema, v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers between fractional bounds: exact for the float a parser reads
+
+
+def test_fractional_bounds() -> None:
+    check(
+        {"type": "number", "minimum": 0.5, "maximum": 2.25},
+        [0.5, 0.75, 1, 2, 2.25, 1.999],
+        [0.49, 2.26, 3, -1, 0],
+    )
+    check(
+        {"type": "number", "exclusiveMinimum": -0.1, "exclusiveMaximum": 0.1},
+        [0, -0.05, 0.099],
+        [-0.1, 0.1, 1],
+    )
+    check({"type": "number", "minimum": -1.5, "multipleOf": 1}, [-1, 0, 7], [-2, -1.5])
+    # an exclusive bound holds for the float a decimal parses to (100 + 1e-15 reads as 100.0)
+    dfa = dfa_of({"type": "number", "exclusiveMinimum": 100, "exclusiveMaximum": 200.5})
+    for text in [b"100.000000000000001", b"100", b"200.5", b"200.49999999999999", b"200.50000000000000"]:
+        assert not dfa.accepts(text), text
+    for text in [b"100.00000000000002", b"200.4999999999999", b"150", b"100.5"]:
+        assert dfa.accepts(text), text
+
+
+_BOUNDS = st.one_of(
+    st.integers(-300, 300).map(lambda k: k / 4),
+    st.integers(-3000, 3000).map(lambda k: k / 100),
+    st.sampled_from([0.1, -0.1, 1e-7, 0.3, 12345.678, 100, -100, 2.5e-3]),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    lo=st.one_of(st.none(), _BOUNDS),
+    hi=st.one_of(st.none(), _BOUNDS),
+    lo_ex=st.booleans(),
+    hi_ex=st.booleans(),
+    probes=st.lists(
+        st.decimals(min_value=-400, max_value=400, places=4, allow_nan=False), min_size=10, max_size=30
+    ),
+    seed=st.integers(0, 1000),
+)
+def test_generated_fractional_bounds(
+    lo: Any, hi: Any, lo_ex: bool, hi_ex: bool, probes: list, seed: int
+) -> None:
+    schema: dict[str, Any] = {"type": "number"}
+    if lo is not None:
+        schema["exclusiveMinimum" if lo_ex else "minimum"] = lo
+    if hi is not None:
+        schema["exclusiveMaximum" if hi_ex else "maximum"] = hi
+    try:
+        dfa = dfa_of(schema)
+    except ConstraintError as e:
+        assert "no instance" in str(e), (schema, e)
+        return
+    check_sound(schema, dfa, n=30, seed=seed)
+    validator = jsonschema.Draft202012Validator(schema)
+    texts = [str(p) for p in probes] + [repr(float(b)) for b in (lo, hi) if b is not None]
+    texts += [repr(float(b) + d) for b in (lo, hi) if b is not None for d in (1e-9, -1e-9, 1e-3, -1e-3)]
+    for text in texts:
+        if "e" in text or "E" in text or text.startswith("-0") and float(text) == 0:
+            continue
+        value = json.loads(text)
+        canonical = "." not in text or len(text.split(".")[1]) <= 15
+        if (
+            canonical
+            and text.lstrip("-").split(".")[0] == str(abs(int(float(text))))
+            and value != 0
+            or text in ("0", "0.0")
+        ):
+            assert dfa.accepts(text.encode()) == validator.is_valid(value), (schema, text)
+        elif dfa.accepts(text.encode()):
+            assert validator.is_valid(value), (schema, text)

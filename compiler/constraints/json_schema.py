@@ -40,7 +40,7 @@ from .dfa_ops import literal_set_dfa
 from .errors import ConstraintError, join_pointer
 from .formats import FORMATS
 from .limits import check_pattern_chars, check_positions, check_states, max_nesting, over
-from .number_ranges import INTEGER, NUMBER, int_range, number_range
+from .number_ranges import INTEGER, NUMBER, decimal_range, int_range
 from .regex_ast import (
     EMPTY,
     EPSILON,
@@ -1046,15 +1046,18 @@ class SchemaCompiler:
         lower, upper = self.bounds(view)
         if lower is None and upper is None:
             return NUMBER
-        for b, key in ((lower, "minimum"), (upper, "maximum")):
-            if b is not None and b[0].denominator != 1:
-                p = (view.get(key) or view.get("exclusiveM" + key[1:]))[1]
-                raise ConstraintError("a non-integer bound on a number is not supported", pointer=p)
-        lo = None if lower is None else (int(lower[0]), lower[1])
-        hi = None if upper is None else (int(upper[0]), upper[1])
-        if lo is not None and hi is not None and (lo[0] > hi[0] or (lo[0] == hi[0] and (lo[1] or hi[1]))):
+        if (
+            lower is not None
+            and upper is not None
+            and (lower[0] > upper[0] or (lower[0] == upper[0] and (lower[1] or upper[1])))
+        ):
             return EMPTY
-        return number_range(lo, hi)
+        # Integer texts parse exactly; texts with a fraction parse to the nearest float, so an
+        # exclusive bound b holds for them when the decimal is beyond the midpoint between b and
+        # its neighbouring float (an inclusive one: at least b, as rounding is monotone).
+        return decimal_range(
+            lower, upper, _float_safe_bound(lower, up=True), _float_safe_bound(upper, up=False)
+        )
 
     # -- strings ----------------------------------------------------------------------------
     def compile_string(self, view: View) -> Node:
@@ -1906,6 +1909,25 @@ def _universal_for_one_type(view: View) -> bool:
     return all(k in ANNOTATIONS or k in (_SPLIT, "type") or (k in other and k != "format") for k in view)
 
 
+def _float_safe_bound(b: tuple[Fraction, bool] | None, up: bool) -> tuple[Fraction, bool] | None:
+    """The bound on a decimal's exact value under which the float it parses to keeps the bound
+    `b` (a lower bound when `up`): beyond the midpoint between b and the next float outwards
+    (inclusive: the float b itself is reached; exclusive: the next one inwards is)."""
+    if b is None:
+        return b
+    try:
+        f = float(b[0])
+    except OverflowError:
+        return b  # beyond every float: no decimal sgc writes gets near it
+    if Fraction(f) != b[0]:
+        return b  # an integer bound beyond 2**53: beyond the digits sgc writes
+    inward, outward = (math.inf, -math.inf) if up else (-math.inf, math.inf)
+    neighbour = math.nextafter(f, inward if b[1] else outward)
+    if math.isinf(neighbour):
+        return b
+    return ((Fraction(f) + Fraction(neighbour)) / 2, True)
+
+
 def _multiple_of_dfa(k: int) -> DFA:
     """Byte DFA for `-?[0-9]+` whose value is a multiple of k (digits read left to right)."""
     import numpy as np
@@ -2097,7 +2119,11 @@ KEYWORD_NOTES: dict[str, tuple[str, str]] = {
         ", ".join(SUPPORTED_FORMATS) + "; other formats a draft defines are rejected, unknown ones "
         "(`int32`, `password`, ...) are annotations",
     ),
-    "minimum": ("yes", "integers: any bound; numbers: integer-valued bounds (no exponent then)"),
+    "minimum": (
+        "yes",
+        "any bound; a bounded `number` is written without exponent, and a decimal is kept when the "
+        "float it parses to is in range (`100.000000000000001` is not above 100)",
+    ),
     "maximum": ("yes", "as `minimum`"),
     "exclusiveMinimum": ("yes", "number form and draft-4 boolean form"),
     "exclusiveMaximum": ("yes", "number form and draft-4 boolean form"),

@@ -7,9 +7,17 @@ digit, recursively (the classic construction). Numbers are written canonically (
 `number_range` handles decimals between integer-valued bounds: a value is an integer part and a
 fraction, and only the bounds' own integer parts need a condition on the fraction (zero or non-zero).
 Bounded decimals are written without an exponent.
+
+`decimal_range` takes any bounds (fractions too): the integer part decides unless it equals a bound's,
+and then the fraction's digits are compared with the bound's, digit by digit (at most
+MAX_FRAC_DIGITS of them). Integer texts and texts with a fraction get separate bounds, since a JSON
+parser reads the first exactly and rounds the second to a float (json_schema.py picks the bounds).
 """
 
 from __future__ import annotations
+
+import math
+from fractions import Fraction
 
 from .charset import CharSet
 from .regex_ast import EMPTY, Node, alt, chars, concat, literal, optional, repeat
@@ -29,8 +37,12 @@ FRAC_ZERO = optional(concat(literal("."), repeat(literal("0"), 1, MAX_FRAC_DIGIT
 # the window (~49k states) and would allow 29 digits.
 FRAC_NONZERO = concat(
     literal("."),
-    alt(*(concat(repeat(literal("0"), k, k), NONZERO_DIGIT, repeat(DIGIT, 0, MAX_FRAC_DIGITS - 1 - k))
-          for k in range(MAX_FRAC_DIGITS))),
+    alt(
+        *(
+            concat(repeat(literal("0"), k, k), NONZERO_DIGIT, repeat(DIGIT, 0, MAX_FRAC_DIGITS - 1 - k))
+            for k in range(MAX_FRAC_DIGITS)
+        )
+    ),
 )
 EXPONENT = optional(
     concat(chars(CharSet.of("eE")), optional(chars(CharSet.of("+-"))), repeat(DIGIT, 1, MAX_EXP_DIGITS))
@@ -139,4 +151,150 @@ def number_range(lower: tuple[int, bool] | None, upper: tuple[int, bool] | None)
             a, a_excl = -upper[0], upper[1]
         b, b_excl = (None, False) if lower is None else (-lower[0], lower[1])
         parts.append(concat(literal("-"), _nonneg_decimal(a, a_excl, b, b_excl)))
+    return alt(*parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decimals between arbitrary (fractional) bounds, exact for the value a JSON parser reads
+
+Bound = tuple[Fraction, bool]  # (value, strict)
+
+
+def _nonzero_digits(m: int) -> Node:
+    """Digit strings of length <= m with a nonzero digit."""
+    return alt(
+        *(concat(repeat(literal("0"), k, k), NONZERO_DIGIT, repeat(DIGIT, 0, m - 1 - k)) for k in range(m))
+    )
+
+
+def _frac_ge(d: str, m: int, strict: bool, first: bool) -> Node:
+    """Digit strings g, 1 (if first) or 0 to m long, with 0.g >= 0.d (> when strict)."""
+    d = d.rstrip("0")
+    if not d:
+        return _nonzero_digits(m) if strict else repeat(DIGIT, 1 if first else 0, m)
+    if m == 0:
+        return EMPTY
+    k = int(d[0])
+    options = [concat(literal(d[0]), _frac_ge(d[1:], m - 1, strict, False))]
+    if k < 9:
+        options.append(concat(_digit_class(k + 1, 9), repeat(DIGIT, 0, m - 1)))
+    return alt(*options)
+
+
+def _frac_le(d: str, m: int, strict: bool, first: bool) -> Node:
+    """Digit strings g, 1 (if first) or 0 to m long, with 0.g <= 0.d (< when strict)."""
+    d = d.rstrip("0")
+    if not d:
+        return EMPTY if strict else repeat(literal("0"), 1 if first else 0, m)
+    options: list[Node] = [] if first else [literal("")]  # the empty rest is 0 < 0.d
+    if m == 0:
+        return alt(*options)
+    k = int(d[0])
+    if k > 0:
+        options.append(concat(_digit_class(0, k - 1), repeat(DIGIT, 0, m - 1)))
+    options.append(concat(literal(d[0]), _frac_le(d[1:], m - 1, strict, False)))
+    return alt(*options)
+
+
+def _frac_between(lo: str, lo_strict: bool, hi: str, hi_strict: bool, m: int, first: bool) -> Node:
+    """Digit strings g (1 or 0 to m long) with 0.lo <= 0.g <= 0.hi (strict as told)."""
+    lo, hi = lo.rstrip("0"), hi.rstrip("0")
+    if not lo and not lo_strict:
+        return _frac_le(hi, m, hi_strict, first)
+    if not hi or m == 0:
+        return EMPTY  # g > 0 (or > 0.lo > 0) cannot be <= 0, and the empty g is 0
+    a, b = int(lo[0]) if lo else 0, int(hi[0])
+    if a > b:
+        return EMPTY
+    if a == b:
+        return concat(literal(str(a)), _frac_between(lo[1:], lo_strict, hi[1:], hi_strict, m - 1, False))
+    options = [concat(literal(str(a)), _frac_ge(lo[1:], m - 1, lo_strict, False))]
+    if b - a > 1:
+        options.append(concat(_digit_class(a + 1, b - 1), repeat(DIGIT, 0, m - 1)))
+    options.append(concat(literal(str(b)), _frac_le(hi[1:], m - 1, hi_strict, False)))
+    return alt(*options)
+
+
+def _split(x: Fraction, lower: bool, strict: bool) -> tuple[int, str, bool]:
+    """x as (integer part, MAX_FRAC_DIGITS fraction digits, strict): a fraction of at most
+    MAX_FRAC_DIGITS digits compares with x as it does with the truncated digits, once strictness
+    is adjusted for a nonzero remainder."""
+    n = math.floor(x)
+    q = (x - n) * 10**MAX_FRAC_DIGITS
+    digits = math.floor(q)
+    if q != digits:
+        strict = lower  # g >= x <=> g > trunc(x); g <= x <=> g <= trunc(x)
+    return n, str(digits).rjust(MAX_FRAC_DIGITS, "0"), strict
+
+
+def _tighter(a: Bound | None, b: Bound | None, lower: bool) -> Bound | None:
+    if a is None or b is None:
+        return a if b is None else b
+    if a[0] != b[0]:
+        return a if (a[0] > b[0]) == lower else b
+    return (a[0], a[1] or b[1])
+
+
+def _nonneg_decimals(lo_int: Bound, hi_int: Bound | None, lo_frac: Bound, hi_frac: Bound | None) -> Node:
+    """Non-negative decimals (no sign): integer texts within the *_int bounds, texts with a
+    fraction within the *_frac bounds (lower bounds >= 0)."""
+    ilo = math.floor(lo_int[0]) + 1 if lo_int[1] else math.ceil(lo_int[0])
+    ihi = None if hi_int is None else (math.ceil(hi_int[0]) - 1 if hi_int[1] else math.floor(hi_int[0]))
+    parts: list[Node] = []
+    if ihi is None or ilo <= ihi:
+        parts.append(nonneg_int_range(max(ilo, 0), ihi))
+    na, da, sa = _split(lo_frac[0], True, lo_frac[1])
+    m = MAX_FRAC_DIGITS
+    if hi_frac is None:
+        parts.append(concat(nonneg_int_range(na + 1, None), literal("."), repeat(DIGIT, 1, m)))
+        parts.append(concat(literal(str(na)), literal("."), _frac_ge(da, m, sa, True)))
+    else:
+        nb, db, sb = _split(hi_frac[0], False, hi_frac[1])
+        if na < nb:
+            if na + 1 <= nb - 1:
+                parts.append(concat(nonneg_int_range(na + 1, nb - 1), literal("."), repeat(DIGIT, 1, m)))
+            parts.append(concat(literal(str(na)), literal("."), _frac_ge(da, m, sa, True)))
+            parts.append(concat(literal(str(nb)), literal("."), _frac_le(db, m, sb, True)))
+        elif na == nb:
+            parts.append(concat(literal(str(na)), literal("."), _frac_between(da, sa, db, sb, m, True)))
+    return alt(*parts)
+
+
+def decimal_range(
+    lo_int: Bound | None, hi_int: Bound | None, lo_frac: Bound | None, hi_frac: Bound | None
+) -> Node:
+    """JSON numbers without exponent: integer texts (`-12`) within the *_int bounds, texts with a
+    fraction (`-12.5`) within the *_frac bounds; a bound is (value, strict) or None. Two pairs
+    because a parser reads the two kinds differently (exact integers, rounded floats): the caller
+    chooses bounds under which both read as in range."""
+    zero: Bound = (Fraction(0), False)
+    parts: list[Node] = []
+    # x >= 0: the lower bounds become at least 0
+    if (hi_int is None or hi_int[0] >= 0) or (hi_frac is None or hi_frac[0] >= 0):
+        parts.append(
+            _nonneg_decimals(
+                _tighter(lo_int, zero, True) or zero,
+                hi_int,
+                _tighter(lo_frac, zero, True) or zero,
+                hi_frac,
+            )
+        )
+
+    # x = -y with y > 0: x >= L <=> y <= -L, x <= U <=> y >= -U
+    def flip(b: Bound | None) -> Bound | None:
+        return None if b is None else (-b[0], b[1])
+
+    positive: Bound = (Fraction(0), True)
+    if (lo_int is None or lo_int[0] < 0) or (lo_frac is None or lo_frac[0] < 0):
+        parts.append(
+            concat(
+                literal("-"),
+                _nonneg_decimals(
+                    _tighter(flip(hi_int), positive, True) or positive,
+                    flip(lo_int),
+                    _tighter(flip(hi_frac), positive, True) or positive,
+                    flip(lo_frac),
+                ),
+            )
+        )
     return alt(*parts)
