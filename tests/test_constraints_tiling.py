@@ -71,6 +71,16 @@ def test_products_accept_exactly_the_intersection_and_the_union(p: str, q: str, 
     a, b = regex_to_byte_dfa(p), regex_to_byte_dfa(q)
     both, either = A.intersect(a, b), A.union(a, b)
     assert is_trimmed(both) and is_trimmed(either)
+    # the same products with pairs numbered through a dict (large pair spaces)
+    dense = A._DENSE_PAIR_IDS
+    A._DENSE_PAIR_IDS = 0
+    try:
+        both_d, either_d = A.intersect(a, b), A.union(a, b)
+    finally:
+        A._DENSE_PAIR_IDS = dense
+    for x, y in ((both, both_d), (either, either_d)):
+        assert x.initial == y.initial and (x.accepting == y.accepting).all()
+        assert (x.transitions == y.transitions).all()
     for t in texts:
         in_p, in_q = re.fullmatch(p, t) is not None, re.fullmatch(q, t) is not None
         assert accepts(both, t.encode()) == (in_p and in_q), (p, q, t)

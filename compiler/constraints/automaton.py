@@ -537,6 +537,9 @@ def union(a: DFA, b: DFA, max_states: int | None = DEFAULT_MAX_STATES) -> DFA:
     return _product(a, b, max_states, union=True)
 
 
+_DENSE_PAIR_IDS = 1 << 24  # pair spaces up to this size number their pairs in an array (64 MiB)
+
+
 def _product(a: DFA, b: DFA, max_states: int | None, union: bool) -> DFA:
     """Pairs of states reachable together (one side dead allowed when `union`).
 
@@ -555,7 +558,14 @@ def _product(a: DFA, b: DFA, max_states: int | None, union: bool) -> DFA:
     acc_b = np.append(False, b.accepting)
     width = np.int64(b.num_states + 1)
     start = (a.initial + 1) * int(width) + (b.initial + 1)
-    ids = {start: 0}
+    space = int(width) * (a.num_states + 1)
+    # pair -> state id: a dense array when the pair space is small enough, else a dict
+    dense = np.full(space, -1, dtype=np.int32) if space <= _DENSE_PAIR_IDS else None
+    ids: dict[int, int] = {}
+    if dense is not None:
+        dense[start] = 0
+    else:
+        ids[start] = 0
     frontier = np.array([start], dtype=np.int64)
     keys = [frontier]
     rows: list[np.ndarray] = []
@@ -565,18 +575,27 @@ def _product(a: DFA, b: DFA, max_states: int | None, union: bool) -> DFA:
         na = ta[frontier // width]
         nb = tb[frontier % width]
         live = ((na > 0) | (nb > 0)) if union else ((na > 0) & (nb > 0))
-        succ = na * width + nb
-        uniq = _sorted_unique(succ[live])
-        found = np.fromiter((ids.get(k, -1) for k in uniq.tolist()), dtype=np.int64, count=len(uniq))
-        new = uniq[found < 0]
-        found[found < 0] = np.arange(count, count + len(new))
+        succ = (na * width + nb)[live]
+        row = np.full(live.shape, -1, dtype=np.int32)
+        if dense is not None:
+            found = dense[succ]
+            new = _sorted_unique(succ[found < 0])
+            if len(new):
+                check_states(count + len(new), max_states)
+                dense[new] = np.arange(count, count + len(new))
+            row[live] = dense[succ]
+        else:
+            uniq = _sorted_unique(succ)
+            got = np.fromiter((ids.get(k, -1) for k in uniq.tolist()), dtype=np.int64, count=len(uniq))
+            new = uniq[got < 0]
+            got[got < 0] = np.arange(count, count + len(new))
+            if len(new):
+                check_states(count + len(new), max_states)
+                ids.update(zip(new.tolist(), range(count, count + len(new))))
+            row[live] = got[np.searchsorted(uniq, succ)]
         if len(new):
-            check_states(count + len(new), max_states)
-            ids.update(zip(new.tolist(), range(count, count + len(new))))
             count += len(new)
             keys.append(new)
-        row = np.full(succ.shape, -1, dtype=np.int32)
-        row[live] = found[np.searchsorted(uniq, succ[live])]
         rows.append(row)
         frontier = new
     key = np.concatenate(keys)
