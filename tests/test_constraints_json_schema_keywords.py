@@ -593,6 +593,19 @@ def test_untyped_schema_accepts_every_type() -> None:
     }
     check(tagged, [{"k": "a"}, {"k": "a", "v": 1}, {"k": "b", "v": "x"}], ["", 1, None, [], {}, {"k": "c"}])
     check({"oneOf": [{"type": "string"}, {"minimum": 3}]}, [3, 10, None, [], {}], ["", "abc", 2.5])
+    # oneOf of required lists: exactly one list complete
+    one_of_names = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}, "c": {}},
+        "required": ["c"],
+        "oneOf": [{"required": ["a"]}, {"required": ["b"]}, {"required": ["a", "c"], "title": "t"}],
+    }
+    check(one_of_names, [{"b": 1, "c": 1}], [{"c": 1}, {"a": 1, "c": 1}, {"a": 1, "b": 1, "c": 1}])
+    check(
+        {"properties": {"a": {}, "b": {}}, "oneOf": [{"required": ["a"]}, {"required": ["b"]}]},
+        [{"a": 1}, {"b": None}],
+        [{}, {"a": 1, "b": 2}, "", 0, None, []],
+    )
     with pytest.raises(ConstraintError) as info:  # both branches take strings of length >= 3
         json_schema_to_node({"oneOf": [{"type": "string"}, {"minLength": 3}]})
     assert info.value.pointer == "/oneOf"
@@ -615,6 +628,7 @@ _UNTYPED_PARTS: list[dict[str, Any]] = [
         ]
     },
     {"enum": ["a", 3, None, {"a": 1}]},
+    {"oneOf": [{"required": ["a"]}, {"required": ["b"]}]},
 ]
 _UNTYPED_VALUES: list[Any] = [
     None, True, False, 0, 2, 3, 7, 1.5, -1, "", "a", "ab", "abcd", [], [True], [True, False, True], ["a"],

@@ -17,8 +17,11 @@ JSON pointer. What sgc generates is always a subset of what the schema accepts:
   keys whose values follow `additionalProperties` (or any JSON value);
 * numbers and strings use one spelling per value (canonical integers, no exponent when bounded,
   escapes only where JSON requires them, plus `\\uXXXX` in free text);
+* a schema without `type` takes every JSON type; keywords of one type constrain only that type;
 * `oneOf` is accepted only when its branches are provably exclusive (disjoint types, disjoint
-  literal values, or a required property whose const/enum values differ); else it is rejected.
+  literal values, or a required property whose const/enum values differ), decided type by type;
+  else it is rejected;
+* `if`/`then`/`else` is (if and then) or (not if and else), compiled where `not` is.
 
 Whitespace follows a `Whitespace` policy: compact (none) by default, or a bounded run (optionally one
 newline, then at most `max_spaces` spaces) wherever JSON allows whitespace between tokens, so small
@@ -602,8 +605,8 @@ class SchemaCompiler:
                 else:
                     merged[name] = dep
             return merged
-        if k == _COND:
-            return a + b
+        if k in (_COND, _NOT_REQUIRED):
+            return tuple(a) + tuple(b)
         if k == "not":  # not A and not B: kept apart, compile_not takes them one at a time
             items = a.items if isinstance(a, _Nots) else ((a, ptr),)
             return _Nots(items + ((b, ptr),))
@@ -800,7 +803,30 @@ class SchemaCompiler:
                 else ((item, join_pointer(kptr, i)),)
             )
             branches.append(_Sub(parts))
-        if key == "oneOf" and not self.check_exclusive(branches, kptr, refs):
+        required_sets = [_required_only(item) for item in items] if key == "oneOf" else []
+        if len(items) >= 2 and required_sets and all(r is not None for r in required_sets):
+            # oneOf of `required` lists: exactly one list complete, i.e. branch i with every other
+            # list incomplete (the not-required form), which makes the branches exclusive
+            branches = [
+                _Sub(
+                    b.parts
+                    + (
+                        (
+                            _View(
+                                {
+                                    _NOT_REQUIRED: (
+                                        tuple(r for j, r in enumerate(required_sets) if j != i),
+                                        kptr,
+                                    )
+                                }
+                            ),
+                            kptr,
+                        ),
+                    )
+                )
+                for i, b in enumerate(branches)
+            ]
+        elif key == "oneOf" and not self.check_exclusive(branches, kptr, refs):
             return EMPTY
         return alt(*(self.compile(b, refs, depth + 1) for b in branches))
 
@@ -1909,6 +1935,18 @@ def _universal_for_one_type(view: View) -> bool:
     return all(k in ANNOTATIONS or k in (_SPLIT, "type") or (k in other and k != "format") for k in view)
 
 
+def _required_only(schema: Any) -> tuple[str, ...] | None:
+    """The names of a schema that only lists `required` (annotations aside), else None."""
+    if not isinstance(schema, dict):
+        return None
+    req = schema.get("required")
+    if not isinstance(req, list) or not req or not all(isinstance(r, str) for r in req):
+        return None
+    if any(_asserts(k, v) for k, v in schema.items() if k != "required"):
+        return None
+    return tuple(req)
+
+
 def _float_safe_bound(b: tuple[Fraction, bool] | None, up: bool) -> tuple[Fraction, bool] | None:
     """The bound on a decimal's exact value under which the float it parses to keeps the bound
     `b` (a lower bound when `up`): beyond the midpoint between b and the next float outwards
@@ -2054,7 +2092,8 @@ KEYWORD_NOTES: dict[str, tuple[str, str]] = {
     "oneOf": (
         "yes",
         "only when branches are provably exclusive (types, literals, const/enum discriminator), decided "
-        "type by type (two branches that both take every value of a type exclude it)",
+        "type by type (two branches that both take every value of a type exclude it); branches that "
+        "only list `required`: exactly one list complete",
     ),
     "if": (
         "yes",
