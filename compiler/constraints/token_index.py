@@ -205,7 +205,7 @@ def build_token_index(dfa: DFA, vocab: Vocabulary) -> TokenIndex:
             np.zeros(2 if num_states else 1, np.int64),
             np.zeros(0, np.int32),
         )
-    state_row = token_row_classes(dfa, trie.depth)
+    state_row = token_row_classes(dfa, trie.depth, trie_level_bytes(trie))
     num_rows = int(state_row.max()) + 1
     _, reps = np.unique(state_row, return_index=True)  # one representative state per row
     check_memory(num_rows * 64, "the token index")
@@ -238,7 +238,9 @@ def _rows_of(
     # a walk holds a few [level nodes, states] arrays (int32 targets, bools) at a time: cap the columns
     max_columns = max(1, _DENSE_WALK_BYTES // max(1, (widest_level * 12 + vocab_size)))
     batches = _dense_batches(np.flatnonzero(wide), first_alive, trie.subtree_size[roots])
-    for members, start in ((m[i : i + max_columns], st) for m, st in batches for i in range(0, len(m), max_columns)):
+    for members, start in (
+        (m[i : i + max_columns], st) for m, st in batches for i in range(0, len(m), max_columns)
+    ):
         check_memory(vocab_size * len(members), "the token index's dense walk")
         masks = _dense_walk(reps[members], roots[start], trie, flat_table, node_cls, num_classes, vocab_size)
         is_dense = np.count_nonzero(masks, axis=0) >= DENSE_MIN_TOKENS
@@ -430,7 +432,17 @@ _CHUNK = 1 << 16  # states per chunk when a pass touches the whole table (bounde
 _MULTIPLIERS = np.random.default_rng(0x5EC).integers(1, 2**63, size=1024, dtype=np.uint64) | np.uint64(1)
 
 
-def token_row_classes(dfa: DFA, depth: int) -> np.ndarray:
+def trie_level_bytes(trie: TokenTrie) -> list[np.ndarray]:
+    """Per trie level d, the bytes some token has at position d (cached on the trie)."""
+    cached = trie.__dict__.get("_level_bytes")
+    if cached is None:
+        ls = trie.level_start
+        cached = [np.unique(trie.node_byte[ls[d] : ls[d + 1]]) for d in range(trie.depth)]
+        object.__setattr__(trie, "_level_bytes", cached)
+    return cached
+
+
+def token_row_classes(dfa: DFA, depth: int, level_bytes: list[np.ndarray] | None = None) -> np.ndarray:
     """int32[S] labels 0..R-1 such that states with equal labels allow exactly the same tokens.
 
     A token of at most `depth` bytes is allowed in s iff its path from s stays alive, so s and s'
@@ -448,7 +460,7 @@ def token_row_classes(dfa: DFA, depth: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int32)
     rep = _period_representatives(dfa, depth)
     if rep is None:
-        return _moore_classes(dfa.transitions, depth)
+        return _row_classes(dfa.transitions, dfa.symbol_class, depth, level_bytes)
     # Moore on the quotient: each state stands for the states it represents (see below)
     keep = np.flatnonzero(rep == np.arange(n))
     new_id = np.full(n + 1, -1, dtype=np.int64)  # new_id[-1] = -1: the dead state
@@ -458,8 +470,54 @@ def token_row_classes(dfa: DFA, depth: int) -> np.ndarray:
         rows = dfa.transitions[keep[lo : lo + _CHUNK]]
         quotient[lo : lo + _CHUNK] = new_id[np.where(rows >= 0, rep[np.maximum(rows, 0)], -1)]
     check_time()
-    labels = _moore_classes(quotient, depth)
+    labels = _row_classes(quotient, dfa.symbol_class, depth, level_bytes)
     return labels[new_id[rep]]
+
+
+# Work (states x classes x levels) up to which rows are split by the positional refinement
+_POSITIONAL_MAX_WORK = 12_000_000  # ~0.3 s; a 100k-value enum trie (43M) stays with Moore
+
+
+def _row_classes(
+    table: np.ndarray, symbol_class: np.ndarray, depth: int, level_bytes: list[np.ndarray] | None
+) -> np.ndarray:
+    if level_bytes is not None and len(level_bytes) == depth:
+        cols = [np.unique(symbol_class[b]) for b in level_bytes]
+        if table.shape[0] * sum(len(c) for c in cols) <= _POSITIONAL_MAX_WORK:
+            return _positional_classes(table, cols)
+    return _moore_classes(table, depth)
+
+
+def _positional_classes(table: np.ndarray, level_cols: list[np.ndarray]) -> np.ndarray:
+    """int32[S] labels such that states with equal labels allow the same tokens, from the bytes
+    tokens have at each position (`level_cols[d]`: the DFA classes of the bytes at position d).
+
+    Coarser than Moore's `depth` rounds, which tell states apart by any string: `"` is in no
+    SmolLM2 token past its 5th byte, so the copies of an array's string items look alike once a
+    difference would take a `","` deep inside a token. E_d (for positions d.. of a token) holds
+    states with the same dead bytes among level d's and E_{d+1}-equal successors on the others;
+    E_depth is one class (every state of the trimmed DFA is alive). By induction over the token,
+    E_0-equal states are alive on the same token prefixes: a token's byte at position d is one
+    of level d's. Computed backwards, one vectorized pass per level.
+    """
+    n = table.shape[0]
+    label = np.zeros(n + 1, dtype=np.int64)
+    label[n] = -1  # index -1: the dead state
+    rows = np.arange(n)
+    for cols in reversed(level_cols):
+        check_time()
+        keys = np.empty(n, dtype=np.uint64)
+        for lo in range(0, n, _CHUNK):
+            succ = label[table[lo : lo + _CHUNK][:, cols]] + 2  # dead: 1
+            keys[lo : lo + _CHUNK] = (succ.astype(np.uint64) * _MULTIPLIERS[: len(cols)]).sum(
+                axis=1, dtype=np.uint64
+            )
+        _, group = np.unique(keys, return_inverse=True)
+        group = _verify_split(
+            group.reshape(-1).astype(np.int64), rows, lambda r, cols=cols: label[table[r][:, cols]]
+        )
+        label[:n] = group
+    return label[:n].astype(np.int32)
 
 
 def _period_representatives(dfa: DFA, depth: int) -> np.ndarray | None:
