@@ -198,9 +198,12 @@ def embed_dfa(dfa: DFA, nfa: NFA, start: int, end: int) -> None:
     base = nfa.num_states
     for _ in range(dfa.num_states):
         nfa.state()
+    check_time()  # a repetition may splice the same large automaton hundreds of times
     masks = dfa.class_masks()
     table = dfa.transitions.tolist()
     for s, row in enumerate(table):
+        if s & 4095 == 4095:
+            check_time()
         by_target: dict[int, int] = {}
         for c, t in enumerate(row):
             if t >= 0:
