@@ -1205,7 +1205,10 @@ class SchemaCompiler:
             self.compile(s, refs, depth + 1) for s in prefix[: hi if hi is not None else len(prefix)]
         ]
         needs_rest = hi is None or hi > len(prefix)
-        rest_node = self.nested_value(rest, refs, depth) if needs_rest else EMPTY
+        # compiled even when no item can follow, so that a malformed items schema is still refused
+        rest_node = self.nested_value(rest, refs, depth)
+        if not needs_rest:
+            rest_node = EMPTY
         ws = self.ws
         sep = concat(ws, literal(","), ws)
 
