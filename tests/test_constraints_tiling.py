@@ -133,3 +133,34 @@ def test_large_alternation_with_overlapping_options_equals_the_subset_constructi
         v = "".join(rng.choice(list("ab"), size=int(rng.integers(0, 23))))
         for t in (f'{{"k":"{k}","v":"{v}"}}', f'{{"v":"{v}","k":"{k}"}}'):
             assert accepts(fast, t.encode()) == (re.fullmatch(pattern, t) is not None), t
+
+
+REPEATS = [
+    ("(,-?[0-9]+)", 0, 5),
+    ("(,-?[0-9]+)", 2, None),
+    ("(a|ab)", 2, 4),
+    ("(a|ab)", 0, None),
+    ("(ab*)", 3, 3),
+    ("(ab*)", 1, None),
+    ("(,(a|b[ab]?))", 1, 6),
+]
+
+
+def test_repetitions_of_items_that_are_not_prefix_free_tile_exactly() -> None:
+    # an item may continue where it could end (a number, `ab*`): copies still join without doubt
+    # when the bytes that continue it there and the bytes that start it are disjoint
+    rng = np.random.default_rng(7)
+    for item, lo, hi in REPEATS:
+        x = regex_to_byte_dfa(item)
+        assert not dfa_ops.is_prefix_free(x)
+        tiled = dfa_ops.repeat_dfa(x, lo, hi)
+        assert tiled is not None and is_trimmed(tiled, unreachable_ok=True)
+        pattern = f"{item}{{{lo},{'' if hi is None else hi}}}"
+        slow = A.minimize(dfa_ops.small_byte_dfa(parse_fullmatch(pattern), minimized=False))
+        assert A.minimize(tiled).num_states == slow.num_states
+        for _ in range(2000):
+            t = "".join(rng.choice(list(",-0123ab"), size=int(rng.integers(0, 14))))
+            assert accepts(tiled, t.encode()) == (re.fullmatch(pattern, t) is not None), (pattern, t)
+    # the joint overlaps: no tiling (the subset construction decides)
+    assert dfa_ops.repeat_dfa(regex_to_byte_dfa("(a+)"), 0, 3) is None
+    assert dfa_ops.repeat_dfa(regex_to_byte_dfa("([0-9]+x?)"), 1, 3) is None

@@ -102,9 +102,10 @@ def optional_dfa(x: DFA) -> DFA:
 
 
 def repeat_dfa(x: DFA, lo: int, hi: int | None, max_states: int | None = None) -> DFA | None:
-    """`X{lo,hi}` by tiling copies of X (None unless X is prefix-free; see the module docstring)."""
+    """`X{lo,hi}` by tiling copies of X (see the module docstring; `_repeat_joined` when X is not
+    prefix-free but its copies still join deterministically); None when neither applies."""
     if not is_prefix_free(x):
-        return None
+        return _repeat_joined(x, lo, hi, max_states)
     x = _fresh_initial(x)
     acc = x.accepting
     inner = np.flatnonzero(~acc)  # X's states without its (edge-less) accepting ones
@@ -140,6 +141,53 @@ def repeat_dfa(x: DFA, lo: int, hi: int | None, max_states: int | None = None) -
         table[copies * width :] = -1
         accepting[np.arange(lo, hi + 1) * width] = True
     return DFA(0, accepting, table, np.asarray(x.symbol_class, dtype=np.int32), ((0, width, copies),))
+
+
+_JOINED_MAX_BYTES = 32 << 20  # larger joined repetitions are left to the subset construction
+
+
+def _repeat_joined(x: DFA, lo: int, hi: int | None, max_states: int | None = None) -> DFA | None:
+    """`X{lo,hi}` for an X whose accepting states may continue (an integer, `,` then a number),
+    when the bytes that continue X there and the bytes that start X are disjoint: then where one
+    copy ends is never in doubt, and copy j's accepting states also take X's first transitions into
+    copy j+1. Copies keep all of X's states (accepting ones included); the last copy of an unbounded
+    repetition loops into itself. None when X accepts the empty string or the joint overlaps."""
+    if x.num_states == 0 or bool(x.accepting[x.initial]) or hi == 0:
+        return None
+    x = _fresh_initial(x)
+    n, k = x.num_states, x.num_classes
+    t = x.transitions
+    start_row = t[x.initial]
+    live_cols = np.flatnonzero(start_row >= 0)
+    acc = np.flatnonzero(x.accepting)
+    if (t[acc][:, live_cols] >= 0).any():
+        return None
+    copies = hi if hi is not None else max(lo, 1)
+    total = copies * n
+    if _table_bytes(total, k) > _JOINED_MAX_BYTES:
+        return None  # (600 copies of any JSON value: 166 MB whose token index is over budget anyway)
+    check_states(total, max_states)
+    check_memory(_table_bytes(total, k), "the repetition's transition table")
+    check_time()
+    table = np.empty((total, k), dtype=np.int32)
+    body = table.reshape(copies, n, k)
+    np.add(t[None, :, :], (np.arange(copies, dtype=np.int64) * n)[:, None, None], out=body, casting="unsafe")
+    body[:, t < 0] = -1
+    joined = np.arange(copies if hi is None else copies - 1)  # copies whose ends lead on
+    nxt = joined + 1
+    if hi is None:
+        nxt[-1] = copies - 1  # the last copy starts itself again
+    if len(joined) and len(live_cols) and len(acc):
+        targets = start_row[live_cols].astype(np.int64)[None, :] + (nxt * n)[:, None]
+        body[np.ix_(joined, acc, live_cols)] = targets[:, None, :]
+    accepting = np.zeros(total, dtype=bool)
+    done = np.flatnonzero(np.arange(copies) + 1 >= lo)  # copies that complete at least lo
+    accepting.reshape(copies, n)[np.ix_(done, acc)] = True
+    if lo == 0:
+        accepting[x.initial] = True
+    return DFA(
+        int(x.initial), accepting, table, np.asarray(x.symbol_class, dtype=np.int32), ((0, n, copies),)
+    )
 
 
 def concat_dfas(
