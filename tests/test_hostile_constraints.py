@@ -465,7 +465,9 @@ def _schemas() -> st.SearchStrategy[object]:
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(schema=_schemas())
 def test_random_schemas_compile_or_fail_cleanly(vocab: Vocabulary, schema: object) -> None:
-    with budget_overrides(constraint_seconds=2.0), bounded(seconds=6, mem_mb=400):
+    # 600 MiB: a random array of ~780 objects legitimately compiles near 400 MiB (the memory budget
+    # bounds the tables, not every temporary); the point is a bound, not a tight one
+    with budget_overrides(constraint_seconds=2.0), bounded(seconds=6, mem_mb=600):
         try:
             fsm = compile_json_schema(schema, vocab)
         except ConstraintError:
