@@ -13,6 +13,9 @@ the decode attention kernel takes its loop bounds from `seq_lens` on the device 
 the batch size only. Batches larger than the largest size run eagerly.
 
 All graphs share one memory pool; capturing the largest size first lets the smaller ones reuse it.
+
+The runner records a plain step function (`ModelRunner.forward_eager`) and never imports the model
+runner: the model runner owns this object, not the other way round.
 """
 
 from __future__ import annotations
@@ -21,15 +24,11 @@ import bisect
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
 from executor.forward_batch import ForwardBatch, ForwardMode
-from executor.memory import PADDING_SLOT
-
-if TYPE_CHECKING:
-    from executor.model_runner import ModelRunner
+from executor.memory import PADDING_SLOT, ReqToTokenPool
 
 logger = logging.getLogger("sgc.cuda_graph")
 
@@ -51,16 +50,19 @@ def capture_batch_sizes(max_batch_size: int) -> list[int]:
 class CudaGraphRunner:
     """Captured decode steps for a set of batch sizes, and their replay."""
 
-    def __init__(self, runner: ModelRunner, batch_sizes: Sequence[int], num_warmups: int = 2):
+    def __init__(self, step: Callable[[ForwardBatch], torch.Tensor], req_to_token: ReqToTokenPool,
+                 device: torch.device, batch_sizes: Sequence[int], num_warmups: int = 2):
+        """`step` runs one eager decode pass (what is recorded); `req_to_token` is the table the
+        step reads, in which this runner keeps a scratch row for padding rows."""
         if not batch_sizes:
             raise ValueError("CudaGraphRunner needs at least one batch size")
-        device = runner.kv_pool.device
         self._check_device(device)
-        self.runner = runner
+        self.step = step
+        self.req_to_token = req_to_token
         self.batch_sizes = sorted(set(batch_sizes))
         self.max_batch_size = self.batch_sizes[-1]
         # A request-table row that no request will ever get: its slots stay 0 (the padding slot).
-        table = runner.req_to_token
+        table = req_to_token
         self.scratch_row = table.alloc()
         table.req_to_token[self.scratch_row].zero_()
 
@@ -88,7 +90,7 @@ class CudaGraphRunner:
         if self.graphs:
             self.graphs.clear()
             self.outputs.clear()
-            self.runner.req_to_token.free(self.scratch_row)
+            self.req_to_token.free(self.scratch_row)
 
     def _static_batch(self, size: int) -> ForwardBatch:
         return ForwardBatch(
@@ -105,8 +107,8 @@ class CudaGraphRunner:
         # Warm-up runs compile the Triton kernels for these shapes, move lazily built tables
         # to the GPU and let cuBLAS pick its algorithms, none of which may happen while capturing.
         for _ in range(num_warmups):
-            self.runner.forward_eager(batch)
-        self.graphs[size], self.outputs[size] = self._record(lambda: self.runner.forward_eager(batch))
+            self.step(batch)
+        self.graphs[size], self.outputs[size] = self._record(lambda: self.step(batch))
 
     # The only CUDA-specific steps; tests on CPU override them to replay eagerly.
     def _check_device(self, device: torch.device) -> None:

@@ -12,17 +12,14 @@ On CUDA the runner also swaps the model's norm and rotary modules for fused kern
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from executor import kernels
+from executor.cuda_graph import CudaGraphRunner
 from executor.forward_batch import ForwardBatch, ForwardMode
 from executor.memory import KVPool, ReqToTokenPool
-
-if TYPE_CHECKING:
-    from executor.cuda_graph import CudaGraphRunner
 
 
 class ModelRunner:
@@ -40,12 +37,10 @@ class ModelRunner:
 
     def capture_cuda_graphs(self, batch_sizes: Sequence[int]) -> None:
         """Record the decode step for these batch sizes; later decode batches replay them."""
-        from executor.cuda_graph import CudaGraphRunner
-
         if self.cuda_graphs is not None:
             self.cuda_graphs.release()
             self.cuda_graphs = None
-        self.cuda_graphs = CudaGraphRunner(self, batch_sizes)
+        self.cuda_graphs = CudaGraphRunner(self.forward_eager, self.req_to_token, self.kv_pool.device, batch_sizes)
 
     def _attention_for(self, batch: ForwardBatch):
         table = self.req_to_token.req_to_token

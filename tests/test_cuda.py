@@ -102,7 +102,8 @@ def test_padded_decode_matches_eager(tiny_model_dirs):
         expected = [o["output_ids"] for o in plain.generate(prompts, params)]
     with Engine(model_path=path, device="cpu") as engine:
         free_rows = engine.req_to_token.num_free
-        graphs = EagerReplayGraphs(engine.runner, [1, 2, 4])
+        runner = engine.runner
+        graphs = EagerReplayGraphs(runner.forward_eager, runner.req_to_token, runner.kv_pool.device, [1, 2, 4])
         engine.runner.cuda_graphs = graphs  # the engine thread is idle: no request yet
         assert engine.req_to_token.num_free == free_rows - 1  # the scratch row
         assert engine.req_to_token.req_to_token[graphs.scratch_row].eq(PADDING_SLOT).all()
