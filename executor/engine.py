@@ -27,9 +27,8 @@ from executor import kernels
 from executor.constrained import ConstraintCache, ConstraintCursor
 from executor.detokenizer import IncrementalDetokenizer
 from executor.kv_manager import KVManager
-from executor.memory import KVPool, ReqToTokenPool, TokenSlotAllocator, kv_bytes_per_token
+from executor.memory import KVPool, kv_bytes_per_token
 from executor.model_runner import ModelRunner
-from executor.radix_cache import RadixCache
 from executor.request import LogprobOptions, Request, RequestKind
 from executor.sampling import RequestError, RequestTypeError, SamplingParams, make_generator
 from executor.scheduler import Scheduler, SchedulerConfig
@@ -136,26 +135,23 @@ class PrefixPin:
         self.num_tokens = 0  # how many leading tokens were cached and locked (set once applied)
         self.applied = threading.Event()
         self.released = threading.Event()  # set once `unpin` has taken effect
-        self._cache: RadixCache | None = None
-        self._node: Any = None
+        self._kv: KVManager | None = None
+        self._lock: Any = None
         self._released = False
 
     # Both run on the engine thread (or after it stopped).
     def _apply(self, engine: Engine) -> None:
-        cache = engine.radix_cache
-        if not self._released and cache is not None and self.token_ids:
-            match = cache.match_prefix(self.token_ids)
-            if match.num_cached_tokens:
-                cache.lock(match.last_node)
-                self._cache, self._node, self.num_tokens = cache, match.last_node, match.num_cached_tokens
+        if not self._released:
+            self._kv = engine.kv_manager
+            self._lock, self.num_tokens = self._kv.lock_prefix(self.token_ids)
         self.applied.set()
 
     def _release(self, engine: Engine) -> None:
         self._released = True
         # After a failed step the runtime (and its cache) is rebuilt: the old lock went with it.
-        if self._node is not None and self._cache is engine.radix_cache:
-            self._cache.unlock(self._node)
-        self._cache = self._node = None
+        if self._lock is not None and self._kv is engine.kv_manager:
+            self._kv.unlock_prefix(self._lock)
+        self._kv = self._lock = None
         self.released.set()
 
     def __repr__(self) -> str:
@@ -327,15 +323,17 @@ class Engine:
             raise ValueError(f"KV budget gives {num_slots} slots; it must hold at least a short prompt")
         self.num_kv_slots = num_slots
         self.kv_pool = KVPool(num_slots, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, dtype, self.device)
-        self.allocator = TokenSlotAllocator(num_slots)
-        self.req_to_token = ReqToTokenPool(self.config.max_running_requests + 8, self.context_len, self.device)
-        self.radix_cache = None if self.config.disable_radix_cache else RadixCache(self.allocator)
+        self.kv_manager = KVManager.build(num_slots, self.config.max_running_requests + 8, self.context_len,
+                                          self.device, enable_cache=not self.config.disable_radix_cache)
+        self.allocator = self.kv_manager.allocator
+        self.req_to_token = self.kv_manager.req_to_token
+        self.radix_cache = self.kv_manager.cache
         self.runner = ModelRunner(self.model, self.kv_pool, self.req_to_token, cfg.head_dim)
         if self.device.type == "cuda" and not self.config.disable_cuda_graph:
             self._capture_cuda_graphs()
         self.scheduler = Scheduler(
             self.runner,
-            KVManager(self.allocator, self.req_to_token, self.radix_cache),
+            self.kv_manager,
             SchedulerConfig(
                 max_running_requests=self.config.max_running_requests,
                 max_prefill_tokens=self.config.max_prefill_tokens,
@@ -613,8 +611,8 @@ class Engine:
             "num_jump_forward_tokens": s.num_jump_forward_tokens,
             "num_shared_prefix_tokens": s.num_shared_prefix_tokens,
             **self._token_totals,
-            "num_free_kv_slots": self.allocator.num_free,
-            "num_cached_kv_tokens": self.radix_cache.total_size() if self.radix_cache else 0,
+            "num_free_kv_slots": self.kv_manager.num_free_slots,
+            "num_cached_kv_tokens": self.kv_manager.num_cached_tokens,
         }
 
     def shutdown(self) -> None:

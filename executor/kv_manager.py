@@ -1,19 +1,32 @@
 """Who owns which KV slots: requests, the radix prefix cache, and the free pool.
 
-Every transfer of KV ownership goes through here, so the invariants of the request module's
-docstring hold in one place: a request's row [0, num_tree_owned) is cache-owned and locked,
-[num_tree_owned, num_kv) is request-owned, and score continuations borrow [0, num_borrowed) from
-their parent. With the radix cache disabled nothing is ever cache-owned and every finished
-request's KV goes straight back to the pool.
+This is the one module that allocates, frees and moves KV slots (and request-table rows). The
+scheduler asks it for room and slots; the radix cache only records which slots hold which prefix
+and hands back what it evicts; the engine pins prefixes and flushes the cache through it. So the
+invariants of the request module's docstring hold in one place: a request's row
+[0, num_tree_owned) is cache-owned and locked, [num_tree_owned, num_kv) is request-owned, and score
+continuations borrow [0, num_borrowed) from their parent. With the radix cache disabled nothing is
+ever cache-owned and every finished request's KV goes straight back to the pool.
+
+Every slot is, at any time, exactly one of: free, held by the cache, or owned by one request
+(`check_integrity` verifies it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import torch
 
 from executor.memory import ReqToTokenPool, TokenSlotAllocator
-from executor.radix_cache import RadixCache
+from executor.radix_cache import RadixCache, RadixNode
 from executor.request import Request
+
+__all__ = ["KVManager", "KVOwnershipError"]
+
+
+class KVOwnershipError(AssertionError):
+    """`check_integrity` found a slot owned twice, leaked, or in use and marked free."""
 
 
 class KVManager:
@@ -24,7 +37,29 @@ class KVManager:
         self.req_to_token = req_to_token
         self.cache = radix_cache
 
-    # -- checks (no mutation) -------------------------------------------------------------
+    @classmethod
+    def build(cls, num_slots: int, max_requests: int, context_len: int, device: torch.device,
+              enable_cache: bool = True) -> KVManager:
+        """A manager over fresh memory: `num_slots` KV slots, a request table of `max_requests`
+        rows of `context_len` positions (on `device`, where the attention kernels read it)."""
+        return cls(TokenSlotAllocator(num_slots), ReqToTokenPool(max_requests, context_len, device),
+                   RadixCache() if enable_cache else None)
+
+    # -- checks and views (no mutation) -------------------------------------------------------------
+    @property
+    def table(self) -> torch.Tensor:
+        """The request-to-slot table `[rows, positions]`, for reading (forward batches, kernels)."""
+        return self.req_to_token.req_to_token
+
+    @property
+    def num_free_slots(self) -> int:
+        return self.allocator.num_free
+
+    @property
+    def num_cached_tokens(self) -> int:
+        """Slots the radix cache holds (locked or not)."""
+        return self.cache.total_size() if self.cache is not None else 0
+
     def cached_len(self, tokens: list[int]) -> int:
         """Tokens of `tokens` the cache holds now (0 without a cache)."""
         if self.cache is None or not tokens:
@@ -36,7 +71,11 @@ class KVManager:
         evictable = self.cache.evictable_size() if self.cache is not None else 0
         return self.allocator.num_free + evictable
 
-    # -- mutations --------------------------------------------------------------------------
+    def can_begin(self) -> bool:
+        """Whether a request can get a table row now."""
+        return self.req_to_token.can_alloc()
+
+    # -- requests -----------------------------------------------------------------------------------
     def begin(self, req: Request, max_cached: int) -> None:
         """Give a request a table row and reuse the longest cached prefix (at most max_cached)."""
         assert req.req_row is None
@@ -50,21 +89,37 @@ class KVManager:
         req.last_node = match.last_node
         n = match.num_cached_tokens
         if n:
-            self.req_to_token.req_to_token[req.req_row, :n] = match.slots
+            self.table[req.req_row, :n] = match.slots
         req.num_kv = req.num_tree_owned = n
 
     def reserve(self, num_slots: int) -> bool:
         """Make `num_slots` free, evicting unlocked cache entries if needed. True on success."""
         shortfall = num_slots - self.allocator.num_free
-        if shortfall > 0 and self.cache is not None:
-            self.cache.evict(shortfall)
+        if shortfall > 0:
+            self.evict(shortfall)
         return self.allocator.can_allocate(num_slots)
 
     def allocate(self, req: Request, num_slots: int) -> torch.Tensor:
         """Slots for the request's next `num_slots` tokens, recorded in its table row."""
         slots = self.allocator.allocate(num_slots)
-        self.req_to_token.req_to_token[req.req_row, req.num_kv : req.num_kv + num_slots] = slots
+        self.table[req.req_row, req.num_kv : req.num_kv + num_slots] = slots
         return slots
+
+    def allocate_decode(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One slot per decoding request (table row `rows[i]`, at `positions[i]`), recorded in the
+        table; returns the slots on the table's device. `reserve` first."""
+        slots = self.allocator.allocate(rows.numel()).to(self.table.device)
+        self.table[rows, positions] = slots
+        return slots
+
+    def truncate(self, req: Request, num_tokens: int) -> None:
+        """Free the request's KV past its first `num_tokens` tokens (jump-forward replaced them).
+        Only request-owned KV may go: the cache's and a parent's slots are not the request's."""
+        if req.num_kv <= num_tokens:
+            return
+        assert num_tokens >= max(req.num_tree_owned, req.num_borrowed), "truncating KV the request does not own"
+        self.allocator.free(self.table[req.req_row, num_tokens : req.num_kv].clone())
+        req.num_kv = num_tokens
 
     def cache_progress(self, req: Request) -> None:
         """Hand the request's computed KV to the radix cache so other requests can reuse it.
@@ -77,7 +132,7 @@ class KVManager:
             return
         n = req.num_kv
         tokens = req.fill_ids[:n]
-        row = self.req_to_token.req_to_token[req.req_row]
+        row = self.table[req.req_row]
         already_cached = self.cache.insert(tokens, row[:n].clone())
         if already_cached > req.num_tree_owned:
             self.allocator.free(row[req.num_tree_owned : already_cached].clone())
@@ -97,7 +152,7 @@ class KVManager:
             return
         if keep_in_cache:
             self.cache_progress(req)
-        row = self.req_to_token.req_to_token[req.req_row]
+        row = self.table[req.req_row]
         owned_from = max(req.num_tree_owned, req.num_borrowed)
         if req.num_kv > owned_from:
             self.allocator.free(row[owned_from : req.num_kv].clone())
@@ -109,11 +164,70 @@ class KVManager:
         req.num_kv = req.num_tree_owned = req.num_borrowed = 0
 
     def begin_borrowed(self, child: Request, parent: Request, num_tokens: int) -> None:
-        """Let a score continuation read its parent's first `num_tokens` KV slots without owning them."""
+        """Fork: let a score continuation read its parent's first `num_tokens` KV slots without
+        owning them (the parent must outlive the child: release children first)."""
         assert child.req_row is None and parent.req_row is not None
         child.req_row = self.req_to_token.alloc()
-        table = self.req_to_token.req_to_token
+        table = self.table
         table[child.req_row, :num_tokens] = table[parent.req_row, :num_tokens]
         child.num_kv = child.num_borrowed = num_tokens
         child.num_tree_owned = 0
         child.last_node = None
+
+    # -- the cache ----------------------------------------------------------------------------------
+    def evict(self, num_tokens: int) -> int:
+        """Free at least `num_tokens` slots of unlocked cached prefixes, least recently used first
+        (fewer if not that many are evictable). Returns how many were freed."""
+        if self.cache is None or num_tokens <= 0:
+            return 0
+        dropped = self.cache.evict(num_tokens)
+        self.allocator.free(dropped)
+        return dropped.numel()
+
+    def flush(self) -> int:
+        """Free every cached prefix no request or pin holds; returns how many slots were freed."""
+        return self.evict(self.cache.evictable_size()) if self.cache is not None else 0
+
+    def lock_prefix(self, tokens: Sequence[int]) -> tuple[RadixNode | None, int]:
+        """Lock the cached part of `tokens` against eviction: (the lock, how many tokens it holds);
+        (None, 0) when none of it is cached. Give the lock back with `unlock_prefix`."""
+        if self.cache is None or not tokens:
+            return None, 0
+        match = self.cache.match_prefix(list(tokens))
+        if not match.num_cached_tokens:
+            return None, 0
+        self.cache.lock(match.last_node)
+        return match.last_node, match.num_cached_tokens
+
+    def unlock_prefix(self, lock: RadixNode) -> None:
+        assert self.cache is not None
+        self.cache.unlock(lock)
+
+    # -- checking -----------------------------------------------------------------------------------
+    def check_integrity(self, requests: Iterable[Request] = ()) -> None:
+        """Verify that every slot is exactly one of free, cached, or owned by one of `requests`
+        (all requests holding a table row must be given). Raises `KVOwnershipError`."""
+        if self.cache is not None:
+            self.cache.check_integrity(self.allocator)
+        owned: list[torch.Tensor] = []
+        rows = 0
+        for req in requests:
+            if req.req_row is None:
+                continue
+            rows += 1
+            start = max(req.num_tree_owned, req.num_borrowed)
+            owned.append(self.table[req.req_row, start : req.num_kv].cpu())
+        mine = torch.cat(owned) if owned else torch.empty(0, dtype=torch.int64)
+        if mine.numel():
+            if int(mine.unique().numel()) != mine.numel():
+                raise KVOwnershipError("a slot is owned by two requests (or twice by one)")
+            if bool(self.allocator.is_free(mine).any()):
+                raise KVOwnershipError("a slot a request owns is marked free")
+            if self.cache is not None and bool(torch.isin(mine, self.cache.held_slots()).any()):
+                raise KVOwnershipError("a slot is both cached and owned by a request")
+        total = self.allocator.num_free + self.num_cached_tokens + mine.numel()
+        if total != self.allocator.num_slots:
+            raise KVOwnershipError(f"{self.allocator.num_free} free + {self.num_cached_tokens} cached + "
+                                   f"{mine.numel()} request-owned slots != {self.allocator.num_slots} slots")
+        if self.req_to_token.num_free + rows > self.req_to_token.max_requests:
+            raise KVOwnershipError("more request rows in use than the table has")

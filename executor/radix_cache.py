@@ -4,7 +4,11 @@ Every path from the root spells a token prefix that some earlier request compute
 the path hold that prefix's KV. A new request matches its longest cached prefix and only computes
 the rest (the RadixAttention idea). Nodes on paths used by running requests are locked (reference
 counted up to the root) and cannot be evicted; unlocked leaves are evicted least recently used
-first when KV memory runs short, and their slots go back to the allocator.
+first when KV memory runs short.
+
+The tree only records which slots hold which prefix; it never allocates or frees a slot. Eviction
+and `reset` return the slots they dropped and the caller (`executor/kv_manager.py`, the one owner of
+KV memory) gives them back to the allocator.
 
 Access times are a monotonic counter, not wall time, so eviction order is deterministic.
 """
@@ -19,6 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from executor.memory import TokenSlotAllocator
+
+__all__ = ["PrefixMatch", "RadixCache", "RadixCacheCorrupt", "RadixCacheError", "RadixNode"]
 
 _EMPTY_SLOTS = torch.empty(0, dtype=torch.int64)
 
@@ -95,8 +101,7 @@ def _as_token_list(tokens: Sequence[int] | torch.Tensor) -> list[int]:
 class RadixCache:
     """Radix tree from token prefixes to KV slots, with locks and LRU eviction of unlocked leaves."""
 
-    def __init__(self, allocator: TokenSlotAllocator) -> None:
-        self.allocator = allocator
+    def __init__(self) -> None:
         self._ids = itertools.count()
         self._clock = 0
         self.root = self._new_root()
@@ -200,8 +205,9 @@ class RadixCache:
         - positions `[0, n)`: the tree keeps its own slots and does not store `slots[:n]`. The caller
           still owns every slot in `slots[:n]` that it allocated itself and must free those
           duplicates. Slots it got from an earlier `match_prefix` belong to the tree: it must not
-          free them. Typical use: matched `k` tokens (and locked `last_node` so they stayed cached),
-          allocated the rest, then `n = insert(...)`, and `allocator.free(slots[k:n])`.
+          free them. Typical use (`KVManager.cache_progress`): matched `k` tokens (and locked
+          `last_node` so they stayed cached), allocated the rest, then `n = insert(...)`, and
+          `allocator.free(slots[k:n])`.
         A slot is never stored twice: only `slots[n:]` enter the tree, and `n` covers everything
         already cached.
         """
@@ -268,48 +274,58 @@ class RadixCache:
             yield node
             stack.extend(node.children.values())
 
-    def evict(self, num_tokens: int) -> int:
-        """Free least recently used unlocked leaves until `num_tokens` slots are freed or nothing is
-        evictable. Returns the number of slots freed (may exceed `num_tokens`: leaves go whole)."""
+    def evict(self, num_tokens: int) -> torch.Tensor:
+        """Drop least recently used unlocked leaves until `num_tokens` slots are dropped or nothing is
+        evictable. Returns the dropped slots (may be more than `num_tokens`: leaves go whole), which
+        the caller must free."""
         if num_tokens <= 0:
-            return 0
+            return _EMPTY_SLOTS.clone()
         heap = [
             (n.last_access, n.id, n)
             for n in self._nodes()
             if not n.children and n.lock_ref == 0 and n is not self.root
         ]
         heapq.heapify(heap)
-        num_freed = 0
-        while heap and num_freed < num_tokens:
+        dropped: list[torch.Tensor] = []
+        num_dropped = 0
+        while heap and num_dropped < num_tokens:
             _, _, leaf = heapq.heappop(heap)
             parent = leaf.parent
             assert parent is not None
-            self.allocator.free(leaf.value)
+            dropped.append(leaf.value)
             del parent.children[leaf.key[0]]
             leaf.parent = None
-            num_freed += len(leaf.key)
+            num_dropped += len(leaf.key)
             self._evictable_size -= len(leaf.key)
             if not parent.children and parent.lock_ref == 0 and parent is not self.root:
                 heapq.heappush(heap, (parent.last_access, parent.id, parent))
-        return num_freed
+        return torch.cat(dropped) if dropped else _EMPTY_SLOTS.clone()
+
+    def held_slots(self) -> torch.Tensor:
+        """Every slot the tree holds (for ownership checks)."""
+        held = [n.value for n in self._nodes() if n is not self.root]
+        return torch.cat(held) if held else _EMPTY_SLOTS.clone()
 
     # ------------------------------------------------------------------ maintenance
 
-    def reset(self) -> None:
-        """Free every slot the tree holds and empty it. Refuses while any node is locked."""
+    def reset(self) -> torch.Tensor:
+        """Empty the tree; returns every slot it held (the caller must free them). Refuses while any
+        node is locked."""
         if self._protected_size:
             raise RadixCacheError(
                 f"reset with {self._protected_size} tokens still locked by running requests"
             )
-        held = [n.value for n in self._nodes() if n is not self.root]
-        if held:
-            self.allocator.free(torch.cat(held))
+        held = self.held_slots()
         self.root = self._new_root()
         self._evictable_size = 0
         self._protected_size = 0
+        return held
 
-    def check_integrity(self) -> None:
-        """Verify every invariant of the tree; raises `RadixCacheCorrupt` naming the bad node."""
+    def check_integrity(self, allocator: TokenSlotAllocator | None = None) -> None:
+        """Verify every invariant of the tree; raises `RadixCacheCorrupt` naming the bad node.
+
+        With the `allocator` the slots come from, also checks that every slot in the tree is in its
+        range and not marked free."""
         evictable = protected = 0
         held: list[torch.Tensor] = []
         for node in self._nodes():
@@ -360,9 +376,11 @@ class RadixCache:
                 dup = int(uniq[counts > 1][0])
                 owners = [n.id for n in self._nodes() if n is not self.root and bool((n.value == dup).any())]
                 raise RadixCacheCorrupt(f"slot {dup} is held twice (nodes {owners})")
-            if int(uniq[0]) < 1 or int(uniq[-1]) > self.allocator.num_slots:
-                raise RadixCacheCorrupt(f"slot out of range 1..{self.allocator.num_slots} in the tree")
-            free = self.allocator.is_free(uniq)
+            if allocator is None:
+                return
+            if int(uniq[0]) < 1 or int(uniq[-1]) > allocator.num_slots:
+                raise RadixCacheCorrupt(f"slot out of range 1..{allocator.num_slots} in the tree")
+            free = allocator.is_free(uniq)
             if bool(free.any()):
                 bad = int(uniq[free][0])
                 owners = [n.id for n in self._nodes() if n is not self.root and bool((n.value == bad).any())]

@@ -160,7 +160,7 @@ class Scheduler:
             if fresh:
                 if num_running + len(chosen) >= cfg.max_running_requests:
                     break
-                if not self.kv.req_to_token.can_alloc():
+                if not self.kv.can_begin():
                     break
                 if cfg.policy == "lpm" and self._should_defer(req, chosen, in_progress):
                     continue
@@ -211,7 +211,7 @@ class Scheduler:
         for ext in extends:
             input_ids.extend(ext.req.fill_ids[ext.start : ext.start + ext.length])
             positions.extend(range(ext.start, ext.start + ext.length))
-        table = self.kv.req_to_token.req_to_token
+        table = self.kv.table
         out_cache_loc = torch.cat([table[e.req.req_row, e.start : e.start + e.length] for e in extends])
         batch = ForwardBatch(
             mode=ForwardMode.EXTEND,
@@ -364,11 +364,9 @@ class Scheduler:
         reqs = self.running
         if not reqs:
             return aborted
-        table = self.kv.req_to_token.req_to_token
-        slots = self.kv.allocator.allocate(len(reqs)).to(self.device)
         rows = torch.tensor([r.req_row for r in reqs], dtype=torch.long, device=self.device)
         positions = torch.tensor([r.num_kv for r in reqs], dtype=torch.long, device=self.device)
-        table[rows, positions] = slots
+        slots = self.kv.allocate_decode(rows, positions)
         batch = ForwardBatch(
             mode=ForwardMode.DECODE,
             input_ids=torch.tensor([r.output_ids[-1] for r in reqs], dtype=torch.long, device=self.device),
@@ -391,7 +389,7 @@ class Scheduler:
         for i, req in enumerate(reqs):
             if req.prefix_group is not None:
                 declared.setdefault(req.prefix_group, []).append(i)
-        table = self.kv.req_to_token.req_to_token
+        table = self.kv.table
         members: list[list[int]] = []
         prefix_lens: list[int] = []
         for group in declared.values():
@@ -569,11 +567,7 @@ class Scheduler:
         if len(plan.new_tokens) > room:
             return False  # the forced text would not fit: let decoding run into the length limit
         # KV of replaced tokens (all request-owned: see fixed_outputs) goes back to the pool.
-        target_kv = len(req.input_ids) + keep
-        if req.num_kv > target_kv:
-            row = self.kv.req_to_token.req_to_token[req.req_row]
-            self.kv.allocator.free(row[target_kv : req.num_kv].clone())
-            req.num_kv = target_kv
+        self.kv.truncate(req, len(req.input_ids) + keep)
         req.output_ids = req.output_ids[:keep] + plan.new_tokens
         apply_jump(req.constraint, plan)
         if req.logprobs.return_logprob:

@@ -161,9 +161,7 @@ def flush_engine_cache(engine: Any, timeout: float = 30.0) -> bool:
 
     def evict_all(eng: Any) -> None:
         try:
-            cache = eng.radix_cache
-            if cache is not None:
-                cache.evict(cache.evictable_size())
+            eng.kv_manager.flush()
         finally:
             done.set()
 

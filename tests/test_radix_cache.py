@@ -26,8 +26,16 @@ from executor.radix_cache import (
 
 
 def make_cache(num_slots: int = 64) -> tuple[TokenSlotAllocator, RadixCache]:
+    """A cache and the allocator its slots come from (the test plays the KV manager's part)."""
     alloc = TokenSlotAllocator(num_slots)
-    return alloc, RadixCache(alloc)
+    return alloc, RadixCache()
+
+
+def evict(alloc: TokenSlotAllocator, cache: RadixCache, num_tokens: int) -> int:
+    """Evict and free what the cache dropped (as `KVManager.evict` does); how many slots."""
+    dropped = cache.evict(num_tokens)
+    alloc.free(dropped)
+    return dropped.numel()
 
 
 def cache_fresh(alloc: TokenSlotAllocator, cache: RadixCache, tokens: list[int]) -> torch.Tensor:
@@ -88,7 +96,7 @@ def test_insert_then_match_full_and_partial_splits_node() -> None:
     assert part.last_node.key == [1, 2, 3]
     assert list(part.last_node.children) == [4]
     assert cache.total_size() == 5
-    cache.check_integrity()
+    cache.check_integrity(alloc)
 
 
 def test_cached_prefix_len_is_pure() -> None:
@@ -107,7 +115,7 @@ def test_match_ending_inside_node_at_end_of_tokens_splits() -> None:
     cache.insert([7, 8, 9], alloc.allocate(3))
     m = cache.match_prefix([7, 8])
     assert m.num_cached_tokens == 2 and m.last_node.key == [7, 8]
-    cache.check_integrity()
+    cache.check_integrity(alloc)
 
 
 def test_insert_returns_already_cached_length_and_never_stores_twice() -> None:
@@ -128,7 +136,7 @@ def test_insert_returns_already_cached_length_and_never_stores_twice() -> None:
     assert cache.insert([1, 2], dup) == 2
     alloc.free(dup)
     assert cache.total_size() == 7
-    cache.check_integrity()
+    cache.check_integrity(alloc)
 
 
 def test_insert_rejects_length_mismatch() -> None:
@@ -158,7 +166,7 @@ def test_shared_system_prompt_across_requests() -> None:
     assert len(cache.root.children) == 1
     (sys_node,) = cache.root.children.values()
     assert sys_node.key == system and set(sys_node.children) == {1, 4}
-    cache.check_integrity()
+    cache.check_integrity(alloc)
 
 
 def test_chat_turns_reuse_the_whole_previous_conversation() -> None:
@@ -172,7 +180,7 @@ def test_chat_turns_reuse_the_whole_previous_conversation() -> None:
     turn3 = turn2 + [22, 23, 1, 15]
     assert cache.match_prefix(turn3).num_cached_tokens == len(turn2) + 2
     assert num_nodes(cache) == 2  # one chain: the first turn, then its extension
-    cache.check_integrity()
+    cache.check_integrity(alloc)
 
 
 def test_fork_branches_share_the_prefix_node() -> None:
@@ -184,7 +192,7 @@ def test_fork_branches_share_the_prefix_node() -> None:
     node = cache.match_prefix(prefix).last_node
     assert node.key == prefix and len(node.children) == 4
     assert cache.total_size() == 5 + 4 * 2
-    cache.check_integrity()
+    cache.check_integrity(alloc)
 
 
 def test_eviction_is_lru_over_leaves() -> None:
@@ -193,17 +201,17 @@ def test_eviction_is_lru_over_leaves() -> None:
     cache_fresh(alloc, cache, [2, 2, 2])
     cache_fresh(alloc, cache, [3, 3, 3])
     cache.match_prefix([1, 1, 1])  # touch: [2,2,2] is now the least recently used
-    assert cache.evict(1) == 3  # leaves go whole
+    assert evict(alloc, cache, 1) == 3  # leaves go whole
     assert cache.match_prefix([2, 2, 2]).num_cached_tokens == 0
     assert cache.match_prefix([3, 3, 3]).num_cached_tokens == 3
     # A match ending inside [1,1,1] splits it and touches only [1,1]: the untouched tail [1] is now
     # the oldest leaf, older than [3,3,3].
     cache.match_prefix([1, 1])
-    assert cache.evict(1) == 1
+    assert evict(alloc, cache, 1) == 1
     assert cache.match_prefix([1, 1, 1]).num_cached_tokens == 2
     assert cache.match_prefix([3, 3, 3]).num_cached_tokens == 3
     assert alloc.num_free == 32 - 5
-    cache.check_integrity()
+    cache.check_integrity(alloc)
 
 
 def test_evicting_children_makes_parent_a_leaf_candidate() -> None:
@@ -211,10 +219,10 @@ def test_evicting_children_makes_parent_a_leaf_candidate() -> None:
     cache_fresh(alloc, cache, [1, 2, 3, 4])
     cache_fresh(alloc, cache, [1, 2, 5, 6])
     assert num_nodes(cache) == 3
-    assert cache.evict(100) == 6
+    assert evict(alloc, cache, 100) == 6
     assert cache.total_size() == 0 and num_nodes(cache) == 0
     assert alloc.num_free == 32
-    cache.check_integrity()
+    cache.check_integrity(alloc)
 
 
 def test_locked_nodes_survive_eviction() -> None:
@@ -225,14 +233,14 @@ def test_locked_nodes_survive_eviction() -> None:
     m = cache.match_prefix([1, 2, 3, 4])
     cache.lock(m.last_node)
     assert cache.protected_size() == 4 and cache.evictable_size() == 4
-    freed = cache.evict(100)
+    freed = evict(alloc, cache, 100)
     assert freed == 4  # [9, 9] and [5, 5]; the locked path stays
     after = cache.match_prefix([1, 2, 3, 4])
     assert after.num_cached_tokens == 4 and torch.equal(after.slots, held)
     cache.unlock(m.last_node)
     assert cache.protected_size() == 0
-    assert cache.evict(100) == 4
-    cache.check_integrity()
+    assert evict(alloc, cache, 100) == 4
+    cache.check_integrity(alloc)
 
 
 def test_lock_survives_split_of_the_locked_node() -> None:
@@ -241,11 +249,11 @@ def test_lock_survives_split_of_the_locked_node() -> None:
     m = cache.match_prefix([1, 2, 3, 4])
     cache.lock(m.last_node)
     cache.match_prefix([1, 2])  # splits the locked node
-    cache.check_integrity()
+    cache.check_integrity(alloc)
     assert cache.protected_size() == 4
     cache.unlock(m.last_node)
     assert cache.protected_size() == 0 and cache.evictable_size() == 4
-    cache.check_integrity()
+    cache.check_integrity(alloc)
 
 
 def test_unlock_without_lock_raises_and_changes_nothing() -> None:
@@ -254,15 +262,15 @@ def test_unlock_without_lock_raises_and_changes_nothing() -> None:
     node = cache.match_prefix([1, 2]).last_node
     with pytest.raises(RadixCacheError, match="not locked"):
         cache.unlock(node)
-    cache.check_integrity()
+    cache.check_integrity(alloc)
 
 
 def test_lock_root_is_a_noop() -> None:
-    _, cache = make_cache()
+    alloc, cache = make_cache()
     cache.lock(cache.root)
     cache.unlock(cache.root)
     assert cache.protected_size() == 0
-    cache.check_integrity()
+    cache.check_integrity(alloc)
 
 
 def test_reset_frees_everything_and_refuses_while_locked() -> None:
@@ -274,10 +282,10 @@ def test_reset_frees_everything_and_refuses_while_locked() -> None:
     with pytest.raises(RadixCacheError, match="locked"):
         cache.reset()
     cache.unlock(node)
-    cache.reset()
+    alloc.free(cache.reset())
     assert alloc.num_free == 32 and cache.total_size() == 0
     assert cache.match_prefix([1, 2, 3]).num_cached_tokens == 0
-    cache.check_integrity()
+    cache.check_integrity(alloc)
 
 
 def test_pretty_shows_tokens_locks_and_slots() -> None:
@@ -301,18 +309,18 @@ def test_long_prompts_many_times() -> None:
         m = cache.match_prefix(system + [5000 + i % 20] * 10 + [1])
         assert m.num_cached_tokens == 1010
     assert cache.total_size() == 1000 + 20 * 10
-    cache.check_integrity()
+    cache.check_integrity(alloc)
 
 
 # ---------------------------------------------------------------------------- integrity checks
 
 
-def corrupted(mutate) -> RadixCache:
+def corrupted(mutate) -> tuple[TokenSlotAllocator, RadixCache]:
     alloc, cache = make_cache(32)
     cache_fresh(alloc, cache, [1, 2, 3, 4])
     cache_fresh(alloc, cache, [1, 2, 5])
-    mutate(cache)
-    return cache
+    mutate(alloc, cache)
+    return alloc, cache
 
 
 def _child(cache: RadixCache, *path: int) -> RadixNode:
@@ -325,20 +333,20 @@ def _child(cache: RadixCache, *path: int) -> RadixNode:
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda c: setattr(c, "_evictable_size", 99), "sizes disagree"),
-        (lambda c: setattr(_child(c, 1, 5), "value", _child(c, 1, 3).value[:1].clone()), "held twice"),
-        (lambda c: setattr(_child(c, 1, 5), "lock_ref", -1), "negative lock_ref"),
-        (lambda c: setattr(_child(c, 1, 3), "lock_ref", 1), "exceeds its parent"),
-        (lambda c: setattr(_child(c, 1, 3), "key", [3, 4, 4]), "key has 3 tokens"),
-        (lambda c: setattr(_child(c, 1, 3), "key", [6, 4]), "keyed by token 3"),
-        (lambda c: c.allocator.free(_child(c, 1, 5).value), "marked free"),
-        (lambda c: setattr(_child(c, 1, 5), "parent", c.root), "parent pointer"),
+        (lambda a, c: setattr(c, "_evictable_size", 99), "sizes disagree"),
+        (lambda a, c: setattr(_child(c, 1, 5), "value", _child(c, 1, 3).value[:1].clone()), "held twice"),
+        (lambda a, c: setattr(_child(c, 1, 5), "lock_ref", -1), "negative lock_ref"),
+        (lambda a, c: setattr(_child(c, 1, 3), "lock_ref", 1), "exceeds its parent"),
+        (lambda a, c: setattr(_child(c, 1, 3), "key", [3, 4, 4]), "key has 3 tokens"),
+        (lambda a, c: setattr(_child(c, 1, 3), "key", [6, 4]), "keyed by token 3"),
+        (lambda a, c: a.free(_child(c, 1, 5).value), "marked free"),
+        (lambda a, c: setattr(_child(c, 1, 5), "parent", c.root), "parent pointer"),
     ],
 )
 def test_check_integrity_detects_corruption(mutate, message: str) -> None:
-    cache = corrupted(mutate)
+    alloc, cache = corrupted(mutate)
     with pytest.raises(RadixCacheCorrupt, match=message) as info:
-        cache.check_integrity()
+        cache.check_integrity(alloc)
     assert isinstance(info.value, RuntimeError)
 
 
@@ -356,7 +364,7 @@ class RadixCacheMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.alloc = TokenSlotAllocator(NUM_SLOTS)
-        self.cache = RadixCache(self.alloc)
+        self.cache = RadixCache()
         # Model: the slot first inserted for each cached prefix (tuple of tokens -> slot).
         self.model: dict[tuple[int, ...], int] = {}
         # In-flight requests: (tokens, locked node, matched slots, own slots).
@@ -368,7 +376,7 @@ class RadixCacheMachine(RuleBasedStateMachine):
 
     def _alloc_with_eviction(self, n: int) -> torch.Tensor | None:
         if not self.alloc.can_allocate(n):
-            self.cache.evict(n - self.alloc.num_free)
+            self.alloc.free(self.cache.evict(n - self.alloc.num_free))
             self._forget_evicted()
         if not self.alloc.can_allocate(n):
             return None
@@ -478,7 +486,9 @@ class RadixCacheMachine(RuleBasedStateMachine):
     def evict(self, num_tokens: int) -> None:
         before = self.cache.total_size()
         evictable = self.cache.evictable_size()
-        freed = self.cache.evict(num_tokens)
+        dropped = self.cache.evict(num_tokens)
+        self.alloc.free(dropped)
+        freed = dropped.numel()
         assert freed == before - self.cache.total_size()
         assert freed <= evictable
         if freed < num_tokens:
@@ -489,7 +499,7 @@ class RadixCacheMachine(RuleBasedStateMachine):
 
     @invariant()
     def integrity(self) -> None:
-        self.cache.check_integrity()
+        self.cache.check_integrity(self.alloc)
 
     @invariant()
     def slot_accounting(self) -> None:
@@ -531,9 +541,9 @@ class RadixCacheMachine(RuleBasedStateMachine):
             self.cache.unlock(node)
         for _, node, _ in self.locks:
             self.cache.unlock(node)
-        self.cache.check_integrity()
+        self.cache.check_integrity(self.alloc)
         assert self.cache.protected_size() == 0
-        self.cache.reset()
+        self.alloc.free(self.cache.reset())
         assert self.alloc.num_free == NUM_SLOTS
 
 
