@@ -32,8 +32,7 @@ from compiler.lang_sampling import (
     token_length_normalized,
     unconditional_likelihood_normalized,
 )
-
-__version__ = "0.1.0"
+from compiler.version import __version__
 
 __all__ = [
     "CompileError", "Engine", "Function", "ProgramError", "Runtime", "__version__", "assistant",

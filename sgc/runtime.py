@@ -173,9 +173,9 @@ def server_info(engine: Any, model_path: str | None = None) -> dict[str, Any]:
     """`get_server_info()`: sgc's version, the model, whether the engine runs, and its config."""
     import dataclasses
 
-    import sgc
+    from compiler.version import __version__
 
-    info: dict[str, Any] = {"version": sgc.__version__, "model_path": model_path, "started": engine is not None}
+    info: dict[str, Any] = {"version": __version__, "model_path": model_path, "started": engine is not None}
     config = getattr(engine, "config", None)
     if config is not None and dataclasses.is_dataclass(config):
         info.update(dataclasses.asdict(config))

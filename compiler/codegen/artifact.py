@@ -34,6 +34,7 @@ from compiler import budgets
 from compiler.constraints import TokenFSM
 from compiler.ir import IRError, Module
 from compiler.ir_text import print_graph
+from compiler.version import __version__
 
 FORMAT_NAME = "sgc-artifact"
 FORMAT_VERSION = 1
@@ -83,7 +84,7 @@ def write_artifact(
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "sgc_version": sgc_version or _installed_version(),
+        "sgc_version": sgc_version or __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source_name": source_name,
         "source_sha256": _sha256(members["source.py"]),
@@ -106,16 +107,6 @@ def write_artifact(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _installed_version() -> str:
-    """sgc's version from the installed distribution (no import of the `sgc` package from here)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("sgc")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _umask() -> int:
