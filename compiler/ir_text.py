@@ -25,6 +25,10 @@ Attributes print in their op's field order, only where they differ from the defa
 visible (controls, format characters, separators, surrogates), so any string round-trips and a line is
 always one node. `# file:line` is the node's `loc`; `meta={...}` (JSON-able entries only) is printed
 when asked. `compiler.parser.ir_reader` parses this text back: `print(parse(print(g))) == print(g)`.
+
+The printer reads the IR through the small structural views below (`NodeView`, `GraphView`, ...)
+rather than importing `compiler.ir`: the IR prints itself (`str(graph)`, the graph excerpt in every
+`IRError`), so the printer sits below it and the two do not import each other.
 """
 
 from __future__ import annotations
@@ -32,13 +36,67 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
-from compiler.ir import NO_DEFAULT, Graph, Module, Node, Region, Switch, freeze_json
+from compiler.ir_values import NO_DEFAULT, freeze_json
 
-__all__ = ["excerpt", "format_string", "format_value", "graph_lines", "print_graph", "print_module",
-           "print_node"]
+__all__ = ["GraphView", "ModuleView", "NodeView", "RegionView", "excerpt", "format_string", "format_value",
+           "graph_lines", "print_graph", "print_module", "print_node"]
+
+
+class OpView(Protocol):
+    """What the printer reads of an op (`compiler.ir_ops.Op`)."""
+
+    @property
+    def opname(self) -> str: ...
+
+    def explicit_attributes(self) -> list[tuple[str, Any]]: ...
+
+
+class NodeView(Protocol):
+    """What the printer reads of a node (`compiler.ir.Node`)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def op(self) -> OpView: ...
+
+    @property
+    def operands(self) -> Sequence[NodeView]: ...
+
+    @property
+    def regions(self) -> Sequence[RegionView]: ...
+
+    @property
+    def loc(self) -> str | None: ...
+
+    @property
+    def meta(self) -> Mapping[Any, Any]: ...
+
+
+class RegionView(Protocol):
+    """What the printer reads of a region (`compiler.ir.Region`): its nodes in order."""
+
+    def __iter__(self) -> Iterator[NodeView]: ...
+
+
+class GraphView(Protocol):
+    """What the printer reads of a graph (`compiler.ir.Graph`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def body(self) -> RegionView: ...
+
+
+class ModuleView(Protocol):
+    """What the printer reads of a module (`compiler.ir.Module`): its graphs in order."""
+
+    def __iter__(self) -> Iterator[GraphView]: ...
+
 
 INDENT = "  "
 _SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -99,12 +157,12 @@ def printable_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def node_header(node: Node, *, meta: bool = False) -> str:
+def node_header(node: NodeView, *, meta: bool = False) -> str:
     """`%3 = gen %2 name="x"`: the node's line without region braces or loc."""
     parts = [f"%{node.id} = {node.op.opname}"]
     if node.operands:
         parts.append(", ".join(f"%{o.id}" for o in node.operands))
-    skip = ("cases", "default") if isinstance(node.op, Switch) else ()
+    skip = ("cases", "default") if node.op.opname == "switch" else ()
     for key, value in node.op.explicit_attributes():
         if key not in skip and value is not NO_DEFAULT:
             parts.append(f"{key}={format_value(value)}")
@@ -115,17 +173,17 @@ def node_header(node: Node, *, meta: bool = False) -> str:
     return " ".join(parts)
 
 
-def _loc_suffix(node: Node) -> str:
+def _loc_suffix(node: NodeView) -> str:
     return f"  # {node.loc}" if node.loc else ""
 
 
-def print_node(node: Node, *, meta: bool = False) -> str:
+def print_node(node: NodeView, *, meta: bool = False) -> str:
     """One node on one line (a switch's regions shown as `{...}`)."""
     tail = " {...}" if node.regions else ""
     return node_header(node, meta=meta) + tail + _loc_suffix(node)
 
 
-def _region_lines(region: Region, depth: int, meta: bool, out: list[tuple[str, Node | None]]) -> None:
+def _region_lines(region: RegionView, depth: int, meta: bool, out: list[tuple[str, NodeView | None]]) -> None:
     pad = INDENT * depth
     for node in region:
         if not node.regions:
@@ -141,25 +199,25 @@ def _region_lines(region: Region, depth: int, meta: bool, out: list[tuple[str, N
         out.append((pad + "}", None))
 
 
-def graph_lines(graph: Graph, *, meta: bool = False) -> list[tuple[str, Node | None]]:
+def graph_lines(graph: GraphView, *, meta: bool = False) -> list[tuple[str, NodeView | None]]:
     """The printed lines of a graph, each with the node it starts (None for braces)."""
-    out: list[tuple[str, Node | None]] = [(f"func {format_func_name(graph.name)} {{", None)]
+    out: list[tuple[str, NodeView | None]] = [(f"func {format_func_name(graph.name)} {{", None)]
     _region_lines(graph.body, 1, meta, out)
     out.append(("}", None))
     return out
 
 
-def print_graph(graph: Graph, *, meta: bool = False) -> str:
+def print_graph(graph: GraphView, *, meta: bool = False) -> str:
     """The graph as text (ends with a newline). `meta=True` also prints each node's JSON-able meta."""
     return "\n".join(line for line, _ in graph_lines(graph, meta=meta)) + "\n"
 
 
-def print_module(module: Module, *, meta: bool = False) -> str:
+def print_module(module: ModuleView, *, meta: bool = False) -> str:
     """All functions of the module, in order, separated by blank lines."""
     return "\n".join(print_graph(g, meta=meta) for g in module)
 
 
-def excerpt(graph: Graph, node: Node | None, context: int = 4) -> str:
+def excerpt(graph: GraphView, node: NodeView | None, context: int = 4) -> str:
     """The printed graph around `node` (marked `>>`), for error messages; the whole graph if short."""
     lines = graph_lines(graph)
     marked = [i for i, (_, n) in enumerate(lines) if node is not None and n is node]
