@@ -32,7 +32,6 @@ from compiler.ir_ops import (
     Arg,
     BatchGen,
     Branch,
-    Call,
     Const,
     Fork,
     Gen,
@@ -63,7 +62,7 @@ from compiler.ir_text import excerpt, print_graph, print_module, print_node
 from compiler.ir_values import NO_DEFAULT, FrozenDict, Json, freeze_json, thaw_json
 
 __all__ = [
-    "NO_DEFAULT", "OPS", "Append", "Arg", "BatchGen", "Branch", "Call", "Const", "Fork", "FrozenDict",
+    "NO_DEFAULT", "OPS", "Append", "Arg", "BatchGen", "Branch", "Const", "Fork", "FrozenDict",
     "Gen", "GetVar", "Graph", "Host", "IRError", "Join", "Json", "Kind", "Module", "Node", "Op", "Output",
     "Prefill", "Region", "RoleBegin", "RoleEnd", "Score", "Select", "SetVar", "Slot", "StateIn", "StateNew",
     "Switch", "VarScopeBegin", "VarScopeEnd", "attribute_types", "branch_origin", "check_attribute",
@@ -507,28 +506,9 @@ class Module:
     def __len__(self) -> int:
         return len(self.graphs)
 
-    def call_graph(self) -> nx.DiGraph:
-        """An edge f -> g when a node of @f calls @g (only functions of this module)."""
-        calls = nx.DiGraph()
-        calls.add_nodes_from(self.graphs)
-        for graph in self:
-            for node in graph.nodes():
-                if isinstance(node.op, Call) and node.op.func in self.graphs:
-                    calls.add_edge(graph.name, node.op.func)
-        return calls
-
     def verify(self) -> None:
         for graph in self:
             graph.verify()
-        calls = self.call_graph()
-        try:
-            cycle = nx.find_cycle(calls)
-        except nx.NetworkXNoCycle:
-            return
-        path = " -> ".join(f"@{a}" for a, _ in cycle) + f" -> @{cycle[0][0]}"
-        caller = self.graphs[cycle[0][0]]
-        site = next(n for n in caller.nodes() if isinstance(n.op, Call) and n.op.func == cycle[0][1])
-        raise IRError(f"%{site.id} (call): recursive calls are not supported: {path}", node=site)
 
     def __str__(self) -> str:
         return print_module(self)
@@ -690,8 +670,6 @@ class _Verifier:
             self.check_join(node)
         elif isinstance(op, Host) and op.returns == "state" and node.operands[0].kind is not Kind.STATE:
             self.fail(node, "returns a state, so operand 0 must be the state it continues")
-        elif isinstance(op, Call):
-            self.check_call(node)
         elif isinstance(op, Arg):
             same = [n for n in self.graph.args if n.op.name == op.name]  # type: ignore[attr-defined]
             if same[0] is not node:
@@ -721,25 +699,6 @@ class _Verifier:
         if all(s is not forked for s in state_lineage(parent)):
             self.fail(node, f"operand 0 (%{parent.id}) does not continue %{forked.id}, "
                             f"the state fork %{fork.id} forked")
-
-    def check_call(self, node: Node) -> None:
-        op: Call = node.op  # type: ignore[assignment]
-        module = self.graph.module
-        if module is None:
-            return
-        if op.func not in module.graphs:
-            self.fail(node, f"calls @{op.func}, which is not a function of the module "
-                            f"(functions: {', '.join('@' + n for n in module.graphs) or 'none'})")
-        callee = module.graphs[op.func]
-        if callee.entry is None or not isinstance(callee.entry.op, StateIn):
-            self.fail(node, f"the callee @{op.func} must start from state_in to continue the caller's state")
-        params = {n.op.name: n.op for n in callee.args}  # type: ignore[attr-defined]
-        for name in op.args:
-            if name not in params:
-                self.fail(node, f"@{op.func} has no argument {name!r} (it has {sorted(params)})")
-        missing = [p for p, a in params.items() if a.default is NO_DEFAULT and p not in op.args]
-        if missing:
-            self.fail(node, f"missing argument(s) {missing} of @{op.func}")
 
     def check_linearity(self, nodes: list[Node]) -> None:
         """A state is continued by at most one op: divergent states must go through a fork."""

@@ -586,29 +586,6 @@ class Switch(Op):
 
 
 @dataclass(frozen=True)
-class Call(Op):
-    """Call the module's graph `func` on the state; operand i+1 is the argument named `args[i]`."""
-
-    opname = "call"
-    operand_slots = (Slot.STATE,)
-    variadic = Slot.VALUE
-    func: str
-    args: tuple[str, ...] = ()
-
-    def _check(self) -> str | None:
-        if not self.func:
-            return "func must not be empty"
-        if len(set(self.args)) != len(self.args):
-            return f"argument names must be distinct, got {list(self.args)!r}"
-        return None
-
-    def arity_problem(self, num_operands: int) -> str | None:
-        if num_operands != 1 + len(self.args):
-            return f"takes a state and {len(self.args)} argument(s) for args={list(self.args)!r}, got {num_operands} operands"
-        return None
-
-
-@dataclass(frozen=True)
 class Prefill(Op):
     """Hint: compute the KV of the state's text now (so later forks hit the prefix cache). Identity.
 
@@ -679,6 +656,6 @@ OPS: dict[str, type[Op]] = {
     cls.opname: cls
     for cls in (
         Arg, Const, StateNew, StateIn, Append, RoleBegin, RoleEnd, Gen, GetVar, Select, Score, Fork,
-        Branch, Join, Switch, Call, Prefill, BatchGen, Host, Output, SetVar, VarScopeBegin, VarScopeEnd,
+        Branch, Join, Switch, Prefill, BatchGen, Host, Output, SetVar, VarScopeBegin, VarScopeEnd,
     )
 }

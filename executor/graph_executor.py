@@ -6,10 +6,10 @@
     run = executor.start({"essay": text}); for chunk in run.text_iter(): ...        # streaming
 
 **Dataflow.** Each instance runs its entry graph as a *frame* (one per region activation: the
-body, a taken switch region, a called function). A node runs as soon as its operands (and every
+body or a taken switch region). A node runs as soon as its operands (and every
 outer value its nested regions read) are ready. Text ops (`const`, `append`, roles, `getvar`,
 `fork`/`branch`/`join`, `arg`, `output`) are evaluated in Python on `ProgramState`s
-(`executor/graph_state.py`); `switch` and `call` start a child frame and complete with its output;
+(`executor/graph_state.py`); `switch` starts a child frame and completes with its output;
 `host` calls the Python callable its `func` names (`executor/graph_host.py`). Every node of a frame runs, dead
 ones included (as an eager interpreter would), and a frame completes when all its nodes have.
 
@@ -23,19 +23,19 @@ requests sharing a prefix arrive together), then waits for the engine to finish 
 
 **Pins.** When a `prefill` finishes, its prompt is pinned in the radix cache (`Engine.pin_prefix`,
 done on the engine thread before any other step can evict it) until every LLM node (or switch,
-call, host step) that first extends the prefilled state has completed: a fork's branches always
+host step) that first extends the prefilled state has completed: a fork's branches always
 find the prefix cached, however many other instances press on the KV pool. At most `pin_budget`
 of the KV slots are pinned at once (a prefill that would exceed it is not pinned), so pins can
 never starve the scheduler.
 
 **Stats.** Every node records, per instance, `time_s` (text ops: evaluation; LLM nodes: submit to
-completion; switch/call: dispatch only, `inclusive_time_s` includes the region), `num_runs`, and
+completion; switch: dispatch only, `inclusive_time_s` includes the region), `num_runs`, and
 for LLM nodes `num_requests`, `prompt_tokens`, `cached_tokens`, `computed_tokens`,
 `completion_tokens` (and `pinned_tokens` for prefills), keyed `{function: {node_id: {...}}}`: the
 format `compiler.codegen.dumps` takes. `BatchResult.stats` sums them over instances.
 
 **Errors.** A failing node fails its instance with a `GraphExecutionError` naming the function,
-node id, op, source loc and the call/switch path; the other instances go on. Errors are returned
+node id, op, source loc and the switch path; the other instances go on. Errors are returned
 (`InstanceResult.error`) or raised (`run`, `ProgramRun.result`), never swallowed, and the loop
 cannot hang: it notices a dead engine thread and a stalled graph.
 """

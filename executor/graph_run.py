@@ -474,7 +474,7 @@ class Run:
 
     def _stream_text(self, frame: _Frame, node: Node, value: Any, streamed: str) -> None:
         """Emit the text a main-line node added (a streamed gen: what its deltas did not cover)."""
-        if isinstance(node.op, (ir.Switch, ir.Call, ir.StateNew, ir.StateIn)) or not isinstance(value, ProgramState):
+        if isinstance(node.op, (ir.Switch, ir.StateNew, ir.StateIn)) or not isinstance(value, ProgramState):
             return  # child frames stream their own text; entries add nothing
         before = frame.lookup(node.operands[0]) if node.operands else None
         if not isinstance(before, ProgramState) or not value.text.startswith(before.text):
@@ -593,8 +593,6 @@ class Run:
             self._host(frame, node, started)
         elif isinstance(op, ir.Switch):
             self._switch(frame, node, started)
-        elif isinstance(op, ir.Call):
-            self._call(frame, node, started)
         elif isinstance(op, _LLM_OPS):
             self._llm(frame, node, started)
         else:
@@ -676,23 +674,6 @@ class Run:
             self._complete(frame, node, out, timed=False)
 
         child = self._new_frame(frame.inst, frame.graph, region, state, {}, frame, main, on_done, (where, *frame.path))
-        self._start_frame(child)
-
-    def _call(self, frame: _Frame, node: Node, started: float) -> None:
-        op: ir.Call = node.op  # type: ignore[assignment]
-        callee = self.ex.module[op.func]
-        state = frame.lookup(node.operands[0])
-        arguments = {name: frame.lookup(o) for name, o in zip(op.args, node.operands[1:])}
-        main = frame.main and node.id in frame.plan.main_line
-        where = f"@{node.graph.name} %{node.id}" + (f" at {node.loc}" if node.loc else "")
-        frame.inst.record(node, time_s=time.perf_counter() - started, num_runs=1)
-
-        def on_done(out: ProgramState) -> None:
-            frame.inst.record(node, inclusive_time_s=time.perf_counter() - started)
-            self._complete(frame, node, out, timed=False)
-
-        child = self._new_frame(frame.inst, callee, callee.body, state, arguments, None, main, on_done,
-                                (where, *frame.path))
         self._start_frame(child)
 
     # -- LLM nodes ------------------------------------------------------------------------------------

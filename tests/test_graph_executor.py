@@ -158,31 +158,6 @@ func @main {
     assert state.text == f"Number: {state['n']} doubled is {2 * int(state['n'])}"
 
 
-def test_call_passes_arguments_and_continues_the_state(engine):
-    program = """
-func @greet {
-  %0 = arg name="who"
-  %1 = arg name="punct" default="!"
-  %2 = state_in
-  %3 = const value="Hello "
-  %4 = append %2, %3
-  %5 = append %4, %0
-  %6 = append %5, %1
-  %7 = output %6
-}
-
-func @main {
-  %0 = arg name="name"
-  %1 = state_new
-  %2 = const value="> "
-  %3 = append %1, %2
-  %4 = call %3, %0 func="greet" args=["who"]
-  %5 = output %4
-}"""
-    state = executor(engine, program, function="main").run({"name": "Ada"}).state
-    assert state.text == "> Hello Ada!"
-
-
 # -- forks ------------------------------------------------------------------------------------------
 PREFIX = "Shared context for every branch: " + "alpha beta gamma delta " * 6 + "\n"
 
@@ -477,21 +452,22 @@ def test_errors_name_the_node(engine, program, message):
         executor(engine, program).run()
 
 
-def test_error_inside_a_call_names_the_call_path(engine):
+def test_error_inside_a_switch_region_names_the_path(engine):
     program = """
-func @inner {
-  %0 = state_in
-  %1 = getvar %0 name="nope"  # lib.py:2
-  %2 = append %0, %1
-  %3 = output %2
-}
-
 func @main {
   %0 = state_new
-  %1 = call %0 func="inner"  # main.py:7
-  %2 = output %1
+  %1 = const value="a"
+  %2 = switch %0, %1 {  # main.py:7
+    case "a" {
+      %3 = state_in
+      %4 = getvar %3 name="nope"  # lib.py:2
+      %5 = append %3, %4
+      %6 = output %5
+    }
+  }
+  %7 = output %2
 }"""
-    with pytest.raises(GraphExecutionError, match=r"@inner: %1 \(getvar\) at lib.py:2 \[in @main %1 at main.py:7\]"):
+    with pytest.raises(GraphExecutionError, match=r"@main: %4 \(getvar\) at lib.py:2 \[in @main %2 case 0\]"):
         executor(engine, program, function="main").run()
 
 

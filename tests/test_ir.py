@@ -13,7 +13,6 @@ from compiler.ir import (
     Arg,
     BatchGen,
     Branch,
-    Call,
     Const,
     Fork,
     FrozenDict,
@@ -24,7 +23,6 @@ from compiler.ir import (
     IRError,
     Join,
     Kind,
-    Module,
     Output,
     Prefill,
     RoleBegin,
@@ -121,7 +119,7 @@ def test_ops_are_frozen_validated_and_hashable() -> None:
     assert len({Gen("a"), Gen("a"), Gen("b")}) == 2
     assert set(OPS) == {
         "arg", "const", "state_new", "state_in", "append", "role_begin", "role_end", "gen", "getvar",
-        "select", "score", "fork", "branch", "join", "switch", "call", "prefill", "batch_gen", "host", "output",
+        "select", "score", "fork", "branch", "join", "switch", "prefill", "batch_gen", "host", "output",
         "set_var", "var_scope_begin", "var_scope_end",
     }
 
@@ -146,7 +144,6 @@ def test_ops_are_frozen_validated_and_hashable() -> None:
     (lambda: Switch(cases=[]), "at least one case"),
     (lambda: Switch(cases=[["a"]]), "not a scalar"),
     (lambda: Host("nocolon"), "module:qualname"),
-    (lambda: Call("f", args=["a", "a"]), "distinct"),
     (lambda: Arg("not an ident"), "identifier"),
     (lambda: Const(object()), "attribute 'value' must be a JSON value"),
     (lambda: Const(float("inf")), "attribute 'value'"),
@@ -336,58 +333,13 @@ def test_batch_gen_states_must_be_taken() -> None:
     expect_error(g2, batch, "its state 1 is never taken by a branch (its text would be lost)")
 
 
-def test_host_and_call_arity() -> None:
+def test_host_arity() -> None:
     g, n = linear()
     h = g.add(Host("m:f", args=["a", "b"]), [n["s2"]], before=n["out"])
     expect_error(g, h, "names 2 args but has 1 operands")
     g, n = linear()
     h = g.add(Host("m:f"), [n["x"]], before=n["out"])
     expect_error(g, h, "operand 0 must be the state it continues")
-    g, n = linear()
-    c = g.add(Call("g", args=["a"]), [n["s2"]], before=n["out"])
-    expect_error(g, c, "takes a state and 1 argument(s)")
-
-
-def callee(entry=StateIn, default: bool = False) -> Graph:
-    g = Graph("g")
-    g.add(Arg("a"))
-    g.add(Arg("b", **({"default": 1} if default else {})))
-    s = g.add(entry())
-    g.add(Output(), [s])
-    return g
-
-
-def caller(args: list[str]) -> Graph:
-    g = Graph("f")
-    values = [g.add(Const(a)) for a in args]
-    s = g.add(StateNew())
-    s = g.add(Call("g", args=args), [s, *values])
-    g.add(Output(), [s])
-    return g
-
-
-def test_calls_resolve_in_the_module() -> None:
-    Module([callee(default=True), caller(["a"])]).verify()
-    Module([callee(), caller(["a", "b"])]).verify()
-    m = Module([caller(["a"])])
-    with pytest.raises(IRError, match=r"calls @g, which is not a function of the module"):
-        m.verify()
-    with pytest.raises(IRError, match=r"missing argument\(s\) \['b'\] of @g"):
-        Module([callee(), caller(["a"])]).verify()
-    with pytest.raises(IRError, match="@g has no argument 'c'"):
-        Module([callee(), caller(["a", "b", "c"])]).verify()
-    with pytest.raises(IRError, match="must start from state_in"):
-        Module([callee(StateNew), caller(["a", "b"])]).verify()
-    caller(["zzz"]).verify()  # outside a module, calls are not resolved
-
-
-def test_recursion_is_rejected() -> None:
-    f = Graph("f")
-    s = f.add(StateIn())
-    s = f.add(Call("f"), [s])
-    f.add(Output(), [s])
-    with pytest.raises(IRError, match=r"recursive calls are not supported: @f -> @f"):
-        Module([f]).verify()
 
 
 def test_duplicate_arguments() -> None:

@@ -14,7 +14,6 @@ from compiler.ir import (
     Arg,
     BatchGen,
     Branch,
-    Call,
     Const,
     Fork,
     Gen,
@@ -106,8 +105,8 @@ def lowered() -> Module:
     return Module([g])
 
 
-def calls_and_host() -> Module:
-    """A nested @function call and a graph break (host step) with its reason."""
+def host_steps() -> Module:
+    """Graph breaks (host steps) with their reasons: a whole function run on the host, and a value."""
     helper = Graph("ask")
     q = helper.add(Arg("question"))
     n = helper.add(Arg("tries", default=3))
@@ -122,7 +121,8 @@ def calls_and_host() -> Module:
     main = Graph("main")
     topic = main.add(Arg("topic"))
     s = main.add(StateIn())
-    s = main.add(Call("ask", args=["question"]), [s, topic], loc="qa.py:20")
+    s = main.add(Host("qa:ask", reason="calls a function that needs the host", line=20, args=["s", "question"]),
+                 [s, topic], loc="qa.py:20")
     s = main.add(Gen("answer", max_tokens=64, dtype="int", return_logprob=True, ignore_eos=False), [s])
     number = main.add(Host("qa:main.<locals>.<lambda>", reason="int() of a generated text", line=22,
                            returns="value"), [s], loc="qa.py:22")
@@ -145,7 +145,7 @@ EXAMPLES = {
     "essay": (essay, False),
     "switch": (switch_on_select, False),
     "lowered": (lowered, False),
-    "calls": (calls_and_host, False),
+    "host_steps": (host_steps, False),
     "meta": (with_meta, True),
 }
 

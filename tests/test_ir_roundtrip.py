@@ -12,7 +12,6 @@ from compiler.ir import (
     Arg,
     BatchGen,
     Branch,
-    Call,
     Const,
     Fork,
     Gen,
@@ -85,8 +84,8 @@ def sampling_kwargs(draw) -> dict:
 class Builder:
     """Builds a random well-formed graph by threading a state through random steps."""
 
-    def __init__(self, draw, graph: Graph, callee: Graph | None) -> None:
-        self.draw, self.graph, self.callee = draw, graph, callee
+    def __init__(self, draw, graph: Graph) -> None:
+        self.draw, self.graph = draw, graph
 
     def add(self, op, operands=(), region=None) -> Node:
         return self.graph.add(op, operands, region=region, loc=self.draw(locs), meta=self.draw(metas))
@@ -99,7 +98,7 @@ class Builder:
     def step(self, s: Node, values: list[Node], region, depth: int) -> Node:
         draw = self.draw
         kind = draw(st.sampled_from(["const", "value", "role", "gen", "select", "prefill", "host", "hostv",
-                                     "fork", "switch", "call"]))
+                                     "fork", "switch"]))
         if kind == "const":
             return self.add(Append(), [s, self.add(Const(draw(st.one_of(texts, json_values))), region=region)],
                             region)
@@ -159,35 +158,29 @@ class Builder:
                 r = self.steps(r, list(values), inner, depth - 1)
                 self.add(Output(), [r], region=inner)
             return sw
-        if kind == "call" and self.callee is not None:
-            args = [self.add(Const(draw(json_values)), region=region)]
-            return self.add(Call(self.callee.name, args=["q"]), [s, *args], region)
         return self.add(Append(), [s, self.add(Const(draw(texts)), region=region)], region)
 
 
 @st.composite
 def modules(draw) -> Module:
     graphs = []
-    callee = None
+    helper = None
     if draw(st.booleans()):
-        callee = Graph(draw(st.one_of(names, texts.filter(bool))))
-        b = Builder(draw, callee, None)
+        helper = Graph(draw(st.one_of(names, texts.filter(bool))))
+        b = Builder(draw, helper)
         q = b.add(Arg("q"))
         s = b.steps(b.add(StateIn()), [q], None, 1)
         b.add(Output(), [s])
-        graphs.append(callee)
+        graphs.append(helper)
     main = Graph("main")
-    b = Builder(draw, main, callee)
+    b = Builder(draw, main)
     values = [b.add(Arg(name, **({"default": draw(json_values)} if draw(st.booleans()) else {})))
               for name in draw(st.lists(names, max_size=2, unique=True))]
     s = b.steps(b.add(draw(st.sampled_from([StateNew, StateIn]))()), values, None, 2)
     b.add(Output(), [s])
     graphs.append(main)
-    if callee is not None and callee.name == "main":
-        callee.name = "main_callee"
-        for node in list(main.nodes()):
-            if isinstance(node.op, Call):
-                main.set_op(node, Call("main_callee", args=node.op.args))
+    if helper is not None and helper.name == "main":
+        helper.name = "main_helper"
     return Module(graphs)
 
 

@@ -4,7 +4,7 @@ variables, compiler/passes/semantics.py), and changes nothing when run a second 
 
 The generator favours what the passes look for: chains of constant appends (some empty), forks whose
 branches follow one template (shared and differing text, equal gens), selects whose choices share
-words, switches on constants and on select results, nested regions, calls, host steps, and hostile
+words, switches on constants and on select results, nested regions, several functions, host steps, and hostile
 strings."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from compiler.ir import (
     Append,
     Arg,
     Branch,
-    Call,
     Const,
     Fork,
     Gen,
@@ -55,8 +54,8 @@ METHODS = ["token_length_normalized", "greedy_token_selection", "unconditional_l
 
 
 class Builder:
-    def __init__(self, draw, graph: Graph, callee: Graph | None) -> None:
-        self.draw, self.graph, self.callee = draw, graph, callee
+    def __init__(self, draw, graph: Graph) -> None:
+        self.draw, self.graph = draw, graph
 
     def add(self, op, operands=(), region=None) -> Node:
         return self.graph.add(op, operands, region=region)
@@ -79,7 +78,7 @@ class Builder:
     def step(self, s: Node, values: list[Node], region, depth: int) -> Node:
         draw = self.draw
         kind = draw(st.sampled_from(["text", "text", "value", "role", "gen", "select", "fork", "fork",
-                                     "switch", "call", "host", "prefill", "set_var", "var_scope"]))
+                                     "switch", "host", "prefill", "set_var", "var_scope"]))
         if kind == "text":
             for _ in range(draw(st.integers(1, 3))):
                 s = self.add(Append(), [s, self.const(draw(texts), region)], region)
@@ -107,8 +106,6 @@ class Builder:
                 selector = self.const(draw(scalars), region)
             cases = draw(st.lists(scalars, max_size=3, unique_by=lambda v: (type(v), v)))
             return self.switch(s, selector, cases, values, region, depth)
-        if kind == "call" and self.callee is not None:
-            return self.add(Call(self.callee.name, args=["q"]), [s, self.const(draw(texts), region)], region)
         if kind == "host":
             if draw(st.booleans()):
                 return self.add(Host("m:f", reason="test"), [s], region)
@@ -207,16 +204,16 @@ class Builder:
 @st.composite
 def modules(draw) -> Module:
     graphs = []
-    callee = None
+    helper = None
     if draw(st.booleans()):
-        callee = Graph("callee")
-        b = Builder(draw, callee, None)
+        helper = Graph("helper")
+        b = Builder(draw, helper)
         q = b.add(Arg("q"))
         s = b.steps(b.add(StateIn()), [q], None, 1)
         b.add(Output(), [s])
-        graphs.append(callee)
+        graphs.append(helper)
     main = Graph("main")
-    b = Builder(draw, main, callee)
+    b = Builder(draw, main)
     values = [b.add(Arg(name)) for name in draw(st.lists(st.sampled_from(["x", "y"]), max_size=2, unique=True))]
     s = b.steps(b.add(StateNew()), values, None, 2, count=draw(st.integers(1, 6)))
     b.add(Output(), [s])

@@ -6,7 +6,7 @@ after it. How the program's Python becomes IR:
 - **Straight-line code**, roles (both forms), `var_scope`, `set_var`, fork/join (both modes) record
   their ops as they run (`compiler.parser.trace_state`).
 - **Nested calls** (`other(s, ...)` inside a program) are *inlined*: the callee's body runs on the
-  same symbolic state, its ops carry the callee's lines. There are no `call` ops in traced graphs.
+  same symbolic state, its ops carry the callee's lines. (The IR has no `call` op.)
 - **Loops** run as Python: over constants, and over list arguments *bound* at compile time
   (`bind={"aspects": [...]}`), they unroll. An unbound argument is symbolic; iterating over it,
   `len()` of it or `int()` of it needs its value: a control break (below).

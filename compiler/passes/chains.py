@@ -89,7 +89,7 @@ def branch_chain(graph: Graph, start: Node) -> list[Node]:
 
 def sync_points(chain: Iterable[Node]) -> list[Node]:
     """The nodes of a chain that do more than add text or bind variables: model calls, host steps,
-    calls, switches, joins of nested forks. Positions in this list are what "the same position in every branch" means."""
+    switches, joins of nested forks. Positions in this list are what "the same position in every branch" means."""
     return [n for n in chain if not isinstance(n.op, (*PURE_STATE_OPS, Branch))]
 
 

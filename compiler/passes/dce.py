@@ -65,7 +65,7 @@ def possible_values(selector: Node) -> list[Any] | None:
             if op.name == name:
                 return _UNKNOWN
         elif not isinstance(op, PURE_STATE_OPS):
-            return _UNKNOWN  # joins, calls, host steps, switches and entries may bind anything
+            return _UNKNOWN  # joins, host steps, switches and entries may bind anything
         state = state.operands[0]
     return _UNKNOWN
 
@@ -104,9 +104,9 @@ class DeadCodeElimination(Pass):
     are emptied (`state_in` then `output`), and when exactly one region can run it is inlined.
 
     Guarantees: nothing that can affect a final text, a variable or an error is removed. `gen`,
-    `batch_gen`, `select`, `score`, `call`, `host` (even value-returning: it runs user code that may
+    `batch_gen`, `select`, `score`, `host` (even value-returning: it runs user code that may
     fail), joins, entries and outputs always stay, and so do `arg`s: they are the function's signature
-    (the run's keyword arguments and callers' `call` sites are checked against them). A switch whose
+    (the run's keyword arguments are checked against them). A switch whose
     known value matches no case and has no default stays (it is a runtime error to report).
     """
 

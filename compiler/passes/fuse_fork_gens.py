@@ -21,7 +21,7 @@ class FuseForkGens(Pass):
     prefix in the radix cache) instead of discovering them one by one as each branch gets there.
 
     Positions: in each branch, the ops that do more than add text (gens, selects, scores, host steps,
-    calls, switches, nested joins, earlier batch_gens) are numbered from 0 along the branch's state
+    switches, nested joins, earlier batch_gens) are numbered from 0 along the branch's state
     chain; position k fuses when every branch has a k-th such op, all are `gen`s, and their ops are
     equal (all sampling attributes and the variable name: a batch_gen has one name). Branches of
     different lengths fuse up to the shortest; a position where any branch differs is skipped and

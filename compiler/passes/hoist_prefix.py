@@ -88,7 +88,7 @@ class HoistPrefix(Pass):
     computes the KV of that shared text itself, and parallel requests scheduled together miss the
     radix cache.
 
-    Forks: before a fork with at least two branches that call the model (or a host, a callee, a
+    Forks: before a fork with at least two branches that call the model (or a host step, a
     switch), a `prefill` hint is inserted on the parent state; its value operands are the text every
     branch appends first (equal constant text, the same value node, and the longest common start of
     differing constant texts cut at a token-safe boundary, see `safe_split`; shared text that a branch

@@ -24,12 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compiler.ir import (
-    NO_DEFAULT,
     Append,
     Arg,
     BatchGen,
     Branch,
-    Call,
     Const,
     Fork,
     Gen,
@@ -279,8 +277,6 @@ class _Interpreter:
             return self.join(node, env, operands)
         if isinstance(op, Switch):
             return self.switch(node, env, operands, args)
-        if isinstance(op, Call):
-            return self.call(op, operands)
         if isinstance(op, Host):
             inputs = tuple(v.public() if isinstance(v, State) else v for v in operands)
             out = Sym(f"host:{op.func}", _digest(inputs))
@@ -319,16 +315,6 @@ class _Interpreter:
             else:
                 raise ProgramError(f"switch %{node.id}: {value!r} matches no case")
         return self.region(region, env, state, args)
-
-    def call(self, op: Call, operands: list[Any]) -> State:
-        assert self.module is not None, "a call needs the module"
-        callee = self.module[op.func]
-        given = dict(zip(op.args, operands[1:]))
-        args = {}
-        for arg in callee.args:
-            name, default = arg.op.name, arg.op.default  # type: ignore[attr-defined]
-            args[name] = given[name] if name in given else (Sym("arg", name) if default is NO_DEFAULT else default)
-        return self.run(callee, operands[0], args)
 
 
 def evaluate(graph: Graph, module: Module | None = None) -> Outcome:
