@@ -17,39 +17,15 @@ import torch
 
 from executor.constrained import ConstraintCursor
 from executor.detokenizer import IncrementalDetokenizer
-from executor.sampling import RequestError, RequestTypeError, SamplingParams
+from executor.sampling_params import LogprobOptions, SamplingParams
 
-# More alternatives per token than this would make one request's results (and the step computing
-# them) huge: with a long prompt and input logprobs, K tuples per prompt token.
-MAX_TOP_LOGPROBS = 128
+__all__ = ["LogprobOptions", "Request", "RequestKind"]
 
 
 class RequestKind(enum.Enum):
     GENERATE = "generate"
     SCORE = "score"  # prefill a prompt, then score continuations (children) against it
     SCORE_CHILD = "score_child"  # one continuation of a SCORE request: extend only, no sampling
-
-
-@dataclass(frozen=True)
-class LogprobOptions:
-    return_logprob: bool = False
-    logprob_start_len: int = -1  # -1: no prompt logprobs (SGLang's default)
-    top_logprobs_num: int = 0
-
-    def validate(self) -> None:
-        """Raise `RequestError` naming the first bad option and its value (prompt-dependent checks,
-        such as logprob_start_len inside the prompt, are the engine's)."""
-        if not isinstance(self.return_logprob, bool):
-            raise RequestTypeError(f"invalid return_logprob={self.return_logprob!r}: must be a bool")
-        for name, low in (("logprob_start_len", -1), ("top_logprobs_num", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise RequestTypeError(f"invalid {name}={value!r}: must be an integer")
-            if value < low:
-                raise RequestError(f"invalid {name}={value!r}: must be >= {low}")
-        if self.top_logprobs_num > MAX_TOP_LOGPROBS:
-            raise RequestError(f"invalid top_logprobs_num={self.top_logprobs_num!r}: at most "
-                               f"{MAX_TOP_LOGPROBS} alternatives per token are returned")
 
 
 @dataclass(eq=False)
