@@ -30,16 +30,11 @@ from typing import Any
 
 from compiler.chat_template import ChatFormat, get_chat_format
 from compiler.errors import CompileError, ProgramError, recursion_error, user_location
-from compiler.lang import (
-    Function,
-    GenExpr,
-    SelectExpr,
-    StateBase,
-    get_default_backend,
-    lookup_function,
-)
+from compiler.lang_backend import get_default_backend
+from compiler.lang_expr import GenExpr, SelectExpr
+from compiler.lang_program import Program, lookup_function
 from compiler.lang_sampling import RunDefaults, choice_token_ids, logprob_options, sampling_params
-from compiler.lang_state import BranchGroupBase
+from compiler.lang_state import BranchGroupBase, StateBase
 
 __all__ = ["ForkGroup", "ProgramState", "new_state", "resolve_backend", "resolve_function",
            "run_batch", "run_eager", "run_host_function", "run_program"]
@@ -463,7 +458,7 @@ def new_state(backend: Any = None, defaults: RunDefaults | None = None, *, text:
     return state
 
 
-def resolve_function(ref: str) -> Function:
+def resolve_function(ref: str) -> Program:
     """The `Function` an IR host step names (`module:qualname`): a live one, else imported."""
     found = lookup_function(ref)
     if found is not None:
@@ -472,19 +467,19 @@ def resolve_function(ref: str) -> Function:
     obj: Any = importlib.import_module(module_name)
     for part in qualname.split("."):
         obj = getattr(obj, part)
-    if not isinstance(obj, Function):
+    if not isinstance(obj, Program):
         raise TypeError(f"{ref} is not an sgc function")
     return obj
 
 
-def run_host_function(ref: str | Function, state: ProgramState, args: dict[str, Any]) -> ProgramState:
+def run_host_function(ref: str | Program, state: ProgramState, args: dict[str, Any]) -> ProgramState:
     """Run a program's function body eagerly on `state` (the IR `host` step of a needs-host function)."""
-    fn = ref if isinstance(ref, Function) else resolve_function(ref)
+    fn = ref if isinstance(ref, Program) else resolve_function(ref)
     state.ret_value = _call_program(fn, state, args)
     return state
 
 
-def _call_program(function: Function, state: ProgramState, values: dict[str, Any]) -> Any:
+def _call_program(function: Program, state: ProgramState, values: dict[str, Any]) -> Any:
     """Run the program's body on `state`. A RecursionError in its Python becomes a CompileError at
     the recursive call, as when tracing (nested @function calls stop earlier, at program_depth)."""
     try:
@@ -493,7 +488,7 @@ def _call_program(function: Function, state: ProgramState, values: dict[str, Any
         raise recursion_error(exc) from None
 
 
-def run_program(function: Function, values: dict[str, Any], defaults: RunDefaults, *,
+def run_program(function: Program, values: dict[str, Any], defaults: RunDefaults, *,
                 backend: Any = None, stream: bool = False) -> ProgramState:
     """Run one instance; with `stream=True` in a background thread (the state fills as it runs)."""
     state = ProgramState(_Context(resolve_backend(backend), defaults, stream))
@@ -508,12 +503,12 @@ def run_program(function: Function, values: dict[str, Any], defaults: RunDefault
     return state
 
 
-def run_eager(function: Function, *args: Any, **kwargs: Any) -> Any:
+def run_eager(function: Any, *args: Any, **kwargs: Any) -> Any:
     """`function.run(...)` with the eager interpreter, whatever the backend (the test oracle)."""
     return function.run(*args, eager=True, **kwargs)
 
 
-def _execute(function: Function, state: ProgramState, values: dict[str, Any], reraise: bool) -> None:
+def _execute(function: Program, state: ProgramState, values: dict[str, Any], reraise: bool) -> None:
     try:
         state.ret_value = _call_program(function, state, values)
     except BaseException as exc:
@@ -524,7 +519,7 @@ def _execute(function: Function, state: ProgramState, values: dict[str, Any], re
         state._finish()
 
 
-def run_batch(function: Function, batch: Sequence[dict[str, Any]], defaults: RunDefaults, *,
+def run_batch(function: Program, batch: Sequence[dict[str, Any]], defaults: RunDefaults, *,
               backend: Any = None, num_threads: int | str = "auto", progress_bar: bool = False,
               generator_style: bool = False) -> Any:
     """Run many instances on threads (the engine batches their requests); states in input order."""

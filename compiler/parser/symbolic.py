@@ -25,12 +25,10 @@ import operator
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from compiler.lang import Expr, ExprList
-
-if TYPE_CHECKING:
-    from compiler.parser.tracer import _Run
+from compiler.lang_expr import Expr, ExprList
+from compiler.parser.recorder import Recorder
 
 __all__ = ["PLACEHOLDER", "SymText", "SymValue", "Symbolic", "VarInfo", "split_placeholders"]
 
@@ -89,7 +87,7 @@ class Symbolic:
 
     __sgc_symbolic__ = True
 
-    def __init__(self, run: _Run, origin: str) -> None:
+    def __init__(self, run: Recorder, origin: str) -> None:
         self._run = run
         # Bounded: a chain of 10k `x = x.strip()` would otherwise describe itself in O(n^2) memory.
         self._origin = origin if len(origin) <= MAX_ORIGIN_CHARS else origin[:MAX_ORIGIN_CHARS - 3] + "..."
@@ -264,7 +262,7 @@ class Symbolic:
 class SymValue(Symbolic):
     """One IR value: an argument, a variable, a host step's result. `domain`: its finite outcomes."""
 
-    def __init__(self, run: _Run, ref: int, origin: str, domain: tuple[Any, ...] | None = None,
+    def __init__(self, run: Recorder, ref: int, origin: str, domain: tuple[Any, ...] | None = None,
                  key: Any = None, info: VarInfo | None = None) -> None:
         super().__init__(run, origin)
         self._ref = ref
@@ -317,7 +315,7 @@ class SymValue(Symbolic):
 class SymText(Symbolic):
     """A concatenation of strings and symbolic values (`"Q: " + question`), appended piece by piece."""
 
-    def __init__(self, run: _Run, items: list[Any]) -> None:
+    def __init__(self, run: Recorder, items: list[Any]) -> None:
         pieces: list[str | Symbolic] = []
         sources: dict[str, None] = {}  # the first few distinct origins, for messages
         for item in items:

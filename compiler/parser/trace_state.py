@@ -1,6 +1,6 @@
 """The symbolic state the tracer hands to a program in place of `s` (and the forks it makes).
 
-Every operation records IR instructions through the run (`compiler.parser.tracer._Run`) instead of
+Every operation records IR instructions through the run (a `compiler.parser.recorder.Recorder`) instead of
 calling a model: `s += text` is `const` + `append`, `gen` is `gen`, a role is `role_begin` ...
 `role_end`, `fork` is `fork` + one `branch` per copy, `join` is `join`. The state keeps what the
 program could ask of it statically: its current instruction, the open role, and what each variable
@@ -12,16 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from compiler import ir
 from compiler.errors import CompileError
-from compiler.lang import GenExpr, SelectExpr, StateBase
-from compiler.lang_state import BranchGroupBase
+from compiler.lang_expr import GenExpr, SelectExpr
+from compiler.lang_state import BranchGroupBase, StateBase
+from compiler.parser.recorder import Recorder
 from compiler.parser.symbolic import Symbolic, SymValue, VarInfo, has_marks, split_placeholders
-
-if TYPE_CHECKING:
-    from compiler.parser.tracer import _Run
 
 __all__ = ["SymForkGroup", "SymState"]
 
@@ -31,7 +29,7 @@ JOIN_MODES = ("gather_variable", "concate_and_append")
 class SymState(StateBase):
     """A symbolic prompt state: `ref` is the instruction that produced its current snapshot."""
 
-    def __init__(self, run: _Run, ref: int, variables: dict[str, VarInfo] | None = None,
+    def __init__(self, run: Recorder, ref: int, variables: dict[str, VarInfo] | None = None,
                  role: str | None = None) -> None:
         self._run = run
         self._ref = ref

@@ -51,7 +51,7 @@ from compiler.errors import (
     recursion_site,
     user_location,
 )
-from compiler.lang import Function
+from compiler.lang_program import Program
 from compiler.parser.paths import Decision, Instr, Path, SwitchUnsupported, build_graph
 from compiler.parser.symbolic import Symbolic, SymValue, has_marks
 from compiler.parser.trace_state import SymState
@@ -106,7 +106,7 @@ def _loc(file: str | None, line: int | None) -> str | None:
 class _Run:
     """One traced run of the function along one path of decisions."""
 
-    def __init__(self, function: Function, script: list[Any]) -> None:
+    def __init__(self, function: Program, script: list[Any]) -> None:
         self.function = function
         self.path = Path()
         self.script = script
@@ -269,11 +269,11 @@ class _Run:
         self.emit(ir.Output(), (state._ref,), at=(None, None))
 
 
-def _def_site(fn: Function) -> tuple[str | None, int | None]:
+def _def_site(fn: Program) -> tuple[str | None, int | None]:
     return definition_site(fn.func)
 
 
-def _trace(fn: Function, bind: dict[str, Any]) -> tuple[ir.Graph, list[GraphBreak]]:
+def _trace(fn: Program, bind: dict[str, Any]) -> tuple[ir.Graph, list[GraphBreak]]:
     scripts: list[list[Any]] = [[]]
     runs: list[_Run] = []
     breaks: dict[GraphBreak, None] = {}  # in order, without duplicates (paths share code)
@@ -309,7 +309,7 @@ def _trace(fn: Function, bind: dict[str, Any]) -> tuple[ir.Graph, list[GraphBrea
     return graph, _sorted_breaks(list(breaks))
 
 
-def _loc_parts(loc: str | None, fn: Function) -> tuple[str | None, int | None]:
+def _loc_parts(loc: str | None, fn: Program) -> tuple[str | None, int | None]:
     """A `file.py:12` loc back to the full path (the function's own file when the name matches)."""
     if loc is None:
         return _def_site(fn)
@@ -325,7 +325,7 @@ def _sorted_breaks(breaks: list[GraphBreak]) -> list[GraphBreak]:
     return sorted(breaks, key=lambda b: (b.kind != "host function", b.file or "", b.line or 0))
 
 
-def _host_graph(fn: Function, bind: dict[str, Any], brk: GraphBreak) -> ir.Graph:
+def _host_graph(fn: Program, bind: dict[str, Any], brk: GraphBreak) -> ir.Graph:
     """The graph of a function that runs on the host: state in, the whole function as one host step."""
     graph = ir.Graph(fn.name)
     loc = _loc(brk.file, brk.line)
@@ -354,11 +354,11 @@ def _host_graph(fn: Function, bind: dict[str, Any], brk: GraphBreak) -> ir.Graph
     return graph
 
 
-def _as_function(fn: Function | Callable[..., Any]) -> Function:
-    return fn if isinstance(fn, Function) else Function(fn)
+def _as_function(fn: Program | Callable[..., Any]) -> Program:
+    return fn if isinstance(fn, Program) else Program(fn)
 
 
-def _check_bind(fn: Function, bind: dict[str, Any] | None) -> dict[str, Any]:
+def _check_bind(fn: Program, bind: dict[str, Any] | None) -> dict[str, Any]:
     merged = {**fn.bind_arguments, **(bind or {})}
     unknown = [k for k in merged if k not in fn.arg_names]
     if unknown:
@@ -367,7 +367,7 @@ def _check_bind(fn: Function, bind: dict[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
-def compile_function(fn: Function | Callable[..., Any], bind: dict[str, Any] | None = None,
+def compile_function(fn: Program | Callable[..., Any], bind: dict[str, Any] | None = None,
                      strict: bool = False) -> tuple[ir.Module, list[GraphBreak]]:
     """Trace one program into a module with one graph; the graph breaks it has.
 
@@ -394,7 +394,7 @@ def compile_file(path: str | os.PathLike[str], bind: dict[str, dict[str, Any]] |
     `@function` defined in it, in definition order. `bind` maps a function name to its bound args."""
     module = load_program_file(path)
     functions = [v for v in vars(module).values()
-                 if isinstance(v, Function) and v.func.__module__ == module.__name__]
+                 if isinstance(v, Program) and v.func.__module__ == module.__name__]
     functions.sort(key=lambda f: _def_site(f)[1] or 0)
     if not functions:
         raise CompileError("no @function in this file", str(path), None)
