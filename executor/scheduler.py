@@ -553,6 +553,23 @@ class Scheduler:
         if report:
             self._failed.append(owner)
 
+    def abort_request(self, req: Request, message: str) -> bool:
+        """Stop a request its client no longer wants (between steps): out of every queue, finished
+        with an "abort" reason. Unlike a failed request its KV is sound, so what it computed stays
+        in the radix cache. A score request takes its waiting continuations with it. False if it has
+        already finished (it is reported by the next step as usual)."""
+        if req.finished:
+            return False
+        req.finish_reason = {"type": "abort", "message": message}
+        family = [req] + [r for r in self.waiting if r.parent is req]
+        for r in family:
+            for queue in (self.waiting, self.running, self.parked):
+                if r in queue:
+                    queue.remove(r)
+        for r in reversed(family):  # children first: they borrow their parent's prompt slots
+            self.kv.release(r)
+        return True
+
     def _try_jump_forward(self, req: Request) -> bool:
         """Append the text the constraint forces now; True if the request left the decode batch."""
         if not self.config.enable_jump_forward or self.constraints is None:

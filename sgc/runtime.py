@@ -112,7 +112,7 @@ class Runtime:
     # -- SGLang's server calls (`sgl.flush_cache()`, `sgl.get_server_info()`) ----------------------
     def flush_cache(self) -> bool:
         """Drop the cached prefixes no running request holds; True once done (nothing to do if not started)."""
-        return True if self._engine is None else flush_engine_cache(self._engine)
+        return True if self._engine is None else self._engine.flush_cache()
 
     def get_server_info(self) -> dict[str, Any]:
         """What SGLang's server info says that sgc has: the version, the model and the engine's settings."""
@@ -147,26 +147,6 @@ def _freeze(value: Any) -> Any:
         return value
     except TypeError:
         return repr(value)
-
-
-def flush_engine_cache(engine: Any, timeout: float = 30.0) -> bool:
-    """Evict every unlocked prefix from `engine`'s radix cache, on the engine thread, between steps.
-
-    Prefixes that running requests (or pins) hold stay. False when the engine did not get to it in
-    `timeout` seconds.
-    """
-    if getattr(engine, "radix_cache", None) is None:
-        return True
-    done = threading.Event()
-
-    def evict_all(eng: Any) -> None:
-        try:
-            eng.kv_manager.flush()
-        finally:
-            done.set()
-
-    engine._run_on_engine_thread(evict_all)  # between steps, like the engine's own prefix pins
-    return done.wait(timeout)
 
 
 def server_info(engine: Any, model_path: str | None = None) -> dict[str, Any]:

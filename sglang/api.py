@@ -48,14 +48,10 @@ def flush_cache(backend: Any = None, empty_cache: bool = True) -> bool:
     `backend` defaults to the default backend: an `sgc.Runtime` or an `sgc.Engine`. Prefixes that
     running requests hold stay cached. `empty_cache` is accepted (sgc has no separate device cache).
     """
-    from sgc.runtime import flush_engine_cache
-
     backend = backend if backend is not None else get_default_backend()
-    if backend is None:
+    if backend is None or not hasattr(backend, "flush_cache"):
         return False
-    if hasattr(backend, "flush_cache"):
-        return bool(backend.flush_cache())
-    return flush_engine_cache(backend)
+    return bool(backend.flush_cache())
 
 
 def get_server_info(backend: Any = None) -> dict[str, Any] | None:

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from executor.cuda_graph import CudaGraphRunner, capture_batch_sizes
-from executor.engine import Engine, _default_kv_bytes, resolve_device
+from executor.engine import Engine, resolve_device
+from executor.engine_config import default_kv_bytes
 from executor.memory import PADDING_SLOT
 
 HAS_CUDA = torch.cuda.is_available()
@@ -56,10 +57,10 @@ def test_device_names():
 
 def test_kv_cache_fraction():
     cpu = torch.device("cpu")
-    assert _default_kv_bytes(cpu, 0.5) > _default_kv_bytes(cpu, 0.25) > 0
+    assert default_kv_bytes(cpu, 0.5) > default_kv_bytes(cpu, 0.25) > 0
     for bad in (0, -0.1, 1.5):
         with pytest.raises(ValueError, match="kv_cache_fraction"):
-            _default_kv_bytes(cpu, bad)
+            default_kv_bytes(cpu, bad)
 
 
 def test_capture_batch_sizes():

@@ -1,0 +1,202 @@
+"""What the engine hands back to callers: request handles (results, streaming, listeners, abort)
+and prefix pins.
+
+A handle is written by the engine thread (`_publish` after each step that advanced the request,
+`_fail` when it failed) and read by any other thread. Per step it costs one queue put for a
+streaming request and one call per listener: no other per-token work, so a client layer built on
+handles (the graph executor, a server) adds nothing to the step time.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from executor.kv_manager import KVManager
+from executor.request import Request, RequestKind
+from executor.runtime_client import EngineError, Listener
+
+__all__ = ["PrefixPin", "RequestHandle", "make_output"]
+
+logger = logging.getLogger("sgc.engine")
+
+
+class RequestHandle:
+    """A submitted request: wait for its result, iterate over its streamed text, or abort it
+    (the in-process implementation of `runtime_client.RequestHandle`)."""
+
+    def __init__(self, req: Request, stream: bool, follow_up: bool = False,
+                 on_abort: Callable[[RequestHandle], None] | None = None,
+                 on_finish: Callable[[str], None] | None = None):
+        self.req = req
+        self.follow_up = follow_up
+        self._on_abort = on_abort
+        # Called on the engine thread just before a follow_up request reports finished (the
+        # engine's next step then waits for the client's answer; see runtime_client).
+        self._on_finish = on_finish if follow_up else None
+        self._done = threading.Event()
+        self._deltas: queue.Queue | None = queue.Queue() if stream else None
+        self._error: BaseException | None = None
+        self.abort_requested = False  # abort() was called (it takes effect on the engine thread)
+        self.aborted = False  # the engine aborted it at the client's request
+        self.submitted_at = time.perf_counter()
+        self.finished_at: float | None = None
+        # Listeners (add_listener) run on the engine thread; the lock orders registration and finish.
+        self._listeners: list[Listener] = []
+        self._listener_lock = threading.Lock()
+
+    @property
+    def rid(self) -> str:
+        return self.req.rid
+
+    # Called from the engine thread.
+    def _publish(self) -> None:
+        detok = self.req.detokenizer
+        delta = ""
+        if self._deltas is not None and detok is not None:
+            if self.req.finished:
+                detok.finish()
+            delta = detok.pop_delta()
+            if delta or self.req.finished:
+                self._deltas.put(delta)
+        if self.req.finished:
+            self.finished_at = time.perf_counter()
+            if self._on_finish is not None:
+                self._on_finish(self.rid)
+            with self._listener_lock:
+                self._done.set()
+            if self._deltas is not None:
+                self._deltas.put(None)
+        if delta or self.req.finished:
+            self._notify(delta, self.req.finished)
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        if self._on_finish is not None:
+            self._on_finish(self.rid)
+        with self._listener_lock:
+            self._done.set()
+        if self._deltas is not None:
+            self._deltas.put(None)
+        self._notify("", True)
+
+    def _notify(self, delta: str, finished: bool) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(delta, finished)
+            except Exception:  # a listener's bug must not take the engine thread down
+                logger.exception("request %s: a listener raised", self.req.rid)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(delta, finished)` after each update of this request: `delta` is the newly
+        streamed text (always "" unless submitted with stream=True), `finished` is True once, at the
+        end (success or failure: `result()` then returns or raises without blocking).
+
+        Listeners run on the engine thread between forward passes: they must be quick and must not
+        block (put the event on a queue). Registered after the request finished, the listener is
+        called at once, on the caller's thread, with ("", True).
+        """
+        with self._listener_lock:
+            if not self._done.is_set():
+                self._listeners.append(listener)
+                return
+        listener("", True)
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> dict:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.req.rid} did not finish within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return make_output(self)
+
+    def stream(self) -> Iterator[dict]:
+        """Yields {"text": delta, "meta_info": ...}; the last chunk carries the final meta_info."""
+        if self._deltas is None:
+            raise ValueError("this request was not submitted with stream=True")
+        while True:
+            delta = self._deltas.get()
+            if delta is None:
+                break
+            yield {"text": delta, "meta_info": {"id": self.req.rid}}
+        final = self.result()
+        yield {"text": "", "meta_info": final["meta_info"]}
+
+    def abort(self) -> None:
+        """Stop this request if it has not finished (see `runtime_client.RequestHandle.abort`)."""
+        if self._done.is_set() or self.abort_requested:
+            return
+        self.abort_requested = True
+        if self._on_abort is not None:
+            self._on_abort(self)
+
+
+def make_output(handle: RequestHandle) -> dict[str, Any]:
+    """A finished request's result dict (`GenerateOutput` or `ScoreOutput`); raises `EngineError`
+    for a request the runtime aborted (one the client aborted returns its output so far)."""
+    req = handle.req
+    meta: dict[str, Any] = {
+        "id": req.rid,
+        "prompt_tokens": len(req.input_ids),
+        "completion_tokens": len(req.output_ids),
+        "cached_tokens": req.num_cached_tokens,
+        "finish_reason": req.finish_reason,
+        "e2e_latency": (handle.finished_at or time.perf_counter()) - handle.submitted_at,
+    }
+    if req.kind is RequestKind.SCORE:
+        if handle.aborted:
+            return {"logprobs": [], "meta_info": meta}
+        return {"logprobs": req.continuation_logprobs, "meta_info": meta}
+    if req.logprobs.return_logprob:
+        meta["input_token_logprobs"] = req.input_token_logprobs
+        meta["output_token_logprobs"] = req.output_token_logprobs
+        if req.logprobs.top_logprobs_num:
+            meta["input_top_logprobs"] = req.input_top_logprobs
+            meta["output_top_logprobs"] = req.output_top_logprobs
+    if req.finish_reason and req.finish_reason.get("type") == "abort" and not handle.aborted:
+        raise EngineError(req.finish_reason["message"])
+    text = ""
+    if req.detokenizer is not None:
+        try:
+            req.detokenizer.finish()
+            text = req.detokenizer.text
+        except Exception as exc:
+            raise EngineError(f"request {req.rid} failed while detokenizing its output: {exc!r}") from exc
+    return {"text": text, "output_ids": list(req.output_ids), "meta_info": meta}
+
+
+class PrefixPin:
+    """A lock on a cached token prefix, from `Engine.pin_prefix`; release it with `Engine.unpin`."""
+
+    def __init__(self, token_ids: list[int]) -> None:
+        self.token_ids = token_ids
+        self.num_tokens = 0  # how many leading tokens were cached and locked (set once applied)
+        self.applied = threading.Event()
+        self.released = threading.Event()  # set once `unpin` has taken effect
+        self._kv: KVManager | None = None
+        self._lock: Any = None
+        self._released = False
+
+    # Both run on the engine thread (or after it stopped), with the runtime's current KV manager.
+    def _apply(self, kv: KVManager) -> None:
+        if not self._released:
+            self._kv = kv
+            self._lock, self.num_tokens = kv.lock_prefix(self.token_ids)
+        self.applied.set()
+
+    def _release(self, kv: KVManager) -> None:
+        self._released = True
+        # After a failed step the runtime (and its cache) is rebuilt: the old lock went with it.
+        if self._lock is not None and self._kv is kv:
+            kv.unlock_prefix(self._lock)
+        self._kv = self._lock = None
+        self.released.set()
+
+    def __repr__(self) -> str:
+        return f"PrefixPin({len(self.token_ids)} tokens, {self.num_tokens} locked)"
