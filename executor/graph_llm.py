@@ -1,4 +1,8 @@
-"""How the graph executor turns LLM nodes into engine requests: the glue to the shared rules.
+"""How the graph executor turns LLM nodes into runtime requests: the glue to the shared rules.
+
+The requests are the runtime client interface's plain data (`executor/runtime_client.py`):
+`SamplingParams`, `LogprobOptions`, `GenerateRequest` and `ScoreRequest`. Nothing here knows which
+runtime will run them (the in-process engine, a server, a remote replica).
 
 The rules themselves live in `compiler.lang_sampling`, shared with the eager interpreter
 (`compiler.interpreter`), so that a compiled program produces exactly the eager run's text:
@@ -20,7 +24,7 @@ found in the executor's FSM table gets that token FSM instead of a regex to comp
 **Select** (`select_requests`, `decide`): the tokens of choice c after prompt text T are
 `lang_sampling.choice_token_ids` (the tokens of `T + c` after those of `T` when those are a prefix,
 else `c` tokenized alone). All choices are scored in one request over the prompt's KV
-(`Engine.submit_score`). `unconditional_likelihood_normalized` also scores each choice on its own:
+(a client `ScoreRequest`). `unconditional_likelihood_normalized` also scores each choice on its own:
 token i given the choice's tokens 0..i-1 (one request per choice of two or more tokens; the first
 token has no unconditional logprob, None, which counts as 0). The pick is
 `lang_sampling.CHOICES_METHODS[method]`: `token_length_normalized` takes the highest mean logprob;
@@ -44,8 +48,8 @@ from compiler.lang_sampling import (
     logprob_options,
     sampling_params,
 )
-from executor.request import LogprobOptions
-from executor.sampling import SamplingParams
+from executor import runtime_client as client
+from executor.runtime_client import LogprobOptions, SamplingParams
 
 __all__ = ["GenRequest", "ScoreRequest", "decide", "gen_request", "make_run_defaults", "prompt_ids",
            "select_requests"]
@@ -74,9 +78,17 @@ def prompt_ids(tokenizer: Any, text: str, what: str = "this node") -> list[int]:
 
 @dataclass(frozen=True)
 class GenRequest:
+    """A `gen` node's request, before its prompt is known (one per state of a batch_gen)."""
+
     params: SamplingParams
     options: LogprobOptions
     constraint: Any  # a precompiled TokenFSM, or None
+
+    def for_prompt(self, input_ids: Sequence[int], *, stream: bool = False, prefix_group: str | None = None,
+                   follow_up: bool = False) -> client.GenerateRequest:
+        """The request to send for the state whose text tokenizes to `input_ids`."""
+        return client.GenerateRequest(input_ids, self.params, self.options, self.constraint, stream=stream,
+                                      prefix_group=prefix_group, follow_up=follow_up)
 
 
 def gen_request(attributes: Mapping[str, Any], defaults: RunDefaults, chat_format: Any, open_role: str | None,
@@ -113,8 +125,13 @@ def gen_request(attributes: Mapping[str, Any], defaults: RunDefaults, chat_forma
 
 @dataclass(frozen=True)
 class ScoreRequest:
+    """One scoring request of a select: `continuations` after `prompt` (`for_client` sends it)."""
+
     prompt: list[int]
     continuations: list[list[int]]
+
+    def for_client(self, *, follow_up: bool = False) -> client.ScoreRequest:
+        return client.ScoreRequest(self.prompt, self.continuations, follow_up=follow_up)
 
 
 def select_requests(tokenizer: Any, text: str, candidates: Sequence[str], method: str,
