@@ -165,7 +165,8 @@ class KVManager:
 
     def begin_borrowed(self, child: Request, parent: Request, num_tokens: int) -> None:
         """Fork: let a score continuation read its parent's first `num_tokens` KV slots without
-        owning them (the parent must outlive the child: release children first)."""
+        owning them. Those slots must not move while the child lives: the parent has handed them to
+        the cache already (`cache_progress`, or the cache is off), and it is released after the child."""
         assert child.req_row is None and parent.req_row is not None
         child.req_row = self.req_to_token.alloc()
         table = self.table
