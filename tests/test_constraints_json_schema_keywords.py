@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from typing import Any
 
 import jsonschema
@@ -259,6 +260,64 @@ def test_pattern_properties() -> None:
         "additionalProperties": False,
     }
     check(closed, [{}, {"ab": None}], [{"Ab": None}, {"ab": 1}])
+
+
+def test_all_of_with_a_closed_branch_that_has_pattern_properties() -> None:
+    # The CloudFormation shape: a `$ref` to a closed map next to sibling keywords (two views).
+    tag_map = {
+        "type": "object",
+        "patternProperties": {"^.{2,5}$": {"type": "string", "maxLength": 3}},
+        "additionalProperties": False,
+    }
+    ref_with_siblings = {"$defs": {"T": tag_map}, "$ref": "#/$defs/T", "description": "tags", "maxProperties": 2}
+    check(ref_with_siblings, [{}, {"ab": "x"}, {"ab": "x", "cde": ""}], [{"a": "x"}, {"ab": "long"}])
+    # Another branch lists names: those the closed branch's patterns reject are never written.
+    listed = {
+        "allOf": [
+            {"properties": {"ab": {"type": "string"}, "x": {"type": "string"}}},
+            {"patternProperties": {"^[a-z]{2}$": {"minLength": 1}}, "additionalProperties": False},
+        ]
+    }
+    dfa = check(listed, [{}, {"ab": "s"}], [{"ab": ""}, {"x": "s"}])
+    assert not dfa.accepts(b'{"x":"s"}')
+    with pytest.raises(ConstraintError, match="forbids"):
+        dfa_of({"allOf": [listed, {"required": ["x"]}]})
+    # Two branches with patterns of their own stay refused (the names allowed are not a listing).
+    two = {"allOf": [tag_map, {"patternProperties": {"^z": {}}}]}
+    with pytest.raises(ConstraintError, match="another branch's patternProperties"):
+        dfa_of(two)
+
+
+@pytest.mark.parametrize(
+    "pattern, valid, invalid",
+    [
+        # the shapes real schemas use (AWS CloudFormation), checked against Python's re.search
+        (r"^(?!d-)([\da-zA-Z]+)([-]*[\da-zA-Z])*$", ["ab", "d1", "a-b", "dd-x"], ["d-x", "", "-a"]),
+        (r"^[^\u0000-\u001F]*(?![\s\S])", ["abc", "", "\u00a0x"], ["a\nb", "\u00a0\b"]),
+        (r"^(?!(.*[.\/\\]|aws:)).*$", ["abc", "aw:s"], ["a.b", "aws:x", "x/y", "a\\b"]),
+        (r"^(?!^[0-9]+$)([a-zA-Z0-9\-_' ']+)$", ["a1", "1a", "12 "], ["123", ""]),
+        (r"^(?=^[a-z0-9-]+$).{3,64}$", ["abc", "a-9"], ["ab", "ABC", "abc!"]),
+        (r"a(?=b)", ["ab", "xabc"], ["a", "ac"]),
+        (r"(?!a)b", ["b", "ab"], ["a", ""]),
+        (r"^x(?=\d)\w(?!\d)", ["x1a", "x1"], ["x12", "xa", "x"]),
+    ],
+)
+def test_top_level_lookaheads(pattern: str, valid: list[str], invalid: list[str]) -> None:
+    for v in valid:
+        assert re.search(pattern, v), v
+    check({"type": "string", "pattern": pattern}, valid, invalid)
+
+
+def test_lookaheads_that_stay_refused() -> None:
+    for pattern, what in [
+        ("a(b(?=c))", "lookahead"),  # not at the top level of its alternative
+        ("(?=a(?!b))", "negative lookahead"),  # nested
+        ("x(?=^a)", "^ inside a lookahead"),
+        ("(?<=a)b", "lookbehind"),
+    ]:
+        with pytest.raises(ConstraintError, match=re.escape(what)) as e:
+            dfa_of({"properties": {"p": {"type": "string", "pattern": pattern}}})
+        assert e.value.pointer == "/properties/p/pattern", e.value
 
 
 def test_property_names() -> None:

@@ -34,7 +34,7 @@ import json
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import unquote
 
 from .automaton import DEFAULT_MAX_STATES, DFA, ascii_dfa_to_regex, byte_dfa, intersect, trim
@@ -63,7 +63,7 @@ from .regex_ast import (
     size,
     to_regex,
 )
-from .regex_parser import parse_regex
+from .regex_parser import Alternative, parse_regex
 
 # ---------------------------------------------------------------------------------------------
 # Options
@@ -525,18 +525,28 @@ class SchemaCompiler:
     # -- allOf merging ----------------------------------------------------------------------
     def merge(self, views: list[View], ptr: str) -> View | None:
         out: View = {}
-        closed_sets: list[set[str]] = []
+        # Each branch closed by `additionalProperties: false` allows the names it lists and the
+        # names its own patternProperties match; the merged object keeps the names all allow.
+        closed_sets: list[tuple[set[str], list[str], str]] = []
+        with_patterns = [v for v in views if "patternProperties" in v]
         for view in views:
             ap = view.get("additionalProperties")
             if ap is not None and ap[0] is False:
+                patterns: list[str] = []
+                pats_p = ap[1]
                 if "patternProperties" in view:
-                    raise ConstraintError(
-                        "allOf with a branch closed by additionalProperties: false next to "
-                        "patternProperties is not supported",
-                        pointer=ap[1],
-                    )
+                    if len(with_patterns) > 1:
+                        raise ConstraintError(
+                            "allOf with a branch closed by additionalProperties: false next to "
+                            "another branch's patternProperties is not supported",
+                            pointer=ap[1],
+                        )
+                    pats, pats_p = view["patternProperties"]
+                    if not isinstance(pats, dict):
+                        raise ConstraintError("patternProperties must be an object", pointer=pats_p)
+                    patterns = list(pats)
                 props = view.get("properties", ({}, ""))[0]
-                closed_sets.append(set(props) if isinstance(props, dict) else set())
+                closed_sets.append((set(props) if isinstance(props, dict) else set(), patterns, pats_p))
             for k, (v, p) in view.items():
                 if k in ANNOTATIONS:
                     continue
@@ -546,8 +556,16 @@ class SchemaCompiler:
                 old, _ = out[k]
                 out[k] = (self.merge_keyword(k, old, v, p), p)
         if closed_sets and "properties" in out:
-            allowed = set.intersection(*closed_sets)
             props, pp = out["properties"]
+
+            def allows(closed: tuple[set[str], list[str], str], name: str) -> bool:
+                names, patterns, cptr = closed
+                return name in names or any(
+                    self.pattern_matches(pat, name, join_pointer(cptr, pat))
+                    for pat in patterns
+                )
+
+            allowed = {name for name in props if all(allows(c, name) for c in closed_sets)}
             required = set(out.get("required", ([], ""))[0])
             missing = [name for name in props if name not in allowed and name in required]
             if missing:
@@ -1104,10 +1122,11 @@ class SchemaCompiler:
         if hi is not None and lo > hi:
             return EMPTY
         quote = literal('"')
-        pieces: list[tuple[tuple, Any, str]] = []  # (cache key, node builder, regex text)
+        # (cache key, node builder, regex text on demand: printing is for json_schema_to_regex only)
+        pieces: list[tuple[tuple, Any, Callable[[], str]]] = []
         if fmt is not None:
             fnode = encode_node(parse_regex(FORMATS[fmt])[0].node)
-            pieces.append((("format", fmt), lambda n=fnode: n, to_regex(fnode)))
+            pieces.append((("format", fmt), lambda n=fnode: n, lambda n=fnode: to_regex(n)))
         for pat, pptr in patterns:
             if not isinstance(pat, str):
                 raise ConstraintError("pattern must be a string", pointer=pptr)
@@ -1115,10 +1134,10 @@ class SchemaCompiler:
                 pnode = self.pattern_node(pat)
             except ConstraintError as e:
                 raise e.with_pointer(pptr) from None
-            pieces.append((("pattern", pat), lambda n=pnode: n, to_regex(pnode)))
+            pieces.append((("pattern", pat), lambda n=pnode: n, lambda n=pnode: to_regex(n)))
         if lo > 0 or hi is not None or not pieces:
             body = repeat(JSON_CHAR, lo, hi)
-            pieces.append((("length", lo, hi), lambda b=body: b, to_regex(body)))
+            pieces.append((("length", lo, hi), lambda b=body: b, lambda b=body: to_regex(b)))
         if len(pieces) == 1:
             key, build, text = pieces[0]
             if key[0] == "length":
@@ -1141,22 +1160,43 @@ class SchemaCompiler:
         if dfa.is_empty():
             return EMPTY
         # Python can check an intersection of string bodies with lookaheads up to the closing quote.
-        text = "".join(f'(?=(?:{t})")' for _, _, t in pieces[:-1]) + f"(?:{pieces[-1][2]})"
+        def text() -> str:
+            return "".join(f'(?=(?:{t()})")' for _, _, t in pieces[:-1]) + f"(?:{pieces[-1][2]()})"
+
         return concat(quote, Automaton(dfa, text), quote)
 
     def pattern_node(self, pattern: str) -> Node:
         """A JSON Schema pattern (ECMA search semantics) as a node over the string body."""
-        options = []
         anything = repeat(JSON_CHAR, 0, None)
-        for a in parse_regex(pattern, ecma_dot=True):
-            options.append(
-                concat(
-                    EPSILON if a.anchored_start else anything,
-                    encode_node(a.node),
-                    EPSILON if a.anchored_end else anything,
-                )
-            )
-        return alt(*options)
+        alternatives = parse_regex(pattern, ecma_dot=True, lookaheads=True)
+        return alt(*(self.search_node(a, anything, encode_node) for a in alternatives))
+
+    def search_node(self, a: Alternative, anything: Node, enc: Callable[[Node], Node]) -> Node:
+        """One alternative under search semantics (unanchored ends take `anything`), with its
+        lookaheads: `s0 (?=L1) s1 ...` is s0 followed by the texts that are `s1 ...` and, up to
+        the end of the string, start with L1 (or, for `(?!`, do not). `enc` maps the parser's
+        code-point nodes to the bytes being matched (a JSON string body's escapes, or UTF-8).
+
+        After a lookahead every character is spelled one way (`enc`'s): a difference of two
+        languages is only right when both spell the same text the same way (JSON allows `\u0041`
+        for `A`, which `enc` never writes)."""
+        if not a.rest:
+            return concat(EPSILON if a.anchored_start else anything, enc(a.node), EPSILON if a.anchored_end else anything)
+        anything = repeat(enc(chars(_ANY_CHAR)), 0, None)
+        tail: Node = EPSILON if a.anchored_end else anything
+        for position, (look, segment) in reversed(list(enumerate(a.rest))):
+            at_start = position == 0 and a.anchored_start and a.node == EPSILON
+            starts: list[Node] = []
+            for b in look.body:
+                if b.anchored_start and not at_start:
+                    raise ConstraintError("^ inside a lookahead that is not at the start of the regex")
+                starts.append(concat(enc(b.node), EPSILON if b.anchored_end else anything))
+            max_states = self.options.max_states
+            rest = byte_dfa(concat(enc(segment), tail), max_states)
+            condition = byte_dfa(alt(*starts), max_states)
+            dfa = _difference(rest, condition, max_states) if look.negative else intersect(rest, condition, max_states)
+            tail = Automaton(dfa, _no_regex)
+        return concat(EPSILON if a.anchored_start else anything, enc(a.node), tail)
 
     # -- arrays -----------------------------------------------------------------------------
     def compile_array(self, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
@@ -1547,16 +1587,8 @@ class SchemaCompiler:
         if dfa is None:
             anything = repeat(chars(_ANY_CHAR), 0, None)
             try:
-                node = alt(
-                    *(
-                        concat(
-                            EPSILON if a.anchored_start else anything,
-                            a.node,
-                            EPSILON if a.anchored_end else anything,
-                        )
-                        for a in parse_regex(pattern, ecma_dot=True)
-                    )
-                )
+                alternatives = parse_regex(pattern, ecma_dot=True, lookaheads=True)
+                node = alt(*(self.search_node(a, anything, lambda n: n) for a in alternatives))
             except ConstraintError as e:
                 raise e.with_pointer(ptr) from None
             dfa = _cached_leaf(key, lambda: node, self.options.max_states, self.options.max_size)

@@ -4,8 +4,9 @@ the structure.
 The scanner runs first, over each top-level alternative. It
 
 * rejects, with their offset, the constructs that cannot be compiled to a finite automaton exactly
-  (backreferences, lookarounds, word boundaries, inline flags, possessive quantifiers, atomic
-  groups, conditionals, Unicode property escapes, anchors anywhere but at the ends);
+  (backreferences, lookbehinds, word boundaries, inline flags, possessive quantifiers, atomic
+  groups, conditionals, Unicode property escapes, anchors anywhere but at the ends; lookaheads
+  unless the caller asks for them, and then only at an alternative's top level, see `Lookahead`);
 * parses every character class (`[...]`, `\\d`, `\\W`, ...) itself into a `CharSet` and leaves a
   placeholder character (from Unicode's last private-use plane) in its stead, so the classes get
   exactly the semantics below, and huge classes never become Python sets of characters;
@@ -75,22 +76,39 @@ def _shorthand(letter: str, positive_position: bool) -> CharSet:
 
 
 @dataclass(frozen=True)
+class Lookahead:
+    """`(?=...)` or `(?!...)` at the top level of an alternative: the rest of the text (up to the
+    end of the string, not of the alternative) must (must not) start with one of `body`."""
+
+    negative: bool
+    body: tuple[Alternative, ...]  # each with its own anchors; `$` means "and then the end"
+
+
+@dataclass(frozen=True)
 class Alternative:
     """One top-level alternative of a regex, with its own anchors (JSON Schema's search semantics
-    anchor each alternative separately: `^a|b` is "starts with a, or contains b")."""
+    anchor each alternative separately: `^a|b` is "starts with a, or contains b").
+
+    Without lookaheads the alternative is `node`. With them it reads `node L1 s1 L2 s2 ...`:
+    `rest` holds each lookahead with the segment after it (only when the caller allows them)."""
 
     node: Node
     anchored_start: bool  # it began with ^
     anchored_end: bool  # it ended with $
+    rest: tuple[tuple[Lookahead, Node], ...] = ()
 
 
-def parse_regex(pattern: str, ecma_dot: bool = False) -> list[Alternative]:
+def parse_regex(pattern: str, ecma_dot: bool = False, lookaheads: bool = False) -> list[Alternative]:
     """Parse `pattern` into its top-level alternatives; their leading `^`/trailing `$` are recorded
-    and removed. Anchors anywhere else are rejected."""
+    and removed. Anchors anywhere else are rejected. With `lookaheads`, `(?=...)`/`(?!...)` at the
+    top level of an alternative are kept in `Alternative.rest` (the caller intersects); elsewhere,
+    or nested in another lookahead, they are rejected."""
     if not isinstance(pattern, str):
         raise ConstraintError(f"a regex must be a string, not {type(pattern).__name__}")
     check_pattern_chars(len(pattern), describe_regex(pattern))
-    return [_Scanner(pattern, lo, hi, ecma_dot).parse() for lo, hi in _top_level_alternatives(pattern)]
+    return [
+        _Scanner(pattern, lo, hi, ecma_dot, lookaheads).parse() for lo, hi in _top_level_alternatives(pattern)
+    ]
 
 
 def parse_fullmatch_node(pattern: str) -> Node:
@@ -98,14 +116,14 @@ def parse_fullmatch_node(pattern: str) -> Node:
     return alt(*(a.node for a in parse_regex(pattern)))
 
 
-def _top_level_alternatives(pattern: str) -> list[tuple[int, int]]:
+def _top_level_alternatives(pattern: str, lo: int = 0, hi: int | None = None) -> list[tuple[int, int]]:
+    """The spans of `pattern[lo:hi]`'s top-level alternatives."""
     spans = []
     depth = 0
     in_class = False
     class_first = -1
-    lo = 0
-    i = 0
-    n = len(pattern)
+    i = lo
+    n = len(pattern) if hi is None else hi
     while i < n:
         c = pattern[i]
         if c == "\\":
@@ -133,15 +151,51 @@ _NEWLINE = CharSet.of("\n")
 _ECMA_LINE_TERMINATORS = CharSet.of("\n\r\u2028\u2029")
 
 
+def _group_end(pattern: str, i: int, n: int) -> int:
+    """The index of the `)` closing the group that opens at `i` (-1 if none before n)."""
+    depth = 0
+    in_class = False
+    class_first = -1
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            if c == "]" and i != class_first:
+                in_class = False
+        elif c == "[":
+            in_class = True
+            class_first = i + 2 if pattern.startswith("[^", i) else i + 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
 class _Scanner:
-    def __init__(self, pattern: str, lo: int, hi: int, ecma_dot: bool) -> None:
+    def __init__(
+        self, pattern: str, lo: int, hi: int, ecma_dot: bool, lookaheads: bool = False, inverted: bool = False
+    ) -> None:
         self.pattern = pattern
+        # Inside a negative lookahead the twist flips: its body must be read as the *largest*
+        # set (\d = every reading's digits), so that excluding it stays sound.
+        self.inverted = inverted
         self.lo = lo
         self.n = hi
+        self.ecma_dot = ecma_dot
+        self.lookaheads = lookaheads
         self.dot = (_ECMA_LINE_TERMINATORS if ecma_dot else _NEWLINE).complement()
         self.out: list[str] = []
         self.origin: list[int] = []
         self.classes: list[CharSet] = []
+        self.segments: list[tuple[Lookahead, Node]] = []  # finished (lookahead, segment) pairs
+        self.pending: Lookahead | None = None  # the lookahead before the segment being scanned
+        self.head: Node | None = None  # the segment before the first lookahead
 
     # -- errors -----------------------------------------------------------------------------
     def error(self, message: str, pos: int) -> ConstraintError:
@@ -178,6 +232,9 @@ class _Scanner:
                 i = self.escape(i)
             elif c == "[":
                 i = self.char_class(i)
+            elif c == "(" and depth == 1 and self.lookaheads and p.startswith(("(?=", "(?!"), i):
+                i = self.top_level_lookahead(i)
+                depth -= 1
             elif c == "(" and p.startswith("(?", i):
                 i = self.extension_group(i)
             elif c in "*+?}" and i + 1 < n and p[i + 1] == "+":
@@ -198,7 +255,34 @@ class _Scanner:
             else:
                 self.emit(c, i)
                 i += 1
-        return Alternative(self.interegular_parse(), anchored_start, anchored_end)
+        last = self.interegular_parse()
+        if self.head is None:
+            return Alternative(last, anchored_start, anchored_end)
+        assert self.pending is not None
+        rest = (*self.segments, (self.pending, last))
+        return Alternative(self.head, anchored_start, anchored_end, rest)
+
+    def top_level_lookahead(self, i: int) -> int:
+        """`(?=...)` / `(?!...)` at `i`: close the segment before it, parse its body, and go on
+        after its `)`."""
+        p = self.pattern
+        close = _group_end(p, i, self.n)
+        if close < 0:
+            raise self.error("missing ) for the lookahead", i)
+        segment = self.interegular_parse()
+        if self.head is None:
+            self.head = segment
+        else:
+            assert self.pending is not None
+            self.segments.append((self.pending, segment))
+        self.out, self.origin = [], []
+        negative = p[i + 2] == "!"
+        body = tuple(
+            _Scanner(p, lo, hi, self.ecma_dot, inverted=negative != self.inverted).parse()
+            for lo, hi in _top_level_alternatives(p, i + 3, close)
+        )
+        self.pending = Lookahead(negative=negative, body=body)
+        return close + 1
 
     def escape(self, i: int) -> int:
         p, n = self.pattern, self.n
@@ -214,7 +298,7 @@ class _Scanner:
         if e in "AZzG":
             raise self.unsupported(f"anchor \\{e}", i)
         if e in "dDwWsS":
-            self.emit_class(_shorthand(e, positive_position=True), i)
+            self.emit_class(_shorthand(e, positive_position=not self.inverted), i)
             return i + 2
         ch, j = self.escaped_char(i)
         self.emit_class(CharSet.of(ch), i)
@@ -265,7 +349,7 @@ class _Scanner:
                 i += 1
                 break
             if c == "\\" and i + 1 < n and p[i + 1] in "dDwWsS":
-                members.append(_shorthand(p[i + 1], positive_position=not negated))
+                members.append(_shorthand(p[i + 1], positive_position=(not negated) != self.inverted))
                 i += 2
                 continue
             if c == "\\" and i + 1 < n and p[i + 1] == "b":
