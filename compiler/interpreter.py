@@ -8,8 +8,9 @@ merged sampling parameters and constraint, see `compiler.lang_sampling`); a `sel
 variables into lists, or appends their new text (`concate_and_append`).
 
 It is the test oracle for compiled programs (same text and variables, greedy), and the executor of
-host steps: a graph executor runs a function that has a host step with `run_host_function`, on a
-state built by `new_state`.
+host steps: a graph runner runs a function that needs the host with `run_on_prompt_state` (an
+eager state built by `new_state` from the IR's `PromptState`, and back). Selects follow the shared
+rule of `compiler.lang_select`.
 
 The backend is an `sgc.Runtime` (its `.engine`) or an `Engine`-like object with `generate`, `score`
 and `tokenizer` (`encode`, `decode`, `chat_template`, ...).
@@ -33,11 +34,13 @@ from compiler.errors import CompileError, ProgramError, recursion_error, user_lo
 from compiler.lang_backend import get_default_backend
 from compiler.lang_expr import GenExpr, SelectExpr
 from compiler.lang_program import Program, lookup_function
-from compiler.lang_sampling import RunDefaults, choice_token_ids, logprob_options, sampling_params
+from compiler.lang_sampling import RunDefaults, logprob_options, sampling_params
+from compiler.lang_select import decide, score_requests
 from compiler.lang_state import BranchGroupBase, StateBase
+from compiler.prompt_state import PromptState
 
 __all__ = ["ForkGroup", "ProgramState", "new_state", "resolve_backend", "resolve_function",
-           "run_batch", "run_eager", "run_host_function", "run_program"]
+           "run_batch", "run_eager", "run_host_function", "run_on_prompt_state", "run_program"]
 
 logger = logging.getLogger("sgc.interpreter")
 
@@ -355,28 +358,19 @@ class ProgramState(StateBase):
             self._bind(name, text, meta)
 
     def _select(self, expr: SelectExpr) -> None:
+        """A select by the shared rule (`compiler.lang_select`): one score call over the choices (and
+        one per choice for the unconditional method), then the method's decision."""
         self._check_role_owner("select")
         backend = self._ctx.backend
-        engine, tokenizer = backend.engine, backend.tokenizer
-        prompt_ids = self._prompt_ids("select")
         choices = list(expr.choices)
-        conts = [choice_token_ids(tokenizer, self._text, prompt_ids, c) for c in choices]
-        for choice, cont in zip(choices, conts):
-            if not cont:
-                raise ProgramError(f"{_where()}: select choice {choice!r} has no tokens")
-        logprobs = engine.score(prompt_ids, conts)["logprobs"]
-        unconditional = None
-        if expr.method.requires_unconditional_logprobs:
-            unconditional = []
-            for cont in conts:
-                rest = engine.score(cont[:1], [cont[1:]])["logprobs"][0] if len(cont) > 1 else []
-                unconditional.append([None, *rest])
-        decision = expr.method(logprobs, unconditional)
-        choice = choices[decision.index]
-        meta = {**decision.meta_info, "choices": choices, "input_token_logprobs": logprobs,
-                "method": expr.method.name}
-        if unconditional is not None:
-            meta["unconditional_token_logprobs"] = unconditional
+        try:
+            requests, conts = score_requests(backend.tokenizer, self._text, choices, expr.method.name)
+        except ValueError as exc:
+            raise ProgramError(f"{_where()}: {exc}") from None
+        scored = [backend.engine.score(r.prompt, r.continuations)["logprobs"] for r in requests]
+        index, meta = decide(expr.method.name, conts, scored)
+        choice = choices[index]
+        meta["choices"] = choices
         self._append(choice, expr.name)
         if expr.name is not None:
             self._bind(expr.name, choice, meta)
@@ -477,6 +471,27 @@ def run_host_function(ref: str | Program, state: ProgramState, args: dict[str, A
     fn = ref if isinstance(ref, Program) else resolve_function(ref)
     state.ret_value = _call_program(fn, state, args)
     return state
+
+
+def run_on_prompt_state(fn: Program, backend: Any, defaults: RunDefaults | None, names: Sequence[str],
+                        values: Sequence[Any]) -> PromptState:
+    """Run program `fn` eagerly on prompt state `values[0]` with arguments `names[1:]`=`values[1:]`:
+    the IR `host` step of a function that needs the host, as the graph executor and the test oracle
+    run it.
+
+    Text, messages and the open role are taken from the eager state afterwards; variables it bound or
+    changed are bound on the result (so a later join gathers them like any other).
+    """
+    state: PromptState = values[0]
+    eager = new_state(backend, defaults, text=state.text, messages=state.messages,
+                      variables=dict(state.variables), meta_info=dict(state.meta_info), role=state.open_role)
+    run_host_function(fn, eager, dict(zip(names[1:], values[1:])))
+    snap = eager.snapshot()
+    result = state.rewritten(snap["text"], snap["messages"], snap["role"])
+    for name, value in snap["variables"].items():
+        if name not in state.variables or state.variables[name] is not value:
+            result = result.with_var(name, value, snap["meta_info"].get(name))
+    return result
 
 
 def _call_program(function: Program, state: ProgramState, values: dict[str, Any]) -> Any:

@@ -6,15 +6,16 @@
     run = executor.start({"essay": text}); for chunk in run.text_iter(): ...        # streaming
 
 **Dataflow.** Each instance runs its entry graph as a *frame* (one per region activation: the
-body or a taken switch region). A node runs as soon as its operands (and every
-outer value its nested regions read) are ready. Text ops (`const`, `append`, roles, `getvar`,
-`fork`/`branch`/`join`, `arg`, `output`) are evaluated in Python on `ProgramState`s
-(`executor/graph_state.py`); `switch` starts a child frame and completes with its output;
-`host` calls the Python callable its `func` names (`executor/graph_host.py`). Every node of a frame runs, dead
-ones included (as an eager interpreter would), and a frame completes when all its nodes have.
+body or a taken switch region). A node runs as soon as its operands (and every outer value its
+nested regions read) are ready. What a node does is the IR interpreter's business
+(`compiler.ir_interpreter.Interpreter`, the one place each op's meaning is written), run on the
+executor's domain (`executor/graph_domain.py`): text ops on `PromptState`s, LLM ops as engine
+requests, `host` through the caller's `HostPolicy` (`executor/graph_host.py`). A taken `switch`
+region runs as a child frame that completes the switch with its output. Every node of a frame runs,
+dead ones included (as an eager interpreter would), and a frame completes when all its nodes have.
 
-**LLM nodes** become engine requests (`executor/graph_llm.py` has the tokenization rule, the
-sampling-parameter merge and the select methods): `gen` one request, `batch_gen` one per branch,
+**LLM nodes** become engine requests (the rules are shared with the eager interpreter:
+`compiler.lang_sampling`, `compiler.lang_select`): `gen` one request, `batch_gen` one per branch,
 `select`/`score` one scoring request over all choices (plus an unconditional one for
 `unconditional_likelihood_normalized`), `prefill` a one-token request that leaves the state's KV
 in the radix cache. The loop evaluates everything that is ready in all instances, then submits
@@ -46,18 +47,18 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from compiler.ir import Graph, Module, Node, Region
+from compiler.ir import Graph, Module
 from compiler.lang_sampling import RunDefaults
+from compiler.prompt_state import PromptState
 from executor.graph_host import HostPolicy
 from executor.graph_llm import make_run_defaults
-from executor.graph_plan import Plan, make_plan, pin_consumers
+from executor.graph_plan import PlanCache
 from executor.graph_results import BatchResult, GraphExecutionError, InstanceResult
-from executor.graph_run import Run
-from executor.graph_state import ProgramState
+from executor.graph_run import Run, RunContext
 
 __all__ = [
     "BatchResult", "GraphExecutionError", "GraphExecutor", "InstanceResult", "ProgramRun",
-    "ProgramState", "RunDefaults",
+    "PromptState", "RunDefaults",
 ]
 
 
@@ -66,14 +67,14 @@ class GraphExecutor:
 
     `chat_format` renders role ops and gives a gen in an assistant role its end-of-turn stop: a
     `compiler.chat_template.ChatFormat` or any object with `prefix(role)`/`suffix(role)` (see
-    `executor/graph_state.py`); None derives it from the engine's tokenizer on first use, as the
+    `compiler/prompt_state.py`); None derives it from the engine's tokenizer on first use, as the
     eager interpreter does (`compiler.chat_template.get_chat_format`). Host steps call only what
     `executor/graph_host.py`'s `HostPolicy` allows: sgc's pure functions, plus `host_functions`
     (a Mapping of a step's `func` "module:qualname" to the callable, looked up with `.get`, or a
     module / modules whose functions the caller trusts), plus every live sgc `Function` of this
     process when `live_functions=True` (for graphs traced in-process, never for loaded data). A
-    callable gets the operands' values (states as `ProgramState`) positionally and must return a
-    `ProgramState` for `returns="state"`, a `str` for `returns="text"`, anything for `returns="value"`. `fsms` maps a gen's `fsm` id to a
+    callable gets the operands' values (states as `PromptState`) positionally and must return a
+    `PromptState` for `returns="state"`, a `str` for `returns="text"`, anything for `returns="value"`. `fsms` maps a gen's `fsm` id to a
     precompiled `TokenFSM` (from an artifact); without it the engine compiles the node's regex or
     schema on first use. `pin_budget` is the largest share of KV slots prefill pins may hold (0
     turns pinning off).
@@ -98,9 +99,7 @@ class GraphExecutor:
         self.function = function
         self.fsms = fsms
         self.pin_budget = pin_budget
-        self._plans: dict[Region, Plan] = {}
-        self._consumers: dict[tuple[str, int], frozenset[int]] = {}
-        self._lock = threading.Lock()
+        self.plans = PlanCache()
 
     # -- public API ------------------------------------------------------------------------------
     def run(self, arguments: Mapping[str, Any] | None = None, *, function: str | None = None,
@@ -118,15 +117,15 @@ class GraphExecutor:
     def run_batch(self, batch_arguments: Sequence[Mapping[str, Any]], *, function: str | None = None,
                   progress_bar: bool = False, defaults: RunDefaults | None = None, **options: Any) -> BatchResult:
         """Run many instances interleaved on the engine; failed instances carry their error."""
-        run = Run(self, self._entry(function), [dict(a) for a in batch_arguments],
-                   make_run_defaults(defaults, **options), sinks=False, progress_bar=progress_bar)
+        run = Run(self._context(), self._entry(function), [dict(a) for a in batch_arguments],
+                  make_run_defaults(defaults, **options), sinks=False, progress_bar=progress_bar)
         return run.execute()
 
     def start(self, arguments: Mapping[str, Any] | None = None, *, function: str | None = None,
               defaults: RunDefaults | None = None, **options: Any) -> ProgramRun:
         """Start one instance in a background thread, streaming its text (`ProgramRun.text_iter`)."""
-        run = Run(self, self._entry(function), [dict(arguments or {})], make_run_defaults(defaults, **options),
-                   sinks=True, progress_bar=False)
+        run = Run(self._context(), self._entry(function), [dict(arguments or {})],
+                  make_run_defaults(defaults, **options), sinks=True, progress_bar=False)
         return ProgramRun(run)
 
     @property
@@ -154,19 +153,9 @@ class GraphExecutor:
                              f"{', '.join('@' + g.name for g in self.module)})")
         return self.module[name]
 
-    def plan(self, region: Region) -> Plan:
-        with self._lock:
-            plan = self._plans.get(region)
-            if plan is None:
-                plan = self._plans[region] = make_plan(region)
-            return plan
-
-    def pin_consumers(self, node: Node) -> frozenset[int]:
-        key = (node.graph.name, node.id)
-        with self._lock:
-            if key not in self._consumers:
-                self._consumers[key] = pin_consumers(node)
-            return self._consumers[key]
+    def _context(self) -> RunContext:
+        return RunContext(self.engine, self.plans, self.host_policy, self.fsms, self.pin_budget,
+                          lambda: self.chat_format)
 
 
 class ProgramRun:

@@ -14,8 +14,9 @@ An IR graph is data: it may come from an artifact someone sent you. So a host no
    graph was traced from the caller's own code rather than read from data).
 
 Anything else is refused: `HostPolicy.refused(module)` lists such nodes so a loader can refuse them
-at load time, naming the node and the function, and the executor refuses them again at run time. A state host step that names an sgc `Function` runs
-it through the eager interpreter on a copy of the state (`run_function_step`).
+at load time, naming the node and the function, and the executor refuses them again at run time. A state
+host step that names an sgc `Function` runs it through the eager interpreter on a copy of the state
+(`compiler.interpreter.run_on_prompt_state`, called from `executor/graph_domain.py`).
 """
 
 from __future__ import annotations
@@ -24,15 +25,14 @@ import dataclasses
 import re
 import string
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from compiler import budgets
 from compiler.ir import Host, Module, Node
-from executor.graph_state import ProgramState
 
-__all__ = ["PURE_FUNCTIONS", "HostPolicy", "HostPolicyError", "describe_refusal", "run_function_step"]
+__all__ = ["PURE_FUNCTIONS", "HostPolicy", "HostPolicyError", "describe_refusal"]
 
 
 class HostPolicyError(ValueError):
@@ -284,26 +284,3 @@ def _is_sgc_function(obj: Any) -> bool:
     from compiler.lang import Function
 
     return isinstance(obj, Function)
-
-
-# -- running a whole function on the host -----------------------------------------------------------
-
-def run_function_step(fn: Any, engine: Any, defaults: Any, names: Sequence[str], values: Sequence[Any]) -> ProgramState:
-    """Run sgc function `fn` eagerly on state `values[0]` with arguments `names[1:]`=`values[1:]`.
-
-    Text and messages are taken from the interpreter's state; variables it bound or changed are
-    bound on the result (so a later join gathers them like any other).
-    """
-    from compiler.interpreter import new_state, run_host_function
-
-    state: ProgramState = values[0]
-    eager = new_state(engine, defaults, text=state.text, messages=state.messages,
-                      variables=dict(state.variables), meta_info=dict(state.meta_info), role=state.open_role)
-    run_host_function(fn, eager, dict(zip(names[1:], values[1:])))
-    snap = eager.snapshot()
-    result = ProgramState(snap["text"], snap["messages"], state.variables, state.meta_info, role=snap["role"],
-                          fork_text=state._fork_text, fork_messages=state._fork_messages, bound=state._bound)
-    for name, value in snap["variables"].items():
-        if name not in state.variables or state.variables[name] is not value:
-            result = result.with_var(name, value, snap["meta_info"].get(name))
-    return result

@@ -8,13 +8,14 @@ stream shows. The *pin consumers* of a prefill are the nodes that first extend i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from compiler import ir
 from compiler.ir import Node, Region
 
-__all__ = ["Plan", "make_plan", "pin_consumers"]
+__all__ = ["Plan", "PlanCache", "make_plan", "pin_consumers"]
 
 # Ops through which a state flows on to its next LLM consumer (for prefill pins).
 _PASS_THROUGH = (ir.Append, ir.RoleBegin, ir.RoleEnd, ir.Fork, ir.Branch, ir.Join)
@@ -77,3 +78,27 @@ def pin_consumers(node: Node) -> frozenset[int]:
             elif not isinstance(user.op, (ir.GetVar, ir.Output)):
                 found.add(user.id)
     return frozenset(found)
+
+
+class PlanCache:
+    """Plans and pin consumers computed once per region / node and shared by every run (thread-safe:
+    streaming runs execute on their own threads)."""
+
+    def __init__(self) -> None:
+        self._plans: dict[Region, Plan] = {}
+        self._consumers: dict[tuple[str, int], frozenset[int]] = {}
+        self._lock = threading.Lock()
+
+    def plan(self, region: Region) -> Plan:
+        with self._lock:
+            plan = self._plans.get(region)
+            if plan is None:
+                plan = self._plans[region] = make_plan(region)
+            return plan
+
+    def pin_consumers(self, node: Node) -> frozenset[int]:
+        key = (node.graph.name, node.id)
+        with self._lock:
+            if key not in self._consumers:
+                self._consumers[key] = pin_consumers(node)
+            return self._consumers[key]

@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from executor.graph_state import ProgramState
+from compiler.errors import ProgramError
+from compiler.prompt_state import PromptState
 
 __all__ = ["BatchResult", "GraphExecutionError", "InstanceResult", "Stats", "merge_stats"]
 
 Stats = dict[str, dict[int, dict[str, float]]]
 
 
-class GraphExecutionError(RuntimeError):
+class GraphExecutionError(ProgramError):
     """A node failed: the message names the function, node, op, source loc and the frame path."""
 
     def __init__(self, message: str, *, function: str, node_id: int, opname: str, loc: str | None,
@@ -26,7 +27,7 @@ class GraphExecutionError(RuntimeError):
             where += " [in " + " <- ".join(path) + "]"
         if instance is not None:
             where = f"instance {instance}: " + where
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"{where}: {message}", instance)
         self.function = function
         self.node_id = node_id
         self.opname = opname
@@ -41,7 +42,7 @@ class InstanceResult:
     """One program instance's outcome: its final state or its error, and its per-node stats."""
 
     index: int
-    state: ProgramState | None
+    state: PromptState | None
     error: GraphExecutionError | None
     stats: Stats
     time_s: float
@@ -50,7 +51,7 @@ class InstanceResult:
     def ok(self) -> bool:
         return self.error is None
 
-    def raise_for_error(self) -> ProgramState:
+    def raise_for_error(self) -> PromptState:
         if self.error is not None:
             raise self.error
         assert self.state is not None
@@ -72,7 +73,7 @@ class BatchResult(Sequence[InstanceResult]):
         return len(self.results)
 
     @property
-    def states(self) -> list[ProgramState | None]:
+    def states(self) -> list[PromptState | None]:
         return [r.state for r in self.results]
 
     @property

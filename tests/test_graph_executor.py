@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 
+from compiler.ir import Join
+from compiler.ir_interpreter import Interpreter
 from compiler.lang_sampling import DTYPE_REGEXES
+from compiler.lang_select import decide, prompt_ids
+from compiler.lang_select import score_requests as select_requests
 from compiler.parser.ir_reader import parse_module
+from compiler.prompt_state import PromptState, StateError
 from executor.engine import Engine
 from executor.graph_executor import GraphExecutionError, GraphExecutor
-from executor.graph_llm import decide, prompt_ids, select_requests
-from executor.graph_state import ProgramState, StateError, join_states
 from executor.sampling import SamplingParams
 
 
@@ -224,8 +228,13 @@ def test_fork_batch_gen_join_with_prefill(engine, mode):
     assert stats[11]["cached_tokens"] >= 2 * (prefix_tokens - 1), stats[11]
 
 
+def join_states(parent: PromptState, branches: list[PromptState], mode: str) -> PromptState:
+    """The interpreter's `join` (the one place its meaning is written) on hand-made states."""
+    return Interpreter(None).join(None, SimpleNamespace(op=Join(mode=mode)), parent, *branches)
+
+
 def test_join_gathers_every_branch_variable_in_order():
-    parent = ProgramState("p").with_var("old", 1)
+    parent = PromptState("p").with_var("old", 1)
     b0 = parent.forked().appended("A").with_var("x", "a").with_var("only0", 0)
     b1 = parent.forked().appended("B").with_var("x", "b")
     b1 = b1.with_var("old", 2)

@@ -1,5 +1,6 @@
-"""Helpers for the language tests (no tests here): a deterministic fake engine and a reference runner
-that executes traced IR on the eager interpreter's states, so compiled == eager can be checked fast."""
+"""Helpers for the language tests (no tests here): a deterministic fake engine, and the test oracle for
+traced graphs: the IR interpreter (`compiler.ir_interpreter`, the one statement of each op's meaning)
+on real states with a synchronous engine, so compiled == eager can be checked fast."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from typing import Any
 
 from compiler import ir
 from compiler.constraints.dtypes import DTYPE_REGEXES
-from compiler.interpreter import ForkGroup, ProgramState, new_state, resolve_function, run_host_function
-from compiler.lang import GenExpr, SelectExpr
-from compiler.lang_sampling import RunDefaults, choices_method
+from compiler.interpreter import resolve_backend, resolve_function, run_on_prompt_state
+from compiler.ir_interpreter import Chosen, Generated, Interpreter, Pending
+from compiler.ir_interpreter import run_graph as ir_run_graph
+from compiler.lang_sampling import RunDefaults, logprob_options, sampling_params
+from compiler.lang_select import decide, prompt_ids, score_requests
+from compiler.prompt_state import PromptState, to_text
+from sgc.compiled import CompiledState
 
 
 def _crc(*parts: Any) -> int:
@@ -70,85 +75,69 @@ class FakeEngine:
 
 
 # ---------------------------------------------------------------------------------------------------
-# A reference runner for traced graphs, on the interpreter's states
+# The test oracle for traced graphs: the IR interpreter on real states and a synchronous engine
+
+
+class EngineDomain:
+    """Real `PromptState`s on a backend's engine (fake or real), answered at once: the domain of the
+    IR interpreter (`compiler.ir_interpreter.Domain`) for the oracle. Requests are made as the eager
+    interpreter makes them (`lang_sampling`, `lang_select`), so a traced graph run here must equal
+    the eager run of its program."""
+
+    def __init__(self, backend: Any, defaults: RunDefaults) -> None:
+        resolved = resolve_backend(backend)
+        self.backend = backend
+        self.engine, self.tokenizer, self.chat_format = resolved.engine, resolved.tokenizer, resolved.chat_format
+        self.defaults = defaults
+
+    def new_state(self) -> PromptState:
+        return PromptState()
+
+    def text(self, value: Any) -> str:
+        return to_text(value)
+
+    def opaque_case(self, value: Any, num_regions: int) -> None:
+        return None
+
+    def generate(self, node: ir.Node, states: Any) -> Pending:
+        attributes, fmt = node.op.attributes(), self.chat_format
+        outs = []
+        for state in states:
+            in_assistant = state.open_role == "assistant"
+            params = sampling_params(attributes, self.defaults,
+                                     end_of_turn=fmt.end_of_turn if in_assistant else None,
+                                     end_of_turn_token_id=fmt.end_of_turn_token_id if in_assistant else None)
+            if params.get("max_new_tokens") == 0:
+                outs.append(Generated("", {"prompt_tokens": None, "completion_tokens": 0,
+                                           "finish_reason": {"type": "length", "length": 0}}))
+                continue
+            options = logprob_options(attributes, self.defaults, node.meta)
+            out = self.engine.generate(input_ids=prompt_ids(self.tokenizer, state.text, "gen"),
+                                       sampling_params=params, **options)
+            outs.append(Generated(out["text"], dict(out["meta_info"])))
+        return Pending.ready(outs)
+
+    def choose(self, node: ir.Node, text: str, candidates: Any, method: str) -> Pending:
+        requests, conts = score_requests(self.tokenizer, text, candidates, method)
+        scored = [self.engine.score(r.prompt, r.continuations)["logprobs"] for r in requests]
+        return Pending.ready(Chosen(*decide(method, conts, scored)))
+
+    def prefill(self, node: ir.Node, state: PromptState, text: str) -> Pending:
+        return Pending.ready(None)
+
+    def host(self, node: ir.Node, values: Any) -> Any:
+        op = node.op
+        if op.returns == "state":
+            return run_on_prompt_state(resolve_function(op.func), self.backend, self.defaults, op.args or ("s",),
+                                       values)
+        return _resolve(op.func)(*values)
 
 
 def run_graph(graph: ir.Graph, args: dict[str, Any], backend: Any,
-              defaults: RunDefaults | None = None) -> ProgramState:
-    """Execute `graph` op by op with `ProgramState`s (states are continued in place: the IR is linear)."""
-    defaults = defaults or RunDefaults()
-    values: dict[int, Any] = {}
-    scopes: dict[tuple[int, str], int] = {}
-
-    def region_output(region: ir.Region, incoming: ProgramState | None) -> ProgramState:
-        for node in region:
-            op = node.op
-            operand = [values[o.id] for o in node.operands]
-            if isinstance(op, ir.Arg):
-                values[node.id] = args[op.name] if op.name in args else ir.thaw_json(op.default)
-            elif isinstance(op, ir.Const):
-                values[node.id] = ir.thaw_json(op.value)
-            elif isinstance(op, ir.StateNew):
-                values[node.id] = new_state(backend, defaults)
-            elif isinstance(op, ir.StateIn):
-                values[node.id] = incoming if incoming is not None else new_state(backend, defaults)
-            elif isinstance(op, ir.Append):
-                value = operand[1]
-                operand[0]._exec(value if isinstance(value, str) else str(value))
-                values[node.id] = operand[0]
-            elif isinstance(op, ir.RoleBegin):
-                operand[0]._exec_role_begin(op.role)
-                values[node.id] = operand[0]
-            elif isinstance(op, ir.RoleEnd):
-                operand[0]._exec_role_end(op.role)
-                values[node.id] = operand[0]
-            elif isinstance(op, ir.Gen):
-                params = {k: ir.thaw_json(v) for k, v in op.attributes().items()
-                          if v not in (None, ()) and k not in ("name", "fsm")}
-                operand[0]._gen(GenExpr(op.name, params, dict(node.meta)))
-                values[node.id] = operand[0]
-            elif isinstance(op, ir.Select):
-                operand[0]._select(SelectExpr(op.name, op.choices, op.temperature, choices_method(op.method)))
-                values[node.id] = operand[0]
-            elif isinstance(op, ir.GetVar):
-                values[node.id] = operand[0][op.name]
-            elif isinstance(op, ir.SetVar):
-                operand[0]._bind(op.name, operand[1])
-                values[node.id] = operand[0]
-            elif isinstance(op, ir.VarScopeBegin):
-                scopes[(id(operand[0]), op.name)] = len(operand[0]._text)
-                values[node.id] = operand[0]
-            elif isinstance(op, ir.VarScopeEnd):
-                start = scopes.pop((id(operand[0]), op.name))
-                operand[0]._bind(op.name, operand[0]._text[start:])
-                values[node.id] = operand[0]
-            elif isinstance(op, ir.Fork):
-                values[node.id] = (operand[0], [operand[0]._fork_copy() for _ in range(op.n)])
-            elif isinstance(op, ir.Branch):
-                values[node.id] = operand[0][1][op.index]
-            elif isinstance(op, ir.Join):
-                ForkGroup(operand[0], list(operand[1:])).join(op.mode)
-                values[node.id] = operand[0]
-            elif isinstance(op, ir.Switch):
-                value = operand[1]
-                index = next((i for i, c in enumerate(op.cases) if type(c) is type(value) and c == value), None)
-                if index is None:
-                    assert op.default, f"switch value {value!r} matches no case"
-                    index = len(op.cases)
-                values[node.id] = region_output(node.regions[index], operand[0])
-            elif isinstance(op, ir.Host):
-                if op.returns == "state":
-                    named = dict(zip(op.args[1:], operand[1:]))
-                    values[node.id] = run_host_function(op.func, operand[0], named)
-                else:
-                    values[node.id] = _resolve(op.func)(*operand)
-            elif isinstance(op, ir.Output):
-                return operand[0]
-            else:
-                raise AssertionError(f"the reference runner does not know {op.opname}")
-        raise AssertionError("region without output")
-
-    return region_output(graph.body, None)
+              defaults: RunDefaults | None = None) -> CompiledState:
+    """Run a traced graph through the IR interpreter on `backend`; the result has the eager state's API."""
+    domain = EngineDomain(backend, defaults or RunDefaults())
+    return CompiledState(ir_run_graph(Interpreter(domain), graph, args))
 
 
 def _resolve(func: str) -> Any:
@@ -161,4 +150,4 @@ def _resolve(func: str) -> Any:
     return obj
 
 
-__all__ = ["FakeEngine", "resolve_function", "run_graph"]
+__all__ = ["EngineDomain", "FakeEngine", "resolve_function", "run_graph"]

@@ -1,83 +1,37 @@
-"""A symbolic reference interpreter for the IR: the oracle that says a pass kept a program's meaning.
+"""The semantics checker: the IR interpreter on symbolic values, the oracle that says a pass kept a
+program's meaning.
 
-It runs a graph without a model. A generated text is an opaque symbol determined by what the model
-would see: `<gen:name#digest>`, where the digest covers the gen's sampling attributes and the full
-prompt text (so equal prompts and parameters give equal outputs, as greedy decoding does). A select
-picks its choice by a hash of the prompt, the full candidates, the method and the temperature. Roles
-are markers (`<user>`, `</user>`), arguments `<arg:name>`, host steps `<host:func#digest>` of their
-inputs. A switch on a symbolic value takes a region chosen by a hash of the value; on a concrete value
-it matches cases as the executor does. Two graphs mean the same when `evaluate` gives equal results:
-the final text (a tuple of strings and symbols, adjacent strings merged) and the variables.
+It runs a graph without a model, through the one interpreter of the IR
+(`compiler.ir_interpreter.Interpreter`) with a symbolic domain. A generated text is an opaque symbol
+determined by what the model would see: `<gen:name:digest>`, where the digest covers the gen's
+sampling attributes and the full prompt text (so equal prompts and parameters give equal outputs, as
+greedy decoding does). A select picks its choice by a hash of the prompt, the full candidates, the
+method and the temperature. Roles are markers (`<begin:user>`, `<end:user>`), arguments
+`<arg:name>`, host steps `<host:func:digest>` of their inputs. A switch on a symbolic value takes a
+region chosen by a hash of the value; on a concrete value it matches cases as every run does. Two
+graphs mean the same when `evaluate` gives equal outcomes: the final text (a tuple of strings and
+symbols, adjacent strings merged) and the variables, or the same error.
 
-The interpreter follows docs/ir.md: `append` writes `str(value)` for non-strings, a `select` with a
-`prefix` scores `prefix + choice` against the text without the prefix, a `gather_variable` join sets
-each variable bound in any branch after the fork to the list of the branches' values, a
-`concate_and_append` join appends the text each branch added after the fork.
+Text that contains symbols is a `SymText`, which behaves like a string where the states need it to
+(concatenation, `len`, slicing, `endswith`; a symbol counts as one character), so the symbolic state
+is the real `PromptState` with two leniencies (`SymState`): reading an unbound variable gives a
+symbol, and roles are markers that never fail. A real run fails there; dead-node elimination may
+remove such a dead read or role, and the checker must not count that as a change of meaning.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from compiler.ir import (
-    Append,
-    Arg,
-    BatchGen,
-    Branch,
-    Const,
-    Fork,
-    Gen,
-    GetVar,
-    Graph,
-    Host,
-    Join,
-    Module,
-    Node,
-    Output,
-    Prefill,
-    Region,
-    RoleBegin,
-    RoleEnd,
-    Score,
-    Select,
-    SetVar,
-    StateIn,
-    StateNew,
-    Switch,
-    VarScopeBegin,
-    VarScopeEnd,
-    branch_origin,
-    thaw_json,
-)
+from compiler.errors import ProgramError
+from compiler.ir import Graph, Module, Node
+from compiler.ir_interpreter import Chosen, Generated, Interpreter, Pending, run_graph
+from compiler.prompt_state import PromptState
 
-__all__ = ["Outcome", "ProgramError", "Sym", "SymText", "evaluate", "evaluate_module"]
-
-
-class ProgramError(Exception):
-    """An error the program itself would raise at run time (e.g. a switch value that matches no case)."""
-
-
-@dataclass(frozen=True)
-class Sym:
-    """An opaque piece of text or value: `kind` says what produced it, `key` identifies it."""
-
-    kind: str
-    key: str
-
-    def __repr__(self) -> str:
-        return f"<{self.kind}:{self.key}>"
-
-
-@dataclass(frozen=True)
-class SymText:
-    """A string value with symbols in it (a `var_scope` that captured generated text): appending it
-    writes its pieces."""
-
-    pieces: tuple[Any, ...]
+__all__ = ["Outcome", "Sym", "SymState", "SymText", "evaluate", "evaluate_module"]
 
 
 def _digest(value: Any) -> str:
@@ -88,240 +42,202 @@ def _pick(key: Any, n: int) -> int:
     return int(_digest(key), 16) % n
 
 
-Text = tuple[Any, ...]  # strings and Syms, no empty strings, no two strings adjacent
+@dataclass(frozen=True)
+class Sym:
+    """An opaque piece of text or value: `kind` says what produced it, `key` identifies it. As text
+    it is one character long; adding text to it makes a `SymText`."""
+
+    kind: str
+    key: str
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}:{self.key}>"
+
+    def __len__(self) -> int:
+        return 1
+
+    def __add__(self, other: Any) -> Any:
+        return SymText.of((self, *_pieces(other)))
+
+    def __radd__(self, other: Any) -> Any:
+        return SymText.of((*_pieces(other), self))
+
+    def endswith(self, suffix: str) -> bool:
+        return suffix == ""
 
 
-def _concat(text: Text, piece: Any) -> Text:
-    if isinstance(piece, str):
-        if not piece:
-            return text
-        if text and isinstance(text[-1], str):
-            return (*text[:-1], text[-1] + piece)
-    return (*text, piece)
+class SymText:
+    """Text with symbols in it: strings (non-empty, never two adjacent) and `Sym`s. `SymText.of`
+    gives a plain `str` when there is no symbol, so a text is a `str` or a `SymText`."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(self, pieces: tuple[Any, ...]) -> None:
+        self.pieces = pieces
+
+    @staticmethod
+    def of(pieces: Sequence[Any]) -> Any:
+        merged: list[Any] = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                if not piece:
+                    continue
+                if merged and isinstance(merged[-1], str):
+                    merged[-1] += piece
+                    continue
+            merged.append(piece)
+        if all(isinstance(p, str) for p in merged):
+            return "".join(merged)
+        return SymText(tuple(merged))
+
+    def __len__(self) -> int:
+        return sum(len(p) if isinstance(p, str) else 1 for p in self.pieces)
+
+    def __add__(self, other: Any) -> Any:
+        return SymText.of((*self.pieces, *_pieces(other)))
+
+    def __radd__(self, other: Any) -> Any:
+        return SymText.of((*_pieces(other), *self.pieces))
+
+    def __getitem__(self, key: slice) -> Any:
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise ValueError("a symbolic text is sliced with step 1 only")
+        out, position = [], 0
+        for piece in self.pieces:
+            size = len(piece) if isinstance(piece, str) else 1
+            lo, hi = max(start - position, 0), min(stop - position, size)
+            if lo < hi:
+                out.append(piece[lo:hi] if isinstance(piece, str) else piece)
+            position += size
+        return SymText.of(out)
+
+    def endswith(self, suffix: str) -> bool:
+        last = self.pieces[-1]
+        return suffix == "" or (isinstance(last, str) and last.endswith(suffix))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SymText) and other.pieces == self.pieces
+
+    def __hash__(self) -> int:
+        return hash(self.pieces)
+
+    def __repr__(self) -> str:
+        return f"SymText({self.pieces!r})"
+
+
+def _pieces(text: Any) -> tuple[Any, ...]:
+    if isinstance(text, SymText):
+        return text.pieces
+    if isinstance(text, (str, Sym)):
+        return (text,)
+    raise TypeError(f"{text!r} is not a text")
 
 
 def _has_sym(value: Any) -> bool:
     if isinstance(value, (Sym, SymText)):
         return True
-    if isinstance(value, tuple):
+    if isinstance(value, (list, tuple)):
         return any(_has_sym(v) for v in value)
     if isinstance(value, Mapping):
         return any(_has_sym(v) for v in value.values())
     return False
 
 
-def _as_pieces(value: Any) -> tuple[Any, ...]:
-    """The pieces `append` writes for a value: the string itself, a symbol, or `str(value)`."""
-    if isinstance(value, (str, Sym)):
-        return (value,)
-    if isinstance(value, SymText):
-        return value.pieces
-    if _has_sym(value):
-        return (Sym("str", _digest(value)),)
-    return (str(thaw_json(value)),)
+def _as_tuple(text: Any) -> tuple[Any, ...]:
+    return () if text == "" else _pieces(text)
 
 
-def _text_value(text: Text) -> Any:
-    """A text as a variable's value: a plain string when it has no symbols."""
-    if all(isinstance(p, str) for p in text):
-        return "".join(text)
-    return SymText(text)
+class SymState(PromptState):
+    """A `PromptState` over symbolic text, lenient where a real run fails (see the module docstring)."""
+
+    __slots__ = ()
+
+    def __getitem__(self, name: str) -> Any:
+        return self.variables[name] if name in self.variables else Sym("unbound", name)
+
+    def role_begin(self, role: str, chat_format: Any) -> PromptState:
+        return self.appended(Sym("begin", role))
+
+    def role_end(self, role: str, chat_format: Any) -> PromptState:
+        return self.appended(Sym("end", role))
+
+    def public(self) -> tuple[tuple[Any, ...], tuple[tuple[str, Any], ...]]:
+        """What the program can observe: the text as pieces, and the variables by name."""
+        return _as_tuple(self.text), tuple(sorted(self.variables.items()))
 
 
-@dataclass(frozen=True)
-class State:
-    text: Text = ()
-    variables: Mapping[str, tuple[Any, int]] = field(default_factory=dict)  # name -> (value, stamp)
-    scopes: Mapping[str, Text] = field(default_factory=dict)  # open var_scopes: name -> text at begin
+class _SymbolicArguments(Mapping[str, Any]):
+    """Every argument is given, as the symbol `<arg:name>` (its default is one value of many)."""
 
-    def append(self, *pieces: Any) -> State:
-        text = self.text
-        for piece in pieces:
-            text = _concat(text, piece)
-        return State(text, self.variables, self.scopes)
+    def __getitem__(self, name: str) -> Any:
+        return Sym("arg", name)
 
-    def bind(self, name: str, value: Any, stamp: int) -> State:
-        return State(self.text, {**self.variables, name: (value, stamp)}, self.scopes)
+    def __contains__(self, name: object) -> bool:
+        return True
 
-    def open_scope(self, name: str) -> State:
-        return State(self.text, self.variables, {**self.scopes, name: self.text})
+    def __iter__(self) -> Any:
+        return iter(())
 
-    def values(self) -> dict[str, Any]:
-        return {name: value for name, (value, _) in self.variables.items()}
-
-    def public(self) -> tuple[Text, tuple[tuple[str, Any], ...]]:
-        """What the program can observe (stamps are the interpreter's own bookkeeping)."""
-        return self.text, tuple(sorted(self.values().items()))
+    def __len__(self) -> int:
+        return 0
 
 
-@dataclass(frozen=True)
-class _Bundle:
-    states: tuple[State, ...]
-    forked: State | None  # the forked state (None for a batch_gen)
+def _sampling_key(node: Node) -> tuple[tuple[str, Any], ...]:
+    # fsm is where a compiled constraint lives, not a different constraint.
+    return tuple((k, v) for k, v in node.op.attributes().items() if k != "fsm")
+
+
+class SymbolicDomain:
+    """The checker's domain: symbols for what only a model or a host could say (`Domain`)."""
+
+    chat_format = None  # roles are markers (SymState)
+
+    def new_state(self) -> SymState:
+        return SymState()
+
+    def text(self, value: Any) -> Any:
+        if isinstance(value, (str, Sym, SymText)):
+            return value
+        if _has_sym(value):
+            return Sym("str", _digest(value))
+        return str(value)
+
+    def opaque_case(self, value: Any, num_regions: int) -> int | None:
+        return _pick(("switch", value), num_regions) if _has_sym(value) else None
+
+    def generate(self, node: Node, states: Sequence[Any]) -> Pending:
+        name = node.op.name  # type: ignore[attr-defined]
+        key = _sampling_key(node)
+        return Pending.ready([Generated(Sym(f"gen:{name}", _digest((key, s.text)))) for s in states])
+
+    def choose(self, node: Node, text: Any, candidates: Sequence[str], method: str) -> Pending:
+        key = ("select", text, tuple(candidates), method, node.op.temperature)  # type: ignore[attr-defined]
+        return Pending.ready(Chosen(_pick(key, len(candidates)), {}))
+
+    def prefill(self, node: Node, state: Any, text: Any) -> Pending:
+        return Pending.ready(None)
+
+    def host(self, node: Node, values: Sequence[Any]) -> Any:
+        op = node.op
+        inputs = tuple(v.public() if isinstance(v, SymState) else v for v in values)
+        out = Sym(f"host:{op.func}", _digest(inputs))  # type: ignore[attr-defined]
+        return values[0].appended(out) if op.returns == "state" else out  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
 class Outcome:
     """A graph's result: its final text and variables, or the error it raises."""
 
-    text: Text = ()
+    text: tuple[Any, ...] = ()
     variables: tuple[tuple[str, Any], ...] = ()
     error: str | None = None
 
 
-def _strip_suffix(text: Text, suffix: str) -> Text:
-    if not suffix:
-        return text
-    if not text or not isinstance(text[-1], str) or not text[-1].endswith(suffix):
-        raise AssertionError(f"the state's text {text!r} does not end with the select prefix {suffix!r}")
-    last = text[-1][: -len(suffix)]
-    return (*text[:-1], last) if last else text[:-1]
-
-
-def _suffix_after(text: Text, base: Text) -> Text:
-    """The part of `text` after its prefix `base`."""
-    if not base:
-        return text
-    head, last = base[:-1], base[-1]
-    if text[: len(head)] != head or len(text) < len(base):
-        raise AssertionError("a branch's text does not start with the forked text")
-    piece = text[len(head)]
-    if isinstance(last, str) and isinstance(piece, str) and piece.startswith(last):
-        rest = piece[len(last):]
-        return ((rest,) if rest else ()) + text[len(head) + 1:]
-    if piece != last:
-        raise AssertionError("a branch's text does not start with the forked text")
-    return text[len(head) + 1:]
-
-
-def _sampling_key(op: Gen | BatchGen) -> tuple[tuple[str, Any], ...]:
-    # fsm is where a compiled constraint lives, not a different constraint.
-    return tuple((k, v) for k, v in op.attributes().items() if k != "fsm")
-
-
-class _Interpreter:
-    def __init__(self, module: Module | None) -> None:
-        self.module = module
-        self.stamps = itertools.count()
-
-    def run(self, graph: Graph, state: State, args: Mapping[str, Any]) -> State:
-        env: dict[int, Any] = {}
-        return self.region(graph.body, env, state, args)
-
-    def region(self, region: Region, env: dict[int, Any], state_in: State, args: Mapping[str, Any]) -> State:
-        for node in region:
-            env[node.id] = self.node(node, env, state_in, args)
-        output = region.output
-        assert output is not None
-        return env[output.operands[0].id]
-
-    def choose(self, state: State, candidates: list[str], method: str, temperature: Any, prefix: str) -> int:
-        prompt = _strip_suffix(state.text, prefix)
-        return _pick(("select", prompt, tuple(candidates), method, temperature), len(candidates))
-
-    def gen(self, op: Gen | BatchGen, state: State) -> State:
-        if op.choices is not None:  # SGLang runs a gen with choices as a select with the default method
-            index = self.choose(state, list(op.choices), "token_length_normalized", op.temperature, "")
-            out: Any = op.choices[index]
-        else:
-            out = Sym(f"gen:{op.name}", _digest((_sampling_key(op), state.text)))
-        state = state.append(out)
-        return state.bind(op.name, out, next(self.stamps)) if op.name is not None else state
-
-    def node(self, node: Node, env: dict[int, Any], state_in: State, args: Mapping[str, Any]) -> Any:
-        op = node.op
-        operands = [env[o.id] for o in node.operands]
-        if isinstance(op, Arg):
-            return args.get(op.name, Sym("arg", op.name))
-        if isinstance(op, Const):
-            return op.value
-        if isinstance(op, StateNew):
-            return State()
-        if isinstance(op, StateIn):
-            return state_in
-        if isinstance(op, Append):
-            return operands[0].append(*_as_pieces(operands[1]))
-        if isinstance(op, RoleBegin):
-            return operands[0].append(Sym("begin", op.role))
-        if isinstance(op, RoleEnd):
-            return operands[0].append(Sym("end", op.role))
-        if isinstance(op, Prefill):
-            return operands[0]
-        if isinstance(op, Gen):
-            return self.gen(op, operands[0])
-        if isinstance(op, BatchGen):
-            return _Bundle(tuple(self.gen(op, s) for s in operands), None)
-        if isinstance(op, GetVar):
-            entry = operands[0].variables.get(op.name)
-            return entry[0] if entry is not None else Sym("unbound", op.name)
-        if isinstance(op, (Select, Score)):
-            candidates = [op.prefix + c for c in op.choices]
-            index = self.choose(operands[0], candidates, op.method, op.temperature, op.prefix)
-            state = operands[0].append(op.choices[index])
-            return state if op.name is None else state.bind(op.name, candidates[index], next(self.stamps))
-        if isinstance(op, SetVar):
-            return operands[0].bind(op.name, operands[1], next(self.stamps))
-        if isinstance(op, VarScopeBegin):
-            return operands[0].open_scope(op.name)
-        if isinstance(op, VarScopeEnd):
-            state = operands[0]
-            if op.name not in state.scopes:
-                return state.bind(op.name, Sym("unopened-scope", op.name), next(self.stamps))
-            captured = _suffix_after(state.text, state.scopes[op.name])
-            return state.bind(op.name, _text_value(captured), next(self.stamps))
-        if isinstance(op, Fork):
-            return _Bundle((operands[0],) * op.n, operands[0])
-        if isinstance(op, Branch):
-            return operands[0].states[op.index]
-        if isinstance(op, Join):
-            return self.join(node, env, operands)
-        if isinstance(op, Switch):
-            return self.switch(node, env, operands, args)
-        if isinstance(op, Host):
-            inputs = tuple(v.public() if isinstance(v, State) else v for v in operands)
-            out = Sym(f"host:{op.func}", _digest(inputs))
-            return operands[0].append(out) if op.returns == "state" else out
-        if isinstance(op, Output):
-            return None
-        raise AssertionError(f"no semantics for {op.opname}")
-
-    def join(self, node: Node, env: dict[int, Any], operands: list[Any]) -> State:
-        parent, branches = operands[0], operands[1:]
-        origin = branch_origin(node.operands[1])
-        assert origin is not None
-        forked: State = env[origin[0].id].forked
-        if node.op.mode == "concate_and_append":  # type: ignore[attr-defined]
-            for branch in branches:
-                parent = parent.append(*_suffix_after(branch.text, forked.text))
-            return parent
-        names = sorted({name for b in branches for name, (_, stamp) in b.variables.items()
-                        if forked.variables.get(name, (None, None))[1] != stamp})
-        for name in names:
-            gathered = tuple(b.variables.get(name, (Sym("unbound", name), None))[0] for b in branches)
-            parent = parent.bind(name, gathered, next(self.stamps))
-        return parent
-
-    def switch(self, node: Node, env: dict[int, Any], operands: list[Any], args: Mapping[str, Any]) -> State:
-        state, value = operands
-        op: Switch = node.op  # type: ignore[assignment]
-        if _has_sym(value):
-            region = node.regions[_pick(("switch", value), len(node.regions))]
-        else:
-            matches = [r for c, r in zip(op.cases, node.regions) if type(c) is type(value) and c == value]
-            if matches:
-                region = matches[0]
-            elif op.default:
-                region = node.regions[-1]
-            else:
-                raise ProgramError(f"switch %{node.id}: {value!r} matches no case")
-        return self.region(region, env, state, args)
-
-
-def evaluate(graph: Graph, module: Module | None = None) -> Outcome:
+def evaluate(graph: Graph) -> Outcome:
     """Run `graph` top-level (an empty state, symbolic arguments) and return its outcome."""
-    interpreter = _Interpreter(module if module is not None else graph.module)
     try:
-        state = interpreter.run(graph, State(), {})
+        state = run_graph(Interpreter(SymbolicDomain()), graph, _SymbolicArguments())
     except ProgramError as exc:
         return Outcome(error=str(exc))
     text, variables = state.public()
@@ -330,4 +246,4 @@ def evaluate(graph: Graph, module: Module | None = None) -> Outcome:
 
 def evaluate_module(module: Module) -> dict[str, Outcome]:
     """The outcome of running each function of the module top-level."""
-    return {graph.name: evaluate(graph, module) for graph in module}
+    return {graph.name: evaluate(graph) for graph in module}

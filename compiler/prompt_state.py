@@ -5,8 +5,9 @@ closed so far, the variables bound (`s["x"]`), their meta info (cached tokens, f
 logprobs), the open chat role, and, for a branch of a fork, where the branch started. Every op
 returns a new state; nothing is mutated, so fork branches can share their parent freely.
 
-The rules are those of the eager interpreter (`compiler.interpreter`), so compiled and eager runs
-agree:
+What each IR op does with states is said once, in `compiler.ir_interpreter.Interpreter`; this
+module gives it the operations, with the rules of the eager interpreter (`compiler.interpreter`), so
+compiled and eager runs agree:
 
 - `append`: a string is appended as is, any other value as `str(value)` (SGLang's `s += x`).
 - Roles render through a *chat format*: `compiler.chat_template.ChatFormat` (derived from the
@@ -21,12 +22,12 @@ agree:
   at the format's `end_of_turn`: see `executor/graph_llm.py`.)
 - `fork`: each branch starts as a copy of the parent that remembers the text length and message
   count at the fork.
-- `join` (both modes): every variable bound in any branch after the fork becomes a list in the
-  parent, one entry per branch in branch order: the branch's value of that variable (inherited
-  from before the fork if the branch did not bind it, else None). SGLang drops such variables or
-  misaligns the list; we never drop one. Meta info is gathered the same way. `concate_and_append`
-  first appends each branch's text after the fork point, and the messages it closed, in branch
-  order; `gather_variable` leaves the parent's text alone.
+- a state remembers the variables bound since its fork (`bound_since_fork`) and what it added since
+  (`added_since_fork`): what a `join` gathers (see the interpreter's `join`).
+
+The text is a `str`, or for the semantics checker a symbolic text that behaves like one
+(`compiler.passes.semantics.SymText`: concatenation, `len`, slicing, `endswith`); nothing here
+assumes more of it.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["ProgramState", "StateError", "join_states", "to_text"]
+from compiler.errors import ProgramError
+
+__all__ = ["PromptState", "StateError", "to_text"]
 
 
-class StateError(ValueError):
+class StateError(ProgramError, ValueError):
     """A text op that cannot apply to this state (e.g. nested roles, an unbound variable)."""
 
 
@@ -71,7 +74,7 @@ def to_text(value: Any) -> str:
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-class ProgramState:
+class PromptState:
     """An immutable prompt state. Read `text`, `messages`, `variables`, `s[name]`, `meta_info`.
 
     Host functions receive states and may return new ones built with `appended`, `with_var`, or
@@ -98,14 +101,14 @@ class ProgramState:
         self._fork_messages = fork_messages
         self._bound = bound  # variables bound since the fork (or since the start), in binding order
 
-    def _replace(self, **changes: Any) -> ProgramState:
+    def _replace(self, **changes: Any) -> PromptState:
         fields = {
             "text": self._text, "messages": self._messages, "variables": self._vars, "meta_info": self._meta,
             "role": self._role, "role_start": self._role_start, "fork_text": self._fork_text,
             "fork_messages": self._fork_messages, "bound": self._bound,
         }
         fields.update(changes)
-        return ProgramState(**fields)
+        return type(self)(**fields)
 
     # -- reading -------------------------------------------------------------------------------
     @property
@@ -148,13 +151,13 @@ class ProgramState:
 
     def __repr__(self) -> str:
         text = self._text if len(self._text) <= 60 else "..." + self._text[-57:]
-        return f"ProgramState(text={text!r}, variables={dict(self._vars)!r})"
+        return f"{type(self).__name__}(text={text!r}, variables={dict(self._vars)!r})"
 
     # -- ops -----------------------------------------------------------------------------------
-    def appended(self, text: str) -> ProgramState:
+    def appended(self, text: str) -> PromptState:
         return self._replace(text=self._text + text) if text else self
 
-    def with_var(self, name: str, value: Any, meta: Any = None) -> ProgramState:
+    def with_var(self, name: str, value: Any, meta: Any = None) -> PromptState:
         """The state with variable `name` bound (and its meta info, if given)."""
         variables = dict(self._vars)
         variables[name] = value
@@ -166,7 +169,7 @@ class ProgramState:
         bound = self._bound if name in self._bound else (*self._bound, name)
         return self._replace(variables=MappingProxyType(variables), meta_info=meta_info, bound=bound)
 
-    def role_begin(self, role: str, chat_format: Any) -> ProgramState:
+    def role_begin(self, role: str, chat_format: Any) -> PromptState:
         if self._role is not None:
             raise StateError(f"role {role!r} begins inside role {self._role!r}: roles do not nest")
         try:
@@ -177,7 +180,7 @@ class ProgramState:
         messages = self._messages if injected is None else (*self._messages, injected)
         return self._replace(text=text, role=role, role_start=len(text), messages=messages)
 
-    def role_end(self, role: str, chat_format: Any) -> ProgramState:
+    def role_end(self, role: str, chat_format: Any) -> PromptState:
         if self._role != role:
             if self._role is None:
                 raise StateError(f"role {role!r} ends but no role is open")
@@ -190,23 +193,25 @@ class ProgramState:
         return self._replace(text=self._text + end, role=None, role_start=0,
                              messages=(*self._messages, (role, content)))
 
-    def forked(self) -> ProgramState:
+    def forked(self) -> PromptState:
         """A branch's starting state: a copy that remembers where the fork happened."""
         return self._replace(fork_text=len(self._text), fork_messages=len(self._messages), bound=())
 
+    @property
+    def bound_since_fork(self) -> tuple[str, ...]:
+        """The variables bound since this branch's fork (since the start outside forks), in order."""
+        return self._bound
 
-def join_states(parent: ProgramState, branches: Sequence[ProgramState], mode: str) -> ProgramState:
-    """`join` (see the module docstring): gather branch variables as lists, maybe append texts."""
-    if mode not in ("gather_variable", "concate_and_append"):
-        raise StateError(f"unknown join mode {mode!r}")
-    names: list[str] = []
-    for branch in branches:
-        names.extend(n for n in branch._bound if n not in names)
-    state = parent
-    if mode == "concate_and_append":
-        text = "".join(b._text[b._fork_text:] for b in branches)
-        messages = tuple(m for b in branches for m in b._messages[b._fork_messages:])
-        state = state._replace(text=state._text + text, messages=state._messages + messages)
-    for name in names:
-        state = state.with_var(name, [b._vars.get(name) for b in branches], [b._meta.get(name) for b in branches])
-    return state
+    def added_since_fork(self) -> tuple[Any, tuple[tuple[str, str], ...]]:
+        """The text and the (role, content) messages this branch added since its fork."""
+        return self._text[self._fork_text:], self._messages[self._fork_messages:]
+
+    def extended(self, text: Any, messages: Sequence[tuple[str, str]]) -> PromptState:
+        """The state with `text` appended and `messages` closed after its own (a branch's additions)."""
+        return self._replace(text=self._text + text, messages=(*self._messages, *messages))
+
+    def rewritten(self, text: Any, messages: Sequence[Mapping[str, str]], role: str | None) -> PromptState:
+        """The same state (variables, fork point) with new text, messages and open role: what a host
+        step that ran Python on the text hands back."""
+        return self._replace(text=text, messages=tuple((m["role"], m["content"]) for m in messages), role=role,
+                             role_start=None)
