@@ -320,6 +320,17 @@ def test_lookaheads_that_stay_refused() -> None:
         assert e.value.pointer == "/properties/p/pattern", e.value
 
 
+def test_unreachable_upper_bounds_do_not_bind() -> None:
+    # API specs write 2**31 - 1 for "no limit": no generation reaches it, so it is not unrolled.
+    big = 2**31 - 1
+    for key, schema in [("maxLength", {"type": "string"}), ("maxItems", {"type": "array", "items": {"type": "integer"}})]:
+        bounded = dfa_of({**schema, key: big})
+        free = dfa_of(schema)
+        assert bounded.num_states == free.num_states
+    with pytest.raises(ConstraintError, match="constraint_positions"):
+        dfa_of({"type": "string", "maxLength": 2**30 - 1})  # still a bound: too large to unroll
+
+
 def test_property_names() -> None:
     map_ = {"type": "object", "propertyNames": {"pattern": "^[a-c]+$", "maxLength": 2}, "maxProperties": 2}
     check(map_, [{}, {"ab": 1}, {"c": [], "a": None}], [{"abc": 1}, {"d": 1}])

@@ -51,6 +51,8 @@ from .regex_ast import (
     Automaton,
     Chars,
     Concat,
+    Empty,
+    Epsilon,
     Node,
     Repeat,
     alt,
@@ -1135,7 +1137,8 @@ class SchemaCompiler:
             except ConstraintError as e:
                 raise e.with_pointer(pptr) from None
             pieces.append((("pattern", pat), lambda n=pnode: n, lambda n=pnode: to_regex(n)))
-        if lo > 0 or hi is not None or not pieces:
+        implied = any(self.pattern_implies_length(pat, lo, hi) for pat, _ in patterns if isinstance(pat, str))
+        if (lo > 0 or hi is not None or not pieces) and not implied:
             body = repeat(JSON_CHAR, lo, hi)
             pieces.append((("length", lo, hi), lambda b=body: b, lambda b=body: to_regex(b)))
         if len(pieces) == 1:
@@ -1164,6 +1167,18 @@ class SchemaCompiler:
             return "".join(f'(?=(?:{t()})")' for _, _, t in pieces[:-1]) + f"(?:{pieces[-1][2]()})"
 
         return concat(quote, Automaton(dfa, text), quote)
+
+    def pattern_implies_length(self, pattern: str, lo: int, hi: int | None) -> bool:
+        """Whether every string `pattern` matches has between lo and hi characters, so that
+        intersecting with minLength/maxLength would change nothing (an ARN pattern of bounded
+        parts under a larger maxLength: the product automaton would count both)."""
+        lengths = [
+            _char_lengths(a.node) if a.anchored_start and a.anchored_end and not a.rest else (0, None)
+            for a in parse_regex(pattern, ecma_dot=True, lookaheads=True)
+        ]
+        shortest = min(n for n, _ in lengths)
+        longest = None if any(m is None for _, m in lengths) else max(m for _, m in lengths)  # type: ignore[type-var]
+        return shortest >= lo and (hi is None or (longest is not None and longest <= hi))
 
     def pattern_node(self, pattern: str) -> Node:
         """A JSON Schema pattern (ECMA search semantics) as a node over the string body."""
@@ -1752,6 +1767,26 @@ def _char_spellings(c: str) -> Node:
     return alt(*options)
 
 
+def _char_lengths(node: Node) -> tuple[int, int | None]:
+    """The fewest and most characters a code-point node matches (None: unbounded)."""
+    if isinstance(node, Chars):
+        return 1, 1
+    if isinstance(node, Concat):
+        parts = [_char_lengths(p) for p in node.parts]
+        most = None if any(m is None for _, m in parts) else sum(m for _, m in parts)  # type: ignore[misc]
+        return sum(n for n, _ in parts), most
+    if isinstance(node, Alt):
+        options = [_char_lengths(o) for o in node.options]
+        most = None if any(m is None for _, m in options) else max(m for _, m in options)  # type: ignore[type-var]
+        return min(n for n, _ in options), most
+    if isinstance(node, Repeat):
+        n, m = _char_lengths(node.node)
+        return n * node.min, None if node.max is None or m is None else m * node.max
+    if isinstance(node, Epsilon | Empty):
+        return 0, 0
+    return 0, None  # an automaton: unknown
+
+
 def _no_regex() -> str:
     raise ConstraintError(
         "this schema has no Python regex form (a difference of automata); compile it to an FSM instead"
@@ -1903,7 +1938,15 @@ def _count(view: View, key: str, default: int | None) -> int | None:
         v = int(v)
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise ConstraintError(f"{key} must be a non-negative integer", pointer=p)
+    if key.startswith("max") and v >= UNREACHABLE_COUNT:
+        return None  # no generation gets there: the bound cannot bind (docs/constraints.md)
     return v
+
+
+# An upper bound on characters / items / properties this large cannot bind: one generation is at
+# most a model's context of tokens, and no vocabulary has tokens long enough to write 2**30
+# characters in a context (API specs write 2**31 - 1 for "no limit"; unrolling it is impossible).
+UNREACHABLE_COUNT = 1 << 30
 
 
 def _literal_keys(view: View) -> frozenset[str] | None:
