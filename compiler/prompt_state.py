@@ -1,9 +1,11 @@
-"""Program states of the graph executor: immutable prompt snapshots and the text ops on them.
+"""`PromptState`: the value of an IR `state` when a graph runs, an immutable prompt snapshot.
 
-A `ProgramState` is what an IR `state` value is at run time: the text so far, the chat messages
-closed so far, the variables bound (`s["x"]`), their meta info (cached tokens, finish reason,
-logprobs), the open chat role, and, for a branch of a fork, where the branch started. Every op
-returns a new state; nothing is mutated, so fork branches can share their parent freely.
+A `PromptState` is what an IR `state` value is at run time (in the graph executor, the test oracle,
+a host step's arguments and result): the text so far, the chat messages closed so far, the
+variables bound (`s["x"]`), their meta info (cached tokens, finish reason, logprobs), the open chat
+role, and, for a branch of a fork, where the branch started. Every op returns a new state; nothing
+is mutated, so fork branches can share their parent freely. (SGLang's mutable `ProgramState`, what
+an eager run hands a program, is `compiler.interpreter.ProgramState`.)
 
 What each IR op does with states is said once, in `compiler.ir_interpreter.Interpreter`; this
 module gives it the operations, with the rules of the eager interpreter (`compiler.interpreter`), so
@@ -26,7 +28,7 @@ compiled and eager runs agree:
   (`added_since_fork`): what a `join` gathers (see the interpreter's `join`).
 
 The text is a `str`, or for the semantics checker a symbolic text that behaves like one
-(`compiler.passes.semantics.SymText`: concatenation, `len`, slicing, `endswith`); nothing here
+(`compiler.passes.semantics.SymbolicText`: concatenation, `len`, slicing, `endswith`); nothing here
 assumes more of it.
 """
 

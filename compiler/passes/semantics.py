@@ -12,9 +12,9 @@ region chosen by a hash of the value; on a concrete value it matches cases as ev
 graphs mean the same when `evaluate` gives equal outcomes: the final text (a tuple of strings and
 symbols, adjacent strings merged) and the variables, or the same error.
 
-Text that contains symbols is a `SymText`, which behaves like a string where the states need it to
+Text that contains symbols is a `SymbolicText`, which behaves like a string where the states need it to
 (concatenation, `len`, slicing, `endswith`; a symbol counts as one character), so the symbolic state
-is the real `PromptState` with two leniencies (`SymState`): reading an unbound variable gives a
+is the real `PromptState` with two leniencies (`SymbolicPromptState`): reading an unbound variable gives a
 symbol, and roles are markers that never fail. A real run fails there; dead-node elimination may
 remove such a dead read or role, and the checker must not count that as a change of meaning.
 """
@@ -31,7 +31,7 @@ from compiler.ir import Graph, Module, Node
 from compiler.ir_interpreter import Chosen, Generated, Interpreter, Pending, run_graph
 from compiler.prompt_state import PromptState
 
-__all__ = ["Outcome", "Sym", "SymState", "SymText", "evaluate", "evaluate_module"]
+__all__ = ["Outcome", "Sym", "SymbolicPromptState", "SymbolicText", "evaluate", "evaluate_module"]
 
 
 def _digest(value: Any) -> str:
@@ -45,7 +45,7 @@ def _pick(key: Any, n: int) -> int:
 @dataclass(frozen=True)
 class Sym:
     """An opaque piece of text or value: `kind` says what produced it, `key` identifies it. As text
-    it is one character long; adding text to it makes a `SymText`."""
+    it is one character long; adding text to it makes a `SymbolicText`."""
 
     kind: str
     key: str
@@ -57,18 +57,18 @@ class Sym:
         return 1
 
     def __add__(self, other: Any) -> Any:
-        return SymText.of((self, *_pieces(other)))
+        return SymbolicText.of((self, *_pieces(other)))
 
     def __radd__(self, other: Any) -> Any:
-        return SymText.of((*_pieces(other), self))
+        return SymbolicText.of((*_pieces(other), self))
 
     def endswith(self, suffix: str) -> bool:
         return suffix == ""
 
 
-class SymText:
-    """Text with symbols in it: strings (non-empty, never two adjacent) and `Sym`s. `SymText.of`
-    gives a plain `str` when there is no symbol, so a text is a `str` or a `SymText`."""
+class SymbolicText:
+    """Text with symbols in it: strings (non-empty, never two adjacent) and `Sym`s. `SymbolicText.of`
+    gives a plain `str` when there is no symbol, so a text is a `str` or a `SymbolicText`."""
 
     __slots__ = ("pieces",)
 
@@ -88,16 +88,16 @@ class SymText:
             merged.append(piece)
         if all(isinstance(p, str) for p in merged):
             return "".join(merged)
-        return SymText(tuple(merged))
+        return SymbolicText(tuple(merged))
 
     def __len__(self) -> int:
         return sum(len(p) if isinstance(p, str) else 1 for p in self.pieces)
 
     def __add__(self, other: Any) -> Any:
-        return SymText.of((*self.pieces, *_pieces(other)))
+        return SymbolicText.of((*self.pieces, *_pieces(other)))
 
     def __radd__(self, other: Any) -> Any:
-        return SymText.of((*_pieces(other), *self.pieces))
+        return SymbolicText.of((*_pieces(other), *self.pieces))
 
     def __getitem__(self, key: slice) -> Any:
         start, stop, step = key.indices(len(self))
@@ -110,24 +110,24 @@ class SymText:
             if lo < hi:
                 out.append(piece[lo:hi] if isinstance(piece, str) else piece)
             position += size
-        return SymText.of(out)
+        return SymbolicText.of(out)
 
     def endswith(self, suffix: str) -> bool:
         last = self.pieces[-1]
         return suffix == "" or (isinstance(last, str) and last.endswith(suffix))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, SymText) and other.pieces == self.pieces
+        return isinstance(other, SymbolicText) and other.pieces == self.pieces
 
     def __hash__(self) -> int:
         return hash(self.pieces)
 
     def __repr__(self) -> str:
-        return f"SymText({self.pieces!r})"
+        return f"SymbolicText({self.pieces!r})"
 
 
 def _pieces(text: Any) -> tuple[Any, ...]:
-    if isinstance(text, SymText):
+    if isinstance(text, SymbolicText):
         return text.pieces
     if isinstance(text, (str, Sym)):
         return (text,)
@@ -135,7 +135,7 @@ def _pieces(text: Any) -> tuple[Any, ...]:
 
 
 def _has_sym(value: Any) -> bool:
-    if isinstance(value, (Sym, SymText)):
+    if isinstance(value, (Sym, SymbolicText)):
         return True
     if isinstance(value, (list, tuple)):
         return any(_has_sym(v) for v in value)
@@ -148,7 +148,7 @@ def _as_tuple(text: Any) -> tuple[Any, ...]:
     return () if text == "" else _pieces(text)
 
 
-class SymState(PromptState):
+class SymbolicPromptState(PromptState):
     """A `PromptState` over symbolic text, lenient where a real run fails (see the module docstring)."""
 
     __slots__ = ()
@@ -191,13 +191,13 @@ def _sampling_key(node: Node) -> tuple[tuple[str, Any], ...]:
 class SymbolicDomain:
     """The checker's domain: symbols for what only a model or a host could say (`Domain`)."""
 
-    chat_format = None  # roles are markers (SymState)
+    chat_format = None  # roles are markers (SymbolicPromptState)
 
-    def new_state(self) -> SymState:
-        return SymState()
+    def new_state(self) -> SymbolicPromptState:
+        return SymbolicPromptState()
 
     def text(self, value: Any) -> Any:
-        if isinstance(value, (str, Sym, SymText)):
+        if isinstance(value, (str, Sym, SymbolicText)):
             return value
         if _has_sym(value):
             return Sym("str", _digest(value))
@@ -220,7 +220,7 @@ class SymbolicDomain:
 
     def host(self, node: Node, values: Sequence[Any]) -> Any:
         op = node.op
-        inputs = tuple(v.public() if isinstance(v, SymState) else v for v in values)
+        inputs = tuple(v.public() if isinstance(v, SymbolicPromptState) else v for v in values)
         out = Sym(f"host:{op.func}", _digest(inputs))  # type: ignore[attr-defined]
         return values[0].appended(out) if op.returns == "state" else out  # type: ignore[attr-defined]
 
