@@ -15,10 +15,9 @@ region runs as a child frame, that a failing node fails only its instance, and t
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,11 +28,12 @@ from compiler.ir_interpreter import EnterRegion, Interpreter, Pending
 from compiler.lang_sampling import RunDefaults
 from compiler.prompt_state import PromptState
 from executor.graph_domain import ExecutorDomain, HostJob, ModelRequest
+from executor.graph_frames import Instance, Pin, RunFrame, Sink
 from executor.graph_host import HostPolicy
-from executor.graph_plan import Plan, PlanCache
-from executor.graph_results import BatchResult, GraphExecutionError, InstanceResult, Stats, merge_stats
+from executor.graph_plan import PlanCache
+from executor.graph_results import BatchResult, GraphExecutionError, InstanceResult, merge_stats
 
-__all__ = ["Run", "RunContext", "Sink"]
+__all__ = ["Run", "RunContext"]
 
 _ENGINE_POLL_S = 1.0  # how often a waiting loop checks that the engine thread is alive
 _UNPIN_WAIT_S = 10.0
@@ -56,125 +56,12 @@ class RunContext:
 class _HostDone:
     """A host step that ran on a worker thread has finished (an event for the loop)."""
 
-    frame: _Frame
+    frame: RunFrame
     node: Node
     pending: Pending
     started: float
     value: Any
     error: ProgramError | None
-
-
-class Sink:
-    """Streamed text of one instance: (variable or None, text) chunks, readable many times."""
-
-    def __init__(self) -> None:
-        self.chunks: list[tuple[str | None, str]] = []
-        self.finished = False
-        self.cond = threading.Condition()
-
-    def emit(self, var: str | None, text: str) -> None:
-        if text:
-            with self.cond:
-                self.chunks.append((var, text))
-                self.cond.notify_all()
-
-    def close(self) -> None:
-        with self.cond:
-            self.finished = True
-            self.cond.notify_all()
-
-    def iterate(self, var: str | None) -> Iterator[str]:
-        i = 0
-        while True:
-            with self.cond:
-                while i >= len(self.chunks) and not self.finished:
-                    self.cond.wait()
-                chunks = self.chunks[i:]
-                finished = self.finished
-            i += len(chunks)
-            for name, text in chunks:
-                if var is None or name == var:
-                    yield text
-            if finished and i >= len(self.chunks):
-                return
-
-
-@dataclass(eq=False)
-class _Instance:
-    index: int
-    arguments: Mapping[str, Any]
-    sink: Sink | None = None
-    state: PromptState | None = None
-    error: GraphExecutionError | None = None
-    done: bool = False
-    started: float = 0.0
-    finished: float = 0.0
-    stats: Stats = field(default_factory=dict)
-    pins: list[_Pin] = field(default_factory=list)
-
-    def record(self, node: Node, **values: float) -> None:
-        slot = self.stats.setdefault(node.graph.name, {}).setdefault(node.id, {})
-        for key, value in values.items():
-            slot[key] = slot.get(key, 0) + value
-
-
-class _Pin:
-    """A prefill's pin: taken on the engine thread when the prefill finishes, released once every
-    node in `waiting_for` has completed (or the frame or instance ends)."""
-
-    def __init__(self, reserved: int, waiting_for: set[int]) -> None:
-        self.reserved = reserved  # tokens counted against the run's pin budget
-        self.waiting_for = waiting_for
-        self.engine_pin: Any = None  # the engine's PrefixPin
-        self.released = False
-        self._lock = threading.Lock()
-
-    def take(self, engine: Any, token_ids: list[int]) -> None:
-        with self._lock:
-            if not self.released:
-                self.engine_pin = engine.pin_prefix(token_ids)
-
-    def release(self, engine: Any) -> bool:
-        """Release (once); True the first time."""
-        with self._lock:
-            if self.released:
-                return False
-            self.released = True
-            pin = self.engine_pin
-        if pin is not None:
-            engine.unpin(pin)
-        return True
-
-
-class _Frame:
-    """One activation of a region: the graph body or a taken switch region (an interpreter `Frame`)."""
-
-    def __init__(self, inst: _Instance, graph: Graph, region: Region, plan: Plan, incoming: PromptState,
-                 arguments: Mapping[str, Any], parent: _Frame | None, main: bool,
-                 on_done: Callable[[PromptState], None], path: tuple[str, ...]) -> None:
-        self.inst = inst
-        self.graph = graph
-        self.region = region
-        self.plan = plan
-        self.incoming = incoming
-        self.arguments = arguments
-        self.parent = parent
-        self.main = main
-        self.on_done = on_done
-        self.path = path
-        self.values: dict[int, Any] = {}
-        self.waiting = dict(plan.num_deps)
-        self.remaining = len(plan.nodes)
-        self.output: PromptState | None = None
-        self.pins: list[_Pin] = []
-
-    def lookup(self, node: Node) -> Any:
-        frame: _Frame | None = self
-        while frame is not None:
-            if frame.graph is node.graph and node.id in frame.values:
-                return frame.values[node.id]
-            frame = frame.parent
-        raise AssertionError(f"%{node.id} is used before it was computed")
 
 
 @dataclass(eq=False)
@@ -184,7 +71,7 @@ class _Req:
     call: _Call
     spec: ModelRequest
     stream: bool = False
-    pin: _Pin | None = None
+    pin: Pin | None = None
     handle: Any = None
     streamed: str = ""
     result: dict | None = None
@@ -200,7 +87,7 @@ class _Call:
     """An LLM node in flight: its requests and how to turn their results into the node's value (the
     interpreter's `Pending.finish`)."""
 
-    frame: _Frame
+    frame: RunFrame
     node: Node
     finish: Callable[[list[dict]], Any]
     requests: list[_Req] = field(default_factory=list)
@@ -219,9 +106,9 @@ class Run:
                                                       context.host_policy))
         self.graph = graph
         self.defaults = defaults
-        self.instances = [_Instance(i, a, Sink() if sinks else None) for i, a in enumerate(arguments)]
+        self.instances = [Instance(i, a, Sink() if sinks else None) for i, a in enumerate(arguments)]
         self.progress_bar = progress_bar
-        self.ready: deque[tuple[_Frame, Node]] = deque()
+        self.ready: deque[tuple[RunFrame, Node]] = deque()
         self.to_submit: list[_Req] = []
         self.events: queue.Queue = queue.Queue()
         self.num_in_flight = 0
@@ -277,7 +164,7 @@ class Run:
             merge_stats(total, r.stats)
         return BatchResult(results, total, time.perf_counter() - started)
 
-    def _start_instance(self, inst: _Instance) -> None:
+    def _start_instance(self, inst: Instance) -> None:
         inst.started = time.perf_counter()
         graph = self.graph
         params = {n.op.name for n in graph.args}  # type: ignore[attr-defined]
@@ -426,18 +313,18 @@ class Run:
         self._complete(call.frame, call.node, value, timed=False, streamed=call.requests[0].streamed)
 
     # -- frames -------------------------------------------------------------------------------------
-    def _new_frame(self, inst: _Instance, graph: Graph, region: Region, incoming: PromptState,
-                   arguments: Mapping[str, Any], parent: _Frame | None, main: bool,
-                   on_done: Callable[[PromptState], None], path: tuple[str, ...]) -> _Frame:
-        return _Frame(inst, graph, region, self.context.plans.plan(region), incoming, arguments, parent, main,
+    def _new_frame(self, inst: Instance, graph: Graph, region: Region, incoming: PromptState,
+                   arguments: Mapping[str, Any], parent: RunFrame | None, main: bool,
+                   on_done: Callable[[PromptState], None], path: tuple[str, ...]) -> RunFrame:
+        return RunFrame(inst, graph, region, self.context.plans.plan(region), incoming, arguments, parent, main,
                       on_done, path)
 
-    def _start_frame(self, frame: _Frame) -> None:
+    def _start_frame(self, frame: RunFrame) -> None:
         for node in frame.plan.nodes:
             if frame.waiting[node.id] == 0:
                 self.ready.append((frame, node))
 
-    def _complete(self, frame: _Frame, node: Node, value: Any, timed: bool = True, started: float = 0.0,
+    def _complete(self, frame: RunFrame, node: Node, value: Any, timed: bool = True, started: float = 0.0,
                   streamed: str = "") -> None:
         inst = frame.inst
         if inst.done:
@@ -465,7 +352,7 @@ class Run:
             assert frame.output is not None, "a region without output passed verification"
             frame.on_done(frame.output)
 
-    def _stream_text(self, frame: _Frame, node: Node, value: Any, streamed: str) -> None:
+    def _stream_text(self, frame: RunFrame, node: Node, value: Any, streamed: str) -> None:
         """Emit the text a main-line node added (a streamed gen: what its deltas did not cover)."""
         if node.regions or not node.operands or not isinstance(value, PromptState):
             return  # child frames stream their own text; entries add nothing
@@ -479,22 +366,22 @@ class Run:
         frame.inst.sink.emit(var, new)
 
     # -- failing ------------------------------------------------------------------------------------
-    def _fail_node(self, frame: _Frame, node: Node, message: str) -> None:
+    def _fail_node(self, frame: RunFrame, node: Node, message: str) -> None:
         self._fail(frame.inst, GraphExecutionError(
             message, function=node.graph.name, node_id=node.id, opname=node.op.opname, loc=node.loc,
             path=frame.path, instance=frame.inst.index))
 
-    def _fail(self, inst: _Instance, error: GraphExecutionError) -> None:
+    def _fail(self, inst: Instance, error: GraphExecutionError) -> None:
         if inst.done:
             return
         inst.error = error
         self._end_instance(inst)
 
-    def _finish_instance(self, inst: _Instance, state: PromptState) -> None:
+    def _finish_instance(self, inst: Instance, state: PromptState) -> None:
         inst.state = state
         self._end_instance(inst)
 
-    def _end_instance(self, inst: _Instance) -> None:
+    def _end_instance(self, inst: Instance) -> None:
         inst.done = True
         inst.finished = time.perf_counter()
         self._release_pins(inst.pins)
@@ -523,13 +410,13 @@ class Run:
                                                      opname=entry.op.opname, loc=entry.loc, instance=inst.index))
         self.num_in_flight = 0
 
-    def _release_pins(self, pins: list[_Pin]) -> None:
+    def _release_pins(self, pins: list[Pin]) -> None:
         for pin in pins:
             if pin.release(self.engine):
                 self.pinned_tokens -= pin.reserved
 
     # -- nodes ----------------------------------------------------------------------------------------
-    def _execute(self, frame: _Frame, node: Node) -> None:
+    def _execute(self, frame: RunFrame, node: Node) -> None:
         """Evaluate a ready node with the interpreter; then complete it, enter its region, or wait."""
         started = time.perf_counter()
         try:
@@ -545,7 +432,7 @@ class Run:
         except Exception as exc:  # an unexpected error still fails only this instance, loudly
             self._fail_node(frame, node, _describe(exc))
 
-    def _enter(self, frame: _Frame, node: Node, enter: EnterRegion, started: float) -> None:
+    def _enter(self, frame: RunFrame, node: Node, enter: EnterRegion, started: float) -> None:
         """A switch took a region: run it as a child frame; its output completes the switch."""
         region = enter.region
         main = frame.main and node.id in frame.plan.main_line
@@ -560,7 +447,7 @@ class Run:
                                 (where, *frame.path))
         self._start_frame(child)
 
-    def _wait_for(self, frame: _Frame, node: Node, pending: Pending, started: float) -> None:
+    def _wait_for(self, frame: RunFrame, node: Node, pending: Pending, started: float) -> None:
         """The node waits for outside work: a host job on a worker thread, or engine requests that
         are queued with every other instance's and submitted together."""
         first = pending.requests[0]
@@ -577,16 +464,16 @@ class Run:
         call.pending = len(call.requests)
         self.to_submit.extend(call.requests)
 
-    def _pin_for_consumers(self, frame: _Frame, node: Node, req: _Req) -> None:
+    def _pin_for_consumers(self, frame: RunFrame, node: Node, req: _Req) -> None:
         """Pin a prefill's prompt until the nodes that extend its state are admitted (within budget)."""
         consumers = self.context.plans.pin_consumers(node)
         if consumers and self.pinned_tokens + len(req.prompt) <= self.pin_limit:
-            req.pin = _Pin(len(req.prompt), set(consumers))
+            req.pin = Pin(len(req.prompt), set(consumers))
             self.pinned_tokens += len(req.prompt)
             frame.pins.append(req.pin)
             frame.inst.pins.append(req.pin)
 
-    def _host_async(self, frame: _Frame, node: Node, pending: Pending, job: HostJob, started: float) -> None:
+    def _host_async(self, frame: RunFrame, node: Node, pending: Pending, job: HostJob, started: float) -> None:
         """Run a host job on a worker thread; its result completes `node` through the event queue."""
         if self.pool is None:
             self.pool = ThreadPoolExecutor(max_workers=_HOST_WORKERS, thread_name_prefix="sgc-host")
