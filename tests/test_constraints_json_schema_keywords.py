@@ -331,6 +331,18 @@ def test_unreachable_upper_bounds_do_not_bind() -> None:
         dfa_of({"type": "string", "maxLength": 2**30 - 1})  # still a bound: too large to unroll
 
 
+def test_bounded_numbers_take_the_exponent_forms_that_stay_in_range() -> None:
+    # Python writes large and small floats with an exponent; a bounded number took none before.
+    check({"type": "number", "minimum": 0}, [1.710460441284528e308, 2.5e-300, 0, 3.5], [-1.0, -2e5])
+    check({"type": "number", "minimum": 0, "maximum": 100}, [1.192092896e-07, 99.5, 0], [1e5, -1e-07, 100.5])
+    check({"type": "number", "maximum": 0}, [-1.7e308, -2e-09], [1e-07, 5.0])
+    check({"type": "number", "minimum": -5, "maximum": 0}, [-1e-05, 0], [2e-05, -6.0])
+    dfa = dfa_of({"type": "number", "exclusiveMinimum": 0})  # 1e-999 parses to 0.0: no exponents
+    assert not dfa.accepts(b"1e-999") and dfa.accepts(b"0.5")
+    dfa = dfa_of({"type": "number", "minimum": 0, "exclusiveMaximum": 1})  # 9.99...e-1 could round to 1
+    assert not dfa.accepts(b"9.9999999999999999e-1")
+
+
 def test_property_names() -> None:
     map_ = {"type": "object", "propertyNames": {"pattern": "^[a-c]+$", "maxLength": 2}, "maxProperties": 2}
     check(map_, [{}, {"ab": 1}, {"c": [], "a": None}], [{"abc": 1}, {"d": 1}])

@@ -43,7 +43,7 @@ from .dfa_ops import literal_set_dfa
 from .errors import ConstraintError, join_pointer
 from .formats import FORMATS
 from .limits import check_pattern_chars, check_positions, check_states, max_nesting, over
-from .number_ranges import INTEGER, NUMBER, decimal_range, int_range
+from .number_ranges import INTEGER, NUMBER, decimal_range, exponent_forms, int_range
 from .regex_ast import (
     EMPTY,
     EPSILON,
@@ -1101,8 +1101,9 @@ class SchemaCompiler:
         # Integer texts parse exactly; texts with a fraction parse to the nearest float, so an
         # exclusive bound b holds for them when the decimal is beyond the midpoint between b and
         # its neighbouring float (an inclusive one: at least b, as rounding is monotone).
-        return decimal_range(
-            lower, upper, _float_safe_bound(lower, up=True), _float_safe_bound(upper, up=False)
+        return alt(
+            decimal_range(lower, upper, _float_safe_bound(lower, up=True), _float_safe_bound(upper, up=False)),
+            exponent_forms(lower, upper),
         )
 
     # -- strings ----------------------------------------------------------------------------

@@ -6,7 +6,8 @@ digit, recursively (the classic construction). Numbers are written canonically (
 
 `number_range` handles decimals between integer-valued bounds: a value is an integer part and a
 fraction, and only the bounds' own integer parts need a condition on the fraction (zero or non-zero).
-Bounded decimals are written without an exponent.
+Bounded decimals are written without an exponent, except where every exponent form of one sign is
+in range (`exponent_forms`: `minimum: 0` takes `1.5e+300`, `[0, 100]` takes `1.2e-07`).
 
 `decimal_range` takes any bounds (fractions too): the integer part decides unless it equals a bound's,
 and then the fraction's digits are compared with the bound's, digit by digit (at most
@@ -298,3 +299,46 @@ def decimal_range(
             )
         )
     return alt(*parts)
+
+
+def _exponent_digits_not_zero() -> Node:
+    """1 to MAX_EXP_DIGITS digits, not all zero (`07` as Python writes `1e-07`)."""
+    return alt(
+        *(
+            concat(repeat(literal("0"), z, z), NONZERO_DIGIT, repeat(DIGIT, 0, MAX_EXP_DIGITS - 1 - z))
+            for z in range(MAX_EXP_DIGITS)
+        )
+    )
+
+
+def exponent_forms(lower: Bound | None, upper: Bound | None) -> Node:
+    """Numbers with an exponent that lie in the range whatever their digits, for the bounds real
+    schemas write (`minimum: 0`, `[0, 100]`): the range holds all of [0, inf) or all of [0, 1)
+    (and their negatives). Every other exponent form is left out (the range is then written
+    without exponent by `decimal_range`). A bound is (value, strict) or None.
+
+    Overflow and underflow are harmless here: 1e999 parses to inf, which is in a range with no
+    upper bound; 1e-999 parses to 0.0, which these ranges hold."""
+
+    def holds_zero_from_below() -> bool:
+        return lower is None or lower[0] < 0 or (lower[0] == 0 and not lower[1])
+
+    def holds_zero_from_above() -> bool:
+        return upper is None or upper[0] > 0 or (upper[0] == 0 and not upper[1])
+
+    any_exponent = concat(chars(CharSet.of("eE")), optional(chars(CharSet.of("+-"))), repeat(DIGIT, 1, MAX_EXP_DIGITS))
+    negative_exponent = concat(chars(CharSet.of("eE")), literal("-"), _exponent_digits_not_zero())
+    large = concat(UNSIGNED_INT, FRAC_ANY, any_exponent)  # any magnitude
+    small = concat(DIGIT, FRAC_ANY, negative_exponent)  # below 1: one digit, then e-1 or less
+    forms: list[Node] = []
+    if holds_zero_from_below():
+        if upper is None:
+            forms.append(large)
+        elif upper[0] > 1 or (upper[0] == 1 and not upper[1]):
+            forms.append(small)
+    if holds_zero_from_above():
+        if lower is None:
+            forms.append(concat(literal("-"), large))
+        elif lower[0] < -1 or (lower[0] == -1 and not lower[1]):
+            forms.append(concat(literal("-"), small))
+    return alt(*forms) if forms else EMPTY
