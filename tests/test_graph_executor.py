@@ -12,8 +12,7 @@ import pytest
 from compiler.ir import Join
 from compiler.ir_interpreter import Interpreter
 from compiler.lang_sampling import DTYPE_REGEXES
-from compiler.lang_select import decide, prompt_ids
-from compiler.lang_select import score_requests as select_requests
+from compiler.lang_select import decide, prompt_ids, score_requests
 from compiler.parser.ir_reader import parse_module
 from compiler.prompt_state import PromptState, StateError
 from executor.engine import Engine
@@ -325,9 +324,9 @@ func @main {{
     assert (a.text, a["w"]) == (b.text, b["w"])
 
 
-def test_select_requests_and_decision_on_known_numbers(engine):
+def test_score_requests_and_decision_on_known_numbers(engine):
     tok = engine.tokenizer
-    requests, conts = select_requests(tok, "Answer:", [" yes", " absolutely not"],
+    requests, conts = score_requests(tok, "Answer:", [" yes", " absolutely not"],
                                       "unconditional_likelihood_normalized")
     prompt = tok.encode("Answer:")
     assert requests[0].prompt == prompt and conts[0] == tok.encode("Answer: yes")[len(prompt):]
@@ -340,7 +339,7 @@ def test_select_requests_and_decision_on_known_numbers(engine):
     assert decide("greedy_token_selection", conts, [[[-1.0], [-1.0, -2.0]]])[0] == 0  # pads with its mean
     assert decide("greedy_token_selection", conts, [[[-1.0], [-1.0, -0.5]]])[0] == 1
     with pytest.raises(ValueError, match="non-empty prompt"):
-        select_requests(tok, "", [" yes"], "token_length_normalized")
+        score_requests(tok, "", [" yes"], "token_length_normalized")
 
 
 # -- switch ------------------------------------------------------------------------------------------
