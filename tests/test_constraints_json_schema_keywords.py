@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compiler.constraints import ConstraintError
-from compiler.constraints.automaton import DFA, byte_dfa
+from compiler.constraints.automaton import DFA
+from compiler.constraints.dfa_ops import byte_dfa
 from compiler.constraints.json_schema import SchemaOptions, json_schema_to_node
 
 

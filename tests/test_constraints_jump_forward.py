@@ -74,7 +74,7 @@ def _accepts_from(dfa: DFA, state: int, data: bytes) -> bool:
     "name", ["person", "tree", "enum_const", "formats", "one_of_discriminated", "unicode_keys"]
 )
 def test_jump_forward_never_changes_the_language(name: str) -> None:
-    from compiler.constraints.automaton import byte_dfa
+    from compiler.constraints.dfa_ops import byte_dfa
 
     dfa = byte_dfa(json_schema_to_node(SCHEMAS[name]), minimized=False)
     assert _check_language_unchanged(dfa, seed=len(name)) > 0

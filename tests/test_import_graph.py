@@ -20,12 +20,7 @@ PACKAGES = ("compiler", "executor", "models", "sgc", "sglang")
 
 # Strongly connected groups of modules that are known and being removed by their owners in parallel
 # work (issue 14). Each entry must still be a circle: when one is gone, delete it here.
-KNOWN_CIRCLES_BEING_FIXED: dict[frozenset[str], str] = {
-    # The constraints engineer's: the regex syntax tree builds automata and the automaton module
-    # (with the numpy table builders) reads syntax trees back.
-    frozenset({"compiler.constraints.automaton", "compiler.constraints.regex_ast",
-               "compiler.constraints.dfa_ops"}): "constraints (issue 14)",
-}
+KNOWN_CIRCLES_BEING_FIXED: dict[frozenset[str], str] = {}
 
 
 def project_modules() -> dict[str, Path]:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .automaton import DEFAULT_MAX_STATES, DFA, byte_dfa
+from .automaton import DEFAULT_MAX_STATES, DFA
+from .dfa_ops import byte_dfa
 from .errors import ConstraintError
 from .json_schema import (
     COMPACT,

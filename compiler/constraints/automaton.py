@@ -20,70 +20,17 @@ shares both ends, and loops live on private states.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from .charset import CharSet, utf8_sequences
+from .dfa import DFA
 from .errors import ConstraintError
-from .limits import check_positions, check_states, check_time
-from .regex_ast import Alt, Automaton, Chars, Concat, Empty, Epsilon, Node, Repeat, size
+from .limits import check_states, check_time
+from .regex_ast import Alt, Automaton, Chars, Concat, Empty, Epsilon, Node, Repeat
 
 # None: the `constraint_states` budget (compiler.budgets). Kept as a name for callers that pass it.
 DEFAULT_MAX_STATES: int | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class DFA:
-    """A trimmed deterministic automaton: plain arrays.
-
-    `transitions[state, class]` is the next state or -1 (dead); `symbol_class[symbol]` is the class of
-    a symbol (a byte for byte-level automata). Every state can reach an accepting state, so "not
-    dead" means "is a prefix of some accepted string".
-    """
-
-    initial: int
-    accepting: np.ndarray  # bool[num_states]
-    transitions: np.ndarray  # int32[num_states, num_classes]
-    symbol_class: np.ndarray  # int32[num_symbols]
-    # Hints (never trusted, always verified by their users): blocks `(start, width, count)` of
-    # `count` consecutive copies of `width` states, copy k+1 behaving like copy k shifted by `width`
-    # (counted repetitions). `token_index.token_row_classes` uses them to skip the long middle.
-    periods: tuple[tuple[int, int, int], ...] = ()
-
-    @property
-    def num_states(self) -> int:
-        return int(self.transitions.shape[0])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.transitions.shape[1])
-
-    def is_empty(self) -> bool:
-        return self.num_states == 0
-
-    def walk(self, symbols: bytes | list[int], state: int | None = None) -> int:
-        """The state after reading `symbols` (-1 once dead)."""
-        s = self.initial if state is None else state
-        if s < 0:
-            return -1
-        t, sc = self.transitions, self.symbol_class
-        for b in symbols:
-            s = int(t[s, sc[b]])
-            if s < 0:
-                return -1
-        return s
-
-    def accepts(self, symbols: bytes | list[int]) -> bool:
-        s = self.walk(symbols)
-        return s >= 0 and bool(self.accepting[s])
-
-    def class_masks(self) -> list[int]:
-        """Per class, the int bitmask of its symbols."""
-        masks = [0] * self.num_classes
-        for sym, c in enumerate(self.symbol_class.tolist()):
-            masks[c] |= 1 << sym
-        return masks
 
 
 class NFA:
@@ -611,25 +558,6 @@ def _product(a: DFA, b: DFA, max_states: int | None, union: bool) -> DFA:
 
 
 MINIMIZE_AUTO_LIMIT = 400
-
-
-def byte_dfa(node: Node, max_states: int | None = DEFAULT_MAX_STATES, minimized: bool | None = None) -> DFA:
-    """Compile a syntax tree to a byte-level (UTF-8) DFA.
-
-    `minimized` None: minimize when the subset construction gave at most `MINIMIZE_AUTO_LIMIT`
-    states. Our Hopcroft is pure Python; the automata sgc builds from syntax trees are close to
-    minimal already, so large ones skip it (a few redundant states cost less than minimizing).
-    Trees with large counted repetitions, long literal sets or large spliced automata are written
-    down directly (`dfa_ops`), never unrolled into an NFA. `max_states` None: the
-    `constraint_states` budget.
-    """
-    from .dfa_ops import SMALL_POSITIONS, large_byte_dfa, small_byte_dfa
-
-    positions = size(node)
-    check_positions(positions)
-    if positions > SMALL_POSITIONS:
-        return large_byte_dfa(node, max_states)
-    return small_byte_dfa(node, max_states, minimized)
 
 
 def ascii_dfa_to_regex(dfa: DFA, max_chars: int = 200_000) -> str:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .automaton import (
+    DEFAULT_MAX_STATES,
     DFA,
     MINIMIZE_AUTO_LIMIT,
     NFA,
@@ -40,7 +41,7 @@ from .automaton import (
     union,
     utf8_leaf,
 )
-from .limits import check_memory, check_states, check_time
+from .limits import check_memory, check_positions, check_states, check_time
 from .regex_ast import Alt, Automaton, Chars, Concat, Node, Repeat, concat, size
 
 
@@ -459,3 +460,20 @@ def small_byte_dfa(node: Node, max_states: int | None = None, minimized: bool | 
     if minimized is None:
         minimized = dfa.num_states <= MINIMIZE_AUTO_LIMIT
     return minimize(dfa) if minimized else compact_classes(dfa)
+
+
+def byte_dfa(node: Node, max_states: int | None = DEFAULT_MAX_STATES, minimized: bool | None = None) -> DFA:
+    """Compile a syntax tree to a byte-level (UTF-8) DFA.
+
+    `minimized` None: minimize when the subset construction gave at most `MINIMIZE_AUTO_LIMIT`
+    states. Our Hopcroft is pure Python; the automata sgc builds from syntax trees are close to
+    minimal already, so large ones skip it (a few redundant states cost less than minimizing).
+    Trees with large counted repetitions, long literal sets or large spliced automata are written
+    down directly (`dfa_ops`), never unrolled into an NFA. `max_states` None: the
+    `constraint_states` budget.
+    """
+    positions = size(node)
+    check_positions(positions)
+    if positions > SMALL_POSITIONS:
+        return large_byte_dfa(node, max_states)
+    return small_byte_dfa(node, max_states, minimized)

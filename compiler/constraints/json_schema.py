@@ -32,14 +32,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote
 
-from .automaton import DEFAULT_MAX_STATES, DFA, ascii_dfa_to_regex, byte_dfa, intersect, trim
+from .automaton import DEFAULT_MAX_STATES, DFA, ascii_dfa_to_regex, intersect, trim
 from .charset import CharSet
-from .dfa_ops import literal_set_dfa
+from .dfa_ops import byte_dfa, literal_set_dfa
 from .errors import ConstraintError, join_pointer
 from .formats import FORMATS
 from .limits import check_pattern_chars, check_positions, check_states, max_nesting, over

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .charset import CharSet
 
 if TYPE_CHECKING:
-    from .automaton import DFA
+    from .dfa import DFA
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .automaton import DEFAULT_MAX_STATES, DFA, NFA, build_nfa, byte_dfa, determinize, minimize
+from .automaton import DEFAULT_MAX_STATES, DFA, NFA, build_nfa, determinize, minimize
 from .charset import MAX_CODE_POINT, CharSet
+from .dfa_ops import byte_dfa
 from .errors import ConstraintError
 from .limits import check_positions, describe_regex
 from .regex_ast import Alt, Automaton, Chars, Concat, Node, Repeat, size
