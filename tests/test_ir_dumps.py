@@ -54,7 +54,7 @@ def test_dot_escapes_and_modules() -> None:
         if "[label=" in line and "->" not in line:
             assert NODE_LINE.match(line), line
     assert "\n </script>" not in text  # the raw newline never reaches DOT
-    module_text = to_dot(load("calls"), {"main": {2: {"time_s": 1.5}}})
+    module_text = to_dot(load("host_steps"), {"main": {2: {"time_s": 1.5}}})
     assert "subgraph cluster_g0_func" in module_text and 'label="@main"' in module_text
     assert "g1_n2 [label=" in module_text and "time_s: 1.5" in module_text
 
@@ -136,7 +136,7 @@ def test_html_escapes_hostile_text() -> None:
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
 def test_html_script_is_valid_javascript(tmp_path: Path) -> None:
-    page = to_html(load("calls"))
+    page = to_html(load("host_steps"))
     script = re.findall(r"<script>(.*?)</script>", page, re.S)[0]
     (tmp_path / "page.js").write_text(script, encoding="utf-8")
     done = subprocess.run(["node", "--check", str(tmp_path / "page.js")], capture_output=True, text=True,
