@@ -31,8 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from compiler.lang_sampling import RunDefaults, logprob_options, sampling_params
-from executor import runtime_client as client
-from executor.runtime_client import LogprobOptions, SamplingParams
+from executor.runtime_client import GenerateRequest, LogprobOptions, SamplingParams
 
 __all__ = ["GenRequest", "gen_request", "make_run_defaults"]
 
@@ -59,10 +58,10 @@ class GenRequest:
     constraint: Any  # a precompiled TokenFSM, or None
 
     def for_prompt(self, input_ids: Sequence[int], *, stream: bool = False, prefix_group: str | None = None,
-                   follow_up: bool = False) -> client.GenerateRequest:
+                   follow_up: bool = False) -> GenerateRequest:
         """The request to send for the state whose text tokenizes to `input_ids`."""
-        return client.GenerateRequest(input_ids, self.params, self.options, self.constraint, stream=stream,
-                                      prefix_group=prefix_group, follow_up=follow_up)
+        return GenerateRequest(input_ids, self.params, self.options, self.constraint, stream=stream,
+                               prefix_group=prefix_group, follow_up=follow_up)
 
 
 def gen_request(attributes: Mapping[str, Any], defaults: RunDefaults, chat_format: Any, open_role: str | None,

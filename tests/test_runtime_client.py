@@ -241,3 +241,40 @@ def test_pins_flush_and_shutdown(tiny_model_dirs):
     assert not engine.is_alive()
     with pytest.raises(EngineError, match="shut down"):
         engine.send(GenerateRequest(ids, GREEDY))
+
+
+def test_the_interface_is_plain_data_without_torch():
+    """A remote client (HTTP, Ray) must be able to import the interface without the runtime."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, executor.runtime_client\n"
+            "interface = {'executor', 'executor.runtime_client', 'executor.sampling_params'}\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')\n"
+            "             or (m.startswith('executor') and m not in interface)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_program_executor_imports_only_the_client_interface_of_the_runtime():
+    """graph_* modules (the program executor) reach the runtime only through executor.runtime_client."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "executor"
+    allowed = {"executor.runtime_client"}
+    for path in sorted(root.glob("graph_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "executor":
+                names = [f"executor.{a.name}" for a in node.names]  # from executor import module
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                names = []
+            for name in names:
+                if name == "executor" or name.startswith("executor."):
+                    assert name.startswith("executor.graph_") or name in allowed, f"{path.name} imports {name}"
