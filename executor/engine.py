@@ -222,13 +222,13 @@ class Engine:
         other requests: unpin as soon as possible.
         """
         pin = PrefixPin([int(t) for t in token_ids])
-        self._loop.run_task(lambda: pin._apply(self.kv_manager))
+        self._loop.run_task(lambda: pin._apply(self._current_kv()))
         return pin
 
     def unpin(self, pin: PrefixPin) -> None:
         """Release a `pin_prefix` lock (idempotent; safe after a runtime rebuild). Like `pin_prefix`
         it may take effect later, in order with requests; `pin.released` is set when it has."""
-        self._loop.run_task(lambda: pin._release(self.kv_manager))
+        self._loop.run_task(lambda: pin._release(self._current_kv()))
 
     def stats(self) -> dict:
         """Counters for benchmarks and debugging (not synchronized with a running step)."""
@@ -241,7 +241,9 @@ class Engine:
 
         def flush() -> None:
             try:
-                self.kv_manager.flush()
+                kv = self._current_kv()
+                if kv is not None:
+                    kv.flush()
             finally:
                 done.set()
 
@@ -309,6 +311,11 @@ class Engine:
             pass
 
     # -- helpers ----------------------------------------------------------------------------------
+    def _current_kv(self) -> KVManager | None:
+        """The runtime's KV manager now (None while a failed rebuild left no runtime)."""
+        parts = self._loop.parts
+        return parts.kv if parts is not None else None
+
     def _prepare(self, request: ClientRequest, listener: Listener | None = None) -> RequestHandle:
         """A checked request's handle, its listener registered, not queued yet."""
         req: Request

@@ -184,16 +184,16 @@ class PrefixPin:
         self._released = False
 
     # Both run on the engine thread (or after it stopped), with the runtime's current KV manager.
-    def _apply(self, kv: KVManager) -> None:
-        if not self._released:
+    def _apply(self, kv: KVManager | None) -> None:
+        if not self._released and kv is not None:
             self._kv = kv
             self._lock, self.num_tokens = kv.lock_prefix(self.token_ids)
         self.applied.set()
 
-    def _release(self, kv: KVManager) -> None:
+    def _release(self, kv: KVManager | None) -> None:
         self._released = True
         # After a failed step the runtime (and its cache) is rebuilt: the old lock went with it.
-        if self._lock is not None and self._kv is kv:
+        if self._lock is not None and kv is not None and self._kv is kv:
             kv.unlock_prefix(self._lock)
         self._kv = self._lock = None
         self.released.set()
