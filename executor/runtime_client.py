@@ -31,7 +31,8 @@ or one whose wait already timed out is harmless.
 also a TypeError) from `send`, naming the request id, the parameter and its value; nothing is
 queued. A request that fails inside the runtime makes its handle's `result()` raise `EngineError`
 naming it and the cause. An aborted request (`handle.abort()`) finishes with
-`finish_reason == {"type": "abort", ...}` and the output so far: `result()` returns it.
+`finish_reason == {"type": "abort", ...}` and the output so far: `result()` returns it (an aborted
+score request has no logprobs).
 """
 
 from __future__ import annotations
