@@ -32,6 +32,7 @@ from executor.graph_frames import Instance, Pin, RunFrame, Sink
 from executor.graph_host import HostPolicy
 from executor.graph_plan import PlanCache
 from executor.graph_results import BatchResult, GraphExecutionError, InstanceResult, merge_stats
+from executor.runtime_client import ClientRequest, GenerateRequest, RequestHandle, RuntimeClient, ScoreRequest
 
 __all__ = ["Run", "RunContext"]
 
@@ -44,7 +45,7 @@ _HOST_WORKERS = 8  # threads for host steps that run whole functions eagerly
 class RunContext:
     """What a run needs from its `GraphExecutor` (handed down, so this module does not import it)."""
 
-    engine: Any
+    engine: RuntimeClient
     plans: PlanCache
     host_policy: HostPolicy
     fsms: Mapping[str, Any] | None
@@ -81,6 +82,15 @@ class _Req:
     def prompt(self) -> list[int]:
         return self.spec.prompt
 
+    def client_request(self) -> ClientRequest:
+        """What to send. Every request is a follow_up one: its result may make nodes ready, and the
+        runtime's next step waits for the group that answers it (see `Run._submit`)."""
+        spec = self.spec
+        if spec.params is None:
+            return ScoreRequest(spec.prompt, spec.continuations, follow_up=True)
+        return GenerateRequest(spec.prompt, spec.params, spec.options, spec.constraint, stream=self.stream,
+                               prefix_group=spec.prefix_group, follow_up=True)
+
 
 @dataclass(eq=False)
 class _Call:
@@ -115,12 +125,12 @@ class Run:
         self.num_unfinished = len(self.instances)
         self.pinned_tokens = 0
         # Submit depth-first over shared prefixes unless the engine was asked for arrival order.
-        self.cache_aware_order = context.engine.config.schedule_policy != "fcfs"
-        # Every finished request held the engine's next step (see `_listener`); the holds of the
-        # results this loop has handled are released once their follow-ups are submitted.
-        self.holds_to_release = 0
-        slots = getattr(context.engine, "num_kv_slots", 0) or 0
-        self.pin_limit = int(slots * context.pin_budget)
+        info = context.engine.info()
+        self.cache_aware_order = info.cache_aware
+        # Finished requests whose results this loop has handled: the next group answers them (the
+        # runtime's next step waits for that, so their follow-ups join it).
+        self.handled: list[RequestHandle] = []
+        self.pin_limit = int(info.num_kv_slots * context.pin_budget)
         self.bar: Any = None
         self.pool: ThreadPoolExecutor | None = None
 
@@ -137,7 +147,6 @@ class Run:
             while self.num_unfinished:
                 self._drain_ready()
                 self._submit()
-                self._release_held_steps()
                 if not self.num_unfinished:
                     break
                 if not self.num_in_flight and not self.ready:
@@ -145,7 +154,7 @@ class Run:
                     continue
                 self._wait_for_events()
         finally:
-            self._release_unhandled_holds()
+            self._answer_unhandled()
             for inst in self.instances:
                 self._release_pins(inst.pins)
                 # Unpins take effect on the engine thread; wait, so the run leaves the cache as it
@@ -187,28 +196,24 @@ class Run:
                 self._execute(frame, node)
 
     def _submit(self) -> None:
-        if not self.to_submit:
+        """Send the ready requests as one group, answering the results handled so far."""
+        if not self.to_submit and not self.handled:
             return
         batch, self.to_submit = self.to_submit, []
+        answered, self.handled = self.handled, []
         if self.cache_aware_order:
             batch.sort(key=lambda r: r.prompt)  # depth-first over shared prefixes
-        for req in batch:
-            inst = req.call.frame.inst
-            if inst.done:
-                continue
-            listener = self._listener(req)
-            self.num_in_flight += 1
-            spec = req.spec
-            try:
-                if spec.params is None:
-                    req.handle = self.engine.submit_score(spec.prompt, spec.continuations, listener=listener)
-                else:
-                    req.handle = self.engine.submit(spec.prompt, spec.params, spec.options, stream=req.stream,
-                                                    constraint=spec.constraint, listener=listener,
-                                                    prefix_group=spec.prefix_group)
-            except Exception as exc:
-                self.num_in_flight -= 1
-                self._fail_node(req.call.frame, req.call.node, f"the engine rejected the request: {exc}")
+        with self.engine.group(after=answered) as group:
+            for req in batch:
+                inst = req.call.frame.inst
+                if inst.done:
+                    continue
+                self.num_in_flight += 1
+                try:
+                    req.handle = group.send(req.client_request(), self._listener(req))
+                except Exception as exc:
+                    self.num_in_flight -= 1
+                    self._fail_node(req.call.frame, req.call.node, f"the engine rejected the request: {exc}")
 
     def _listener(self, req: _Req) -> Callable[[str, bool], None]:
         events = self.events
@@ -221,28 +226,24 @@ class Run:
                 req.pin.take(engine, req.prompt)
                 pinned = req.pin.engine_pin
                 req.num_pinned = pinned.num_tokens if pinned is not None else 0
-            if finished:  # the next pass waits for the nodes this result makes ready
-                engine.hold_next_step()
             events.put((req, delta, finished))
 
         return listen
 
-    def _release_held_steps(self) -> None:
-        """Let the engine step again: the follow-ups of the results handled so far are submitted."""
-        if self.holds_to_release:
-            self.engine.release_step(self.holds_to_release)
-            self.holds_to_release = 0
-
-    def _release_unhandled_holds(self) -> None:
-        """At the end of the run: the holds of finished requests whose events were never handled."""
+    def _answer_unhandled(self) -> None:
+        """At the end of the run: answer every finished request, handled or not, so the runtime
+        does not wait for follow-ups that will never come."""
         while True:
             try:
                 item = self.events.get_nowait()
             except queue.Empty:
                 break
-            if not isinstance(item, _HostDone) and item[2]:
-                self.holds_to_release += 1
-        self._release_held_steps()
+            if not isinstance(item, _HostDone) and item[2] and item[0].handle is not None:
+                self.handled.append(item[0].handle)
+        if self.handled:
+            answered, self.handled = self.handled, []
+            with self.engine.group(after=answered):
+                pass
 
     def _wait_for_events(self) -> None:
         while True:
@@ -250,8 +251,7 @@ class Run:
                 item = self.events.get(timeout=_ENGINE_POLL_S)
                 break
             except queue.Empty:
-                thread = getattr(self.engine, "_thread", None)
-                if thread is not None and not thread.is_alive():
+                if not self.engine.is_alive():
                     self._fail_everything("the engine thread stopped (was the engine shut down?)")
                     return
         items = [item]
@@ -266,8 +266,8 @@ class Run:
             else:
                 req, delta, finished = item
                 self._on_event(req, delta, finished)
-                if finished:  # its listener held the engine's next step
-                    self.holds_to_release += 1
+                if finished and req.handle is not None:  # the next group answers it
+                    self.handled.append(req.handle)
 
     def _on_event(self, req: _Req, delta: str, finished: bool) -> None:
         inst = req.call.frame.inst

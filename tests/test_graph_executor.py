@@ -614,13 +614,20 @@ def test_per_node_stats(engine):
 
 def test_sampling_params_reach_the_engine(engine, monkeypatch):
     seen: list[SamplingParams] = []
-    original = engine.submit
+    original = engine.group
 
-    def spy(ids, params, *args, **kwargs):
-        seen.append(params)
-        return original(ids, params, *args, **kwargs)
+    def spy_group(*args, **kwargs):
+        group = original(*args, **kwargs)
+        send = group.send
 
-    monkeypatch.setattr(engine, "submit", spy)
+        def spy_send(request, *a, **k):
+            seen.append(request.params)
+            return send(request, *a, **k)
+
+        group.send = spy_send
+        return group
+
+    monkeypatch.setattr(engine, "group", spy_group)
     program = """
 func @main {
   %0 = state_new
