@@ -247,8 +247,17 @@ class Interpreter:
     def var_scope_end(self, frame: Frame, node: Node, state: Any) -> Any:
         """Bind `name` to the text appended since the matching `var_scope_begin` on this state's history."""
         name = node.op.name  # type: ignore[attr-defined]
-        begin = next((n for n in _state_history(node.operands[0])
-                      if isinstance(n.op, ir.VarScopeBegin) and n.op.name == name), None)
+        # Scopes of one name nest like brackets: an inner end on the way back skips its begin
+        # (a pass that inlines a switch region must not make the outer end find the inner begin).
+        begin, inner = None, 0
+        for n in _state_history(node.operands[0]):
+            if isinstance(n.op, ir.VarScopeEnd) and n.op.name == name:
+                inner += 1
+            elif isinstance(n.op, ir.VarScopeBegin) and n.op.name == name:
+                if inner == 0:
+                    begin = n
+                    break
+                inner -= 1
         if begin is None:
             raise ProgramError(f"var_scope_end {name!r} has no matching var_scope_begin on its state")
         return state.with_var(name, state.text[len(frame.lookup(begin).text):])

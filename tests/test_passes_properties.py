@@ -249,3 +249,33 @@ def test_each_pass_keeps_meaning_and_is_idempotent(module: Module) -> None:
         assert not PassManager.from_names([name], verify=True).run(once), \
             f"{name} is not idempotent:\n{text}\n=>\n{print_module(once)}"
         assert print_module(once) == text
+
+
+def test_inlining_a_switch_keeps_same_name_scopes_nested() -> None:
+    # Found by the property above: folding the constant switch inlines its default region, and the
+    # outer `var_scope_end` must then skip the inner scope of the same name (brackets, not nearest).
+    text = """func @main {
+  %0 = state_new
+  %1 = var_scope_begin %0 name="v"
+  %2 = const value=false
+  %3 = switch %1, %2 {
+    case true {
+      %4 = state_in
+      %5 = output %4
+    }
+    default {
+      %6 = state_in
+      %7 = role_begin %6 role="system"
+      %8 = var_scope_begin %7 name="v"
+      %9 = var_scope_end %8 name="v"
+      %10 = role_end %9 role="system"
+      %11 = output %10
+    }
+  }
+  %12 = var_scope_end %3 name="v"
+  %13 = output %12
+}
+"""
+    module = parse_module(text)
+    module.verify()
+    _check(module, PassManager(verify=True))
