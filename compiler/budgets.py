@@ -56,6 +56,8 @@ BUDGETS: dict[str, Budget] = {b.name: b for b in (
     Budget("constraint_positions", 4_000_000, "positions", "character positions a regex or schema unrolls to"),
     Budget("constraint_memory_bytes", 512 * _MIB, "bytes", "token-table memory of one compiled constraint"),
     Budget("constraint_nesting", 64, "levels", "nesting depth of a JSON schema or regex group"),
+    Budget("constraint_unique_paths", 256, "paths",
+           "instance paths of one JSON schema whose arrays have their uniqueItems checked while decoding"),
     Budget("pattern_chars", 8_000_000, "characters", "length of a regex or serialized JSON schema"),
     # chat templates (they come with model folders)
     Budget("template_seconds", 2.0, "seconds", "time to render a chat template once"),
