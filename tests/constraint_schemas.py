@@ -217,7 +217,7 @@ UNSUPPORTED: list[tuple[dict, str]] = [
     ({"type": "object", "propertyNames": {"maxLength": 3}, "minProperties": 2}, "/minProperties"),
     ({"type": "object", "dependentSchemas": {"a": {"properties": {"b": {}}}}}, "/dependentSchemas/a"),
     ({"type": "array", "contains": {"type": "integer"}, "maxContains": 1}, "/maxContains"),
-    ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "/uniqueItems"),
+    ({"not": {"type": "array", "uniqueItems": True}}, "/not/uniqueItems"),
     ({"type": "string", "format": "hostname"}, "/format"),
     ({"type": "object", "properties": {"p": {"type": "string", "format": "color"}}}, "/properties/p/format"),
     ({"type": "string", "pattern": "(a)\\1"}, "/pattern"),

@@ -16,6 +16,7 @@ has the supported syntax, the keyword table, the whitespace policy and a jump-fo
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .automaton import DEFAULT_MAX_STATES, DFA
@@ -24,6 +25,7 @@ from .errors import ConstraintError
 from .json_schema import (
     COMPACT,
     FLEXIBLE,
+    SchemaCompiler,
     SchemaOptions,
     Whitespace,
     json_schema_to_node,
@@ -33,6 +35,7 @@ from .json_schema import (
 from .limits import compiling, describe_regex, over
 from .regex_dfa import CharDFA, parse_fullmatch, regex_to_byte_dfa, regex_to_char_dfa
 from .token_fsm import TokenFSM
+from .unique_items import collect_unique_paths, deferring
 from .vocabulary import Vocabulary
 
 __all__ = [
@@ -105,6 +108,10 @@ def compile_json_schema(
     entered along a path. `any_depth`: nesting allowed inside unconstrained values (`{}`, `true`,
     `{"type": "object"}`). Raises `ConstraintError` (with a JSON pointer) for anything it cannot
     enforce exactly, or that is over a constraint budget (`compiler.budgets`).
+
+    `uniqueItems` over items with too many values for an automaton is enforced at decode time: the
+    FSM's `unique_paths` say where, and `TokenFSM.unique_guard()` / `accepts_text` apply it (see
+    `unique_items`); the runtime's constraint cursor does so on every token.
     """
     options = SchemaOptions(
         whitespace=whitespace_policy(whitespace),
@@ -114,13 +121,19 @@ def compile_json_schema(
     )
     with compiling("JSON schema"):
         try:
-            node = json_schema_to_node(schema, options)
+            with deferring() as deferred:
+                node = json_schema_to_node(schema, options)
+            paths: tuple = ()
+            if deferred:
+                root = json.loads(schema) if isinstance(schema, str) else schema
+                paths = collect_unique_paths(root, deferred, max_recursion,
+                                             SchemaCompiler(root, options).resolve)
             # The schema's automaton is determinized once and not minimized: built from minimized
             # leaves it is within a state or two of minimal, and Hopcroft would cost more than it saves.
             try:
                 dfa = byte_dfa(node, max_states, minimized=False)
             except ConstraintError as e:
                 raise (e if e.pointer is not None else e.with_pointer("")) from None
-            return TokenFSM.build(dfa, as_vocabulary(vocab))
+            return TokenFSM.build(dfa, as_vocabulary(vocab), unique_paths=paths)
         except RecursionError:
             raise over("constraint_nesting", None, "schema nesting", pointer="") from None

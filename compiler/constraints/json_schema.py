@@ -38,6 +38,7 @@ from fractions import Fraction
 from typing import Any
 from urllib.parse import unquote
 
+from . import unique_items
 from .automaton import DEFAULT_MAX_STATES, DFA, ascii_dfa_to_regex, intersect, trim
 from .charset import CharSet
 from .dfa_ops import byte_dfa, literal_set_dfa
@@ -1245,18 +1246,30 @@ class SchemaCompiler:
         if hi is not None and lo > hi:
             return EMPTY
         contains = self.contains_bounds(view, hi)
-        if unique or contains is not None:
-            if prefix:
-                key = "uniqueItems" if unique else "contains"
+        if unique:
+            uptr = view["uniqueItems"][1]
+            if not prefix and contains is None:
+                exact = self.unique_array(rest, lo, hi, uptr, refs, depth)
+                if isinstance(exact, int):  # finitely many values, too many for the automaton
+                    if lo > exact:
+                        return EMPTY
+                    hi = exact if hi is None else min(hi, exact)  # no unique array is longer
+                elif exact is not None:
+                    return exact
+            if not unique_items.defer(uptr):
+                if prefix:
+                    raise ConstraintError("uniqueItems next to tuple-form items is not supported", pointer=uptr)
                 raise ConstraintError(
-                    f"{key} next to tuple-form items is not supported", pointer=view[key][1]
+                    "uniqueItems next to contains is not supported", pointer=view["contains"][1]
                 )
-            if unique:
-                if contains is not None:
-                    raise ConstraintError(
-                        "uniqueItems next to contains is not supported", pointer=view["contains"][1]
-                    )
-                return self.unique_array(rest, lo, hi, view["uniqueItems"][1], refs, depth)
+            # Deferred: the array is compiled as if uniqueItems were absent, and the decode-time
+            # check of `unique_items` (driven by the paths compile_json_schema collects) keeps its
+            # items distinct.
+        if contains is not None:
+            if prefix:
+                raise ConstraintError(
+                    "contains next to tuple-form items is not supported", pointer=view["contains"][1]
+                )
             return self.contains_array(rest, contains, lo, hi, refs, depth)
         prefix_nodes = [
             self.compile(s, refs, depth + 1) for s in prefix[: hi if hi is not None else len(prefix)]
@@ -1349,9 +1362,14 @@ class SchemaCompiler:
 
     def unique_array(
         self, rest: Any, lo: int, hi: int | None, uptr: str, refs: dict[str, int], depth: int
-    ) -> Node:
-        """uniqueItems over items with finitely many values (enum, const, boolean, null): arrays of
-        distinct values, in any order."""
+    ) -> Node | int | None:
+        """uniqueItems over items with finitely many values (enum, const, boolean, null; while
+        `unique_items.deferring()`, also any item language of at most 64 strings): arrays of distinct
+        values, in any order (the automaton grows with the number of subsets of values).
+
+        Only while deferring, when the items have too many values for that (more than 6): their
+        number if finite (the caller caps maxItems there), None if not; the caller then defers the
+        keyword to the decode-time check of `unique_items`."""
         rest_sub = rest if isinstance(rest, _Sub) else _Sub((rest,))
         views: list[View | None] = []
         try:
@@ -1368,21 +1386,33 @@ class SchemaCompiler:
                 candidates.append(view["const"][0])
         elif "type" in view and set(_type_list(*view["type"])) <= {"boolean", "null"}:
             candidates = [True, False, None]
+        elif unique_items.is_deferring():
+            candidates = None
         else:
             raise ConstraintError(
                 "uniqueItems: true is supported only for items with finitely many values (enum, const, "
-                "boolean, null) or maxItems <= 1",
+                "boolean, null) or maxItems <= 1 (compile_json_schema enforces it at decode time)",
                 pointer=uptr,
             )
-        item_dfa = byte_dfa(self.compile(rest_sub, refs, depth + 1), self.options.max_states)
+        item = self.compile(rest_sub, refs, depth + 1)
         groups: dict[str, list[str]] = {}
-        for v in candidates:
-            text = json_literal(v)
-            if item_dfa.accepts(text.encode("utf-8", "surrogatepass")):
-                groups.setdefault(_canonical(v), [])
-                if text not in groups[_canonical(v)]:
-                    groups[_canonical(v)].append(text)
+        if candidates is None:
+            texts = unique_items.small_language(item, 64, self.options.max_states)
+            if texts is None:
+                return None
+            for text in texts:
+                groups.setdefault(_canonical(json.loads(text)), []).append(text)
+        else:
+            item_dfa = byte_dfa(item, self.options.max_states)
+            for v in candidates:
+                text = json_literal(v)
+                if item_dfa.accepts(text.encode("utf-8", "surrogatepass")):
+                    groups.setdefault(_canonical(v), [])
+                    if text not in groups[_canonical(v)]:
+                        groups[_canonical(v)].append(text)
         values = [alt(*(literal(t) for t in texts)) for texts in groups.values()]
+        if unique_items.is_deferring() and len(values) > 6:
+            return len(values)
         if len(values) > 10:
             raise ConstraintError(
                 f"uniqueItems over {len(values)} distinct values is not supported (at most 10)", pointer=uptr
@@ -2218,10 +2248,12 @@ KEYWORD_NOTES: dict[str, tuple[str, str]] = {
     "minItems": ("yes", ""),
     "maxItems": ("yes", "unrolled (mind the size budget)"),
     "uniqueItems": (
-        "partly",
-        "`true` for items with at most 10 distinct values (enum, const, boolean, null), or `maxItems <= 1`",
+        "yes",
+        "items with few values (enum, const, boolean, null, a small finite item language) in the "
+        "automaton; any other items (strings, objects, numbers, ...) by a decode-time check next to it "
+        "(`compile_json_schema`; `json_schema_to_regex` refuses them): see \"checked while decoding\"",
     ),
-    "contains": ("yes", "with `items` as one schema (not tuple form); not next to `uniqueItems`"),
+    "contains": ("yes", "with `items` as one schema (not tuple form)"),
     "minContains": ("yes", "with `contains`"),
     "maxContains": ("partly", "only when it does not bind (>= `maxItems`): it needs a complement"),
     "not": (

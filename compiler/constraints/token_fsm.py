@@ -9,6 +9,11 @@ Run-time protocol: start in `initial_state`; before each step `fill_mask(state, 
 sampling token t, `state = next_state(state, t)`; EOS is allowed exactly when `is_accepting(state)`
 (pass `eos_token_id` to `fill_mask` to have it set). `jump_forward(state)` gives the text the
 constraint forces from here and the state after it (see `jump_forward`).
+
+`unique_paths` (JSON schemas only): the instance paths of arrays whose items must be distinct but
+have too many values for the automaton (see `unique_items`). The DFA accepts those arrays with
+repeats; `unique_guard()` gives the per-output check that clears, after `fill_mask`, the tokens that
+would repeat an item, and `accepts_text` applies both to a whole text.
 """
 
 from __future__ import annotations
@@ -22,9 +27,14 @@ from .errors import ConstraintError
 from .jump_forward import forced_bytes, jump_forward, mid_character
 from .token_index import TokenIndex, build_token_index
 from .token_live import producible_bytes, prune_dead_ends
+from .unique_items import Path, UniqueGuard, check_text, paths_from_json, paths_to_json, validate_paths
 from .vocabulary import Vocabulary
 
-FORMAT_VERSION = 2  # 2: token rows shared between states (`state_row`); 1 is still read
+# 2: token rows shared between states (`state_row`); 1 is still read. 3: format 2 plus
+# `unique_paths`, written only when there are some (so readers that predate it refuse the table
+# instead of dropping the uniqueness check).
+FORMAT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 _LIST_TABLE_MAX = 1 << 20  # transition tables up to this many entries are walked as Python lists
 
 
@@ -40,10 +50,11 @@ class TokenFSM:
         fingerprint: str,
         eos_token_id: int | None = None,
         forced: np.ndarray | None = None,
+        unique_paths: tuple[Path, ...] = (),
     ) -> None:
         self._init_fields(
             dfa, index, vocab_bytes, vocab_offsets, fingerprint, eos_token_id,
-            forced_bytes(dfa) if forced is None else forced,
+            forced_bytes(dfa) if forced is None else forced, unique_paths,
         )
         self._derive()
 
@@ -56,6 +67,7 @@ class TokenFSM:
         fingerprint: str,
         eos_token_id: int | None,
         forced: np.ndarray,
+        unique_paths: tuple[Path, ...] = (),
     ) -> None:
         self.dfa = dfa
         self.index = index
@@ -64,18 +76,20 @@ class TokenFSM:
         self.fingerprint = fingerprint
         self.eos_token_id = eos_token_id
         self.forced = forced
+        self.unique_paths = tuple(tuple(p) for p in unique_paths)
         self._table: Any = None
         self._symbol_class: list[int] | None = None
         self._tokens: list[bytes] | None = None
         self._dense_rows: dict[int, np.ndarray] = {}
         self._torch_cache: dict[tuple, Any] = {}
+        self._unique_derived: Any = None  # UniqueGuard's per-FSM tables, built on first use
 
     def _derive(self) -> None:
         """Arrays computed from the validated ones (never stored, so never tampered with)."""
         self.mid_char = mid_character(self.dfa)
 
     @classmethod
-    def build(cls, dfa: DFA, vocab: Vocabulary) -> TokenFSM:
+    def build(cls, dfa: DFA, vocab: Vocabulary, unique_paths: tuple[Path, ...] = ()) -> TokenFSM:
         dfa = DFA(
             int(dfa.initial),
             dfa.accepting.astype(bool, copy=False),
@@ -85,7 +99,8 @@ class TokenFSM:
         )
         flat, offsets = vocab.arrays
         dfa = prune_dead_ends(dfa, producible_bytes(flat))
-        return cls(dfa, build_token_index(dfa, vocab), flat, offsets, vocab.fingerprint, vocab.eos_token_id)
+        return cls(dfa, build_token_index(dfa, vocab), flat, offsets, vocab.fingerprint, vocab.eos_token_id,
+                   unique_paths=unique_paths)
 
     # -- queries ----------------------------------------------------------------------------
     @property
@@ -150,6 +165,23 @@ class TokenFSM:
 
     def forced_string(self, state: int) -> str:
         return self.jump_forward(state)[0]
+
+    def token_text(self, token: int) -> bytes:
+        """The bytes token `token` spells (b"" for special tokens)."""
+        return self._lists()[2][token]
+
+    # -- uniqueItems checked while decoding ----------------------------------------------------
+    def unique_guard(self) -> UniqueGuard | None:
+        """A fresh check for one output (feed it every token's bytes; `filter` after `fill_mask`),
+        or None when this constraint has no unique arrays to watch."""
+        return UniqueGuard(self) if self.unique_paths else None
+
+    def accepts_text(self, text: bytes | str) -> bool:
+        """Whether the constraint accepts the whole text: the DFA accepts it and no array at a
+        unique path repeats an item (the same check the runtime applies token by token)."""
+        data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+        return self.is_accepting(self.walk_bytes(self.initial_state, data)) and (
+            not self.unique_paths or check_text(data, self.unique_paths))
 
     # -- masks ------------------------------------------------------------------------------
     def _dense_row(self, dense: int) -> np.ndarray:
@@ -227,8 +259,12 @@ class TokenFSM:
     # -- plain arrays -----------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
         eos = -1 if self.eos_token_id is None else int(self.eos_token_id)
+        extra = {}
+        if self.unique_paths:
+            text = paths_to_json(self.unique_paths).encode("ascii")
+            extra["unique_paths"] = np.frombuffer(text, dtype=np.uint8).copy()
         return {
-            "format_version": np.array([FORMAT_VERSION], dtype=np.int32),
+            "format_version": np.array([FORMAT_VERSION if self.unique_paths else 2], dtype=np.int32),
             "initial": np.array([self.dfa.initial], dtype=np.int32),
             "accepting": self.dfa.accepting.astype(bool, copy=False),
             "transitions": self.dfa.transitions.astype(np.int32, copy=False),
@@ -244,6 +280,7 @@ class TokenFSM:
             "vocab_offsets": self.vocab_offsets.astype(np.int64, copy=False),
             "fingerprint": np.frombuffer(self.fingerprint.encode("ascii"), dtype=np.uint8).copy(),
             "eos_token_id": np.array([eos], dtype=np.int64),
+            **extra,
         }
 
     @classmethod
@@ -259,9 +296,9 @@ class TokenFSM:
                 raise ConstraintError(f"token FSM arrays lack {name!r}") from None
 
         version = get("format_version")
-        if version.shape != (1,) or version.dtype.kind not in "iu" or int(version[0]) not in (1, FORMAT_VERSION):
+        if version.shape != (1,) or version.dtype.kind not in "iu" or int(version[0]) not in _READABLE_VERSIONS:
             raise ConstraintError(f"corrupt token FSM arrays: format_version: unknown version {version.tolist()}")
-        _check_dtypes({name: get(name) for name in _DTYPES if name != "state_row"}, "corrupt token FSM arrays")
+        _check_dtypes({name: get(name) for name in _DTYPES if name not in _OPTIONAL}, "corrupt token FSM arrays")
         transitions = get("transitions")
         if int(version[0]) == 1:  # one row per state
             state_row = np.arange(transitions.shape[0] if transitions.ndim == 2 else 0, dtype=np.int32)
@@ -281,9 +318,15 @@ class TokenFSM:
             int(vocab_size[0]), state_row, get("dense_id"), get("dense_masks"), get("sparse_ptr"),
             get("sparse_tokens"),
         )
+        unique_paths: tuple[Path, ...] = ()
+        if int(version[0]) >= 3:
+            unique_paths = _load_unique_paths(get("unique_paths"))
+        elif _has(arrays, "unique_paths"):
+            raise ConstraintError(f"corrupt token FSM arrays: unique_paths: present in a format {int(version[0])} "
+                                  "table (only format 3 has them)")
         fsm = cls.__new__(cls)
         fsm._init_fields(dfa, index, get("vocab_bytes"), get("vocab_offsets"), fingerprint,
-                         None if eos_id == -1 else eos_id, get("forced_byte"))
+                         None if eos_id == -1 else eos_id, get("forced_byte"), unique_paths)
         try:
             fsm.check()
         except ValueError as e:
@@ -313,6 +356,10 @@ class TokenFSM:
         }
         _check_dtypes(fields, "token FSM")
         _check_structure(self, vocab_size)
+        try:
+            validate_paths(self.unique_paths)
+        except ValueError as e:
+            _fail("unique_paths", str(e))
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays specific to this constraint (the vocabulary's bytes not counted)."""
@@ -323,7 +370,8 @@ class TokenFSM:
     def __repr__(self) -> str:
         return (
             f"TokenFSM(states={self.num_states}, classes={self.dfa.num_classes}, vocab={self.vocab_size}, "
-            f"dense_masks={self.index.dense_masks.shape[0]}, sparse_entries={self.index.sparse_tokens.shape[0]})"
+            f"dense_masks={self.index.dense_masks.shape[0]}, sparse_entries={self.index.sparse_tokens.shape[0]}"
+            + (f", unique_paths={len(self.unique_paths)})" if self.unique_paths else ")")
         )
 
 
@@ -347,7 +395,26 @@ _DTYPES: dict[str, np.dtype] = {
     "vocab_offsets": np.dtype(np.int64),
     "fingerprint": np.dtype(np.uint8),
     "eos_token_id": np.dtype(np.int64),
+    "unique_paths": np.dtype(np.uint8),
 }
+_OPTIONAL = frozenset({"state_row", "unique_paths"})  # by format version
+
+
+def _has(arrays: Any, name: str) -> bool:
+    try:
+        return name in arrays
+    except TypeError:
+        return False
+
+
+def _load_unique_paths(arr: np.ndarray) -> tuple[Path, ...]:
+    _check_dtypes({"unique_paths": arr}, "corrupt token FSM arrays")
+    if arr.ndim != 1:
+        raise ConstraintError(f"corrupt token FSM arrays: unique_paths: shape {arr.shape}, expected 1-D")
+    try:
+        return paths_from_json(arr.tobytes().decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConstraintError(f"corrupt token FSM arrays: unique_paths: {e}") from None
 
 
 def _check_dtypes(arrays: dict[str, np.ndarray], where: str) -> None:
