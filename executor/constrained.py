@@ -8,6 +8,12 @@ forces the next characters (a JSON key, `":"`, a closing brace), jump-forward ap
 decoding them one token at a time: the output's last tokens and the forced text are re-tokenized
 the way the tokenizer would, minus a held-back last token that a longer token could still absorb,
 and the request is extended by all of them in one pass.
+
+A JSON schema's `uniqueItems` over items with too many values for the automaton is checked here too:
+the cursor feeds its output bytes to the FSM's `unique_guard()`, which after the FSM's mask clears the
+tokens that would repeat an item of a unique array (see `compiler.constraints.unique_items`). A
+repeat that cannot be avoided (every allowed token, or forced text, repeats an item) is a
+`ConstraintDeadEnd`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ class ConstraintCursor:
         self.eos_ids = eos_ids
         self.state = fsm.initial_state
         self.history: list[int] = []
+        self.output: list[int] = []  # the tokens advanced over (what `unique` has seen)
+        self.unique = fsm.unique_guard()  # None unless the schema has unique arrays to watch
 
     def fill_mask(self, row: torch.Tensor) -> None:
         """Allowed tokens of the current state into a bool row (EOS only in accepting states).
@@ -45,16 +53,38 @@ class ConstraintCursor:
         if self.state < 0:
             raise ConstraintDeadEnd(f"the constraint has no state to continue from (state {self.state})")
         self.fsm.fill_mask(self.state, row)
+        cleared = self._filter_unique(row) if self.unique is not None and self.unique.active else 0
         if self.fsm.is_accepting(self.state):
             for eos in self.eos_ids:
                 row[eos] = True
         if not bool(row.any()):
+            if cleared:
+                raise ConstraintDeadEnd(
+                    f"every token the constraint allows here would repeat an earlier item of the array at "
+                    f"{self.unique.where()}, whose items must be unique (uniqueItems): no continuation "
+                    "keeps them distinct")
             raise ConstraintDeadEnd(f"the constraint allows no token in state {self.state}, which is not "
                                     "accepting (a dead end in its table)")
 
+    def _filter_unique(self, row: torch.Tensor) -> int:
+        """Clear the tokens that would repeat an item of a unique array (after the FSM's mask)."""
+        v = min(self.fsm.vocab_size, row.shape[0])
+        if row.device.type == "cpu" and row.is_contiguous():
+            return self.unique.filter(self.state, row[:v].numpy())
+        mask = row[:v].cpu().numpy().copy()
+        before = mask.copy()
+        cleared = self.unique.filter(self.state, mask)
+        if cleared:
+            ids = torch.from_numpy((before & ~mask).nonzero()[0]).to(row.device)
+            row[ids] = False
+        return cleared
+
     def advance(self, token: int) -> None:
         self.history.append(self.state)
+        self.output.append(token)
         self.state = -1 if token in self.eos_ids else self.fsm.next_state(self.state, token)
+        if self.state >= 0 and self.unique is not None and self.unique.feed(self.fsm.token_text(token)):
+            self.state = -1  # the token repeated an item (it was not in the mask): out of the language
 
     @property
     def complete(self) -> bool:
@@ -114,6 +144,10 @@ def plan_jump_forward(cursor: ConstraintCursor, output_ids: list[int], tokenizer
     forced, end_state = fsm.jump_forward(cursor.state)
     if not forced:
         return None
+    if cursor.unique is not None and cursor.unique.completes_duplicate(forced.encode("utf-8")):
+        raise ConstraintDeadEnd(
+            f"the constraint forces {forced[:40]!r}, which repeats an earlier item of the array at "
+            f"{cursor.unique.where()}, whose items must be unique (uniqueItems)")
     num_tail = max(min(RETOKENIZE_TAIL_TOKENS, len(output_ids) - min_kept_output), 0)
     vocab = as_vocabulary(tokenizer.backend)
     try:
@@ -137,7 +171,19 @@ def plan_jump_forward(cursor: ConstraintCursor, output_ids: list[int], tokenizer
 
 
 def apply_jump(cursor: ConstraintCursor, plan: JumpPlan) -> None:
-    cursor.history = cursor.history[: len(cursor.history) - plan.num_replaced] + plan.states[:-1]
+    keep = len(cursor.history) - plan.num_replaced
+    if cursor.unique is not None:
+        text = cursor.fsm.token_text
+        old = b"".join(text(t) for t in cursor.output[keep:])
+        new = b"".join(text(t) for t in plan.new_tokens)
+        if new.startswith(old):  # the usual case: the replaced tokens' text, then forced text
+            repeated = cursor.unique.feed(new[len(old):])
+        else:  # retokenized into less text than was replaced: follow the output again
+            repeated = cursor.unique.reset(b"".join(text(t) for t in cursor.output[:keep] + plan.new_tokens))
+        if repeated:
+            raise ConstraintDeadEnd(f"forced text repeats an item: {cursor.unique.violation}")
+    cursor.output = cursor.output[:keep] + list(plan.new_tokens)
+    cursor.history = cursor.history[:keep] + plan.states[:-1]
     cursor.state = plan.states[-1]
 
 
