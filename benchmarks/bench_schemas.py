@@ -16,9 +16,13 @@ in `sgc compile`). Then every instance is checked:
   tried greedily (next key: the first, in the instance's order, the DFA takes); the search runs
   only when that fails (a greedy order that lands in a state the rest cannot continue from would
   hide other orders: a limit of this check, never seen to matter for compact objects);
+* where the schema has unique arrays checked at decode time (`TokenFSM.unique_paths`), the text must
+  also pass that check (`unique_items.check_text`, the runtime's scanner): an instance with a repeated
+  item is then not accepted, whatever its spelling;
 * an accepted valid instance's text is tokenized with the real tokenizer and walked token by token:
-  at each state `fill_mask` is timed and must allow the next token, `next_state` advances, and the
-  final state must be accepting with EOS in its mask (else a `token_walk` failure: an index bug).
+  at each state `fill_mask` is timed and must allow the next token (after it, the uniqueness filter
+  the runtime applies, `TokenFSM.unique_guard().filter`, timed with it), `next_state` advances, and
+  the final state must be accepting with EOS in its mask (else a `token_walk` failure: an index bug).
 
 A schema *passes* when it compiles, accepts every valid instance and rejects every invalid one.
 An accepted invalid instance is a soundness bug and is listed first in the report.
@@ -51,6 +55,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from compiler.budgets import budget_overrides  # noqa: E402
 from compiler.constraints import ConstraintError, Vocabulary, compile_json_schema  # noqa: E402
+from compiler.constraints.unique_items import check_text  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "schemas"
 
@@ -346,8 +351,11 @@ def load_corpus(names: list[str] | None, sample: int, seed: int) -> list[dict]:
 
 
 def run_schema(
-    doc: dict, vocab: Vocabulary, tokenizer: Any, args: argparse.Namespace, eos: int, mask_times: list[float]
+    doc: dict, vocab: Vocabulary, tokenizer: Any, args: argparse.Namespace, eos: int, mask_times: list[float],
+    unique_times: list[float] | None = None,
 ) -> dict:
+    """One schema's row (see the module docstring). `mask_times` gets every timed mask (with the
+    uniqueness filter where there is one); `unique_times` the timed masks of schemas that have one."""
     r: dict[str, Any] = {"name": doc["name"], "category": doc.get("category", "")}
     schema = doc["schema"]
     t0 = time.perf_counter()
@@ -369,11 +377,20 @@ def run_schema(
     r["compile_s"] = time.perf_counter() - t0
     r["status"] = "compiled"
     r["states"] = fsm.num_states
+    r["unique_paths"] = len(fsm.unique_paths)
     matcher = Matcher(fsm, args.max_frontier)
     mask = np.zeros(fsm.vocab_size, dtype=bool)
+    timed = mask_times if not fsm.unique_paths or unique_times is None else _Both(mask_times, unique_times)
+
+    def accepted(inst: Any) -> bytes | None:
+        text = matcher.accepted_text(fsm, inst)
+        if text is not None and fsm.unique_paths and not check_text(text, fsm.unique_paths):
+            return None  # a repeated item in a unique array: the runtime never lets it be written
+        return text
+
     valid_rejected, token_walk, invalid_accepted, untokenizable, implied_type = [], [], [], [], []
     for i, inst in enumerate(doc["valid"][: args.max_instances]):
-        text = matcher.accepted_text(fsm, inst)
+        text = accepted(inst)
         if text is None:
             valid_rejected.append(i)
             if "type" not in schema and "properties" in schema and not isinstance(inst, dict):
@@ -384,13 +401,20 @@ def run_schema(
             untokenizable.append(i)  # e.g. a byte the vocabulary lacks: no model can write it
             continue
         s = fsm.initial_state
+        guard = fsm.unique_guard()  # None without unique arrays: the plain table lookup
+
+        def fill(state: int, guard: Any = guard) -> None:
+            fsm.fill_mask(state, mask, eos)
+            if guard is not None:
+                guard.filter(state, mask[: fsm.vocab_size])
+
         for n, t in enumerate(ids):
             if n < args.mask_steps:
                 t1 = time.perf_counter()
-                fsm.fill_mask(s, mask, eos)
-                mask_times.append(time.perf_counter() - t1)
+                fill(s)
+                timed.append(time.perf_counter() - t1)
             else:
-                fsm.fill_mask(s, mask, eos)
+                fill(s)
             if not mask[t]:
                 token_walk.append((i, f"token {t} not in mask at step {n}"))
                 break
@@ -398,12 +422,15 @@ def run_schema(
             if s < 0:
                 token_walk.append((i, f"next_state dead at step {n}"))
                 break
+            if guard is not None and guard.feed(fsm.token_text(t)):
+                token_walk.append((i, f"token {t} repeats an item at step {n}"))
+                break
         else:
-            fsm.fill_mask(s, mask, eos)
+            fill(s)
             if not (fsm.is_accepting(s) and mask[eos]):
                 token_walk.append((i, "final state not accepting / EOS masked"))
     for i, inst in enumerate(doc["invalid"][: args.max_instances]):
-        text = matcher.accepted_text(fsm, inst)
+        text = accepted(inst)
         if text is not None:
             kind = (doc.get("invalid_mutations") or [""] * (i + 1))[i]
             invalid_accepted.append({"index": i, "mutation": kind, "text": text.decode("utf-8")[:300]})
@@ -423,8 +450,21 @@ def run_schema(
     return r
 
 
+class _Both(list):
+    """Appends to two lists of timings at once."""
+
+    def __init__(self, a: list[float], b: list[float]) -> None:
+        super().__init__()
+        self.a, self.b = a, b
+
+    def append(self, x: float) -> None:
+        self.a.append(x)
+        self.b.append(x)
+
+
 def summarize(
-    results: list[dict], mask_times: list[float], args: argparse.Namespace, docs: list[dict]
+    results: list[dict], mask_times: list[float], args: argparse.Namespace, docs: list[dict],
+    unique_times: list[float] | None = None,
 ) -> dict:
     n = len(results)
     compiled = [r for r in results if r["status"] == "compiled"]
@@ -491,6 +531,10 @@ def summarize(
         "mask_mean_us": statistics.fmean(mask_times) * 1e6 if mask_times else float("nan"),
         "mask_p90_us": pct(mask_times, 0.9) * 1e6,
         "mask_samples": len(mask_times),
+        "unique_schemas": sum(bool(r.get("unique_paths")) for r in compiled),
+        "unique_mask_mean_us": statistics.fmean(unique_times) * 1e6 if unique_times else float("nan"),
+        "unique_mask_p90_us": pct(unique_times or [], 0.9) * 1e6,
+        "unique_mask_samples": len(unique_times or []),
         "by_category": {
             c: {
                 "schemas": len(rs),
@@ -534,6 +578,12 @@ def markdown(s: dict) -> str:
     L.append(
         f"| `fill_mask` per token, mean / p90 ({s['mask_samples']} steps) | {s['mask_mean_us']:.1f} us / {s['mask_p90_us']:.1f} us |"
     )
+    if s.get("unique_mask_samples"):
+        L.append(
+            f"| of which: schemas with a decode-time uniqueItems check ({s['unique_schemas']}), mask + filter, "
+            f"mean / p90 ({s['unique_mask_samples']} steps) | {s['unique_mask_mean_us']:.1f} us / "
+            f"{s['unique_mask_p90_us']:.1f} us |"
+        )
     L.append("")
     L.append("| category | schemas | compile | pass |")
     L.append("| --- | --- | --- | --- |")
@@ -586,10 +636,10 @@ def main() -> None:
     vocab = Vocabulary.from_tokenizer(tokenizer, eos_token_id=SMOLLM2_EOS)
     compile_json_schema({"type": "string"}, vocab)  # the vocabulary trie, built once per vocabulary
     docs = load_corpus(args.names, args.sample, args.seed)
-    results, mask_times = [], []
+    results, mask_times, unique_times = [], [], []
     t_all = time.perf_counter()
     for i, doc in enumerate(docs):
-        r = run_schema(doc, vocab, tokenizer, args, SMOLLM2_EOS, mask_times)
+        r = run_schema(doc, vocab, tokenizer, args, SMOLLM2_EOS, mask_times, unique_times)
         results.append(r)
         if not args.quiet:
             what = (
@@ -605,7 +655,7 @@ def main() -> None:
                 else f"{r['status'].upper()} {r['error'][:150]}"
             )
             print(f"[{i + 1}/{len(docs)}] {doc['name']} {r['compile_s']:.3f}s {what}", flush=True)
-    summary = summarize(results, mask_times, args, docs)
+    summary = summarize(results, mask_times, args, docs, unique_times)
     summary["wall_s"] = time.perf_counter() - t_all
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
