@@ -27,6 +27,7 @@ from .charset import CharSet, utf8_sequences
 from .dfa import DFA
 from .errors import ConstraintError
 from .limits import check_states, check_time
+from .limits import max_states as limit_of_states
 from .regex_ast import Alt, Automaton, Chars, Concat, Empty, Epsilon, Node, Repeat
 
 # None: the `constraint_states` budget (compiler.budgets). Kept as a name for callers that pass it.
@@ -192,6 +193,7 @@ def determinize(
         return k
 
     first = kernel(start)
+    state_limit = limit_of_states(max_states)
     ids: dict[frozenset[int], int] = {first: 0}
     keys = [first]
     rows: list[list[tuple[int, int]]] = []
@@ -221,7 +223,8 @@ def determinize(
             tid = ids.get(tkey)
             if tid is None:
                 tid = len(keys)
-                check_states(tid + 1, max_states)
+                if tid >= state_limit:  # the budget is read once: this loop runs per new state
+                    check_states(tid + 1, max_states)
                 ids[tkey] = tid
                 keys.append(tkey)
             row.append((m, tid))
