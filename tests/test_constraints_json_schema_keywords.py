@@ -338,6 +338,8 @@ def test_bounded_numbers_take_the_exponent_forms_that_stay_in_range() -> None:
     check({"type": "number", "minimum": 0, "maximum": 100}, [1.192092896e-07, 99.5, 0], [1e5, -1e-07, 100.5])
     check({"type": "number", "maximum": 0}, [-1.7e308, -2e-09], [1e-07, 5.0])
     check({"type": "number", "minimum": -5, "maximum": 0}, [-1e-05, 0], [2e-05, -6.0])
+    check({"type": "number", "minimum": 1000}, [2.953062206306268e307, 1e4, 1000], [999.5, 9.99e2, -1e300])
+    check({"type": "number", "exclusiveMaximum": -999.5}, [-1.5e10, -1000], [-999.5, -9e2, 1e300])
     dfa = dfa_of({"type": "number", "exclusiveMinimum": 0})  # 1e-999 parses to 0.0: no exponents
     assert not dfa.accepts(b"1e-999") and dfa.accepts(b"0.5")
     dfa = dfa_of({"type": "number", "minimum": 0, "exclusiveMaximum": 1})  # 9.99...e-1 could round to 1

@@ -313,8 +313,8 @@ def _exponent_digits_not_zero() -> Node:
 
 def exponent_forms(lower: Bound | None, upper: Bound | None) -> Node:
     """Numbers with an exponent that lie in the range whatever their digits, for the bounds real
-    schemas write (`minimum: 0`, `[0, 100]`): the range holds all of [0, inf) or all of [0, 1)
-    (and their negatives). Every other exponent form is left out (the range is then written
+    schemas write (`minimum: 0`, `[0, 100]`, `minimum: 1000`): the range holds all of [0, inf),
+    all of [0, 1), or all of [10**E, inf) (and their negatives). Every other exponent form is left out (the range is then written
     without exponent by `decimal_range`). A bound is (value, strict) or None.
 
     Overflow and underflow are harmless here: 1e999 parses to inf, which is in a range with no
@@ -331,6 +331,16 @@ def exponent_forms(lower: Bound | None, upper: Bound | None) -> Node:
     large = concat(UNSIGNED_INT, FRAC_ANY, any_exponent)  # any magnitude
     small = concat(DIGIT, FRAC_ANY, negative_exponent)  # below 1: one digit, then e-1 or less
     forms: list[Node] = []
+    # Only a lower bound L > 0 (`minimum: 1000`): d.ddd e+E with d >= 1 is at least 10**E, which is
+    # above L once E has more digits than L's integer part (and the same mirrored below -L).
+    for bound, sign, other in ((lower, "", upper), (upper, "-", lower)):
+        if other is None and bound is not None and (bound[0] > 0 if sign == "" else bound[0] < 0):
+            magnitude = abs(bound[0])
+            e_min = len(str(math.floor(magnitude))) if magnitude >= 1 else 0
+            if e_min < 10**MAX_EXP_DIGITS:
+                exponent = concat(chars(CharSet.of("eE")), optional(literal("+")), optional(literal("0")),
+                                  int_range(e_min, 10**MAX_EXP_DIGITS - 1))
+                forms.append(concat(literal(sign), NONZERO_DIGIT, FRAC_ANY, exponent))
     if holds_zero_from_below():
         if upper is None:
             forms.append(large)
