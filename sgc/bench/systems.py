@@ -131,20 +131,22 @@ class _StopOnText:
 
 
 class _FSMLogits:
-    """Constrained decoding for HF generate with sgc's token FSM (masks only: no jump-forward)."""
+    """Constrained decoding for HF generate with sgc's token FSM (masks only: no jump-forward),
+    through the runtime's `ConstraintCursor`, so decode-time checks (uniqueItems) apply too."""
 
     def __init__(self, fsm: Any, start: int, eos_ids: set[int]) -> None:
-        self.fsm, self.start, self.eos = fsm, start, min(eos_ids) if eos_ids else None
-        self.state = fsm.initial_state
+        from executor.constrained import ConstraintCursor
+
+        eos = frozenset({min(eos_ids)}) if eos_ids else frozenset()
+        self.cursor = ConstraintCursor(fsm, eos)
         self.seen = start
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for tok in input_ids[0, self.seen:].tolist():
-            self.state = self.fsm.next_state(self.state, tok)
+            self.cursor.advance(tok)
         self.seen = input_ids.shape[1]
         mask = torch.zeros(scores.shape[-1], dtype=torch.bool)
-        if self.state >= 0:
-            self.fsm.fill_mask(self.state, mask, self.eos)
+        self.cursor.fill_mask(mask)
         return scores.masked_fill(~mask.to(scores.device), float("-inf"))
 
 
