@@ -24,6 +24,7 @@ all ECMA line terminators (\\n, \\r, U+2028, U+2029), else only \\n as in Python
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 
@@ -116,15 +117,14 @@ def parse_fullmatch_node(pattern: str) -> Node:
     return alt(*(a.node for a in parse_regex(pattern)))
 
 
-def _top_level_alternatives(pattern: str, lo: int = 0, hi: int | None = None) -> list[tuple[int, int]]:
-    """The spans of `pattern[lo:hi]`'s top-level alternatives."""
-    spans = []
+def _structure(pattern: str, lo: int, hi: int) -> Iterator[tuple[int, str, int]]:
+    """(index, character, group depth before it) for each character of `pattern[lo:hi]` that is
+    outside character classes and escapes: what splitting alternatives and matching groups read."""
     depth = 0
     in_class = False
     class_first = -1
     i = lo
-    n = len(pattern) if hi is None else hi
-    while i < n:
+    while i < hi:
         c = pattern[i]
         if c == "\\":
             i += 2
@@ -135,14 +135,23 @@ def _top_level_alternatives(pattern: str, lo: int = 0, hi: int | None = None) ->
         elif c == "[":
             in_class = True
             class_first = i + 2 if pattern.startswith("[^", i) else i + 1
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
+        else:
+            yield i, c, depth
+            if c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+        i += 1
+
+
+def _top_level_alternatives(pattern: str, lo: int = 0, hi: int | None = None) -> list[tuple[int, int]]:
+    """The spans of `pattern[lo:hi]`'s top-level alternatives."""
+    n = len(pattern) if hi is None else hi
+    spans = []
+    for i, c, depth in _structure(pattern, lo, n):
+        if c == "|" and depth == 0:
             spans.append((lo, i))
             lo = i + 1
-        i += 1
     spans.append((lo, n))
     return spans
 
@@ -153,28 +162,7 @@ _ECMA_LINE_TERMINATORS = CharSet.of("\n\r\u2028\u2029")
 
 def _group_end(pattern: str, i: int, n: int) -> int:
     """The index of the `)` closing the group that opens at `i` (-1 if none before n)."""
-    depth = 0
-    in_class = False
-    class_first = -1
-    while i < n:
-        c = pattern[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            if c == "]" and i != class_first:
-                in_class = False
-        elif c == "[":
-            in_class = True
-            class_first = i + 2 if pattern.startswith("[^", i) else i + 1
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return -1
+    return next((j for j, c, depth in _structure(pattern, i, n) if c == ")" and depth == 1), -1)
 
 
 class _Scanner:
