@@ -477,7 +477,14 @@ def intersect(a: DFA, b: DFA, max_states: int | None = DEFAULT_MAX_STATES) -> DF
     """The product automaton accepting strings both accept (same symbol space)."""
     if a.is_empty() or b.is_empty():
         return DFA(0, np.zeros(0, bool), np.zeros((0, 1), np.int32), np.zeros_like(a.symbol_class))
-    return _product(a, b, max_states, union=False)
+    return _product(a, b, max_states, "and")
+
+
+def difference(a: DFA, b: DFA, max_states: int | None = DEFAULT_MAX_STATES) -> DFA:
+    """The product automaton accepting strings `a` accepts and `b` does not (same symbol space)."""
+    if a.is_empty() or b.is_empty():
+        return a
+    return _product(a, b, max_states, "minus")
 
 
 def union(a: DFA, b: DFA, max_states: int | None = DEFAULT_MAX_STATES) -> DFA:
@@ -487,14 +494,15 @@ def union(a: DFA, b: DFA, max_states: int | None = DEFAULT_MAX_STATES) -> DFA:
         return b
     if b.is_empty():
         return a
-    return _product(a, b, max_states, union=True)
+    return _product(a, b, max_states, "or")
 
 
 _DENSE_PAIR_IDS = 1 << 24  # pair spaces up to this size number their pairs in an array (64 MiB)
 
 
-def _product(a: DFA, b: DFA, max_states: int | None, union: bool) -> DFA:
-    """Pairs of states reachable together (one side dead allowed when `union`).
+def _product(a: DFA, b: DFA, max_states: int | None, mode: str) -> DFA:
+    """Pairs of states reachable together: `mode` "and" (both alive), "or" (either alive: union)
+    or "minus" (`a` alive, `b` alive or dead: difference, accepting where `b` does not).
 
     Breadth-first, one numpy step per level (a pattern intersected with a `maxLength: 2048`
     counter has ~100k pairs: a Python loop per pair took seconds). States are numbered in
@@ -527,7 +535,7 @@ def _product(a: DFA, b: DFA, max_states: int | None, union: bool) -> DFA:
         check_time()
         na = ta[frontier // width]
         nb = tb[frontier % width]
-        live = ((na > 0) | (nb > 0)) if union else ((na > 0) & (nb > 0))
+        live = {"and": (na > 0) & (nb > 0), "or": (na > 0) | (nb > 0), "minus": na > 0}[mode]
         succ = (na * width + nb)[live]
         row = np.full(live.shape, -1, dtype=np.int32)
         if dense is not None:
@@ -553,11 +561,11 @@ def _product(a: DFA, b: DFA, max_states: int | None, union: bool) -> DFA:
         frontier = new
     key = np.concatenate(keys)
     ka, kb = acc_a[key // width], acc_b[key % width]
-    accepting = (ka | kb) if union else (ka & kb)
+    accepting = {"and": ka & kb, "or": ka | kb, "minus": ka & ~kb}[mode]
     out = DFA(0, accepting, np.concatenate(rows).reshape(count, len(pairs)), symbol_class)
     # A union of trimmed automata is trimmed: every pair was reached, and its live side still
     # reaches acceptance (the other may die on the way: that is a pair too).
-    return out if union else trim(out)
+    return out if mode == "or" else trim(out)
 
 
 MINIMIZE_AUTO_LIMIT = 400

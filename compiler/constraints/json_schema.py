@@ -39,12 +39,12 @@ from typing import Any
 from urllib.parse import unquote
 
 from . import unique_items
-from .automaton import DEFAULT_MAX_STATES, DFA, ascii_dfa_to_regex, intersect, trim
+from .automaton import DEFAULT_MAX_STATES, DFA, ascii_dfa_to_regex, difference, intersect, trim
 from .charset import CharSet
 from .dfa_ops import byte_dfa, literal_set_dfa
 from .errors import ConstraintError, join_pointer
 from .formats import FORMATS
-from .limits import check_pattern_chars, check_positions, check_states, max_nesting, over
+from .limits import check_pattern_chars, check_positions, max_nesting, over
 from .number_ranges import INTEGER, NUMBER, decimal_range, exponent_forms, int_range
 from .regex_ast import (
     EMPTY,
@@ -809,7 +809,7 @@ class SchemaCompiler:
         if not spellings:
             return node
         ms = self.options.max_states
-        dfa = _difference(byte_dfa(node, ms), byte_dfa(alt(*spellings), ms), ms)
+        dfa = difference(byte_dfa(node, ms), byte_dfa(alt(*spellings), ms), ms)
         return EMPTY if dfa.is_empty() else Automaton(dfa, _no_regex)
 
     def compile_branches(self, key: str, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
@@ -1212,7 +1212,7 @@ class SchemaCompiler:
             max_states = self.options.max_states
             rest = byte_dfa(concat(enc(segment), tail), max_states)
             condition = byte_dfa(alt(*starts), max_states)
-            dfa = _difference(rest, condition, max_states) if look.negative else intersect(rest, condition, max_states)
+            dfa = difference(rest, condition, max_states) if look.negative else intersect(rest, condition, max_states)
             tail = Automaton(dfa, _no_regex)
         return concat(EPSILON if a.anchored_start else anything, enc(a.node), tail)
 
@@ -1701,7 +1701,7 @@ class SchemaCompiler:
                     body = (
                         intersect(body, pd, self.options.max_states)
                         if mask >> j & 1
-                        else _difference(body, pd, self.options.max_states)
+                        else difference(body, pd, self.options.max_states)
                     )
                     if body.is_empty():
                         break
@@ -1823,42 +1823,6 @@ def _no_regex() -> str:
     raise ConstraintError(
         "this schema has no Python regex form (a difference of automata); compile it to an FSM instead"
     )
-
-
-def _difference(a: DFA, b: DFA, max_states: int | None = None) -> DFA:
-    """The strings `a` accepts and `b` does not (same symbol space; b's dead state is a sink)."""
-    import numpy as np
-
-    if a.is_empty() or b.is_empty():
-        return a
-    pairs, symbol_class = np.unique(
-        np.stack([a.symbol_class, b.symbol_class], axis=1), axis=0, return_inverse=True
-    )
-    symbol_class = symbol_class.reshape(-1).astype(np.int32)
-    ca, cb = pairs[:, 0], pairs[:, 1]
-    ids = {(a.initial, b.initial): 0}
-    queue = [(a.initial, b.initial)]
-    rows = []
-    i = 0
-    while i < len(queue):
-        sa, sb = queue[i]
-        i += 1
-        na = a.transitions[sa, ca]
-        nb = b.transitions[sb, cb] if sb >= 0 else np.full(len(pairs), -1, dtype=np.int32)
-        row = np.full(len(pairs), -1, dtype=np.int32)
-        for k in np.flatnonzero(na >= 0).tolist():
-            key = (int(na[k]), int(nb[k]))
-            t = ids.get(key)
-            if t is None:
-                t = len(queue)
-                check_states(t + 1, max_states)
-                ids[key] = t
-                queue.append(key)
-            row[k] = t
-        rows.append(row)
-    accepting = np.array([bool(a.accepting[x]) and not (y >= 0 and bool(b.accepting[y])) for x, y in queue])
-    table = np.array(rows, dtype=np.int32).reshape(len(rows), len(pairs))
-    return trim(DFA(0, accepting, table, symbol_class))
 
 
 def _asserts(k: str, v: Any) -> bool:
@@ -2096,8 +2060,6 @@ def _multiple_of_dfa(k: int) -> DFA:
             table[2 + r, 2 + d] = 2 + (10 * r + d) % k
     accepting = np.zeros(n, dtype=bool)
     accepting[2] = True
-    from .automaton import trim
-
     return trim(DFA(0, accepting, table, symbol_class))
 
 
