@@ -18,13 +18,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from compiler.constraints import TokenFSM
 from executor.constrained import ConstraintCache
 from executor.engine_config import DEFAULT_CUDA_KV_FRACTION, EngineConfig, pick_dtype, resolve_device
 from executor.engine_handles import PrefixPin, RequestHandle
@@ -45,7 +44,7 @@ from executor.runtime_client import (
     RuntimeInfo,
     ScoreRequest,
 )
-from executor.sampling_params import RequestError, RequestTypeError, SamplingParams
+from executor.sampling_params import RequestError, RequestTypeError
 from executor.scheduler import Scheduler
 from executor.tokenizer import Tokenizer
 
@@ -188,7 +187,7 @@ class Engine:
                                    f"not {type(continuations).__name__}")
         conts = [self._tokenizer.encode(c, add_special_tokens=False) if isinstance(c, str) else c
                  for c in continuations]
-        return self.submit_score(self._intake.encode_prompt(prompt), conts).result()
+        return self.send(ScoreRequest(self._intake.encode_prompt(prompt), conts)).result()
 
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text)
@@ -252,45 +251,6 @@ class Engine:
 
     def is_alive(self) -> bool:
         return self._loop.is_alive()
-
-    # -- the older submission API (kept for callers not yet on the client interface) --------------
-    def submit(self, input_ids: list[int], params: SamplingParams | Mapping[str, Any] | None = None,
-               options: LogprobOptions = LogprobOptions(), stream: bool = False,
-               constraint: TokenFSM | None = None, listener: Listener | None = None,
-               prefix_group: str | None = None) -> RequestHandle:
-        """Queue one generate request without waiting: `send(GenerateRequest(...), listener)`.
-
-        `params` is a `SamplingParams` or a dict of SGLang sampling parameters. `constraint` is a
-        precompiled token FSM (from an artifact); otherwise params.regex / params.json_schema are
-        compiled here (once per distinct constraint). `listener` is registered (see
-        `RequestHandle.add_listener`) before the request is queued, so it sees every update.
-        Requests submitted with the same `prefix_group` are expected to share a prompt prefix (a
-        fork's branches): on CPU their decode steps read that prefix's KV once per group. The
-        sharing is checked on the KV slots, so a wrong hint costs nothing.
-
-        Everything is checked here, on the caller's thread: a bad request raises `RequestError`
-        (a ValueError; `RequestTypeError` is also a TypeError) naming the request id, the
-        parameter and its value, and never reaches the engine.
-        """
-        return self.send(GenerateRequest(input_ids, params, options, constraint, stream, prefix_group), listener)
-
-    def submit_score(self, prompt_ids: Sequence[int], continuations: Sequence[Sequence[int]],
-                     listener: Listener | None = None) -> RequestHandle:
-        """`score` without waiting: `send(ScoreRequest(prompt_ids, continuations), listener)`."""
-        return self.send(ScoreRequest(prompt_ids, continuations), listener)
-
-    def hold_next_step(self) -> None:
-        """Make the next step wait until `release_step` (or `follow_up_wait_s`).
-
-        The older form of follow-ups (`GenerateRequest.follow_up` + `group(after=...)` replace it):
-        called from a request listener, on the engine thread right after the step that finished
-        the request, it gets the follow-ups into the very next pass.
-        """
-        self._loop.holds.hold()
-
-    def release_step(self, count: int = 1) -> None:
-        """Undo `count` holds (after submitting the follow-up requests)."""
-        self._loop.holds.release(count)
 
     # -- lifetime ---------------------------------------------------------------------------------
     def shutdown(self) -> None:

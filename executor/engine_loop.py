@@ -33,13 +33,12 @@ logger = logging.getLogger("sgc.engine")
 
 class StepHolds:
     """What the next step waits for: unanswered follow_up requests (by id, answered by a client's
-    group) and the count of `Engine.hold_next_step` holds (the older protocol). The wait is bounded
-    by `wait_s`; past it everything is dropped, so a client that never answers only delays one step.
+    group). The wait is bounded by `wait_s`; past it they are dropped, so a client that never answers
+    only delays one step.
     """
 
     def __init__(self, wait_s: float) -> None:
         self.wait_s = wait_s
-        self._count = 0
         self._unanswered: set[str] = set()
         self._changed = threading.Condition()
 
@@ -54,24 +53,14 @@ class StepHolds:
             self._unanswered.difference_update(rids)
             self._changed.notify_all()
 
-    def hold(self) -> None:
-        with self._changed:
-            self._count += 1
-
-    def release(self, count: int = 1) -> None:
-        with self._changed:
-            self._count = max(self._count - count, 0)
-            self._changed.notify_all()
-
     def active(self) -> bool:
-        return bool(self._count or self._unanswered)
+        return bool(self._unanswered)
 
     def wait(self) -> None:
         """Block the engine thread until nothing holds the step, or `wait_s` has passed."""
         with self._changed:
             if not self._changed.wait_for(lambda: not self.active(), self.wait_s):
                 logger.debug("step held past %.3f s; running without the follow-ups", self.wait_s)
-                self._count = 0
                 self._unanswered.clear()
 
 

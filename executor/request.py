@@ -40,7 +40,7 @@ class Request:
     generator: torch.Generator | None = None
     constraint: ConstraintCursor | None = None
     arrival: int = 0
-    prefix_group: str | None = None  # requests declared to share a prompt prefix (see Engine.submit)
+    prefix_group: str | None = None  # requests declared to share a prompt prefix (GenerateRequest.prefix_group)
 
     output_ids: list[int] = field(default_factory=list)
     # KV bookkeeping (see module docstring).

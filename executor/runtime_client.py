@@ -12,7 +12,7 @@ own thread (in process: the engine thread, between forward passes), so they must
 block: put the event on a queue. Listeners are the only callbacks; nothing else of the caller runs
 on the runtime's thread.
 
-**Groups and follow-ups** (what replaces `Engine.hold_next_step` / `release_step`). A client that
+**Groups and follow-ups** (one step's requests, and no pass lost between results). A client that
 reacts to results with new requests (a node's result makes the next node ready) wants those
 follow-ups in the very next forward pass, not one pass later because they arrived a few
 microseconds after it started. So:

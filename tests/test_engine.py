@@ -7,6 +7,7 @@ import time
 import pytest
 
 from executor.engine import Engine, EngineError
+from executor.runtime_client import GenerateRequest
 from executor.sampling import SamplingParams
 
 GREEDY = {"temperature": 0, "max_new_tokens": 12}
@@ -204,7 +205,7 @@ def test_requests_arriving_mid_decode_join_the_running_batch(tiny):
     before = tiny.stats()["num_forward_passes"]
     handles = []
     for p in ps:
-        handles.append(tiny.submit(tiny.encode(p), SamplingParams.from_dict(params)))
+        handles.append(tiny.send(GenerateRequest(tiny.encode(p), SamplingParams.from_dict(params))))
         time.sleep(0.02)
     assert [h.result()["output_ids"] for h in handles] == expected
     passes = tiny.stats()["num_forward_passes"] - before
@@ -224,68 +225,13 @@ def test_constraint_compiled_for_another_tokenizer_is_refused(tiny):
     toy = Vocabulary.from_strings(["a", "b", "ab"])
     fsm = compile_regex("ab", toy)
     with pytest.raises(ValueError, match="different tokenizer"):
-        tiny.submit(tiny.encode("hi"), SamplingParams.from_dict({"max_new_tokens": 4}), constraint=fsm)
-
-
-def _follow_up_pass_gap(tiny_model_dirs, hold: bool, wait_s: float, delay_s: float) -> int:
-    """Passes between request A finishing and its follow-up C (submitted `delay_s` later by another
-    thread) producing its token, while B keeps the engine busy decoding."""
-    import threading
-
-    with Engine(model_path=str(tiny_model_dirs["llama"]), device="cpu", follow_up_wait_s=wait_s) as engine:
-        params = SamplingParams(max_new_tokens=1, temperature=0.0)
-        marks: dict[str, int] = {}
-        done = threading.Event()
-
-        def on_c(_delta: str, finished: bool) -> None:
-            if finished:
-                marks["c"] = engine.stats()["num_forward_passes"]
-                done.set()
-
-        def follow_up() -> None:
-            time.sleep(delay_s)
-            engine.submit(engine.encode("follow-up"), params, listener=on_c)
-            if hold:
-                engine.release_step()
-
-        def on_a(_delta: str, finished: bool) -> None:
-            if finished:  # on the engine thread, right after A's pass
-                marks["a"] = engine.stats()["num_forward_passes"]
-                if hold:
-                    engine.hold_next_step()
-                threading.Thread(target=follow_up).start()
-
-        busy = engine.submit(engine.encode("keep busy"), SamplingParams(max_new_tokens=200, temperature=0.0,
-                                                                        ignore_eos=True))
-        engine.submit(engine.encode("first"), params, listener=on_a)
-        assert done.wait(30)
-        busy.result()
-        return marks["c"] - marks["a"]
-
-
-def test_a_held_step_waits_for_the_follow_up_request(tiny_model_dirs):
-    assert _follow_up_pass_gap(tiny_model_dirs, hold=True, wait_s=10.0, delay_s=0.05) == 1
-
-
-def test_without_a_hold_the_engine_does_not_wait(tiny_model_dirs):
-    assert _follow_up_pass_gap(tiny_model_dirs, hold=False, wait_s=10.0, delay_s=0.3) > 1
-
-
-def test_a_hold_never_released_only_delays_the_engine(tiny_model_dirs):
-    """Past follow_up_wait_s the step runs anyway and the stale hold is dropped."""
-    with Engine(model_path=str(tiny_model_dirs["llama"]), device="cpu", follow_up_wait_s=0.02) as engine:
-        engine.hold_next_step()
-        engine.hold_next_step()
-        out = engine.generate("still runs", {"max_new_tokens": 4, "temperature": 0.0})
-        assert out["meta_info"]["completion_tokens"] == 4
-        engine.release_step(5)  # releasing more than was held is harmless
-        assert engine.generate("again", {"max_new_tokens": 2})["meta_info"]["completion_tokens"] == 2
+        tiny.send(GenerateRequest(tiny.encode("hi"), SamplingParams.from_dict({"max_new_tokens": 4}), constraint=fsm))
 
 
 def _grouped_outputs(engine, prompts: list[str], group: str | None) -> tuple[list[list[int]], int]:
     before = engine.stats()["num_shared_prefix_tokens"]
     params = SamplingParams(max_new_tokens=8, temperature=0.0, ignore_eos=True)
-    handles = [engine.submit(engine.encode(p), params, prefix_group=group) for p in prompts]
+    handles = [engine.send(GenerateRequest(engine.encode(p), params, prefix_group=group)) for p in prompts]
     outs = [h.result()["output_ids"] for h in handles]
     return outs, engine.stats()["num_shared_prefix_tokens"] - before
 

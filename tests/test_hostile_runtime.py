@@ -21,6 +21,7 @@ from executor.constrained import ConstraintCursor
 from executor.detokenizer import IncrementalDetokenizer
 from executor.engine import Engine, EngineError, RequestError
 from executor.request import LogprobOptions
+from executor.runtime_client import GenerateRequest, ScoreRequest
 from executor.sampling import SamplingParams
 from tests.hostile import bounded
 
@@ -30,8 +31,7 @@ REGEX = "[a-z ]{1,30}"
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dirs):
-    # A long follow-up wait: `submit_together` holds the first step until every request is queued.
-    with Engine(model_path=str(tiny_model_dirs["llama"]), device="cpu", follow_up_wait_s=5.0) as engine:
+    with Engine(model_path=str(tiny_model_dirs["llama"]), device="cpu") as engine:
         yield engine
 
 
@@ -47,12 +47,9 @@ def alone(tiny) -> dict[str, list[int]]:
 
 
 def submit_together(engine: Engine, requests: list[tuple[str, dict, dict]]) -> list:
-    """Submit (prompt, sampling params, submit kwargs) so that all of them enter the same first step."""
-    engine.hold_next_step()
-    try:
-        return [engine.submit(engine.encode(p), params, **kwargs) for p, params, kwargs in requests]
-    finally:
-        engine.release_step()
+    """Send (prompt, sampling params, GenerateRequest fields) as one group: one step takes them all."""
+    with engine.group() as group:
+        return [group.send(GenerateRequest(engine.encode(p), params, **fields)) for p, params, fields in requests]
 
 
 def assert_kv_clean(engine: Engine) -> None:
@@ -200,10 +197,11 @@ def test_bad_prompts_are_refused_on_entry(tiny, kwargs, error, message):
     ({"prefix_group": 5}, TypeError, "prefix_group"),
     ({"stream": "no"}, TypeError, "stream"),
 ])
-def test_bad_submit_arguments_are_refused(tiny, kwargs, error, message):
-    args = {"params": SamplingParams(max_new_tokens=4), **kwargs}
+def test_bad_request_fields_are_refused(tiny, kwargs, error, message):
+    fields = {"params": SamplingParams(max_new_tokens=4), **kwargs}
+    listener = fields.pop("listener", None)
     with bounded(seconds=5, mem_mb=200), pytest.raises(error, match=message):
-        tiny.submit(tiny.encode("hello"), **args)
+        tiny.send(GenerateRequest(tiny.encode("hello"), **fields), listener)
 
 
 @pytest.mark.parametrize("continuations,error,message", [
@@ -373,12 +371,9 @@ def test_score_failure_fails_only_its_request(tiny, alone, monkeypatch):
     monkeypatch.setattr(scheduler_module, "compute_logprobs", compute)
     with bounded(seconds=20, mem_mb=300):
         prompts = list(alone)
-        tiny.hold_next_step()
-        try:
-            handles = [tiny.submit(tiny.encode(p), GOOD) for p in prompts]
-            bad = tiny.submit_score(prompt, [[100, 200, 300], [101, 201, 99], [5], [400, 500, 600, 700]])
-        finally:
-            tiny.release_step()
+        with tiny.group() as group:
+            handles = [group.send(GenerateRequest(tiny.encode(p), GOOD)) for p in prompts]
+            bad = group.send(ScoreRequest(prompt, [[100, 200, 300], [101, 201, 99], [5], [400, 500, 600, 700]]))
         with pytest.raises(EngineError, match="injected score fault"):
             bad.result(timeout=30)
         assert [h.result(timeout=30)["output_ids"] for h in handles] == list(alone.values())
@@ -405,7 +400,7 @@ def test_streamed_publish_failure_fails_only_its_request(tiny, alone, monkeypatc
 def test_forward_failure_fails_the_batch_and_the_engine_keeps_serving(tiny_model_dirs, monkeypatch):
     with bounded(seconds=20, mem_mb=400), Engine(model_path=str(tiny_model_dirs["llama"]), device="cpu") as engine:
         monkeypatch.setattr(engine.runner, "forward", lambda batch: (_ for _ in ()).throw(RuntimeError("gpu fell off")))
-        handles = [engine.submit(engine.encode(p), GOOD) for p in good_prompts(3)]
+        handles = [engine.send(GenerateRequest(engine.encode(p), GOOD)) for p in good_prompts(3)]
         for h in handles:
             with pytest.raises(EngineError, match="gpu fell off"):
                 h.result(timeout=30)
@@ -440,7 +435,7 @@ def test_tampered_constraint_tables_are_refused_on_entry(tiny):
     bad = TokenFSM(dataclasses.replace(fsm.dfa, transitions=np.full_like(fsm.dfa.transitions, 10**6)),
                    fsm.index, fsm.vocab_bytes, fsm.vocab_offsets, fsm.fingerprint, fsm.eos_token_id, fsm.forced)
     with bounded(seconds=5, mem_mb=200), pytest.raises(ValueError, match="constraint.*transitions"):
-        tiny.submit(tiny.encode("hi"), GOOD, constraint=bad)
+        tiny.send(GenerateRequest(tiny.encode("hi"), GOOD, constraint=bad))
 
 
 # -- the real model under mixed load --------------------------------------------------------------------
@@ -455,7 +450,7 @@ def test_mixed_load_on_the_default_model(default_model_dir, monkeypatch):
     with bounded(seconds=120, mem_mb=3000):
         with Engine(model_path=str(default_model_dir), **options) as solo:
             expected = [solo.generate(p, params)["output_ids"] for p in prompts]
-        with Engine(model_path=str(default_model_dir), follow_up_wait_s=5.0, **options) as engine:
+        with Engine(model_path=str(default_model_dir), **options) as engine:
             fsm = engine.constraints.get(REGEX, None)
             bad_masks = _tampered(fsm, monkeypatch, dense_id=np.full_like(fsm.index.dense_id, 10**6))
             bad_transitions = TokenFSM(
@@ -493,20 +488,17 @@ def test_mixed_load_on_the_default_model(default_model_dir, monkeypatch):
             transitions = ("transitions", params, {"constraint": bad_transitions})
             (refused_on_entry if hasattr(TokenFSM, "check") else failing_in_step).append(transitions)
             refused, failing, handles = 0, [], []
-            engine.hold_next_step()
-            try:
+            with engine.group() as group:  # one step takes them all
                 for i, prompt in enumerate(prompts):
-                    handles.append(engine.submit(engine.encode(prompt), params))
+                    handles.append(group.send(GenerateRequest(engine.encode(prompt), params)))
                     if i % 7 == 3 and refused_on_entry:
-                        text, bad_params, kwargs = refused_on_entry.pop()
+                        text, bad_params, fields = refused_on_entry.pop()
                         with pytest.raises(RequestError):
-                            engine.submit(engine.encode(text), bad_params, **kwargs)
+                            group.send(GenerateRequest(engine.encode(text), bad_params, **fields))
                         refused += 1
                     elif i % 7 == 5 and failing_in_step:
-                        text, bad_params, kwargs = failing_in_step.pop()
-                        failing.append(engine.submit(engine.encode(text), bad_params, **kwargs))
-            finally:
-                engine.release_step()
+                        text, bad_params, fields = failing_in_step.pop()
+                        failing.append(group.send(GenerateRequest(engine.encode(text), bad_params, **fields)))
             assert refused + len(failing) == 8
             for h in failing:
                 with pytest.raises(EngineError, match=h.req.rid):

@@ -166,10 +166,11 @@ def test_a_group_is_taken_in_one_step(engine):
     assert_idle_and_clean(engine)
 
 
-def _follow_up_gap(tiny_model_dirs, answer: bool, wait_s: float, delay_s: float) -> tuple[int, float]:
-    """Passes between request A finishing and its follow-up C producing its token, C sent `delay_s`
-    after A finished from another thread (as the graph executor does), while B keeps the engine
-    busy; and the seconds that took."""
+def _follow_up_gap(tiny_model_dirs, answer: bool, wait_s: float, delay_s: float,
+                   follow_up: bool = True) -> tuple[int, float]:
+    """Passes between request A (sent with `follow_up`) finishing and its follow-up C producing its
+    token, C sent `delay_s` after A finished from another thread (as the graph executor does), while B
+    keeps the engine busy; and the seconds that took."""
     with Engine(model_path=str(tiny_model_dirs["llama"]), device="cpu", follow_up_wait_s=wait_s) as engine:
         params = SamplingParams(max_new_tokens=1, temperature=0.0)
         marks: dict[str, float] = {}
@@ -195,7 +196,7 @@ def _follow_up_gap(tiny_model_dirs, answer: bool, wait_s: float, delay_s: float)
 
         busy = engine.send(GenerateRequest(engine.encode("keep busy"), SamplingParams(
             max_new_tokens=200, temperature=0.0, ignore_eos=True)))
-        handle_a = engine.send(GenerateRequest(engine.encode("first"), params, follow_up=True), on_a)
+        handle_a = engine.send(GenerateRequest(engine.encode("first"), params, follow_up=follow_up), on_a)
         threading.Thread(target=executor_thread, args=(handle_a,)).start()
         assert done.wait(30)
         busy.result()
@@ -210,6 +211,12 @@ def test_a_follow_up_request_holds_the_next_step_until_answered(tiny_model_dirs)
 def test_an_unanswered_follow_up_only_delays_the_engine(tiny_model_dirs):
     """Past follow_up_wait_s the step runs anyway (the group here answers nothing)."""
     gap, _ = _follow_up_gap(tiny_model_dirs, answer=False, wait_s=0.02, delay_s=0.3)
+    assert gap > 1
+
+
+def test_a_request_without_follow_up_never_holds_a_step(tiny_model_dirs):
+    """Even a long follow-up wait costs nothing to requests that did not ask for it."""
+    gap, _ = _follow_up_gap(tiny_model_dirs, answer=True, wait_s=10.0, delay_s=0.3, follow_up=False)
     assert gap > 1
 
 
