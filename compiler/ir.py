@@ -51,6 +51,7 @@ from compiler.ir_ops import (
     Slot,
     StateIn,
     StateNew,
+    StateUse,
     Switch,
     VarScopeBegin,
     VarScopeEnd,
@@ -65,7 +66,7 @@ __all__ = [
     "NO_DEFAULT", "OPS", "Append", "Arg", "BatchGen", "Branch", "Const", "Fork", "FrozenDict",
     "Gen", "GetVar", "Graph", "Host", "IRError", "Join", "Json", "Kind", "Module", "Node", "Op", "Output",
     "Prefill", "Region", "RoleBegin", "RoleEnd", "Score", "Select", "SetVar", "Slot", "StateIn", "StateNew",
-    "Switch", "VarScopeBegin", "VarScopeEnd", "attribute_types", "branch_origin", "check_attribute",
+    "StateUse", "Switch", "VarScopeBegin", "VarScopeEnd", "attribute_types", "branch_origin", "check_attribute",
     "describe_type", "excerpt", "freeze_json", "state_lineage", "thaw_json",
 ]
 

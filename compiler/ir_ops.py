@@ -24,8 +24,8 @@ from compiler.ir_values import NO_DEFAULT, Json, freeze_json
 __all__ = [
     "OPS", "Append", "Arg", "BatchGen", "Branch", "Const", "Fork", "Gen", "GetVar", "Host", "IRError",
     "Join", "Kind", "Op", "Output", "Prefill", "RoleBegin", "RoleEnd", "Score", "Select", "SetVar", "Slot",
-    "StateIn", "StateNew", "Switch", "VarScopeBegin", "VarScopeEnd", "attribute_types", "check_attribute",
-    "describe_type",
+    "StateIn", "StateNew", "StateUse", "Switch", "VarScopeBegin", "VarScopeEnd", "attribute_types",
+    "check_attribute", "describe_type",
 ]
 
 
@@ -78,6 +78,22 @@ class Slot(enum.Enum):
         return {"STATE": "state", "VALUE": "text or value", "FORK": "fork", "ANY": "state, text or value"}[
             self.name
         ]
+
+
+class StateUse(enum.Enum):
+    """What an op does with the states it reads, for planners that follow a prompt through a graph
+    without running it (the executor keeps a prefill's prefix cached until the nodes that extend it
+    run). A static fact of the signature, like `Slot`; what the op means is the interpreter's.
+    `tests/test_ir_interpreter.py` checks each op's value against the interpreter's results."""
+
+    CONTINUES = "continues"  # carries the state on without the model or the host: the result's text
+    #                          starts with the state's (text and variable ops, fork, branch, join)
+    READS = "reads"  # reads it and carries nothing on (getvar, output)
+    RUNS = "runs"  # gives it to the model, the host or a region (gen, select, prefill, host, switch, ...)
+
+    def __str__(self) -> str:
+        return self.value
+
 
 # ---------------------------------------------------------------------------------------------------
 # Attribute schema: the annotations of each op's dataclass fields
@@ -189,6 +205,7 @@ class Op:
     variadic: ClassVar[Slot | None] = None  # trailing repeated operands, if any
     min_variadic: ClassVar[int] = 0
     result: ClassVar[Kind] = Kind.STATE
+    state_use: ClassVar[StateUse] = StateUse.RUNS  # what it does with the states it reads
 
     def __post_init__(self) -> None:
         self._normalize()
@@ -308,6 +325,7 @@ class Append(Op):
     opname = "append"
     category = "text"
     operand_slots = (Slot.STATE, Slot.VALUE)
+    state_use = StateUse.CONTINUES
 
 
 @dataclass(frozen=True)
@@ -317,6 +335,7 @@ class RoleBegin(Op):
     opname = "role_begin"
     category = "text"
     operand_slots = (Slot.STATE,)
+    state_use = StateUse.CONTINUES
     role: str
 
     def _check(self) -> str | None:
@@ -330,6 +349,7 @@ class RoleEnd(Op):
     opname = "role_end"
     category = "text"
     operand_slots = (Slot.STATE,)
+    state_use = StateUse.CONTINUES
     role: str
 
     def _check(self) -> str | None:
@@ -437,6 +457,7 @@ class GetVar(Op):
     category = "text"
     operand_slots = (Slot.STATE,)
     result = Kind.VALUE
+    state_use = StateUse.READS
     name: str
 
     def consumes(self, index: int) -> bool:
@@ -486,6 +507,7 @@ class _NamedTextOp(Op):
     """A text op about the variable `name` (which must not be empty)."""
 
     category = "text"
+    state_use = StateUse.CONTINUES
     name: str
 
     def _check(self) -> str | None:
@@ -526,6 +548,7 @@ class Fork(Op):
     opname = "fork"
     operand_slots = (Slot.STATE,)
     result = Kind.FORK
+    state_use = StateUse.CONTINUES
     n: int
 
     def _check(self) -> str | None:
@@ -541,6 +564,7 @@ class Branch(Op):
 
     opname = "branch"
     operand_slots = (Slot.FORK,)
+    state_use = StateUse.CONTINUES
     index: int
 
     def _check(self) -> str | None:
@@ -558,6 +582,7 @@ class Join(Op):
     operand_slots = (Slot.STATE,)
     variadic = Slot.STATE
     min_variadic = 1
+    state_use = StateUse.CONTINUES
     mode: JoinMode = "gather_variable"
 
 
@@ -650,6 +675,7 @@ class Output(Op):
     opname = "output"
     operand_slots = (Slot.STATE,)
     result = Kind.NONE
+    state_use = StateUse.READS
 
 
 OPS: dict[str, type[Op]] = {

@@ -17,10 +17,6 @@ from compiler.ir import Node, Region
 
 __all__ = ["Plan", "PlanCache", "make_plan", "pin_consumers"]
 
-# Ops through which a state flows on to its next LLM consumer (for prefill pins).
-_PASS_THROUGH = (ir.Append, ir.RoleBegin, ir.RoleEnd, ir.Fork, ir.Branch, ir.Join)
-
-
 def _subtree(node: Node) -> Iterator[Node]:
     yield node
     for region in node.regions:
@@ -55,14 +51,15 @@ def make_plan(region: Region) -> Plan:
     current = out.operands[0] if out is not None and out.operands else None
     while current is not None and current.id in tops and current.id not in main:
         main.add(current.id)
-        if isinstance(current.op, ir.Branch):
-            break  # a branch root; the main line of a region never starts inside a fork
+        # A branch's operand is its fork (not a state): the main line of a region never starts inside one.
         current = current.operands[0] if current.operands and current.operands[0].kind is ir.Kind.STATE else None
     return Plan(region.nodes, {k: len(v) for k, v in preds.items()}, users, frozenset(main))
 
 
 def pin_consumers(node: Node) -> frozenset[int]:
-    """The nodes that first extend the state `node` produces (LLM nodes or opaque steps)."""
+    """The nodes that first extend the state `node` produces (LLM nodes or opaque steps): its users,
+    followed through the ops that carry a state on without the model (`ir.StateUse.CONTINUES`), the
+    readers (`READS`) left out."""
     graph = node.graph
     found: set[int] = set()
     seen: set[int] = set()
@@ -73,9 +70,10 @@ def pin_consumers(node: Node) -> frozenset[int]:
             if user.id in seen or user.region is not node.region:
                 continue
             seen.add(user.id)
-            if isinstance(user.op, _PASS_THROUGH):
+            use = user.op.state_use
+            if use is ir.StateUse.CONTINUES:
                 stack.append(user)
-            elif not isinstance(user.op, (ir.GetVar, ir.Output)):
+            elif use is not ir.StateUse.READS:
                 found.add(user.id)
     return frozenset(found)
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from compiler import ir
-from compiler.ir_interpreter import Interpreter, Pending, run_graph
+from compiler.ir_interpreter import Bundle, EnterRegion, Interpreter, Pending, run_graph
 from compiler.parser.ir_reader import parse_graph
 from compiler.passes.semantics import SymbolicDomain, _SymbolicArguments
+from compiler.prompt_state import PromptState
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +26,7 @@ RUNNERS = {
     "executor/graph_run.py": "the graph executor's loop",
     "executor/graph_domain.py": "the graph executor's domain",
     "executor/graph_executor.py": "the graph executor",
+    "executor/graph_plan.py": "the graph executor's plans (ops through `op.state_use`)",
     "compiler/passes/semantics.py": "the semantics checker",
     "tests/test_lang_support.py": "the test oracle",
 }
@@ -117,6 +119,83 @@ def test_a_graph_with_every_op_runs_through_one_method_each() -> None:
     assert {"q", "asked", "label", "a", "pick", "again"} <= set(names)
     assert len(names["a"]) == 2  # gathered from both branches of the fork
     assert str(text[0]).startswith("About ")
+
+
+class _NotingDomain(SymbolicDomain):
+    """The symbolic domain, noting the nodes that asked the model or the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[int] = set()
+
+    def generate(self, node, states):  # type: ignore[no-untyped-def]
+        self.asked.add(node.id)
+        return super().generate(node, states)
+
+    def choose(self, node, text, candidates, method):  # type: ignore[no-untyped-def]
+        self.asked.add(node.id)
+        return super().choose(node, text, candidates, method)
+
+    def prefill(self, node, state, text):  # type: ignore[no-untyped-def]
+        self.asked.add(node.id)
+        return super().prefill(node, state, text)
+
+    def host(self, node, values):  # type: ignore[no-untyped-def]
+        self.asked.add(node.id)
+        return super().host(node, values)
+
+
+class _Values(Interpreter):
+    """The interpreter on the symbolic domain, keeping each node's operand values and value."""
+
+    def __init__(self) -> None:
+        super().__init__(_NotingDomain())
+        self.runs: list[tuple[ir.Node, list, object]] = []
+
+    def run_node(self, frame, node):  # type: ignore[no-untyped-def]
+        value = super().run_node(frame, node)
+        self.runs.append((node, [frame.lookup(o) for o in node.operands], value))
+        return value
+
+
+def _states(value: object) -> list:
+    return list(value.states) if isinstance(value, Bundle) else [value] if isinstance(value, PromptState) else []
+
+
+def _starts_with(text: tuple, prefix: tuple) -> bool:
+    """Text parts (strings and symbols) `text` begins with `prefix` (adjacent strings may have merged)."""
+    if not prefix:
+        return True
+    head, last = prefix[:-1], prefix[-1]
+    if len(text) < len(prefix) or tuple(text[:len(head)]) != tuple(head):
+        return False
+    nxt = text[len(head)]
+    return nxt == last or (isinstance(nxt, str) and isinstance(last, str) and nxt.startswith(last))
+
+
+def test_state_use_agrees_with_the_interpreter() -> None:
+    """`op.state_use` (what planners read instead of naming op classes) is what the op's method does:
+    a CONTINUES op's states start with the text of a state it read, a READS op makes no new state,
+    neither asks the model or the host; a RUNS op that reads a state does (or enters a region)."""
+    interpreter = _Values()
+    run_graph(interpreter, parse_graph(EVERY_OP), _SymbolicArguments())
+    asked = interpreter.domain.asked
+    seen = set()
+    for node, operands, value in interpreter.runs:
+        use = node.op.state_use
+        read = [s for operand in operands for s in _states(operand)]
+        if not read:
+            continue  # no state in (arg, const, state_new, state_in)
+        assert (use is ir.StateUse.RUNS) == (node.id in asked or isinstance(value, EnterRegion)), node.op.opname
+        if use is ir.StateUse.CONTINUES:
+            assert read and _states(value), node.op.opname
+            for state in _states(value):
+                assert any(_starts_with(state.public()[0], r.public()[0]) for r in read), node.op.opname
+        elif use is ir.StateUse.READS:
+            assert read and all(s is r for s in _states(value) for r in read[:1]), node.op.opname
+        seen.add(use)
+    assert seen == set(ir.StateUse)
+    assert {name for name, cls in ir.OPS.items() if cls.state_use is ir.StateUse.READS} == {"getvar", "output"}
 
 
 def test_pending_composes() -> None:
