@@ -2,7 +2,8 @@
 
 This package is the public face: the language (SGLang's frontend names: `function`, `gen`, `select`,
 roles, ...), `Runtime` and `Engine` (the LLM runtime, imported lazily so `import sgc` stays fast),
-`compile_function`/`compile_file`/`explain` (the tracer) and the CLI.
+`compile_function`/`compile_file`/`explain` (the tracer), `RuntimeEndpoint` (programs on an `sgc serve`
+over HTTP) and the CLI.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from compiler.version import __version__
 __all__ = [
     "CompileError", "Engine", "Function", "ProgramError", "Runtime", "__version__", "assistant",
     "assistant_begin", "assistant_end", "compile_file", "compile_function", "explain", "function", "gen",
-    "gen_int", "gen_string", "get_default_backend", "greedy_token_selection", "load", "select",
+    "gen_int", "gen_string", "get_default_backend", "greedy_token_selection", "load", "RuntimeEndpoint", "select",
     "set_default_backend", "system", "system_begin", "system_end", "token_length_normalized",
     "unconditional_likelihood_normalized", "user", "user_begin", "user_end",
 ]
@@ -53,6 +54,10 @@ def __getattr__(name: str):
         from sgc.runtime import Runtime
 
         return Runtime
+    if name == "RuntimeEndpoint":  # a program on an `sgc serve` over HTTP (needs the serve extra)
+        from sgc.serve.client import RuntimeEndpoint
+
+        return RuntimeEndpoint
     if name in ("load", "LoadedProgram"):
         from sgc import loader
 

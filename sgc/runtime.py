@@ -30,6 +30,10 @@ class Runtime:
     model's own template is used.
     """
 
+    # Whether compiling a program here compiles its constraint tables for the runtime's tokenizer
+    # (a remote runtime, `RuntimeEndpoint`, gets regexes and schemas instead).
+    compiles_constraints = True
+
     def __init__(self, model_path: str = "smollm2-135m-instruct", *, chat_template: Any = None,
                  disable_passes: Iterable[str] = (), **engine_kwargs: Any) -> None:
         from compiler.passes.manager import default_pipeline
@@ -88,7 +92,8 @@ class Runtime:
         with self._compile_lock:
             program = self._compiled.get(key)
             if program is None:
-                result = compile_program(function, opt_level=level, tokenizer=tokenizer,
+                result = compile_program(function, opt_level=level,
+                                         tokenizer=tokenizer if self.compiles_constraints else None,
                                          disable_passes=self.disable_passes)
                 # traced here from the caller's own code: its host steps may call its live functions
                 program = CompiledProgram(self.engine, result.module, result.fsms,

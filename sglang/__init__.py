@@ -44,11 +44,10 @@ from sglang.api import (
     video,
 )
 from sglang.global_config import global_config
-from sglang.lang.backend.runtime_endpoint import RuntimeEndpoint
 from sglang.version import __version__
 
 # What SGLang 0.5.x's `sglang/__init__.py` exports (its `__all__`), then sgc's additions.
-__all__ = [  # noqa: F822 (Engine and Runtime are imported on first use, below)
+__all__ = [  # noqa: F822 (Engine, Runtime and RuntimeEndpoint are imported on first use, below)
     "Engine", "Runtime", "assistant", "assistant_begin", "assistant_end", "flush_cache", "function", "gen",
     "gen_int", "gen_string", "get_server_info", "image", "select", "set_default_backend", "system",
     "system_begin", "system_end", "user", "user_begin", "user_end", "video", "RuntimeEndpoint",
@@ -64,9 +63,14 @@ VertexAI = refused_class("VertexAI", REMOTE_API)
 
 
 def __getattr__(name: str) -> Any:
-    """`Runtime` (sgc's `Runtime`) and `Engine` (sgc's `Engine`) are imported on first use."""
+    """`Runtime` (sgc's `Runtime`), `Engine` (sgc's `Engine`) and `RuntimeEndpoint` (sgc's HTTP
+    backend, `sgc.serve.client`) are imported on first use."""
     if name in ("Runtime", "Engine"):
         import sglang.api
 
         return getattr(sglang.api, name)
+    if name == "RuntimeEndpoint":
+        from sgc.serve.client import RuntimeEndpoint
+
+        return RuntimeEndpoint
     raise AttributeError(f"module 'sglang' (sgc's shim) has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 REMOTE_API = ("sgc runs programs on its own runtime, not on remote APIs; use sgc.Runtime(model_path=...) "
-              "(sgl.Runtime), or sgl.RuntimeEndpoint once sgc's server lands (issue 15)")
+              "(sgl.Runtime), or sgl.RuntimeEndpoint(url) for an `sgc serve` server")
 MULTIMODAL = "sgc runs text-only models: images and videos cannot be part of a prompt"
 
 

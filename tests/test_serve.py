@@ -368,3 +368,101 @@ def test_api_key_queue_bound_and_sigterm(tiny_model_dirs, tmp_path):
             assert final["meta_info"]["finish_reason"]["type"] in ("length", "abort")
     finally:
         proc.stop()
+
+
+# -- programs through RuntimeEndpoint ------------------------------------------------------------------
+SGLANG_PROGRAM = '''
+import sglang as sgl
+
+
+@sgl.function
+def pick_and_write(s, topic):
+    s += sgl.system("You answer briefly.")
+    s += sgl.user("Topic: " + topic + ". Pick a color.")
+    s += sgl.assistant(sgl.select("color", choices=["red", "green", "blue"]))
+    s += sgl.user("Give a code.")
+    s += sgl.assistant(sgl.gen("code", regex=r"[A-Z]{3}-[0-9]{2}", max_tokens=10))
+    forks = s.fork(2)
+    for i, f in enumerate(forks):
+        f += sgl.user("Idea " + str(i) + "?")
+        f += sgl.assistant(sgl.gen("idea", max_tokens=6))
+    s += sgl.user("Ideas: " + forks[0]["idea"] + " / " + forks[1]["idea"])
+    s += sgl.assistant(sgl.gen("summary", max_tokens=6, stop="."))
+'''
+
+
+@pytest.fixture(scope="module")
+def sglang_program(tmp_path_factory):
+    import importlib.util
+
+    path = tmp_path_factory.mktemp("prog") / "pick_and_write.py"
+    path.write_text(SGLANG_PROGRAM)
+    spec = importlib.util.spec_from_file_location("pick_and_write_prog", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.pick_and_write
+
+
+def _variables(state):
+    return {name: state[name] for name in ("color", "code", "summary")}, state.text()
+
+
+def test_runtime_endpoint_runs_sglang_program(server, tiny_model_dirs, sglang_program):
+    import sglang as sgl
+
+    endpoint = sgl.RuntimeEndpoint(server.url)
+    with sgl.Runtime(str(tiny_model_dirs["llama"]), device="cpu", max_total_tokens=8192) as local:
+        want = [_variables(sglang_program.run(topic=t, temperature=0, backend=local)) for t in ("sea", "sky")]
+        sgl.set_default_backend(endpoint)
+        try:
+            got = [_variables(sglang_program.run(topic=t, temperature=0)) for t in ("sea", "sky")]
+            batch = sglang_program.run_batch([{"topic": "sea"}, {"topic": "sky"}], temperature=0)
+        finally:
+            sgl.set_default_backend(None)
+    assert got == want
+    assert [_variables(s) for s in batch] == want
+    assert __import__("re").fullmatch(r"[A-Z]{3}-[0-9]{2}", got[0][0]["code"])
+    assert got[0][0]["color"] in ("red", "green", "blue")
+    # eagerly (the reference interpreter) on the HTTP client gives the same variables too
+    eager = _variables(sglang_program.run(topic="sea", temperature=0, backend=endpoint.engine))
+    assert eager == want[0]
+    assert sgl.flush_cache(endpoint) is True
+    assert sgl.get_server_info(endpoint)["status"] == "ready"
+    endpoint.shutdown()
+
+
+def test_http_client_interface(server, engine):
+    """HTTPRuntimeClient implements the runtime client interface: send, stream, listeners, abort, score."""
+    from executor.runtime_client import GenerateRequest, RequestError, RuntimeClient, ScoreRequest
+    from sgc.serve.client import HTTPRuntimeClient
+
+    client = HTTPRuntimeClient(server.url)
+    try:
+        assert isinstance(client, RuntimeClient)
+        assert client.info().context_len == 512 and client.is_alive()
+        ids = client.tokenizer.encode(PROMPTS[0])
+        params = {"max_new_tokens": 8, **GREEDY}
+        events = []
+        handle = client.send(GenerateRequest(ids, params, stream=True), lambda d, f: events.append((d, f)))
+        chunks = list(handle.stream())
+        want = engine.generate(input_ids=ids, sampling_params=params)
+        assert "".join(c["text"] for c in chunks) == want["text"] == handle.result(30)["text"]
+        assert handle.result(30)["output_ids"] == want["output_ids"]
+        assert events[-1] == ("", True) and "".join(d for d, _ in events) == want["text"]
+        scored = client.send(ScoreRequest(ids, [[11, 12], [13]])).result(30)
+        local = engine.score(ids, [[11, 12], [13]])
+        for got, want_lp in zip(scored["logprobs"], local["logprobs"], strict=True):
+            assert got == pytest.approx(want_lp, abs=1e-4)
+        with client.group() as group:
+            handles = [group.send(GenerateRequest(ids, params)) for _ in range(3)]
+        assert [h.result(30)["text"] for h in handles] == [want["text"]] * 3
+        with pytest.raises(RequestError):
+            client.send(GenerateRequest(ids, {"max_new_tokens": -1}))
+        long = client.send(GenerateRequest(ids, {"max_new_tokens": 400, "ignore_eos": True}, stream=True))
+        next(iter(long.stream()))
+        long.abort()
+        out = long.result(30)
+        assert out["meta_info"]["finish_reason"]["type"] == "abort"
+        assert client.stats()["num_finished_requests"] > 0
+    finally:
+        client.close()

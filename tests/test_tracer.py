@@ -280,8 +280,8 @@ if __name__ == "__main__":
         assert eager.messages()[0]["role"] == "system" and eager.messages()[-1]["role"] == "assistant"
 
     assert sglang.function is sgc.function and sglang.Runtime is sgc.Runtime
-    with pytest.raises(NotImplementedError, match="RuntimeEndpoint"):
-        sglang.RuntimeEndpoint("http://localhost:30000")
+    with pytest.raises(ConnectionError, match="no sgc server at http://127.0.0.1:9"):
+        sglang.RuntimeEndpoint("http://127.0.0.1:9")  # the discard port: nothing serves there
 
 
 def test_traced_fork_group_iadd_and_public_names(tokenizer) -> None:

@@ -1,16 +1,10 @@
-"""`RuntimeEndpoint` (refused until sgc has a server) and `Runtime` (sgc's)."""
+"""`RuntimeEndpoint` (a program runs on an `sgc serve` over HTTP) and `Runtime` (sgc's in-process one)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sglang._refused import refused_class
-
-__all__ = ["Runtime", "RuntimeEndpoint"]  # noqa: F822 (Runtime: on first use)
-
-RuntimeEndpoint = refused_class(
-    "RuntimeEndpoint", "sgc has no HTTP server yet (issue 15); run the model in-process with "
-    "sgl.Runtime(model_path=...)", "sglang")
+__all__ = ["Runtime", "RuntimeEndpoint"]  # noqa: F822 (both imported on first use)
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +12,8 @@ def __getattr__(name: str) -> Any:
         from sgc.runtime import Runtime
 
         return Runtime
+    if name == "RuntimeEndpoint":  # httpx is imported only when it is used
+        from sgc.serve.client import RuntimeEndpoint
+
+        return RuntimeEndpoint
     raise AttributeError(f"module {__name__!r} (sgc's shim) has no attribute {name!r}")
