@@ -12,6 +12,13 @@ import torch
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """`pytest -m "not slow"` is the fast tier: property tests take fewer examples (tests/tiers.py)."""
+    from tests import tiers
+
+    tiers.FAST = "not slow" in (config.getoption("markexpr") or "").replace("  ", " ")
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The default model's converted folder (in $SGC_CACHE or ~/.cache/sgc; converted on first use)."""

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from executor.kernels import attention_ref, decode_attention_ref, extend_attention_ref
 from executor.kernels.attention_shared_ref import SharedPrefix, decode_attention_shared_prefix_ref
+from tests.tiers import examples
 
 
 def dense_causal(q, k, v, num_prefix, scale):
@@ -70,7 +71,7 @@ def check_extend_against_dense(prefix, extend, num_heads, num_kv_heads, head_dim
         start += e
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     lens=st.lists(st.tuples(st.integers(0, 40), st.integers(1, 12)), min_size=1, max_size=9),
     heads=st.sampled_from([(4, 4), (6, 2), (9, 3)]),
@@ -125,7 +126,7 @@ def make_shared(prefix_lens, suffix_lens_per_group, num_lone, lone_len, num_kv_h
     return k_buf, v_buf, table, rows, seqs, SharedPrefix(members, torch.tensor(prefix_lens))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
     groups=st.lists(st.tuples(st.integers(1, 60), st.lists(st.integers(1, 9), min_size=1, max_size=5)),
                     min_size=1, max_size=4),

@@ -1,5 +1,6 @@
-"""The CLI end to end on the default model: compile -> show -> run JSONL, user errors as one
-`file:line: message` line with exit code 1, and an artifact run in a fresh process == in process."""
+"""The CLI end to end on a tiny random model (the default model's tokenizer): compile -> show -> run
+JSONL, user errors as one `file:line: message` line with exit code 1, and an artifact run in a fresh
+process == in process."""
 
 from __future__ import annotations
 
@@ -39,18 +40,23 @@ ROWS = [{"question": "Name a fruit."}, {"question": "Name a car."}]
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, default_model_dir):
+def model_dir(tiny_model_dirs) -> Path:
+    return tiny_model_dirs["llama"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, model_dir):
     root = tmp_path_factory.mktemp("cli")
     (root / "cliprog.py").write_text(PROGRAM)
     (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS) + "not json\n{\"nope\": 1}\n")
     assert main(["compile", str(root / "cliprog.py"), "-o", str(root / "cliprog.sgc"),
-                 "--model", str(default_model_dir)]) == 0
+                 "--model", str(model_dir)]) == 0
     return root
 
 
 @pytest.fixture(scope="module")
-def runtime(default_model_dir):
-    rt = sgc.Runtime(str(default_model_dir), device="cpu")
+def runtime(model_dir):
+    rt = sgc.Runtime(str(model_dir), device="cpu")
     yield rt
     rt.shutdown()
 
@@ -73,10 +79,10 @@ def test_compile_writes_an_artifact_with_tables(workdir, capsys) -> None:
     assert any(node.op.opname == "host" for node in art.module["tool"].nodes())
 
 
-def test_compile_options(workdir, default_model_dir, capsys) -> None:
+def test_compile_options(workdir, model_dir, capsys) -> None:
     out = workdir / "only_qa.sgc"
     assert main(["compile", str(workdir / "cliprog.py"), "-o", str(out), "--function", "qa", "-O0",
-                 "--print-after-all", "--explain", "--model", str(default_model_dir)]) == 0
+                 "--print-after-all", "--explain", "--model", str(model_dir)]) == 0
     err = capsys.readouterr().err
     assert "// after compile-constraints" in err and "no graph breaks" in err
     assert [g.name for g in read_artifact(out).module] == ["qa"]
@@ -96,10 +102,10 @@ def test_show_a_program_file_after_a_pass(workdir, capsys) -> None:
     assert out.startswith("func @qa") and "score" in out and "@tool" not in out
 
 
-def test_run_jsonl_reports_every_instance(workdir, default_model_dir, runtime, capsys) -> None:
+def test_run_jsonl_reports_every_instance(workdir, model_dir, runtime, capsys) -> None:
     out = workdir / "results.jsonl"
     assert main(["run", str(workdir / "cliprog.sgc"), "--function", "qa", "--args", str(workdir / "rows.jsonl"),
-                 "--out", str(out), "--model", str(default_model_dir), "--device", "cpu",
+                 "--out", str(out), "--model", str(model_dir), "--device", "cpu",
                  "--max-new-tokens", "16"]) == 1  # two rows failed
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["index"] for r in lines] == [0, 1, 2, 3]
@@ -114,14 +120,14 @@ def test_run_jsonl_reports_every_instance(workdir, default_model_dir, runtime, c
         assert line["text"] == state.text() and line["variables"] == state.snapshot()["variables"]
 
 
-def test_artifact_in_a_fresh_process_equals_in_process(workdir, default_model_dir, runtime) -> None:
+def test_artifact_in_a_fresh_process_equals_in_process(workdir, model_dir, runtime) -> None:
     program = sgc.load(workdir / "cliprog.sgc", backend=runtime)
     local = [s.snapshot() for s in program.qa.run_batch(ROWS, temperature=0, max_new_tokens=16)]
     rows = workdir / "good.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     out = workdir / "fresh.jsonl"
     proc = subprocess.run([sys.executable, "-m", "sgc.cli", "run", str(workdir / "cliprog.sgc"), "--function", "qa",
-                           "--args", str(rows), "--out", str(out), "--model", str(default_model_dir),
+                           "--args", str(rows), "--out", str(out), "--model", str(model_dir),
                            "--device", "cpu", "--max-new-tokens", "16"],
                           capture_output=True, text=True, env=_env(), cwd=workdir, timeout=300)
     assert proc.returncode == 0, proc.stderr

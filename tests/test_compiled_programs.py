@@ -1,5 +1,6 @@
-"""Compiled == eager on the real default model: every program run with every pass, at -O0, and with
-the eager interpreter (the oracle) gives exactly the same text, messages and variables (greedy)."""
+"""Compiled == eager: every program run with every pass, at -O0, and with the eager interpreter (the
+oracle) gives exactly the same text, messages and variables (greedy). The fast tier runs them on a
+tiny random model; the same tests on the real default model are the `slow` twin."""
 
 from __future__ import annotations
 
@@ -168,9 +169,13 @@ CASES = [
 IDS = [f"{fn.name}-{i}" for i, (fn, _) in enumerate(CASES)]
 
 
-@pytest.fixture(scope="module")
-def runtime(default_model_dir):
-    rt = sgc.Runtime(str(default_model_dir), device="cpu")
+@pytest.fixture(scope="module", params=["tiny", pytest.param("default", marks=pytest.mark.slow)])
+def runtime(request, tiny_model_dirs):
+    """A runtime on the tiny random model (fast) or on the real default model (the slow twin)."""
+    if request.param == "tiny":
+        rt = sgc.Runtime(str(tiny_model_dirs["llama"]), device="cpu")
+    else:
+        rt = sgc.Runtime(str(request.getfixturevalue("default_model_dir")), device="cpu")
     yield rt
     rt.shutdown()
 

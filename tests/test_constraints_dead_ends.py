@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compiler.constraints import ConstraintError, TokenFSM, Vocabulary, compile_json_schema, compile_regex
+from tests.tiers import examples
 
 
 def _reachable_dead_ends(fsm: TokenFSM, vocab: Vocabulary, limit: int = 5000) -> list[int]:
@@ -86,7 +87,7 @@ def test_smollm2_schemas_have_no_reachable_dead_end(smol: Vocabulary, schema: di
 ATOMS = st.sampled_from(["a", "b", "d", "ab", "é", ".", "[a-d]", "[^a]", "x?", "(a|d)"])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     pattern=st.recursive(
         ATOMS,

@@ -35,6 +35,7 @@ from compiler.constraints import (
 )
 from compiler.constraints.number_ranges import MAX_FRAC_DIGITS, int_range, number_range
 from compiler.constraints.regex_ast import to_regex
+from tests.tiers import examples
 
 FORMAT_CHECKER = jsonschema.Draft202012Validator.FORMAT_CHECKER
 
@@ -295,7 +296,7 @@ def test_all_of_conflicts() -> None:
         json_schema_to_regex({"allOf": [{"const": 1}, {"const": 2}]})
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     lo=st.one_of(st.none(), st.integers(-400, 400)),
     hi=st.one_of(st.none(), st.integers(-400, 400)),
@@ -309,7 +310,7 @@ def test_integer_ranges(lo: int | None, hi: int | None, values: list[int]) -> No
             assert bool(regex.fullmatch(str(probe))) == inside, (lo, hi, probe)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(
     lower=st.one_of(st.none(), st.tuples(st.integers(-30, 30), st.booleans())),
     upper=st.one_of(st.none(), st.tuples(st.integers(-30, 30), st.booleans())),

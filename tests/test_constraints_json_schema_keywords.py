@@ -24,6 +24,7 @@ from compiler.constraints import ConstraintError
 from compiler.constraints.automaton import DFA
 from compiler.constraints.dfa_ops import byte_dfa
 from compiler.constraints.json_schema import SchemaOptions, json_schema_to_node
+from tests.tiers import examples
 
 
 def dfa_of(schema: Any, **options: Any) -> DFA:
@@ -485,7 +486,7 @@ def _compile_or_skip(schema: dict) -> DFA | None:
         return None
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck))
 @given(schema=_object_schemas(), seed=st.integers(0, 1000))
 def test_generated_object_schemas_are_sound(schema: dict, seed: int) -> None:
     dfa = _compile_or_skip(schema)
@@ -532,7 +533,7 @@ def _candidates(schema: dict, rng: random.Random, n: int = 60) -> list[Any]:
     return out
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=list(HealthCheck))
 @given(schema=_object_schemas(), seed=st.integers(0, 1000))
 def test_generated_object_schemas_are_complete(schema: dict, seed: int) -> None:
     """Every valid instance whose property names the schema lists (the open-object policy) is
@@ -721,7 +722,7 @@ _UNTYPED_VALUES: list[Any] = [
 ]  # fmt: skip
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     parts=st.lists(st.sampled_from(range(len(_UNTYPED_PARTS))), min_size=1, max_size=3, unique=True),
     seed=st.integers(0, 1000),
@@ -849,7 +850,7 @@ _THEN_PARTS: list[Any] = [
 ]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     cond=st.sampled_from(_IF_PARTS),
     then=st.one_of(st.none(), st.sampled_from(_THEN_PARTS)),
@@ -905,7 +906,7 @@ _BOUNDS = st.one_of(
 )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     lo=st.one_of(st.none(), _BOUNDS),
     hi=st.one_of(st.none(), _BOUNDS),

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from compiler.constraints import ConstraintError, regex_to_byte_dfa, regex_to_char_dfa
 from compiler.constraints.charset import CharSet, utf8_sequences
 from compiler.constraints.regex_dfa import CharDFA
+from tests.tiers import examples
 
 # -- a rich family of regexes ----------------------------------------------------------------
 
@@ -61,7 +62,7 @@ def sample_accepted(dfa: CharDFA, rng: random.Random, max_len: int = 12) -> str 
     return "".join(out) if dfa.accepting[s] else None
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     pattern=REGEXES,
     strings=st.lists(st.text(alphabet=ALPHABET, max_size=7), max_size=12),
@@ -151,7 +152,7 @@ def test_size_budget_is_a_clear_error() -> None:
         regex_to_byte_dfa("((a{1000}){1000}){1000}")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(ranges=st.lists(st.tuples(st.integers(0, 0x10FFFF), st.integers(0, 3000)), min_size=1, max_size=4))
 def test_utf8_sequences_encode_exactly_the_set(ranges: list[tuple[int, int]]) -> None:
     cs = CharSet.from_ranges([(lo, min(lo + w, 0x10FFFF)) for lo, w in ranges])

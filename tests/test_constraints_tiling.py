@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from compiler.constraints import automaton as A
 from compiler.constraints import dfa_ops
 from compiler.constraints.regex_dfa import parse_fullmatch, regex_to_byte_dfa
+from tests.tiers import examples
 
 ATOMS = ["a", "b", "c", "[ab]", "[^a]", ".", "é", "(ab|ba)", "(a|bc)"]
 QUANTS = ["", "", "*", "+", "?", "{1,3}", "{0,4}", "{2}"]
@@ -65,7 +66,7 @@ def is_trimmed(d: A.DFA, unreachable_ok: bool = False) -> bool:
 TEXTS = st.lists(st.text(alphabet="abcé", max_size=7), min_size=30, max_size=30)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(patterns(), patterns(), TEXTS)
 def test_products_accept_exactly_the_intersection_and_the_union(p: str, q: str, texts: list[str]) -> None:
     a, b = regex_to_byte_dfa(p), regex_to_byte_dfa(q)

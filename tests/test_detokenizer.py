@@ -4,6 +4,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from executor.detokenizer import IncrementalDetokenizer
+from tests.tiers import examples
 
 CORPUS = [
     "The café served crème brûlée to the naïve résumé writer. ",
@@ -232,7 +233,7 @@ def token_stream(draw, byte_ids_map, tokenizer):
     return ids
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_property_deltas_equal_text_equal_reference(tok, byte_ids, data):
     ids = data.draw(token_stream(byte_ids, tok))

@@ -27,6 +27,7 @@ from compiler.ir_text import print_module
 from compiler.parser.ir_reader import parse_module
 from compiler.passes.compile_constraints import CompileConstraints
 from executor.graph_host import HostPolicy, HostPolicyError
+from tests.tiers import examples
 
 PROGRAM = """\
 func @main {
@@ -41,7 +42,7 @@ func @main {
 """
 TOKENS = ["0", "1", "2", "9", "19", "20", "x", "</s>"]
 VOCAB = Vocabulary.from_strings(TOKENS, special_ids=[7], eos_token_id=7)
-SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def _original(tmp: Path) -> tuple[bytes, str, dict]:

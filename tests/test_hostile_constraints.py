@@ -18,6 +18,7 @@ from compiler.budgets import budget_overrides
 from compiler.constraints import ConstraintError, TokenFSM, Vocabulary, compile_json_schema, compile_regex
 from compiler.constraints.charset import CharSet
 from tests.hostile import bounded
+from tests.tiers import examples
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +423,7 @@ def _regexes() -> st.SearchStrategy[str]:
 
 
 @pytest.mark.slow  # hypothesis over compiles on the real vocabulary (5-10 s)
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pattern=_regexes())
 def test_random_regexes_compile_or_fail_cleanly(vocab: Vocabulary, pattern: str) -> None:
     with budget_overrides(constraint_seconds=2.0), bounded(seconds=6, mem_mb=400):
@@ -462,7 +463,7 @@ def _schemas() -> st.SearchStrategy[object]:
 
 
 @pytest.mark.slow  # hypothesis over compiles on the real vocabulary (5-10 s)
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(schema=_schemas())
 def test_random_schemas_compile_or_fail_cleanly(vocab: Vocabulary, schema: object) -> None:
     # 600 MiB and arrays of at most 200 items of at most 300 characters: a 759 x 178 string array grew

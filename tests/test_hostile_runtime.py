@@ -24,6 +24,7 @@ from executor.request import LogprobOptions
 from executor.runtime_client import GenerateRequest, ScoreRequest
 from executor.sampling import SamplingParams
 from tests.hostile import bounded
+from tests.tiers import examples
 
 GOOD = {"temperature": 0, "max_new_tokens": 10, "ignore_eos": True}
 REGEX = "[a-z ]{1,30}"
@@ -228,7 +229,7 @@ _VALUES = st.one_of(
 _KEYS = st.sampled_from([*SamplingParams.field_names(), "sampling_seed", "temprature", "", "ebnf", "__class__"])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(extra=st.dictionaries(_KEYS, _VALUES, max_size=4))
 def test_random_sampling_params_are_refused_or_complete(tiny, extra):
     params = {"max_new_tokens": 6, **extra}

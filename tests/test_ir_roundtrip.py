@@ -34,6 +34,7 @@ from compiler.ir import (
 )
 from compiler.ir_text import format_string, print_graph, print_module
 from compiler.parser.ir_reader import IRParseError, parse_graph, parse_module
+from tests.tiers import examples
 
 NASTY = [
     '"', "\\", "\n", "\r", "\t", "\x00", "\x7f", "\x85", "\u2028", "\u2029", "\ufeff", "\u200d", "\u202e",
@@ -184,7 +185,7 @@ def modules(draw) -> Module:
     return Module(graphs)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(modules(), st.booleans())
 def test_print_parse_print_is_identity(module: Module, meta: bool) -> None:
     module.verify()
@@ -198,7 +199,7 @@ def test_print_parse_print_is_identity(module: Module, meta: bool) -> None:
     assert all(len(line.split("\n")) == 1 for line in text.splitlines())
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(modules(), st.data())
 def test_damaged_text_fails_cleanly(module: Module, data) -> None:
     text = print_module(module)

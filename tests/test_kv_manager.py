@@ -19,6 +19,7 @@ from executor.kv_manager import KVManager, KVOwnershipError
 from executor.radix_cache import RadixNode
 from executor.request import Request, RequestKind
 from executor.sampling_params import SamplingParams
+from tests.tiers import examples
 
 CPU = torch.device("cpu")
 
@@ -344,7 +345,7 @@ class KVManagerWithoutCacheMachine(KVManagerMachine):
     enable_cache = False
 
 
-_SETTINGS = settings(max_examples=100, stateful_step_count=40, deadline=None,
+_SETTINGS = settings(max_examples=examples(100), stateful_step_count=40, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 KVManagerMachine.TestCase.settings = _SETTINGS
 KVManagerWithoutCacheMachine.TestCase.settings = _SETTINGS

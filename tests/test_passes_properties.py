@@ -42,6 +42,7 @@ from compiler.ir_text import print_module
 from compiler.parser.ir_reader import parse_module
 from compiler.passes import PASSES, PassManager
 from compiler.passes.semantics import evaluate_module
+from tests.tiers import examples
 
 WORDS = ["", " ", "\n", "a", "The answer is ", "Tip ", "yes", " no", "x y\nz", "\"", "\\", "\u2028",
          "😀", "\ud800", "%1", "// c", " #", "\t", "é"]
@@ -231,14 +232,14 @@ def _check(module: Module, manager: PassManager) -> None:
     assert evaluate_module(copy) == expected, f"meaning changed:\n{text}\n=>\n{after}"
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(modules())
 def test_default_pipeline_keeps_meaning(module: Module) -> None:
     module.verify()
     _check(module, PassManager(verify=True))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(modules())
 def test_each_pass_keeps_meaning_and_is_idempotent(module: Module) -> None:
     for name in sorted(PASSES):

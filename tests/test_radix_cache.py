@@ -23,6 +23,7 @@ from executor.radix_cache import (
     RadixNode,
     _common_prefix_len,
 )
+from tests.tiers import examples
 
 
 def make_cache(num_slots: int = 64) -> tuple[TokenSlotAllocator, RadixCache]:
@@ -548,7 +549,7 @@ class RadixCacheMachine(RuleBasedStateMachine):
 
 
 RadixCacheMachine.TestCase.settings = settings(
-    max_examples=60,
+    max_examples=examples(60),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -12,6 +12,7 @@ from executor.sampling import (
     compute_logprobs,
     make_generator,
 )
+from tests.tiers import examples
 
 # -- SamplingParams ---------------------------------------------------------------------------------
 
@@ -369,7 +370,7 @@ def test_non_contiguous_logits_with_penalties():
     assert out.tolist() == expected.argmax(1).tolist()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(logits=st.lists(st.floats(-8, 8, width=32), min_size=2, max_size=12),
        temperature=st.sampled_from([0.0, 0.3, 1.0, 2.5]), top_k=st.sampled_from([-1, 1, 2, 5]),
        top_p=st.sampled_from([1.0, 0.9, 0.5, 0.1]), min_p=st.sampled_from([0.0, 0.05, 0.5]),
