@@ -121,11 +121,16 @@ class ServerState:
         return None
 
     def forget(self, handles: Sequence[Any]) -> None:
+        """Done with `handles`: abort those still running (their client left or the server is
+        stopping; counted once as a disconnect). Idempotent."""
+        cut = False
         for handle in handles:
-            if not handle.done():
+            if self.inflight.pop(handle.rid, None) is not None and not handle.done():
                 handle.abort()
-            self.inflight.pop(handle.rid, None)
+                cut = True
             self.aliases.pop(handle.rid, None)
+        if cut and self.metrics is not None:
+            self.metrics.disconnects.inc()
 
 
 class _Events:
@@ -176,8 +181,6 @@ async def run_requests(state: ServerState, requests: Sequence[GenerateRequest | 
         return results
     except ClientGone:
         logger.info("client disconnected: aborted %s", ", ".join(h.rid for h in handles))
-        if state.metrics is not None:
-            state.metrics.disconnects.inc()
         raise
     finally:
         state.forget(handles)
@@ -214,10 +217,6 @@ async def stream_requests(state: ServerState, requests: Sequence[GenerateRequest
                 if state.metrics is not None:
                     state.metrics.observe_results(route, [result], time.perf_counter() - started)
                 yield index, "", result
-    except ClientGone:
-        if state.metrics is not None:
-            state.metrics.disconnects.inc()
-        raise
     finally:
         state.forget(handles)
 
@@ -235,8 +234,6 @@ class SSEResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            if any(not h.done() for h in self._handles) and self._state.metrics is not None:
-                self._state.metrics.disconnects.inc()
             self._state.forget(self._handles)
             aclose = getattr(self._content, "aclose", None)
             if aclose is not None:
