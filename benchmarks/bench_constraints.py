@@ -489,7 +489,7 @@ def validate(text: str) -> str | None:
 
 
 def run_sgc(jump_forward: bool, messages: list[str], max_new: int, sequential: bool = False) -> dict:
-    from executor.engine import Engine
+    from executor.runtime.engine import Engine
 
     with Engine(MODEL, device="cpu", disable_jump_forward=not jump_forward, kv_cache_gb=1.0) as engine:
         params = {"max_new_tokens": max_new, "temperature": 0, "json_schema": PERSON}

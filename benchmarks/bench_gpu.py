@@ -32,8 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from executor.engine import Engine  # noqa: E402
-from executor.memory import kv_bytes_per_token  # noqa: E402
+from executor.runtime.engine import Engine  # noqa: E402
+from executor.runtime.memory import kv_bytes_per_token  # noqa: E402
 from models import resolve_model  # noqa: E402
 
 

@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from executor.engine import Engine  # noqa: E402
+from executor.runtime.engine import Engine  # noqa: E402
 from models import resolve_model  # noqa: E402
 
 WORDS = ("river stone light paper market garden winter engine signal forest harbor copper silver "

@@ -3,7 +3,7 @@
 One method per op, named as the op (`append`, `gen`, `switch`, ...), over an abstract value domain
 (`Domain`). Three things run graphs through it, each with its own domain:
 
-- the graph executor (`executor/graph_run.py`): real `PromptState`s, a model client whose requests
+- the graph executor (`executor/program/graph_run.py`): real `PromptState`s, a model client whose requests
   it batches across program instances, host steps under the caller's `HostPolicy`;
 - the semantics checker (`compiler/passes/semantics.py`): symbolic states and text, a "model" whose
   outputs are symbols determined by what it would see, so two graphs can be compared without one;

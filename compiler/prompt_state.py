@@ -21,7 +21,7 @@ compiled and eager runs agree:
   recorded in `messages`. `role_end(role)` closes the message: its content is the text appended
   since the begin text, then `fmt.end_text(role)` (or `fmt.suffix(role)`) is appended. Roles do
   not nest, and `role_end` must close the open role. (A gen inside an `assistant` role also stops
-  at the format's `end_of_turn`: see `executor/graph_llm.py`.)
+  at the format's `end_of_turn`: see `executor/program/graph_llm.py`.)
 - `fork`: each branch starts as a copy of the parent that remembers the text length and message
   count at the fork.
 - a state remembers the variables bound since its fork (`bound_since_fork`) and what it added since

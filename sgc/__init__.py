@@ -47,7 +47,7 @@ __all__ = [
 def __getattr__(name: str):
     # Imported lazily so `sgc --help` and `import sgc` stay fast (torch loads only when needed).
     if name == "Engine":
-        from executor.engine import Engine
+        from executor.runtime.engine import Engine
 
         return Engine
     if name == "Runtime":

@@ -61,7 +61,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from executor.engine import Engine
+    from executor.runtime.engine import Engine
 
     started = time.perf_counter()
     with Engine(model_path=args.model, device=args.device) as engine:
@@ -104,7 +104,7 @@ def _load_schema(value: str | None) -> str | None:
 
 
 def _load_tokenizer(model: str):
-    from executor.tokenizer import Tokenizer
+    from executor.runtime.tokenizer import Tokenizer
     from models import resolve_model
 
     return Tokenizer(resolve_model(model))

@@ -1,4 +1,4 @@
-"""Compiled programs on a runtime: the glue between `compiler.driver` and `executor.graph_executor`.
+"""Compiled programs on a runtime: the glue between `compiler.driver` and `executor.program.graph_executor`.
 
 `CompiledProgram` holds one optimized module, its token FSMs and a `GraphExecutor` on an engine;
 `CompiledState` gives an executor result the eager interpreter's state API (`text()`, `messages()`,
@@ -106,8 +106,8 @@ class CompiledProgram:
     def __init__(self, engine: Any, module: Any, fsms: Mapping[str, Any] | None = None, *,
                  chat_format: Any = None, breaks: Sequence[Any] = (), host_functions: Any = None,
                  live_functions: bool = False) -> None:
-        """`host_functions` / `live_functions`: what host steps may call (`executor.graph_host.HostPolicy`)."""
-        from executor.graph_executor import GraphExecutor
+        """`host_functions` / `live_functions`: what host steps may call (`executor.program.graph_host.HostPolicy`)."""
+        from executor.program.graph_executor import GraphExecutor
 
         self.module = module
         self.fsms = dict(fsms or {})

@@ -8,7 +8,7 @@ states = program.qa.run_batch([{"question": "A"}, {"question": "B"}])
 
 Loading reads the artifact as data (`compiler.codegen.artifact.read_artifact`, bounded by the
 budgets of `compiler.budgets`); nothing in it is executed, and running it calls only code you allowed.
-Its host steps may call sgc's pure functions (`executor.graph_host.PURE_FUNCTIONS`) and nothing else
+Its host steps may call sgc's pure functions (`executor.program.graph_host.PURE_FUNCTIONS`) and nothing else
 unless you opt in, as `torch.load(weights_only=True)` is safe unless told otherwise:
 
 - `host_functions=my_program` (a module, modules, or a mapping of "module:qualname" to callables):
@@ -120,7 +120,7 @@ def load(path: str | os.PathLike[str], *, backend: Any = None, strict_tokenizer:
     from compiler.constraints import ConstraintError
     from compiler.driver import compile_constraint_tables
     from compiler.lang import get_default_backend
-    from executor.graph_host import HostPolicy
+    from executor.program.graph_host import HostPolicy
     from sgc.runtime import Runtime
 
     if backend is None:
@@ -154,7 +154,7 @@ def load(path: str | os.PathLike[str], *, backend: Any = None, strict_tokenizer:
 def _lock_host_functions(artifact: Artifact, policy: Any, path: Path) -> dict[str, str]:
     """Refuse host steps that name anything but sgc's pure functions or the artifact's own program;
     those that name its program without an opt-in lock their function (returned: name -> why)."""
-    from executor.graph_host import describe_refusal
+    from executor.program.graph_host import describe_refusal
 
     own = _program_module(artifact)
     locked: dict[str, str] = {}

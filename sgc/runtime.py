@@ -20,7 +20,7 @@ __all__ = ["Runtime"]
 
 
 class Runtime:
-    """A lazily started `executor.engine.Engine`.
+    """A lazily started `executor.runtime.engine.Engine`.
 
     `model_path` and `engine_kwargs` go to the engine (`device`, `max_total_tokens`, ...).
     `disable_passes` leaves those compiler passes out of every compile on this runtime (ablations:
@@ -54,7 +54,7 @@ class Runtime:
         if self._engine is None:
             with self._lock:
                 if self._engine is None:
-                    from executor.engine import Engine
+                    from executor.runtime.engine import Engine
 
                     self._engine = Engine(model_path=self.model_path, **self.engine_kwargs)
         return self._engine

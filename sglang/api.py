@@ -73,7 +73,7 @@ def __getattr__(name: str) -> Any:
 
         return Runtime
     if name == "Engine":
-        from executor.engine import Engine
+        from executor.runtime.engine import Engine
 
         return Engine
     raise AttributeError(f"module {__name__!r} (sgc's shim) has no attribute {name!r}")

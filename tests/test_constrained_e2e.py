@@ -8,7 +8,7 @@ import re
 import jsonschema
 import pytest
 
-from executor.engine import Engine
+from executor.runtime.engine import Engine
 from tests.constraint_schemas import SCHEMAS
 
 pytestmark = pytest.mark.slow

@@ -488,7 +488,7 @@ def test_look_ahead_avoids_forced_repeats() -> None:
 
 
 def test_generation_keeps_items_unique(tiny_model_dirs) -> None:
-    from executor.engine import Engine
+    from executor.runtime.engine import Engine
 
     schema = {"type": "object", "properties": {
         "tags": {"type": "array", "uniqueItems": True, "minItems": 4, "maxItems": 6,

@@ -12,10 +12,10 @@ from collections import Counter
 import pytest
 import torch
 
-from executor.cuda_graph import CudaGraphRunner, capture_batch_sizes
-from executor.engine import Engine, resolve_device
-from executor.engine_config import default_kv_bytes
-from executor.memory import PADDING_SLOT
+from executor.runtime.cuda_graph import CudaGraphRunner, capture_batch_sizes
+from executor.runtime.engine import Engine, resolve_device
+from executor.runtime.engine_config import default_kv_bytes
+from executor.runtime.memory import PADDING_SLOT
 
 HAS_CUDA = torch.cuda.is_available()
 gpu = pytest.mark.gpu
@@ -254,7 +254,7 @@ def _greedy(engine, max_new_tokens=24):
 @needs_cuda
 def test_cuda_graph_replay_equals_eager_step():
     """The replayed decode step equals the eager run of the same padded batch, bit for bit."""
-    from executor.forward_batch import ForwardBatch, ForwardMode
+    from executor.runtime.forward_batch import ForwardBatch, ForwardMode
 
     with Engine(model_path=DEFAULT_MODEL, device="cuda", kv_cache_gb=1, cuda_graph_max_bs=8) as engine:
         runner, graphs, pool = engine.runner, engine.runner.cuda_graphs, engine.kv_pool

@@ -3,7 +3,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from executor.detokenizer import IncrementalDetokenizer
+from executor.runtime.detokenizer import IncrementalDetokenizer
 from tests.tiers import examples
 
 CORPUS = [
@@ -261,7 +261,7 @@ def test_property_deltas_equal_text_equal_reference(tok, byte_ids, data):
 
 @pytest.mark.slow
 def test_default_model_tokenizer(default_model_dir):
-    from executor.tokenizer import Tokenizer as ModelTokenizer
+    from executor.runtime.tokenizer import Tokenizer as ModelTokenizer
 
     model_tok = ModelTokenizer(default_model_dir)
     text = "Grüße aus 日本! 🎉🎉 The answer is 42.\nDone."

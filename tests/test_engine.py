@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from executor.engine import Engine, EngineError
-from executor.runtime_client import GenerateRequest
-from executor.sampling import SamplingParams
+from executor.runtime.engine import Engine, EngineError
+from executor.runtime.runtime_client import GenerateRequest
+from executor.runtime.sampling import SamplingParams
 
 GREEDY = {"temperature": 0, "max_new_tokens": 12}
 

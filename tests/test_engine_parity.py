@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from executor.engine import Engine
+from executor.runtime.engine import Engine
 
 PROMPTS = [
     "The capital of France is",

@@ -15,9 +15,9 @@ from compiler.lang_sampling import DTYPE_REGEXES
 from compiler.lang_select import decide, prompt_ids, score_requests
 from compiler.parser.ir_reader import parse_module
 from compiler.prompt_state import PromptState, StateError
-from executor.engine import Engine
-from executor.graph_executor import GraphExecutionError, GraphExecutor
-from executor.sampling import SamplingParams
+from executor.program.graph_executor import GraphExecutionError, GraphExecutor
+from executor.runtime.engine import Engine
+from executor.runtime.sampling import SamplingParams
 
 
 @dataclass(frozen=True)

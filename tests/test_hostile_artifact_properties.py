@@ -26,7 +26,7 @@ from compiler.ir import IRError
 from compiler.ir_text import print_module
 from compiler.parser.ir_reader import parse_module
 from compiler.passes.compile_constraints import CompileConstraints
-from executor.graph_host import HostPolicy, HostPolicyError
+from executor.program.graph_host import HostPolicy, HostPolicyError
 from tests.tiers import examples
 
 PROGRAM = """\

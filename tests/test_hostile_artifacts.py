@@ -23,7 +23,7 @@ from compiler.constraints import Vocabulary
 from compiler.ir_text import print_module
 from compiler.parser.ir_reader import IRParseError, parse_module
 from compiler.passes.compile_constraints import CompileConstraints
-from executor.graph_host import PURE_FUNCTIONS, HostPolicy, HostPolicyError
+from executor.program.graph_host import PURE_FUNCTIONS, HostPolicy, HostPolicyError
 from tests.hostile import bounded
 
 PROGRAM = """\
@@ -130,8 +130,8 @@ def test_the_allow_list_names_functions_not_modules():
 
 
 def test_running_a_tampered_graph_directly_refuses_the_host_step(tiny_engine, canary):
-    from executor.graph_executor import GraphExecutor
-    from executor.graph_results import GraphExecutionError
+    from executor.program.graph_executor import GraphExecutor
+    from executor.program.graph_results import GraphExecutionError
 
     payload = f"open({str(canary)!r}, 'w').write('ran')"
     module = parse_module(host_program("builtins:exec", payload))
@@ -189,8 +189,8 @@ def write_canary(path: str) -> str:
 
 
 def test_str_format_cannot_reach_attributes(tiny_engine):
-    from executor.graph_executor import GraphExecutor
-    from executor.graph_results import GraphExecutionError
+    from executor.program.graph_executor import GraphExecutor
+    from executor.program.graph_results import GraphExecutionError
 
     program = """\
 func @main {
@@ -212,8 +212,8 @@ func @main {
     ("builtins:str.format", ['"{:>99999999999}"', '"x"']),
 ])
 def test_host_steps_cannot_build_huge_values(tiny_engine, func, args):
-    from executor.graph_executor import GraphExecutor
-    from executor.graph_results import GraphExecutionError
+    from executor.program.graph_executor import GraphExecutor
+    from executor.program.graph_results import GraphExecutionError
 
     program = f"""\
 func @main {{
@@ -495,7 +495,7 @@ def test_the_round_trip_still_holds(tmp_path, toy_vocab):
 
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_model_dirs):
-    from executor.engine import Engine
+    from executor.runtime.engine import Engine
 
     with Engine(model_path=str(tiny_model_dirs["llama"]), device="cpu") as engine:
         yield engine

@@ -308,7 +308,7 @@ def test_a_program_that_fails_to_import_names_its_line(tmp_path, source, gist) -
 
 @pytest.fixture(scope="module")
 def tokenizer(default_model_dir):
-    from executor.tokenizer import Tokenizer
+    from executor.runtime.tokenizer import Tokenizer
 
     return Tokenizer(default_model_dir)
 

@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 from compiler.constraints import TokenFSM
 from executor.constrained import ConstraintCursor
-from executor.detokenizer import IncrementalDetokenizer
-from executor.engine import Engine, EngineError, RequestError
-from executor.request import LogprobOptions
-from executor.runtime_client import GenerateRequest, ScoreRequest
-from executor.sampling import SamplingParams
+from executor.runtime.detokenizer import IncrementalDetokenizer
+from executor.runtime.engine import Engine, EngineError, RequestError
+from executor.runtime.request import LogprobOptions
+from executor.runtime.runtime_client import GenerateRequest, ScoreRequest
+from executor.runtime.sampling import SamplingParams
 from tests.hostile import bounded
 from tests.tiers import examples
 
@@ -278,7 +278,7 @@ def test_detokenizer_failure_mid_output_fails_only_its_request(tiny, alone, monk
 
 
 def test_logprob_failure_fails_only_its_request(tiny, alone, monkeypatch):
-    import executor.scheduler as scheduler_module
+    import executor.runtime.scheduler as scheduler_module
 
     real = scheduler_module.compute_logprobs
 
@@ -357,7 +357,7 @@ def test_jump_forward_failure_at_admission_fails_only_its_request(tiny, alone, m
 def test_score_failure_fails_only_its_request(tiny, alone, monkeypatch):
     """A score request fails in one continuation's logprobs: its siblings and parent KV go back,
     generate requests beside it are untouched, and a later score works."""
-    import executor.scheduler as scheduler_module
+    import executor.runtime.scheduler as scheduler_module
 
     real = scheduler_module.compute_logprobs
     prompt = tiny.encode("Which one? Answer:")

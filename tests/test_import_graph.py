@@ -1,4 +1,11 @@
-"""No import circles between the project's modules (a circle means neither side can be read or tested alone).
+"""The import graph of the project: no circles between modules, and the layers import only downwards.
+
+A circle means neither side can be read or tested alone. The layers (docs/architecture.md has the
+picture): `compiler` imports neither `executor` nor `models` (nor the public packages above it);
+`models` are plain torch and import neither `executor` nor `compiler`; inside `executor`, the program
+executor (`executor/program/`) reaches the LLM runtime (`executor/runtime/`, `executor/kernels/`)
+only through the one seam, `executor.runtime.runtime_client`, and the runtime never imports the
+program executor.
 
 The graph is built statically from the source: every `import` and `from ... import` statement at any
 depth (inside functions and `if TYPE_CHECKING:` blocks too: a lazy import hides a circle, it does not
@@ -11,6 +18,7 @@ listed, with who owns them, in `KNOWN_CIRCLES_BEING_FIXED`, and nothing else is 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import networkx as nx
@@ -69,7 +77,9 @@ def imported_modules(module: str, path: Path, modules: dict[str, Path]) -> set[s
     return found
 
 
+@functools.cache
 def import_graph() -> nx.DiGraph:
+    """The project's import graph (built once per run; callers must not change it)."""
     modules = project_modules()
     graph = nx.DiGraph()
     graph.add_nodes_from(modules)
@@ -114,3 +124,68 @@ def test_a_lazy_import_still_counts(tmp_path: Path) -> None:
     modules = {"pkg": tmp_path / "__init__.py", "pkg.a": a, "pkg.b": b}
     assert imported_modules("pkg.a", a, modules) == {"pkg.b"}
     assert imported_modules("pkg.b", b, modules) == {"pkg.a"}
+
+
+# -- layers -----------------------------------------------------------------------------------------
+# The LLM runtime and its kernels; `executor/constrained.py` (FSM cursors, masks, jump-forward) belongs to
+# the runtime and moves into executor/runtime/ once its owner's work in progress on it has landed.
+RUNTIME = ("executor.runtime", "executor.kernels", "executor.constrained")
+PROGRAM = "executor.program"  # the program executor
+SEAM = "executor.runtime.runtime_client"  # the one runtime module the program executor may import
+# What the seam itself may import of the runtime: plain data, no torch (a remote client imports it alone).
+SEAM_IMPORTS = {"executor.runtime.sampling_params"}
+
+# (importer, what it must not import, why)
+FORBIDDEN: list[tuple[str, tuple[str, ...], str]] = [
+    ("compiler", ("executor", "models", "sgc", "sglang"), "the compiler sits below the runtime, the models "
+                                                         "and the public packages"),
+    ("models", ("executor", "compiler", "sgc", "sglang"), "models are plain torch modules"),
+    ("executor", ("sgc", "sglang"), "the executor sits below the public packages"),
+    *[(runtime, (PROGRAM,), "the runtime knows nothing of programs") for runtime in RUNTIME],
+]
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def layer_violations(graph: nx.DiGraph) -> list[str]:
+    """Every import that goes against the layers, as 'a -> b: why'."""
+    found = []
+    for a, b in sorted(graph.edges):
+        for importer, forbidden, why in FORBIDDEN:
+            if _within(a, importer) and any(_within(b, f) for f in forbidden):
+                found.append(f"{a} -> {b}: {why}")
+        if _within(a, PROGRAM) and any(_within(b, r) for r in RUNTIME) and b != SEAM:
+            found.append(f"{a} -> {b}: the program executor reaches the runtime only through {SEAM}")
+        if a == SEAM and any(_within(b, r) for r in RUNTIME) and b not in SEAM_IMPORTS:
+            found.append(f"{a} -> {b}: the client interface is plain data ({sorted(SEAM_IMPORTS)} only)")
+    return found
+
+
+def test_the_layers() -> None:
+    violations = layer_violations(import_graph())
+    assert not violations, "imports against the layers:\n  " + "\n  ".join(violations)
+
+
+def test_the_layers_are_there() -> None:
+    """The rules are not vacuous: both packages exist and the program executor uses the seam."""
+    graph = import_graph()
+    program = [m for m in graph if _within(m, PROGRAM)]
+    runtime = [m for m in graph if _within(m, RUNTIME[0])]
+    assert len(program) >= 5 and len(runtime) >= 10 and SEAM in graph
+    assert any(graph.has_edge(m, SEAM) for m in program)
+    assert not [m for m in graph if m.startswith("executor.") and not any(
+        _within(m, p) for p in (*RUNTIME, PROGRAM))], "every executor module is in one of the two layers"
+
+
+def test_a_violation_is_seen() -> None:
+    graph = nx.DiGraph([("compiler.ir", "executor.runtime.engine"), ("models.decoder", "compiler.ir"),
+                        (f"{PROGRAM}.graph_run", "executor.runtime.scheduler"), (f"{PROGRAM}.graph_run", SEAM),
+                        ("executor.runtime.engine", f"{PROGRAM}.graph_plan"), (SEAM, "executor.runtime.engine"),
+                        (SEAM, "executor.runtime.sampling_params")])
+    found = layer_violations(graph)
+    assert [v.split(":")[0] for v in found] == [
+        "compiler.ir -> executor.runtime.engine", "executor.program.graph_run -> executor.runtime.scheduler",
+        "executor.runtime.engine -> executor.program.graph_plan", "executor.runtime.runtime_client -> "
+        "executor.runtime.engine", "models.decoder -> compiler.ir"]

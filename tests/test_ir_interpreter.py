@@ -23,16 +23,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Where a graph runs: each must use the interpreter and must not look at op classes itself.
 RUNNERS = {
-    "executor/graph_run.py": "the graph executor's loop",
-    "executor/graph_domain.py": "the graph executor's domain",
-    "executor/graph_executor.py": "the graph executor",
-    "executor/graph_plan.py": "the graph executor's plans (ops through `op.state_use`)",
+    "executor/program/graph_run.py": "the graph executor's loop",
+    "executor/program/graph_domain.py": "the graph executor's domain",
+    "executor/program/graph_executor.py": "the graph executor",
+    "executor/program/graph_plan.py": "the graph executor's plans (ops through `op.state_use`)",
     "compiler/passes/semantics.py": "the semantics checker",
     "tests/test_lang_support.py": "the test oracle",
 }
 # How each of them reaches the interpreter.
 ENTRY_POINTS = {
-    "executor/graph_run.py": {"Interpreter", "run_node"},
+    "executor/program/graph_run.py": {"Interpreter", "run_node"},
     "compiler/passes/semantics.py": {"Interpreter", "run_graph"},
     "tests/test_lang_support.py": {"Interpreter", "run_graph"},
 }

@@ -1,4 +1,4 @@
-"""KV ownership (executor/kv_manager.py): unit tests, then a hypothesis state machine that drives
+"""KV ownership (executor/runtime/kv_manager.py): unit tests, then a hypothesis state machine that drives
 the manager the way the scheduler and the engine do (begin with a cached prefix, compute, hand to
 the cache, fork score continuations, truncate after jump-forward, release, pin, evict, flush).
 
@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from executor.kv_manager import KVManager, KVOwnershipError
-from executor.radix_cache import RadixNode
-from executor.request import Request, RequestKind
-from executor.sampling_params import SamplingParams
+from executor.runtime.kv_manager import KVManager, KVOwnershipError
+from executor.runtime.radix_cache import RadixNode
+from executor.runtime.request import Request, RequestKind
+from executor.runtime.sampling_params import SamplingParams
 from tests.tiers import examples
 
 CPU = torch.device("cpu")

@@ -22,7 +22,7 @@ from compiler.lang_sampling import (
     token_length_normalized,
     unconditional_likelihood_normalized,
 )
-from executor.tokenizer import Tokenizer
+from executor.runtime.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

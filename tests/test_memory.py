@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from executor.memory import (
+from executor.runtime.memory import (
     PADDING_SLOT,
     InvalidFreeError,
     KVPool,

@@ -15,8 +15,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from executor.memory import TokenSlotAllocator
-from executor.radix_cache import (
+from executor.runtime.memory import TokenSlotAllocator
+from executor.runtime.radix_cache import (
     RadixCache,
     RadixCacheCorrupt,
     RadixCacheError,

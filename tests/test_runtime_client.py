@@ -1,5 +1,7 @@
-"""The runtime client interface (executor/runtime_client.py) against the in-process engine on a tiny
-random model: send, stream, abort, score, groups and follow-ups, errors."""
+"""The runtime client interface (executor/runtime/runtime_client.py) against the in-process engine on a
+tiny random model: send, stream, abort, score, groups and follow-ups, errors; and that the interface
+loads alone. (That the program executor imports nothing else of the runtime is a layering rule of
+tests/test_import_graph.py.)"""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import time
 
 import pytest
 
-from executor.engine import Engine
-from executor.runtime_client import (
+from executor.runtime.engine import Engine
+from executor.runtime.runtime_client import (
     EngineError,
     GenerateRequest,
     PrefixPin,
@@ -256,32 +258,11 @@ def test_the_interface_is_plain_data_without_torch():
     import sys
     from pathlib import Path
 
-    code = ("import sys, executor.runtime_client\n"
-            "interface = {'executor', 'executor.runtime_client', 'executor.sampling_params'}\n"
+    code = ("import sys, executor.runtime.runtime_client\n"
+            "interface = {'executor', 'executor.runtime', 'executor.runtime.runtime_client',\n"
+            "             'executor.runtime.sampling_params'}\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')\n"
             "             or (m.startswith('executor') and m not in interface)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]", out.stdout
-
-
-def test_the_program_executor_imports_only_the_client_interface_of_the_runtime():
-    """graph_* modules (the program executor) reach the runtime only through executor.runtime_client."""
-    import ast
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1] / "executor"
-    allowed = {"executor.runtime_client"}
-    for path in sorted(root.glob("graph_*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "executor":
-                names = [f"executor.{a.name}" for a in node.names]  # from executor import module
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                names = [node.module or ""]
-            else:
-                names = []
-            for name in names:
-                if name == "executor" or name.startswith("executor."):
-                    assert name.startswith("executor.graph_") or name in allowed, f"{path.name} imports {name}"

@@ -5,7 +5,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from executor.sampling import (
+from executor.runtime.sampling import (
     Sampler,
     SamplingBatch,
     SamplingParams,
@@ -79,7 +79,7 @@ def test_validation_names_parameter_and_value(kwargs, name):
 
 
 def test_type_errors_are_both_value_and_type_errors():
-    from executor.sampling import RequestError, RequestTypeError
+    from executor.runtime.sampling import RequestError, RequestTypeError
 
     with pytest.raises(RequestTypeError) as err:
         SamplingParams.from_dict({"temperature": "hot"})

@@ -13,11 +13,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from executor.forward_batch import ForwardBatch, ForwardMode
-from executor.kv_manager import KVManager
-from executor.request import Request, RequestKind
-from executor.sampling_params import SamplingParams
-from executor.scheduler import Scheduler, SchedulerConfig
+from executor.runtime.forward_batch import ForwardBatch, ForwardMode
+from executor.runtime.kv_manager import KVManager
+from executor.runtime.request import Request, RequestKind
+from executor.runtime.sampling_params import SamplingParams
+from executor.runtime.scheduler import Scheduler, SchedulerConfig
 
 VOCAB = 97
 CPU = torch.device("cpu")

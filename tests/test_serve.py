@@ -14,7 +14,7 @@ httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from executor.engine import Engine  # noqa: E402
+from executor.runtime.engine import Engine  # noqa: E402
 from tests.serve_helpers import ServerProcess, sse_events  # noqa: E402
 
 GREEDY = {"temperature": 0}
@@ -472,7 +472,7 @@ def test_runtime_endpoint_runs_sglang_program(server, tiny_model_dirs, sglang_pr
 
 def test_http_client_interface(server, engine):
     """HTTPRuntimeClient implements the runtime client interface: send, stream, listeners, abort, score."""
-    from executor.runtime_client import GenerateRequest, RequestError, RuntimeClient, ScoreRequest
+    from executor.runtime.runtime_client import GenerateRequest, RequestError, RuntimeClient, ScoreRequest
     from sgc.serve.client import HTTPRuntimeClient
 
     client = HTTPRuntimeClient(server.url)

@@ -12,7 +12,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from executor.engine import Engine  # noqa: E402
+from executor.runtime.engine import Engine  # noqa: E402
 from tests.serve_helpers import ServerProcess, sse_events  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ from compiler.ir_text import print_module
 from compiler.lang_sampling import RunDefaults
 from compiler.parser.ir_reader import parse_module
 from compiler.parser.tracer import compile_file, compile_function, explain, load_program_file
-from executor.tokenizer import Tokenizer
+from executor.runtime.tokenizer import Tokenizer
 
 GOLDEN = Path(__file__).parent / "golden" / "tracer"
 PROGRAMS = sorted(p.stem for p in GOLDEN.glob("*.py"))

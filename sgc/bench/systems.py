@@ -98,7 +98,7 @@ class HFModel:
     def __init__(self, folder: Path, device: str) -> None:
         from transformers import AutoModelForCausalLM
 
-        from executor.tokenizer import Tokenizer
+        from executor.runtime.tokenizer import Tokenizer
 
         self.folder = folder
         self.device = torch.device("cuda" if device.startswith("cuda") or (

@@ -3,7 +3,7 @@
 - `protocol.py`: the pydantic models of every request and response (SGLang's native routes and the
   OpenAI-compatible ones), so the OpenAPI schema at `/openapi.json` is the whole surface.
 - `app.py`: `build_app(client, ...)`, the FastAPI application. It talks to the runtime ONLY through
-  the runtime client interface (`executor/runtime_client.py`: `send`, `group`, `stats`,
+  the runtime client interface (`executor/runtime/runtime_client.py`: `send`, `group`, `stats`,
   `flush_cache`, `info`, `is_alive`, the tokenizer), so a remote client can replace the in-process
   engine later without touching a route.
 - `server.py`: `sgc serve`: start the engine, warm it up, serve with uvicorn until SIGINT/SIGTERM,

@@ -1,6 +1,6 @@
 """The FastAPI application of `sgc serve`: SGLang's native routes, OpenAI's, operations.
 
-The app holds a runtime client (`executor/runtime_client.RuntimeClient`) and nothing else of the
+The app holds a runtime client (`executor.runtime.runtime_client.RuntimeClient`) and nothing else of the
 runtime: prompts are tokenized with `client.tokenizer`, requests go out as `GenerateRequest` /
 `ScoreRequest` through `client.group()`, progress comes back through handle listeners (on the
 runtime's thread, bridged onto the event loop with `call_soon_threadsafe`), and `/flush_cache`,
@@ -27,7 +27,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from executor.runtime_client import GenerateRequest, LogprobOptions, RequestError, RuntimeClient, ScoreRequest
+from executor.runtime.runtime_client import (
+    GenerateRequest,
+    LogprobOptions,
+    RequestError,
+    RuntimeClient,
+    ScoreRequest,
+)
 from sgc.serve.core import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_QUEUED,

@@ -1,6 +1,6 @@
 """The runtime client interface over HTTP, and `RuntimeEndpoint`: programs run on an `sgc serve`.
 
-`HTTPRuntimeClient(url)` implements `executor.runtime_client.RuntimeClient` with httpx against a
+`HTTPRuntimeClient(url)` implements `executor.runtime.runtime_client.RuntimeClient` with httpx against a
 server's routes: a `GenerateRequest` is a streamed `POST /generate` with `input_ids` (the client
 tokenizes, with the server's own tokenizer files), a `ScoreRequest` is `POST /sgc/score` (the
 engine's scoring, exactly what `select` gets in process), `flush_cache`, `info`, `stats` and
@@ -36,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from executor.runtime_client import (
+from executor.runtime.runtime_client import (
     ClientRequest,
     EngineError,
     GenerateRequest,
@@ -248,7 +248,7 @@ class HTTPRuntimeClient:
         raise EngineError(f"the server answered {r.status_code}: {message}")
 
     def _load_tokenizer(self, path: str | None) -> Any:
-        from executor.tokenizer import Tokenizer
+        from executor.runtime.tokenizer import Tokenizer
 
         if path and (Path(path) / "tokenizer.json").is_file():
             return Tokenizer(path)

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from executor.runtime_client import (
+from executor.runtime.runtime_client import (
     EngineError,
     GenerateRequest,
     RequestError,

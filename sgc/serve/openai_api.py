@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from executor.runtime_client import GenerateRequest, LogprobOptions
+from executor.runtime.runtime_client import GenerateRequest, LogprobOptions
 from sgc.serve.core import (
     SSE_DONE,
     ApiError,

@@ -84,7 +84,7 @@ def serve(model: str = "smollm2-135m-instruct", *, host: str = "127.0.0.1", port
 
 def _warm_up(engine: Any) -> None:
     """One short generation (the first step allocates the runtime's buffers), then an empty cache."""
-    from executor.runtime_client import GenerateRequest
+    from executor.runtime.runtime_client import GenerateRequest
 
     ids = engine.tokenizer.encode("Hello") or [0]
     engine.send(GenerateRequest(ids, {"max_new_tokens": 2, "temperature": 0})).result(timeout=300)

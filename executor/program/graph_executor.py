@@ -9,8 +9,8 @@
 body or a taken switch region). A node runs as soon as its operands (and every outer value its
 nested regions read) are ready. What a node does is the IR interpreter's business
 (`compiler.ir_interpreter.Interpreter`, the one place each op's meaning is written), run on the
-executor's domain (`executor/graph_domain.py`): text ops on `PromptState`s, LLM ops as engine
-requests, `host` through the caller's `HostPolicy` (`executor/graph_host.py`). A taken `switch`
+executor's domain (`executor/program/graph_domain.py`): text ops on `PromptState`s, LLM ops as engine
+requests, `host` through the caller's `HostPolicy` (`executor/program/graph_host.py`). A taken `switch`
 region runs as a child frame that completes the switch with its output. Every node of a frame runs,
 dead ones included (as an eager interpreter would), and a frame completes when all its nodes have.
 
@@ -50,11 +50,11 @@ from typing import Any
 from compiler.ir import Graph, Module
 from compiler.lang_sampling import RunDefaults
 from compiler.prompt_state import PromptState
-from executor.graph_host import HostPolicy
-from executor.graph_llm import make_run_defaults
-from executor.graph_plan import PlanCache
-from executor.graph_results import BatchResult, GraphExecutionError, InstanceResult
-from executor.graph_run import Run, RunContext
+from executor.program.graph_host import HostPolicy
+from executor.program.graph_llm import make_run_defaults
+from executor.program.graph_plan import PlanCache
+from executor.program.graph_results import BatchResult, GraphExecutionError, InstanceResult
+from executor.program.graph_run import Run, RunContext
 
 __all__ = [
     "BatchResult", "GraphExecutionError", "GraphExecutor", "InstanceResult", "ProgramRun",
@@ -69,7 +69,7 @@ class GraphExecutor:
     `compiler.chat_template.ChatFormat` or any object with `prefix(role)`/`suffix(role)` (see
     `compiler/prompt_state.py`); None derives it from the engine's tokenizer on first use, as the
     eager interpreter does (`compiler.chat_template.get_chat_format`). Host steps call only what
-    `executor/graph_host.py`'s `HostPolicy` allows: sgc's pure functions, plus `host_functions`
+    `executor/program/graph_host.py`'s `HostPolicy` allows: sgc's pure functions, plus `host_functions`
     (a Mapping of a step's `func` "module:qualname" to the callable, looked up with `.get`, or a
     module / modules whose functions the caller trusts), plus every live sgc `Function` of this
     process when `live_functions=True` (for graphs traced in-process, never for loaded data). A

@@ -1,12 +1,12 @@
 """The dataflow loop of the graph executor: frames, readiness, batched requests, pins, streaming, failures.
 
-One `Run` executes many instances of one entry graph on one engine (see `executor/graph_executor.py`
+One `Run` executes many instances of one entry graph on one engine (see `executor/program/graph_executor.py`
 for the model). It lives on one thread: it evaluates every ready node of every instance, submits
 the new engine requests together in prompt-token order, then waits for request events (put on its
 queue by listeners on the engine thread) and completes the nodes they finish.
 
 What a node *means* is not here: every node is evaluated by the IR interpreter
-(`compiler.ir_interpreter.Interpreter`) on the executor's domain (`executor/graph_domain.py`). The
+(`compiler.ir_interpreter.Interpreter`) on the executor's domain (`executor/program/graph_domain.py`). The
 loop owns what is its own: when a node is ready, that an LLM node's `Pending` requests are
 submitted with every other instance's (cache-aware order, shared-prefix pins), that a switch's
 region runs as a child frame, that a failing node fails only its instance, and the stats.
@@ -27,12 +27,18 @@ from compiler.ir import Graph, Node, Region
 from compiler.ir_interpreter import EnterRegion, Interpreter, Pending
 from compiler.lang_sampling import RunDefaults
 from compiler.prompt_state import PromptState
-from executor.graph_domain import ExecutorDomain, HostJob, ModelRequest
-from executor.graph_frames import Instance, Pin, RunFrame, Sink
-from executor.graph_host import HostPolicy
-from executor.graph_plan import PlanCache
-from executor.graph_results import BatchResult, GraphExecutionError, InstanceResult, merge_stats
-from executor.runtime_client import ClientRequest, GenerateRequest, RequestHandle, RuntimeClient, ScoreRequest
+from executor.program.graph_domain import ExecutorDomain, HostJob, ModelRequest
+from executor.program.graph_frames import Instance, Pin, RunFrame, Sink
+from executor.program.graph_host import HostPolicy
+from executor.program.graph_plan import PlanCache
+from executor.program.graph_results import BatchResult, GraphExecutionError, InstanceResult, merge_stats
+from executor.runtime.runtime_client import (
+    ClientRequest,
+    GenerateRequest,
+    RequestHandle,
+    RuntimeClient,
+    ScoreRequest,
+)
 
 __all__ = ["Run", "RunContext"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from executor.request import Request, RequestKind
+from executor.runtime.request import Request, RequestKind
 
 if TYPE_CHECKING:
-    from executor.engine_runtime import RuntimeParts
+    from executor.runtime.engine_runtime import RuntimeParts
 
 __all__ = ["TokenTotals", "collect_stats"]
 

@@ -1,6 +1,6 @@
 """How the graph executor turns LLM nodes into runtime requests: the glue to the shared rules.
 
-The requests are the runtime client interface's plain data (`executor/runtime_client.py`):
+The requests are the runtime client interface's plain data (`executor/runtime/runtime_client.py`):
 `SamplingParams`, `LogprobOptions` and `GenerateRequest`. Nothing here knows which
 runtime will run them (the in-process engine, a server, a remote replica).
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from compiler.lang_sampling import RunDefaults, logprob_options, sampling_params
-from executor.runtime_client import GenerateRequest, LogprobOptions, SamplingParams
+from executor.runtime.runtime_client import GenerateRequest, LogprobOptions, SamplingParams
 
 __all__ = ["GenRequest", "gen_request", "make_run_defaults"]
 

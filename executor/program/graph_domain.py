@@ -2,13 +2,13 @@
 
 `compiler.ir_interpreter.Interpreter` says what every op means; this module is what it needs to run
 on the engine (`compiler.ir_interpreter.Domain`). States are `PromptState`s. An LLM op becomes
-`ModelRequest`s in a `Pending` that the run loop (`executor/graph_run.py`) submits together with
+`ModelRequest`s in a `Pending` that the run loop (`executor/program/graph_run.py`) submits together with
 the requests of every other instance, and finishes with the engine's results. A host step that runs
 a whole sgc function eagerly becomes a `HostJob` the loop runs on a worker thread; value host steps
 run at once.
 
 The request rules are shared, so a compiled run asks the engine exactly what an eager run asks:
-sampling parameters, end-of-turn stops and compiled FSMs by `executor.graph_llm.gen_request`
+sampling parameters, end-of-turn stops and compiled FSMs by `executor.program.graph_llm.gen_request`
 (`compiler.lang_sampling` underneath), prompts and select scoring by `compiler.lang_select`.
 """
 
@@ -26,9 +26,9 @@ from compiler.ir_interpreter import Chosen, Generated, Pending
 from compiler.lang_sampling import RunDefaults
 from compiler.lang_select import decide, prompt_ids, score_requests
 from compiler.prompt_state import PromptState, to_text
-from executor.graph_host import HostPolicy
-from executor.graph_llm import gen_request
-from executor.runtime_client import LogprobOptions, SamplingParams
+from executor.program.graph_host import HostPolicy
+from executor.program.graph_llm import gen_request
+from executor.runtime.runtime_client import LogprobOptions, SamplingParams
 
 __all__ = ["ExecutorDomain", "HostJob", "ModelRequest"]
 
@@ -156,7 +156,7 @@ class ExecutorDomain:
 
     # -- host steps ---------------------------------------------------------------------------------
     def host(self, node: Node, values: Sequence[Any]) -> Any:
-        """Run a host step (see `executor/graph_host.py` for how `func` is found)."""
+        """Run a host step (see `executor/program/graph_host.py` for how `func` is found)."""
         op = node.op
         func = op.func  # type: ignore[attr-defined]
         fn = self.host_policy.resolve(func)

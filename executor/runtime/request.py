@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from executor.constrained import ConstraintCursor
-from executor.detokenizer import IncrementalDetokenizer
-from executor.sampling_params import LogprobOptions, SamplingParams
+from executor.runtime.detokenizer import IncrementalDetokenizer
+from executor.runtime.sampling_params import LogprobOptions, SamplingParams
 
 __all__ = ["LogprobOptions", "Request", "RequestKind"]
 

@@ -6,7 +6,7 @@ out_cache_loc and calls the extend or decode kernel, which reads every request's
 request-to-token table.
 
 On CUDA the runner also swaps the model's norm and rotary modules for fused kernels and, once
-`capture_cuda_graphs` has run, replays decode steps from CUDA graphs (`executor/cuda_graph.py`).
+`capture_cuda_graphs` has run, replays decode steps from CUDA graphs (`executor/runtime/cuda_graph.py`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from executor import kernels
-from executor.cuda_graph import CudaGraphRunner
-from executor.forward_batch import ForwardBatch, ForwardMode
-from executor.memory import KVPool, ReqToTokenPool
+from executor.runtime.cuda_graph import CudaGraphRunner
+from executor.runtime.forward_batch import ForwardBatch, ForwardMode
+from executor.runtime.memory import KVPool, ReqToTokenPool
 
 
 class ModelRunner:

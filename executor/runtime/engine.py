@@ -3,7 +3,7 @@
 The API mirrors SGLang's offline `Engine` (generate with sampling_params, logprob options and
 streaming) plus `score`, which `select` uses: the logprobs of several continuations of one prompt,
 computed in one batch on top of the prompt's cached KV. The engine is also the in-process
-implementation of the runtime's client interface (`executor/runtime_client.py`: `send`, `group`,
+implementation of the runtime's client interface (`executor/runtime/runtime_client.py`: `send`, `group`,
 `pin_prefix`, `stats`, `flush_cache`, ...), which is all the program executor uses.
 
 The work is split by concern: `engine_config` (settings, device, dtype, KV budget),
@@ -25,18 +25,18 @@ from typing import Any
 import torch
 
 from executor.constrained import ConstraintCache
-from executor.engine_config import DEFAULT_CUDA_KV_FRACTION, EngineConfig, pick_dtype, resolve_device
-from executor.engine_handles import PrefixPin, RequestHandle
-from executor.engine_intake import RequestIntake
-from executor.engine_loop import EngineLoop
-from executor.engine_runtime import RuntimeParts, build_runtime
-from executor.engine_stats import collect_stats
-from executor.kv_manager import KVManager
-from executor.memory import KVPool, ReqToTokenPool, TokenSlotAllocator
-from executor.model_runner import ModelRunner
-from executor.radix_cache import RadixCache
-from executor.request import LogprobOptions, Request
-from executor.runtime_client import (
+from executor.runtime.engine_config import DEFAULT_CUDA_KV_FRACTION, EngineConfig, pick_dtype, resolve_device
+from executor.runtime.engine_handles import PrefixPin, RequestHandle
+from executor.runtime.engine_intake import RequestIntake
+from executor.runtime.engine_loop import EngineLoop
+from executor.runtime.engine_runtime import RuntimeParts, build_runtime
+from executor.runtime.engine_stats import collect_stats
+from executor.runtime.kv_manager import KVManager
+from executor.runtime.memory import KVPool, ReqToTokenPool, TokenSlotAllocator
+from executor.runtime.model_runner import ModelRunner
+from executor.runtime.radix_cache import RadixCache
+from executor.runtime.request import LogprobOptions, Request
+from executor.runtime.runtime_client import (
     ClientRequest,
     EngineError,
     GenerateRequest,
@@ -44,9 +44,9 @@ from executor.runtime_client import (
     RuntimeInfo,
     ScoreRequest,
 )
-from executor.sampling_params import RequestError, RequestTypeError
-from executor.scheduler import Scheduler
-from executor.tokenizer import Tokenizer
+from executor.runtime.sampling_params import RequestError, RequestTypeError
+from executor.runtime.scheduler import Scheduler
+from executor.runtime.tokenizer import Tokenizer
 
 logger = logging.getLogger("sgc.engine")
 
@@ -192,7 +192,7 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text)
 
-    # -- the client interface (executor/runtime_client.py) ----------------------------------------
+    # -- the client interface (executor/runtime/runtime_client.py) ----------------------------------------
     def info(self) -> RuntimeInfo:
         return RuntimeInfo(model_path=str(self.model_folder), context_len=self.context_len,
                            vocab_size=self.model_config.vocab_size, num_kv_slots=self.num_kv_slots,

@@ -34,7 +34,7 @@ class EngineConfig:
     # Decode requests submitted with a common prefix_group read their shared prefix once (CPU).
     disable_shared_prefix_decode: bool = False
     # How long a step may wait for the follow-ups of finished requests sent with follow_up=True
-    # (see executor/runtime_client.py); past it the step runs without them and the waits are dropped.
+    # (see executor/runtime/runtime_client.py); past it the step runs without them and the waits are dropped.
     follow_up_wait_s: float = 0.05
 
 

@@ -1,6 +1,6 @@
 """What a graph run keeps per program instance: the instance, its frames, its prefill pins, its stream.
 
-`executor/graph_run.py` drives these; they hold no policy. A `RunFrame` is one activation of a
+`executor/program/graph_run.py` drives these; they hold no policy. A `RunFrame` is one activation of a
 region (the body, or a taken switch region) and is the interpreter's `Frame` (incoming state,
 arguments, values so far). A `Pin` keeps a prefilled prefix in the radix cache until the nodes that
 extend it have been admitted. A `Sink` holds one instance's streamed text for `text_iter`.
@@ -15,8 +15,8 @@ from typing import Any
 
 from compiler.ir import Graph, Node, Region
 from compiler.prompt_state import PromptState
-from executor.graph_plan import Plan
-from executor.graph_results import GraphExecutionError, Stats
+from executor.program.graph_plan import Plan
+from executor.program.graph_results import GraphExecutionError, Stats
 
 __all__ = ["Instance", "Pin", "RunFrame", "Sink"]
 

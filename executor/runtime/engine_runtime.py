@@ -15,12 +15,12 @@ from torch import nn
 
 from executor import kernels
 from executor.constrained import ConstraintCache
-from executor.cuda_graph import capture_batch_sizes
-from executor.engine_config import EngineConfig, default_kv_bytes
-from executor.kv_manager import KVManager
-from executor.memory import KVPool, kv_bytes_per_token
-from executor.model_runner import ModelRunner
-from executor.scheduler import Scheduler, SchedulerConfig
+from executor.runtime.cuda_graph import capture_batch_sizes
+from executor.runtime.engine_config import EngineConfig, default_kv_bytes
+from executor.runtime.kv_manager import KVManager
+from executor.runtime.memory import KVPool, kv_bytes_per_token
+from executor.runtime.model_runner import ModelRunner
+from executor.runtime.scheduler import Scheduler, SchedulerConfig
 
 __all__ = ["RuntimeParts", "build_runtime"]
 

@@ -1,6 +1,6 @@
 """What a request asks for, as plain data: sampling parameters and logprob options.
 
-These are the values that cross the runtime's client interface (`executor/runtime_client.py`), so
+These are the values that cross the runtime's client interface (`executor/runtime/runtime_client.py`), so
 they hold no tensors and import no torch: an HTTP or remote client builds, validates and serializes
 them the same way the in-process engine reads them. Validation errors are `RequestError`s (a
 ValueError; `RequestTypeError` is also a TypeError) whose message names the parameter and its value.

@@ -7,7 +7,7 @@ counted up to the root) and cannot be evicted; unlocked leaves are evicted least
 first when KV memory runs short.
 
 The tree only records which slots hold which prefix; it never allocates or frees a slot. Eviction
-and `reset` return the slots they dropped and the caller (`executor/kv_manager.py`, the one owner of
+and `reset` return the slots they dropped and the caller (`executor/runtime/kv_manager.py`, the one owner of
 KV memory) gives them back to the allocator.
 
 Access times are a monotonic counter, not wall time, so eviction order is deterministic.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from executor.memory import TokenSlotAllocator
+from executor.runtime.memory import TokenSlotAllocator
 
 __all__ = ["PrefixMatch", "RadixCache", "RadixCacheCorrupt", "RadixCacheError", "RadixNode"]
 

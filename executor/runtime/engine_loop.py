@@ -21,10 +21,10 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from executor.engine_handles import RequestHandle
-from executor.engine_runtime import RuntimeParts
-from executor.engine_stats import TokenTotals
-from executor.runtime_client import EngineError
+from executor.runtime.engine_handles import RequestHandle
+from executor.runtime.engine_runtime import RuntimeParts
+from executor.runtime.engine_stats import TokenTotals
+from executor.runtime.runtime_client import EngineError
 
 __all__ = ["EngineLoop", "StepHolds"]
 

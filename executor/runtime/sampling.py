@@ -26,7 +26,12 @@ from dataclasses import dataclass, field
 import torch
 
 # The parameters themselves are plain data, shared with clients that never sample (no torch there).
-from executor.sampling_params import GREEDY_TEMPERATURE, RequestError, RequestTypeError, SamplingParams
+from executor.runtime.sampling_params import (
+    GREEDY_TEMPERATURE,
+    RequestError,
+    RequestTypeError,
+    SamplingParams,
+)
 
 __all__ = ["GREEDY_TEMPERATURE", "RequestError", "RequestTypeError", "SamplingParams", "SamplingBatch", "Sampler",
            "compute_logprobs", "make_generator"]

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from executor.memory import ReqToTokenPool, TokenSlotAllocator
-from executor.radix_cache import RadixCache, RadixNode
-from executor.request import Request
+from executor.runtime.memory import ReqToTokenPool, TokenSlotAllocator
+from executor.runtime.radix_cache import RadixCache, RadixNode
+from executor.runtime.request import Request
 
 __all__ = ["KVManager", "KVOwnershipError"]
 

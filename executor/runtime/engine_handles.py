@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from executor.kv_manager import KVManager
-from executor.request import Request, RequestKind
-from executor.runtime_client import EngineError, Listener
+from executor.runtime.kv_manager import KVManager
+from executor.runtime.request import Request, RequestKind
+from executor.runtime.runtime_client import EngineError, Listener
 
 __all__ = ["PrefixPin", "RequestHandle", "make_output"]
 

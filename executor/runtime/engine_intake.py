@@ -18,12 +18,12 @@ import torch
 
 from compiler.constraints import TokenFSM
 from executor.constrained import ConstraintCache, ConstraintCursor
-from executor.detokenizer import IncrementalDetokenizer
-from executor.request import Request, RequestKind
-from executor.runtime_client import GenerateRequest, ScoreRequest
-from executor.sampling import make_generator
-from executor.sampling_params import LogprobOptions, RequestError, RequestTypeError, SamplingParams
-from executor.tokenizer import Tokenizer
+from executor.runtime.detokenizer import IncrementalDetokenizer
+from executor.runtime.request import Request, RequestKind
+from executor.runtime.runtime_client import GenerateRequest, ScoreRequest
+from executor.runtime.sampling import make_generator
+from executor.runtime.sampling_params import LogprobOptions, RequestError, RequestTypeError, SamplingParams
+from executor.runtime.tokenizer import Tokenizer
 
 __all__ = ["MAX_CONTINUATIONS", "RequestIntake", "check_listener"]
 

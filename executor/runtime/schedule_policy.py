@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from executor.request import Request
+from executor.runtime.request import Request
 
 POLICIES = ("lpm", "fcfs")
 # Beyond this many waiting requests, prefix matching every request each step costs more than it

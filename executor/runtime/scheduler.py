@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import torch
 
 from executor.constrained import ConstraintCache, ConstraintDeadEnd, apply_jump, plan_jump_forward
-from executor.forward_batch import ForwardBatch, ForwardMode
 from executor.kernels.attention_shared_ref import SharedPrefix
-from executor.kv_manager import KVManager
-from executor.model_runner import ModelRunner
-from executor.request import Request, RequestKind
-from executor.sampling import Sampler, SamplingBatch, compute_logprobs
-from executor.schedule_policy import order_waiting
+from executor.runtime.forward_batch import ForwardBatch, ForwardMode
+from executor.runtime.kv_manager import KVManager
+from executor.runtime.model_runner import ModelRunner
+from executor.runtime.request import Request, RequestKind
+from executor.runtime.sampling import Sampler, SamplingBatch, compute_logprobs
+from executor.runtime.schedule_policy import order_waiting
 
 logger = logging.getLogger("sgc.scheduler")
 

@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from executor.forward_batch import ForwardBatch, ForwardMode
-from executor.memory import PADDING_SLOT, ReqToTokenPool
+from executor.runtime.forward_batch import ForwardBatch, ForwardMode
+from executor.runtime.memory import PADDING_SLOT, ReqToTokenPool
 
 logger = logging.getLogger("sgc.cuda_graph")
 

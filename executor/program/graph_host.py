@@ -16,7 +16,7 @@ An IR graph is data: it may come from an artifact someone sent you. So a host no
 Anything else is refused: `HostPolicy.refused(module)` lists such nodes so a loader can refuse them
 at load time, naming the node and the function, and the executor refuses them again at run time. A state
 host step that names an sgc `Function` runs it through the eager interpreter on a copy of the state
-(`compiler.interpreter.run_on_prompt_state`, called from `executor/graph_domain.py`).
+(`compiler.interpreter.run_on_prompt_state`, called from `executor/program/graph_domain.py`).
 """
 
 from __future__ import annotations

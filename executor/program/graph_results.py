@@ -1,7 +1,7 @@
 """What a graph run returns: per-instance results, batch results with summed stats, and the error.
 
 Stats are `{function: {node_id: {"time_s": ..., "cached_tokens": ...}}}`, the format
-`compiler.codegen.dumps` takes (see `executor/graph_executor.py` for the keys).
+`compiler.codegen.dumps` takes (see `executor/program/graph_executor.py` for the keys).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The program executor (graph executor, host steps, later the server's program end
 submit requests, hear how they progress, score continuations, pin a prefix, and read a few facts
 about the runtime. Everything it needs is declared here, with plain data in and out (token ids,
 `SamplingParams`, `LogprobOptions`, a compiled `TokenFSM`, JSON-able result dicts), so that the
-in-process `Engine` (executor/engine.py), an HTTP client of `sgc serve` and remote replicas can all
+in-process `Engine` (executor/runtime/engine.py), an HTTP client of `sgc serve` and remote replicas can all
 implement it, and the program executor never knows which one it has.
 
 **Threads.** Every method may be called from any thread. A handle's listeners run on the runtime's
@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
 
-from executor.sampling_params import LogprobOptions, RequestError, RequestTypeError, SamplingParams
+from executor.runtime.sampling_params import LogprobOptions, RequestError, RequestTypeError, SamplingParams
 
 if TYPE_CHECKING:
     from compiler.constraints import TokenFSM
@@ -190,7 +190,7 @@ class RuntimeClient(Protocol):
 
     @property
     def tokenizer(self) -> Any:
-        """The model's tokenizer (`executor.tokenizer.Tokenizer`): clients send token ids."""
+        """The model's tokenizer (`executor.runtime.tokenizer.Tokenizer`): clients send token ids."""
         ...
 
     def info(self) -> RuntimeInfo: ...
