@@ -505,3 +505,44 @@ def test_http_client_interface(server, engine):
         assert client.stats()["num_finished_requests"] > 0
     finally:
         client.close()
+
+
+SGLANG_RUNNER = '''
+import json, sys
+import sglang as sgl
+
+assert "sgc" not in sgl.__version__, "this must be SGLang's own frontend"
+exec(compile(open(sys.argv[2]).read(), sys.argv[2], "exec"))
+sgl.set_default_backend(sgl.RuntimeEndpoint(sys.argv[1], chat_template_name="chatml"))
+out = []
+for topic in ("sea", "sky"):
+    state = pick_and_write.run(topic=topic, temperature=0)
+    out.append({"vars": {name: state[name] for name in ("color", "code", "summary")}, "text": state.text()})
+print("RESULT " + json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+def test_sglang_frontend_runtime_endpoint(server, tiny_model_dirs, sglang_program, tmp_path):
+    """SGLang's real frontend (`sglang.lang`, from SGLang's own package in another venv: set
+    $SGC_SGLANG_PYTHON to its python) runs the program against sgc serve with the same variables as
+    sgc's in-process run."""
+    import os
+    import subprocess
+
+    python = os.environ.get("SGC_SGLANG_PYTHON")
+    if not python:
+        pytest.skip("set SGC_SGLANG_PYTHON to a python with SGLang's real package installed")
+    (tmp_path / "program.py").write_text(SGLANG_PROGRAM.replace("import sglang as sgl\n", ""))
+    (tmp_path / "runner.py").write_text(SGLANG_RUNNER)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.run([python, "runner.py", server.url, "program.py"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    got = json.loads(lines[0][len("RESULT "):])
+    import sglang as sgl
+
+    with sgl.Runtime(str(tiny_model_dirs["llama"]), device="cpu", max_total_tokens=8192) as local:
+        want = [_variables(sglang_program.run(topic=t, temperature=0, backend=local)) for t in ("sea", "sky")]
+    assert [(g["vars"], g["text"]) for g in got] == want

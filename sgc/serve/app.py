@@ -110,7 +110,12 @@ def native_requests(state: ServerState, body: GenerateReqInput, stream: bool) ->
     requests: list[GenerateRequest] = []
     post: list[dict] = []
     for i, ids in enumerate(prompts):
-        params = dict(params_list[i] or {})
+        if params_list[i] is not None and not isinstance(params_list[i], dict):
+            raise ApiError(400, "sampling_params must be an object", param="sampling_params")
+        # SGLang's frontend sends every parameter, None meaning "not set" (stop_regex among them).
+        params = {k: v for k, v in (params_list[i] or {}).items() if v is not None}
+        if not params.get("stop_regex", True):
+            params.pop("stop_regex")  # SGLang's frontend sends an empty one
         n = params.pop("n", 1)
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128:
             raise ApiError(400, f"invalid sampling parameter n={n!r}: must be an integer in [1, 128]", param="n")
@@ -274,6 +279,7 @@ def build_app(client: RuntimeClient, *, model_name: str | None = None, model_pat
                 "context_len": info.context_len, "vocab_size": info.vocab_size}
 
     @app.get("/get_server_info", response_model=ServerInfo)
+    @app.get("/server_info", response_model=ServerInfo, include_in_schema=False)
     async def get_server_info() -> dict:
         info = client.info()
         return {"version": __version__, "model_path": state.model_path, "served_model_name": state.model_name,
