@@ -274,6 +274,14 @@ def test_malformed_requests_get_4xx(server):
             r = c.post(path, content=body, headers={"content-type": "application/json"})
             assert 400 <= r.status_code < 500, (path, body[:80], r.status_code, r.text)
             assert r.json()["error"]["message"], (path, body)
+        big = c.post("/generate", content=b"x" * (8 * 1024 * 1024 + 1))
+        assert big.status_code == 413 and "larger than" in big.json()["error"]["message"]
+
+        def chunks():
+            for _ in range(9):
+                yield b"x" * (1024 * 1024)
+
+        assert c.post("/generate", content=chunks()).status_code == 413
         assert c.get("/no/such/route").status_code == 404
         assert c.get("/generate").status_code == 405
         assert c.get("/health").status_code == 200

@@ -16,10 +16,11 @@ away (disconnect, cancelled stream) is aborted, which frees its KV (computed pre
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -223,36 +224,12 @@ def build_app(client: RuntimeClient, *, model_name: str | None = None, model_pat
     async def _gone(request: Request, exc: ClientGone) -> Response:
         return error_response(499, "client closed the request", "client_closed_request")
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next: Callable) -> Response:
-        path = request.url.path
-        if state.api_key is not None and path not in ("/health", "/health_generate"):
-            if request.headers.get("authorization") != f"Bearer {state.api_key}":
-                return error_response(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                                      "authentication_error")
-        if request.method in ("POST", "PUT", "PATCH"):
-            # Bodies are JSON whatever the client declared (curl -d sends a form content type).
-            headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
-            request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-                return error_response(413, f"request body larger than {max_body_bytes} bytes", "request_too_large")
-            if length is None:  # chunked: read it here, bounded
-                body = bytearray()
-                async for chunk in request.stream():
-                    body.extend(chunk)
-                    if len(body) > max_body_bytes:
-                        return error_response(413, f"request body larger than {max_body_bytes} bytes",
-                                              "request_too_large")
-                request._body = bytes(body)
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:
-            logger.exception("%s %s failed", request.method, path)
-            response = error_response(500, "internal server error (see the server's log)", "internal_error")
-        state.metrics.observe_http(path, response.status_code, time.perf_counter() - started)
-        return response
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal server error (see the server's log)", "internal_error")
+
+    app.add_middleware(_Guard, state=state, max_body_bytes=max_body_bytes)
 
     # -- SGLang-native routes ------------------------------------------------------------------------
     @app.get("/health")
@@ -269,7 +246,7 @@ def build_app(client: RuntimeClient, *, model_name: str | None = None, model_pat
             return error_response(503, f"the server is {state.status}", "service_unavailable")
         ids = client.tokenizer.encode("ping") or [0]
         await run_requests(state, [GenerateRequest(ids, {"max_new_tokens": 1, "temperature": 0})], request,
-                           "health_generate")
+                           "/health_generate")
         return Response(status_code=200)
 
     @app.get("/get_model_info", response_model=ModelInfo)
@@ -309,7 +286,7 @@ def build_app(client: RuntimeClient, *, model_name: str | None = None, model_pat
         requests, post, as_list = native_requests(state, body, body.stream)
         rids = body.rid if isinstance(body.rid, list) else [body.rid] * len(requests)
         if not body.stream:
-            results = await run_requests(state, requests, request, "generate", rids)
+            results = await run_requests(state, requests, request, "/generate", rids)
             out = [native_result(state, r, p) for r, p in zip(results, post)]
             return JSONResponse(out if as_list else out[0])
         handles: list[Any] = []
@@ -317,7 +294,7 @@ def build_app(client: RuntimeClient, *, model_name: str | None = None, model_pat
         async def events() -> AsyncIterator[str]:
             texts = [""] * len(requests)
             try:
-                async for index, delta, result in stream_requests(state, requests, request, handles, "generate",
+                async for index, delta, result in stream_requests(state, requests, request, handles, "/generate",
                                                                    rids):
                     if result is None:
                         if post[index]["prefill_only"]:
@@ -351,7 +328,7 @@ def build_app(client: RuntimeClient, *, model_name: str | None = None, model_pat
     @app.post("/sgc/score", response_model=ScoreResult, responses={400: {"model": ErrorResponse}})
     async def score(body: ScoreReqInput, request: Request) -> dict:
         """The logprobs of each continuation after the prompt (sgc's `select`; token ids only)."""
-        results = await run_requests(state, [ScoreRequest(body.input_ids, body.continuations)], request, "score")
+        results = await run_requests(state, [ScoreRequest(body.input_ids, body.continuations)], request, "/sgc/score")
         return results[0]
 
     @app.get("/sgc/tokenizer")
@@ -382,6 +359,75 @@ def build_app(client: RuntimeClient, *, model_name: str | None = None, model_pat
     add_openai_routes(app, state)
     add_program_routes(app, state)
     return app
+
+
+class _Guard:
+    """A plain ASGI middleware (streams pass through untouched): the API key, the body size limit,
+    JSON bodies whatever their declared content type, and the HTTP metrics."""
+
+    def __init__(self, app: Any, state: ServerState, max_body_bytes: int) -> None:
+        self.app, self.state, self.max_body_bytes = app, state, max_body_bytes
+
+    async def _refuse(self, send: Any, status: int, message: str, type_: str) -> None:
+        response = error_response(status, message, type_)
+        await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        state = self.state
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_status(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            headers = dict(scope["headers"])
+            if state.api_key is not None and path not in ("/health", "/health_generate"):
+                given = headers.get(b"authorization", b"").decode("latin-1")
+                if not hmac.compare_digest(given.encode(), f"Bearer {state.api_key}".encode()):
+                    await self._refuse(send_status, 401, "missing or wrong API key (send 'Authorization: "
+                                       "Bearer <key>')", "authentication_error")
+                    return
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                # Bodies are JSON whatever the client declared (curl -d sends a form content type).
+                scope = dict(scope)
+                scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                scope["headers"].append((b"content-type", b"application/json"))
+                too_large = f"request body larger than {self.max_body_bytes} bytes"
+                length = headers.get(b"content-length")
+                if length is not None:
+                    if not length.isdigit() or int(length) > self.max_body_bytes:
+                        await self._refuse(send_status, 413, too_large, "request_too_large")
+                        return
+                else:  # chunked: read it here, bounded, then hand it on
+                    body = bytearray()
+                    while True:
+                        message = await receive()
+                        if message["type"] != "http.request":
+                            return  # the client left
+                        body.extend(message.get("body", b""))
+                        if len(body) > self.max_body_bytes:
+                            await self._refuse(send_status, 413, too_large, "request_too_large")
+                            return
+                        if not message.get("more_body"):
+                            break
+                    replay = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+
+                    async def receive_replayed() -> Any:
+                        return replay.pop() if replay else await receive()
+
+                    await self.app(scope, receive_replayed, send_status)
+                    return
+            await self.app(scope, receive, send_status)
+        finally:
+            state.metrics.observe_http(path, status["code"], time.perf_counter() - started)
 
 
 async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:

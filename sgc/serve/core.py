@@ -176,6 +176,7 @@ async def run_requests(state: ServerState, requests: Sequence[GenerateRequest | 
                 results.append(handle.result(0))
             except EngineError as exc:
                 raise ApiError(500, f"the runtime failed the request: {exc}", "internal_error") from None
+        _log_results(route, results, time.perf_counter() - started)
         if state.metrics is not None:
             state.metrics.observe_results(route, results, time.perf_counter() - started)
         return results
@@ -214,11 +215,24 @@ async def stream_requests(state: ServerState, requests: Sequence[GenerateRequest
                 except EngineError as exc:
                     result = {"error": str(exc), "text": "", "output_ids": [], "meta_info": {
                         "id": handles[index].rid, "finish_reason": {"type": "abort", "message": str(exc)}}}
+                _log_results(route, [result], time.perf_counter() - started)
                 if state.metrics is not None:
                     state.metrics.observe_results(route, [result], time.perf_counter() - started)
                 yield index, "", result
     finally:
         state.forget(handles)
+
+
+def _log_results(route: str, results: Sequence[dict[str, Any]], seconds: float) -> None:
+    """One log line per finished request, with its runtime id."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    for result in results:
+        meta = result.get("meta_info", {})
+        reason = (meta.get("finish_reason") or {}).get("type")
+        logger.info("%s %s: %s prompt (%s cached) + %s completion tokens, %s, %.3f s", meta.get("id"), route,
+                    meta.get("prompt_tokens"), meta.get("cached_tokens"), meta.get("completion_tokens"), reason,
+                    seconds)
 
 
 class SSEResponse(StreamingResponse):
