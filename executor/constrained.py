@@ -14,6 +14,12 @@ the cursor feeds its output bytes to the FSM's `unique_guard()`, which after the
 tokens that would repeat an item of a unique array (see `compiler.constraints.unique_items`). A
 repeat that cannot be avoided (every allowed token, or forced text, repeats an item) is a
 `ConstraintDeadEnd`.
+
+An unconstrained JSON value compiles to a bracket-counting superset automaton (FSM flag
+`json_structure`); the cursor then also follows its output with the FSM's `structure_guard()`, which
+after the mask clears the tokens that would break JSON structure (a closer of the wrong kind, a
+`:` outside a key, a non-string key, ...; see `compiler.constraints.json_structure`). Forced text
+that would break it is a `ConstraintDeadEnd`.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class ConstraintCursor:
         self.history: list[int] = []
         self.output: list[int] = []  # the tokens advanced over (what `unique` has seen)
         self.unique = fsm.unique_guard()  # None unless the schema has unique arrays to watch
+        self.structure = fsm.structure_guard()  # None unless the automaton needs the JSON structure check
 
     def fill_mask(self, row: torch.Tensor) -> None:
         """Allowed tokens of the current state into a bool row (EOS only in accepting states).
@@ -53,11 +60,16 @@ class ConstraintCursor:
         if self.state < 0:
             raise ConstraintDeadEnd(f"the constraint has no state to continue from (state {self.state})")
         self.fsm.fill_mask(self.state, row)
+        structure = self.structure
+        cut = self._filter_structure(row) if structure is not None else False
         cleared = self._filter_unique(row) if self.unique is not None and self.unique.active else 0
-        if self.fsm.is_accepting(self.state):
+        if self.fsm.is_accepting(self.state) and (structure is None or structure.complete):
             for eos in self.eos_ids:
                 row[eos] = True
         if not bool(row.any()):
+            if cut and not cleared:
+                raise ConstraintDeadEnd(f"every token the constraint allows here would break JSON structure "
+                                        f"({structure.where()})")
             if cleared:
                 raise ConstraintDeadEnd(
                     f"every token the constraint allows here would repeat an earlier item of the array at "
@@ -79,10 +91,19 @@ class ConstraintCursor:
             row[ids] = False
         return cleared
 
+    def _filter_structure(self, row: torch.Tensor) -> bool:
+        """Clear the tokens that would break JSON structure (after the FSM's mask)."""
+        v = min(self.fsm.vocab_size, row.shape[0])
+        if row.device.type == "cpu" and row.is_contiguous():
+            return self.structure.filter(row[:v].numpy())
+        return self.structure.filter_torch(row[:v])
+
     def advance(self, token: int) -> None:
         self.history.append(self.state)
         self.output.append(token)
         self.state = -1 if token in self.eos_ids else self.fsm.next_state(self.state, token)
+        if self.state >= 0 and self.structure is not None and not self.structure.feed_token(token):
+            self.state = -1  # the token broke JSON structure (it was not in the mask): out of the language
         if self.state >= 0 and self.unique is not None and self.unique.feed(self.fsm.token_text(token)):
             self.state = -1  # the token repeated an item (it was not in the mask): out of the language
 
@@ -144,6 +165,11 @@ def plan_jump_forward(cursor: ConstraintCursor, output_ids: list[int], tokenizer
     forced, end_state = fsm.jump_forward(cursor.state)
     if not forced:
         return None
+    if cursor.structure is not None:
+        probe = cursor.structure.scanner.copy()
+        if not probe.feed(forced.encode("utf-8")):
+            raise ConstraintDeadEnd(f"the constraint forces {forced[:40]!r}, which breaks JSON structure: "
+                                    f"{probe.violation}")
     if cursor.unique is not None and cursor.unique.completes_duplicate(forced.encode("utf-8")):
         raise ConstraintDeadEnd(
             f"the constraint forces {forced[:40]!r}, which repeats an earlier item of the array at "
@@ -172,6 +198,16 @@ def plan_jump_forward(cursor: ConstraintCursor, output_ids: list[int], tokenizer
 
 def apply_jump(cursor: ConstraintCursor, plan: JumpPlan) -> None:
     keep = len(cursor.history) - plan.num_replaced
+    if cursor.structure is not None:
+        text = cursor.fsm.token_text
+        old = b"".join(text(t) for t in cursor.output[keep:])
+        new = b"".join(text(t) for t in plan.new_tokens)
+        if new.startswith(old):
+            ok = cursor.structure.feed(new[len(old):])
+        else:
+            ok = cursor.structure.reset(b"".join(text(t) for t in cursor.output[:keep] + plan.new_tokens))
+        if not ok:
+            raise ConstraintDeadEnd(f"forced text breaks JSON structure: {cursor.structure.violation}")
     if cursor.unique is not None:
         text = cursor.fsm.token_text
         old = b"".join(text(t) for t in cursor.output[keep:])

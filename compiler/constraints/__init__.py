@@ -32,6 +32,7 @@ from .json_schema import (
     json_schema_to_regex,
     whitespace_policy,
 )
+from .json_structure import SUPERSET_DEPTH, recording
 from .limits import compiling, describe_regex, over
 from .regex_dfa import CharDFA, parse_fullmatch, regex_to_byte_dfa, regex_to_char_dfa
 from .token_fsm import TokenFSM
@@ -98,7 +99,7 @@ def compile_json_schema(
     vocab: Any,
     whitespace: str | int | Whitespace | None = "compact",
     max_recursion: int = 3,
-    any_depth: int = 2,
+    any_depth: int | None = None,
     max_states: int | None = DEFAULT_MAX_STATES,
 ) -> TokenFSM:
     """A token FSM whose accepted texts are JSON documents valid for `schema` (a dict or JSON text).
@@ -106,7 +107,10 @@ def compile_json_schema(
     `whitespace`: "compact" (none), "flexible" (a newline and up to 8 spaces between tokens), an
     int N (up to N spaces), or a `Whitespace`. `max_recursion`: how many times one `$ref` may be
     entered along a path. `any_depth`: nesting allowed inside unconstrained values (`{}`, `true`,
-    `{"type": "object"}`). Raises `ConstraintError` (with a JSON pointer) for anything it cannot
+    `{"type": "object"}`), default `json_structure.SUPERSET_DEPTH`: such values compile to a
+    bracket-counting superset automaton and the FSM is marked `json_structure`, whose decode-time
+    check (`TokenFSM.structure_guard()`, applied by the runtime's cursor and by `accepts_text`)
+    makes it exact. Raises `ConstraintError` (with a JSON pointer) for anything it cannot
     enforce exactly, or that is over a constraint budget (`compiler.budgets`).
 
     `uniqueItems` over items with too many values for an automaton is enforced at decode time: the
@@ -116,12 +120,13 @@ def compile_json_schema(
     options = SchemaOptions(
         whitespace=whitespace_policy(whitespace),
         max_recursion=max_recursion,
-        any_depth=any_depth,
+        any_depth=SUPERSET_DEPTH if any_depth is None else any_depth,
         max_states=max_states,
+        decode_checks=True,
     )
     with compiling("JSON schema"):
         try:
-            with deferring() as deferred:
+            with deferring() as deferred, recording() as superset:
                 node = json_schema_to_node(schema, options)
             paths: tuple = ()
             if deferred:
@@ -134,6 +139,6 @@ def compile_json_schema(
                 dfa = byte_dfa(node, max_states, minimized=False)
             except ConstraintError as e:
                 raise (e if e.pointer is not None else e.with_pointer("")) from None
-            return TokenFSM.build(dfa, as_vocabulary(vocab), unique_paths=paths)
+            return TokenFSM.build(dfa, as_vocabulary(vocab), unique_paths=paths, json_structure=superset[0])
         except RecursionError:
             raise over("constraint_nesting", None, "schema nesting", pointer="") from None

@@ -38,7 +38,7 @@ from fractions import Fraction
 from typing import Any
 from urllib.parse import unquote
 
-from . import unique_items
+from . import json_structure, unique_items
 from .automaton import DEFAULT_MAX_STATES, DFA, ascii_dfa_to_regex, difference, intersect, trim
 from .charset import CharSet
 from .dfa_ops import byte_dfa, literal_set_dfa
@@ -115,6 +115,10 @@ class SchemaOptions:
     whitespace: Whitespace = COMPACT
     max_recursion: int = 3  # times one $ref may be entered on the way down one instance path
     any_depth: int = 2  # nesting of arrays/objects inside an unconstrained JSON value
+    # compile_json_schema only: an unconstrained value is the bracket-counting superset of
+    # `json_structure.superset_node` (no container kinds), made exact by the decode-time structure
+    # check; never set for json_schema_to_node / json_schema_to_regex, which stay exact
+    decode_checks: bool = False
     # Budgets; None reads compiler.budgets (constraint_nesting, constraint_positions, constraint_states)
     max_nesting: int | None = None  # nested subschemas
     max_size: int | None = None  # automaton positions after unrolling bounded repeats
@@ -1752,6 +1756,8 @@ class SchemaCompiler:
 
     # -- any JSON value ---------------------------------------------------------------------
     def any_value(self, depth: int) -> Node:
+        if self.options.decode_checks:
+            return self.any_superset(depth)
         key = ("any", depth, self.ws_key)
         node = self.any_value_node(depth)
         dfa = _cached_leaf(key, lambda: node, self.options.max_states, self.options.max_size)
@@ -1773,6 +1779,41 @@ class SchemaCompiler:
             literal("{"), ws, optional(concat(member, repeat(concat(sep, member), 0, None), ws)), literal("}")
         )
         return alt(scalars, array, obj)
+
+    def any_superset(self, depth: int) -> Node:
+        """Decode-checked "any JSON value": S_0 = scalars; S_k = scalars | [[{] ws (I (ws , ws I)*
+        ws)? []}] with I = ("string" ws : ws)? S_(k-1). Brackets are counted, not told apart, so
+        the automaton grows linearly with the depth (the exact one ~4x per level); the decode-time
+        `json_structure` check keeps kinds, keys and colons right. Two small templates (a level
+        with a placeholder byte where a nested container goes) are stacked `depth` times by
+        `json_structure.nest_levels`."""
+        json_structure.note_superset()
+        depth = max(depth, 0)
+        key = ("any-superset", depth, self.ws_key)
+        dfa = _LEAF_CACHE.get(key)
+        if dfa is None:
+            string = concat(literal('"'), repeat(JSON_CHAR, 0, None), literal('"'))
+            scalars = alt(literal("null"), literal("true"), literal("false"), NUMBER, string)
+            hole = Automaton(json_structure.placeholder_dfa(), _no_superset_regex)
+            ws = self.ws
+            item = concat(optional(concat(string, ws, literal(":"), ws)), alt(scalars, hole))
+            sep = concat(ws, literal(","), ws)
+            container = concat(
+                chars(CharSet.of("[{")), ws, optional(concat(item, repeat(concat(sep, item), 0, None), ws)),
+                chars(CharSet.of("]}")),
+            )
+            top = byte_dfa(alt(scalars, hole), self.options.max_states, minimized=True)
+            level = byte_dfa(container, self.options.max_states, minimized=True)
+            dfa = json_structure.nest_levels(top, level, depth)
+            if len(_LEAF_CACHE) >= _LEAF_CACHE_LIMIT:
+                _LEAF_CACHE.pop(next(iter(_LEAF_CACHE)))
+            _LEAF_CACHE[key] = dfa
+        return Automaton(dfa, _no_superset_regex)
+
+
+def _no_superset_regex() -> str:
+    raise ConstraintError("a decode-checked JSON value (compile_json_schema's any-value superset) has no regex; "
+                          "json_schema_to_regex compiles the exact any_depth automaton")
 
 
 _ANY_CHAR = _NEEDS_ESCAPE | _NEEDS_ESCAPE.complement()

@@ -14,6 +14,10 @@ constraint forces from here and the state after it (see `jump_forward`).
 have too many values for the automaton (see `unique_items`). The DFA accepts those arrays with
 repeats; `unique_guard()` gives the per-output check that clears, after `fill_mask`, the tokens that
 would repeat an item, and `accepts_text` applies both to a whole text.
+
+`json_structure` (JSON schemas with unconstrained values): the DFA accepts a bracket-counting
+superset of JSON there (see `json_structure`); `structure_guard()` gives the per-output check that
+clears, after `fill_mask`, the tokens that would break JSON structure, and `accepts_text` applies it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import numpy as np
 
 from .automaton import DFA
 from .errors import ConstraintError
+from .json_structure import StructureGuard
+from .json_structure import check_text as structure_check_text
 from .jump_forward import forced_bytes, jump_forward, mid_character
 from .token_index import TokenIndex, build_token_index
 from .token_live import producible_bytes, prune_dead_ends
@@ -32,9 +38,10 @@ from .vocabulary import Vocabulary
 
 # 2: token rows shared between states (`state_row`); 1 is still read. 3: format 2 plus
 # `unique_paths`, written only when there are some (so readers that predate it refuse the table
-# instead of dropping the uniqueness check).
-FORMAT_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
+# instead of dropping the uniqueness check). 4: `json_structure` set (the decode-time structure
+# check), with or without `unique_paths`; written only when set, for the same reason.
+FORMAT_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, 4)
 _LIST_TABLE_MAX = 1 << 20  # transition tables up to this many entries are walked as Python lists
 
 
@@ -51,10 +58,11 @@ class TokenFSM:
         eos_token_id: int | None = None,
         forced: np.ndarray | None = None,
         unique_paths: tuple[Path, ...] = (),
+        json_structure: bool = False,
     ) -> None:
         self._init_fields(
             dfa, index, vocab_bytes, vocab_offsets, fingerprint, eos_token_id,
-            forced_bytes(dfa) if forced is None else forced, unique_paths,
+            forced_bytes(dfa) if forced is None else forced, unique_paths, json_structure,
         )
         self._derive()
 
@@ -68,6 +76,7 @@ class TokenFSM:
         eos_token_id: int | None,
         forced: np.ndarray,
         unique_paths: tuple[Path, ...] = (),
+        json_structure: bool = False,
     ) -> None:
         self.dfa = dfa
         self.index = index
@@ -77,6 +86,7 @@ class TokenFSM:
         self.eos_token_id = eos_token_id
         self.forced = forced
         self.unique_paths = tuple(tuple(p) for p in unique_paths)
+        self.json_structure = bool(json_structure)
         self._table: Any = None
         self._symbol_class: list[int] | None = None
         self._tokens: list[bytes] | None = None
@@ -89,7 +99,8 @@ class TokenFSM:
         self.mid_char = mid_character(self.dfa)
 
     @classmethod
-    def build(cls, dfa: DFA, vocab: Vocabulary, unique_paths: tuple[Path, ...] = ()) -> TokenFSM:
+    def build(cls, dfa: DFA, vocab: Vocabulary, unique_paths: tuple[Path, ...] = (),
+              json_structure: bool = False) -> TokenFSM:
         dfa = DFA(
             int(dfa.initial),
             dfa.accepting.astype(bool, copy=False),
@@ -100,7 +111,7 @@ class TokenFSM:
         flat, offsets = vocab.arrays
         dfa = prune_dead_ends(dfa, producible_bytes(flat))
         return cls(dfa, build_token_index(dfa, vocab), flat, offsets, vocab.fingerprint, vocab.eos_token_id,
-                   unique_paths=unique_paths)
+                   unique_paths=unique_paths, json_structure=json_structure)
 
     # -- queries ----------------------------------------------------------------------------
     @property
@@ -176,12 +187,19 @@ class TokenFSM:
         or None when this constraint has no unique arrays to watch."""
         return UniqueGuard(self) if self.unique_paths else None
 
+    def structure_guard(self) -> StructureGuard | None:
+        """A fresh JSON structure check for one output (feed it every token; `filter` after
+        `fill_mask`), or None when the automaton is exact (no decode-checked values)."""
+        return StructureGuard(self) if self.json_structure else None
+
     def accepts_text(self, text: bytes | str) -> bool:
-        """Whether the constraint accepts the whole text: the DFA accepts it and no array at a
-        unique path repeats an item (the same check the runtime applies token by token)."""
+        """Whether the constraint accepts the whole text: the DFA accepts it, no array at a
+        unique path repeats an item, and (with `json_structure`) it is structurally JSON: the same
+        checks the runtime applies token by token."""
         data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
-        return self.is_accepting(self.walk_bytes(self.initial_state, data)) and (
-            not self.unique_paths or check_text(data, self.unique_paths))
+        return (self.is_accepting(self.walk_bytes(self.initial_state, data))
+                and (not self.unique_paths or check_text(data, self.unique_paths))
+                and (not self.json_structure or structure_check_text(data)))
 
     # -- masks ------------------------------------------------------------------------------
     def _dense_row(self, dense: int) -> np.ndarray:
@@ -263,8 +281,11 @@ class TokenFSM:
         if self.unique_paths:
             text = paths_to_json(self.unique_paths).encode("ascii")
             extra["unique_paths"] = np.frombuffer(text, dtype=np.uint8).copy()
+        if self.json_structure:
+            extra["json_structure"] = np.array([1], dtype=np.uint8)
+        version = 4 if self.json_structure else 3 if self.unique_paths else 2
         return {
-            "format_version": np.array([FORMAT_VERSION if self.unique_paths else 2], dtype=np.int32),
+            "format_version": np.array([version], dtype=np.int32),
             "initial": np.array([self.dfa.initial], dtype=np.int32),
             "accepting": self.dfa.accepting.astype(bool, copy=False),
             "transitions": self.dfa.transitions.astype(np.int32, copy=False),
@@ -319,14 +340,20 @@ class TokenFSM:
             get("sparse_tokens"),
         )
         unique_paths: tuple[Path, ...] = ()
-        if int(version[0]) >= 3:
+        v = int(version[0])
+        if v == 3 or (v == 4 and _has(arrays, "unique_paths")):
             unique_paths = _load_unique_paths(get("unique_paths"))
         elif _has(arrays, "unique_paths"):
-            raise ConstraintError(f"corrupt token FSM arrays: unique_paths: present in a format {int(version[0])} "
-                                  "table (only format 3 has them)")
+            raise ConstraintError(f"corrupt token FSM arrays: unique_paths: present in a format {v} "
+                                  "table (only formats 3 and 4 have them)")
+        if v == 4:
+            _load_structure_flag(get("json_structure"))
+        elif _has(arrays, "json_structure"):
+            raise ConstraintError(f"corrupt token FSM arrays: json_structure: present in a format {v} "
+                                  "table (only format 4 has it)")
         fsm = cls.__new__(cls)
         fsm._init_fields(dfa, index, get("vocab_bytes"), get("vocab_offsets"), fingerprint,
-                         None if eos_id == -1 else eos_id, get("forced_byte"), unique_paths)
+                         None if eos_id == -1 else eos_id, get("forced_byte"), unique_paths, v == 4)
         try:
             fsm.check()
         except ValueError as e:
@@ -371,7 +398,8 @@ class TokenFSM:
         return (
             f"TokenFSM(states={self.num_states}, classes={self.dfa.num_classes}, vocab={self.vocab_size}, "
             f"dense_masks={self.index.dense_masks.shape[0]}, sparse_entries={self.index.sparse_tokens.shape[0]}"
-            + (f", unique_paths={len(self.unique_paths)})" if self.unique_paths else ")")
+            + (f", unique_paths={len(self.unique_paths)}" if self.unique_paths else "")
+            + (", json_structure=True)" if self.json_structure else ")")
         )
 
 
@@ -396,8 +424,9 @@ _DTYPES: dict[str, np.dtype] = {
     "fingerprint": np.dtype(np.uint8),
     "eos_token_id": np.dtype(np.int64),
     "unique_paths": np.dtype(np.uint8),
+    "json_structure": np.dtype(np.uint8),
 }
-_OPTIONAL = frozenset({"state_row", "unique_paths"})  # by format version
+_OPTIONAL = frozenset({"state_row", "unique_paths", "json_structure"})  # by format version
 
 
 def _has(arrays: Any, name: str) -> bool:
@@ -415,6 +444,14 @@ def _load_unique_paths(arr: np.ndarray) -> tuple[Path, ...]:
         return paths_from_json(arr.tobytes().decode("ascii"))
     except (UnicodeDecodeError, ValueError) as e:
         raise ConstraintError(f"corrupt token FSM arrays: unique_paths: {e}") from None
+
+
+def _load_structure_flag(arr: np.ndarray) -> None:
+    """Format 4's flag: exactly one byte, 1 (a table is format 4 only when the check is on)."""
+    _check_dtypes({"json_structure": arr}, "corrupt token FSM arrays")
+    if arr.shape != (1,) or int(arr[0]) != 1:
+        raise ConstraintError(f"corrupt token FSM arrays: json_structure: {arr.tolist()}, expected [1] "
+                              "(format 4 tables always have the check on)")
 
 
 def _check_dtypes(arrays: dict[str, np.ndarray], where: str) -> None:
