@@ -18,11 +18,15 @@ in `sgc compile`). Then every instance is checked:
   hide other orders: a limit of this check, never seen to matter for compact objects);
 * where the schema has unique arrays checked at decode time (`TokenFSM.unique_paths`), the text must
   also pass that check (`unique_items.check_text`, the runtime's scanner): an instance with a repeated
-  item is then not accepted, whatever its spelling;
+  item is then not accepted, whatever its spelling; where the automaton has decode-checked
+  unconstrained values (`TokenFSM.json_structure`), the text must pass the structure check too
+  (`json_structure.check_text`; a real JSON text always does);
 * an accepted valid instance's text is tokenized with the real tokenizer and walked token by token:
   at each state `fill_mask` is timed and must allow the next token (after it, the uniqueness filter
-  the runtime applies, `TokenFSM.unique_guard().filter`, timed with it), `next_state` advances, and
-  the final state must be accepting with EOS in its mask (else a `token_walk` failure: an index bug).
+  the runtime applies, `TokenFSM.unique_guard().filter`, and the JSON structure filter,
+  `TokenFSM.structure_guard().filter`, timed with it, exactly as `ConstraintCursor` applies them),
+  `next_state` advances, and the final state must be accepting with EOS in its mask (EOS only where
+  the structure check says the value is complete; else a `token_walk` failure: an index bug).
 
 A schema *passes* when it compiles, accepts every valid instance and rejects every invalid one.
 An accepted invalid instance is a soundness bug and is listed first in the report.
@@ -55,6 +59,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from compiler.budgets import budget_overrides  # noqa: E402
 from compiler.constraints import ConstraintError, Vocabulary, compile_json_schema  # noqa: E402
+from compiler.constraints.json_structure import check_text as structure_check_text  # noqa: E402
 from compiler.constraints.unique_items import check_text  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "schemas"
@@ -352,10 +357,11 @@ def load_corpus(names: list[str] | None, sample: int, seed: int) -> list[dict]:
 
 def run_schema(
     doc: dict, vocab: Vocabulary, tokenizer: Any, args: argparse.Namespace, eos: int, mask_times: list[float],
-    unique_times: list[float] | None = None,
+    unique_times: list[float] | None = None, structure_times: list[float] | None = None,
 ) -> dict:
     """One schema's row (see the module docstring). `mask_times` gets every timed mask (with the
-    uniqueness filter where there is one); `unique_times` the timed masks of schemas that have one."""
+    uniqueness and structure filters where there are some); `unique_times` / `structure_times` the
+    timed masks of schemas that have one."""
     r: dict[str, Any] = {"name": doc["name"], "category": doc.get("category", "")}
     schema = doc["schema"]
     t0 = time.perf_counter()
@@ -378,14 +384,19 @@ def run_schema(
     r["status"] = "compiled"
     r["states"] = fsm.num_states
     r["unique_paths"] = len(fsm.unique_paths)
+    r["json_structure"] = fsm.json_structure
     matcher = Matcher(fsm, args.max_frontier)
     mask = np.zeros(fsm.vocab_size, dtype=bool)
     timed = mask_times if not fsm.unique_paths or unique_times is None else _Both(mask_times, unique_times)
+    if fsm.json_structure and structure_times is not None:
+        timed = _Both(timed, structure_times)
 
     def accepted(inst: Any) -> bytes | None:
         text = matcher.accepted_text(fsm, inst)
         if text is not None and fsm.unique_paths and not check_text(text, fsm.unique_paths):
             return None  # a repeated item in a unique array: the runtime never lets it be written
+        if text is not None and fsm.json_structure and not structure_check_text(text):
+            return None  # not JSON (the superset automaton's extra texts): the runtime never writes it
         return text
 
     valid_rejected, token_walk, invalid_accepted, untokenizable, implied_type = [], [], [], [], []
@@ -402,11 +413,18 @@ def run_schema(
             continue
         s = fsm.initial_state
         guard = fsm.unique_guard()  # None without unique arrays: the plain table lookup
+        structure = fsm.structure_guard()  # None when the automaton is exact
 
-        def fill(state: int, guard: Any = guard) -> None:
-            fsm.fill_mask(state, mask, eos)
+        def fill(state: int, guard: Any = guard, structure: Any = structure) -> None:
+            # as ConstraintCursor.fill_mask: the table, the structure filter, the uniqueness filter,
+            # EOS where the state accepts and the structure is complete
+            fsm.fill_mask(state, mask)
+            if structure is not None:
+                structure.filter(mask[: fsm.vocab_size])
             if guard is not None:
                 guard.filter(state, mask[: fsm.vocab_size])
+            if fsm.is_accepting(state) and (structure is None or structure.complete):
+                mask[eos] = True
 
         for n, t in enumerate(ids):
             if n < args.mask_steps:
@@ -421,6 +439,9 @@ def run_schema(
             s = fsm.next_state(s, t)
             if s < 0:
                 token_walk.append((i, f"next_state dead at step {n}"))
+                break
+            if structure is not None and not structure.feed_token(t):
+                token_walk.append((i, f"token {t} breaks JSON structure at step {n}"))
                 break
             if guard is not None and guard.feed(fsm.token_text(t)):
                 token_walk.append((i, f"token {t} repeats an item at step {n}"))
@@ -464,7 +485,7 @@ class _Both(list):
 
 def summarize(
     results: list[dict], mask_times: list[float], args: argparse.Namespace, docs: list[dict],
-    unique_times: list[float] | None = None,
+    unique_times: list[float] | None = None, structure_times: list[float] | None = None,
 ) -> dict:
     n = len(results)
     compiled = [r for r in results if r["status"] == "compiled"]
@@ -535,6 +556,10 @@ def summarize(
         "unique_mask_mean_us": statistics.fmean(unique_times) * 1e6 if unique_times else float("nan"),
         "unique_mask_p90_us": pct(unique_times or [], 0.9) * 1e6,
         "unique_mask_samples": len(unique_times or []),
+        "structure_schemas": sum(bool(r.get("json_structure")) for r in compiled),
+        "structure_mask_mean_us": statistics.fmean(structure_times) * 1e6 if structure_times else float("nan"),
+        "structure_mask_p90_us": pct(structure_times or [], 0.9) * 1e6,
+        "structure_mask_samples": len(structure_times or []),
         "by_category": {
             c: {
                 "schemas": len(rs),
@@ -583,6 +608,12 @@ def markdown(s: dict) -> str:
             f"| of which: schemas with a decode-time uniqueItems check ({s['unique_schemas']}), mask + filter, "
             f"mean / p90 ({s['unique_mask_samples']} steps) | {s['unique_mask_mean_us']:.1f} us / "
             f"{s['unique_mask_p90_us']:.1f} us |"
+        )
+    if s.get("structure_mask_samples"):
+        L.append(
+            f"| of which: schemas with the decode-time JSON structure check ({s['structure_schemas']}), mask + "
+            f"filter, mean / p90 ({s['structure_mask_samples']} steps) | {s['structure_mask_mean_us']:.1f} us / "
+            f"{s['structure_mask_p90_us']:.1f} us |"
         )
     L.append("")
     L.append("| category | schemas | compile | pass |")
@@ -636,10 +667,10 @@ def main() -> None:
     vocab = Vocabulary.from_tokenizer(tokenizer, eos_token_id=SMOLLM2_EOS)
     compile_json_schema({"type": "string"}, vocab)  # the vocabulary trie, built once per vocabulary
     docs = load_corpus(args.names, args.sample, args.seed)
-    results, mask_times, unique_times = [], [], []
+    results, mask_times, unique_times, structure_times = [], [], [], []
     t_all = time.perf_counter()
     for i, doc in enumerate(docs):
-        r = run_schema(doc, vocab, tokenizer, args, SMOLLM2_EOS, mask_times, unique_times)
+        r = run_schema(doc, vocab, tokenizer, args, SMOLLM2_EOS, mask_times, unique_times, structure_times)
         results.append(r)
         if not args.quiet:
             what = (
@@ -655,7 +686,7 @@ def main() -> None:
                 else f"{r['status'].upper()} {r['error'][:150]}"
             )
             print(f"[{i + 1}/{len(docs)}] {doc['name']} {r['compile_s']:.3f}s {what}", flush=True)
-    summary = summarize(results, mask_times, args, docs, unique_times)
+    summary = summarize(results, mask_times, args, docs, unique_times, structure_times)
     summary["wall_s"] = time.perf_counter() - t_all
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
