@@ -434,6 +434,7 @@ examples:
   sgc bench fewshot json --quick --json          two workloads, JSON on stdout
   sgc bench --systems sgc sgc-no-radix hf-naive  only these systems
   sgc bench --repeats 3 --out bench_results/full a full run (updates docs/performance.md)
+  sgc bench --serve --rates 1,2,4,inf           the serving benchmark: sgc serve under a rate sweep
 
 Writes results.json, results.md and one PNG per workload plus summary.png to --out
 (default bench_results/<timestamp>/); plots need matplotlib (pip install 'sgc[bench]')."""
@@ -462,6 +463,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                       help="rewrite the benchmark section of docs/performance.md (default: on full runs)")
     docs.add_argument("--no-update-docs", dest="update_docs", action="store_false")
     p.add_argument("--docs", default=None, metavar="FILE", help="the page to update (default: docs/performance.md)")
+    serve = p.add_argument_group("serving benchmark (--serve: sgc serve under a request-rate sweep of streamed "
+                                 "OpenAI completions; TTFT, inter-token latency p50/p99, throughput)")
+    serve.add_argument("--serve", action="store_true", help="run the serving benchmark instead of the workloads")
+    from sgc.bench.serve import add_arguments
+
+    add_arguments(serve, model=False)
     p.set_defaults(run=_run_bench)
 
 
@@ -469,6 +476,10 @@ def _run_bench(args: argparse.Namespace) -> int:
     import json
     from datetime import datetime
 
+    if args.serve:
+        from sgc.bench.serve import run_serve_bench
+
+        return run_serve_bench(args)
     from sgc.bench import get_workloads, run_bench
     from sgc.bench.report import update_docs, write_all
 

@@ -236,6 +236,15 @@ def test_openai_errors(oai, server):
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_serving_benchmark_against_the_server(server, capsys):
+    from sgc.cli import main
+
+    assert main(["bench", "--serve", "--url", server.url, "--rates", "inf,50", "--requests", "4",
+                 "--max-tokens", "4"]) == 0
+    table = capsys.readouterr().out
+    assert "| inf | 4/4 |" in table and "| 50 | 4/4 |" in table
+
+
 # -- robustness --------------------------------------------------------------------------------------
 MALFORMED = [
     ("/generate", b"{not json"),
