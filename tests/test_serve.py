@@ -520,6 +520,9 @@ def test_http_client_interface(server, engine):
         out = long.result(30)
         assert out["meta_info"]["finish_reason"]["type"] == "abort"
         assert client.stats()["num_finished_requests"] > 0
+        # a client on another machine downloads the tokenizer files (GET /sgc/tokenizer)
+        remote_tokenizer = client._load_tokenizer(None)
+        assert remote_tokenizer.encode(PROMPTS[0]) == ids and remote_tokenizer.eos_token_ids == engine.tokenizer.eos_token_ids
     finally:
         client.close()
 
