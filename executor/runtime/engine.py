@@ -70,6 +70,10 @@ class Engine:
         started = time.perf_counter()
         folder: Path = resolve_model(self.config.model_path)
         self.model, self.model_config = load_model(folder, self.device, dtype)
+        if self.config.null_model:
+            from models.null import NullModel
+
+            self.model = NullModel(self.model_config, self.device, dtype)
         self._tokenizer = Tokenizer(folder)
         self.constraints = ConstraintCache(self._tokenizer)
         self.model_folder = folder

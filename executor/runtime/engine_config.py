@@ -36,6 +36,9 @@ class EngineConfig:
     # How long a step may wait for the follow-ups of finished requests sent with follow_up=True
     # (see executor/runtime/runtime_client.py); past it the step runs without them and the waits are dropped.
     follow_up_wait_s: float = 0.05
+    # A model whose forward costs nothing (models/null.py): what is left of a step is the runtime's
+    # own overhead (benchmarks/bench_host.py). Outputs are one repeated token, never the model's.
+    null_model: bool = False
 
 
 def resolve_device(device: str) -> torch.device:
