@@ -112,13 +112,13 @@ class Sampler:
 
         greedy = [p.is_greedy for p in params]
         if all(greedy):
-            return logits.argmax(dim=1)
+            return _greedy(logits)
         out = torch.empty(num_rows, dtype=torch.long, device=device)
         greedy_rows = [i for i, g in enumerate(greedy) if g]
         random_rows = [i for i, g in enumerate(greedy) if not g]
         if greedy_rows:
             idx = torch.tensor(greedy_rows, device=device)
-            out.index_copy_(0, idx, logits.index_select(0, idx).argmax(dim=1))
+            out.index_copy_(0, idx, _greedy(logits.index_select(0, idx)))
         # Rows that cut by rank (top_k/top_p) draw from the sorted distribution, the others in vocabulary
         # order; the groups stay apart so a row's draw never depends on what else is in the batch.
         for by_rank in (False, True):
@@ -209,6 +209,12 @@ class Sampler:
         mask = torch.zeros(num_rows, vocab, dtype=torch.bool, device=device)
         mask[torch.tensor(rows, device=device), torch.tensor(toks, device=device)] = True
         return mask
+
+
+def _greedy(logits: torch.Tensor) -> torch.Tensor:
+    """The first highest-scoring token of each row: `argmax`'s answer (ties: the first index),
+    computed by `max`, which is about 2x faster on CPU over a [64, 49152] batch (bench_host)."""
+    return logits.max(dim=1).indices
 
 
 def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
