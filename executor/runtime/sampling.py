@@ -212,9 +212,12 @@ class Sampler:
 
 
 def _greedy(logits: torch.Tensor) -> torch.Tensor:
-    """The first highest-scoring token of each row: `argmax`'s answer (ties: the first index),
-    computed by `max`, which is about 2x faster on CPU over a [64, 49152] batch (bench_host)."""
-    return logits.max(dim=1).indices
+    """The first highest-scoring token of each row: `argmax`'s answer (ties: the first index).
+    On CPU numpy's vectorized argmax does it: ~10x faster than torch's over [256, 49152] float32
+    logits on this AVX2 machine (2.5 ms against 35 ms: most of a null-model step, bench_host)."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return torch.from_numpy(logits.numpy().argmax(axis=1))
+    return logits.argmax(dim=1)
 
 
 def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
