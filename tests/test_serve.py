@@ -153,6 +153,11 @@ def test_program_routes(http):
     batch = http.post("/programs/qa/run_batch", json={"batch": [{"question": "Why?"}, {"question": "How?"}],
                                                       "temperature": 0}).json()["results"]
     assert batch[0] == one and batch[1]["error"] is None
+    with http.stream("POST", "/programs/qa/run", json={"arguments": {"question": "Why?"}, "temperature": 0,
+                                                      "stream": True}) as r:
+        events = sse_events(r)
+    assert events[-1] == "[DONE]" and json.loads(events[-2]) == one
+    assert "".join(json.loads(e)["text"] for e in events[:-2]) == one["text"]
     assert http.post("/programs/qa/run", json={"arguments": {}}).status_code == 400
     assert http.post("/programs/qa/run", json={"arguments": {"question": "x", "extra": 1}}).status_code == 400
     assert http.post("/programs/nope/run", json={}).status_code == 404

@@ -3,17 +3,22 @@
 `sgc serve --program qa.sgc` loads each artifact once at start (`sgc.load`: its constraint tables
 checked against the model's vocabulary, or recompiled for it) and serves it under its file's stem.
 A run executes on a worker thread with the graph executor over the same runtime client the other
-routes use. `GET /programs` lists them with their functions and arguments.
+routes use. `GET /programs` lists them with their functions and arguments. `/run` with `"stream":
+true` sends the text as it is appended (`data: {"text": piece}` events), then the result as one event,
+then `data: [DONE]`; a program run is not aborted when its client leaves (it finishes on its own).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 
-from sgc.serve.core import ApiError, ServerState
+from sgc.serve.core import SSE_DONE, ApiError, ServerState, sse
 from sgc.serve.protocol import ErrorResponse, ProgramRunRequest, ProgramRunResponse
 
 __all__ = ["add_program_routes"]
@@ -66,10 +71,12 @@ def add_program_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/programs/{name}/run", response_model=ProgramRunResponse,
               responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
-    async def run(name: str, body: ProgramRunRequest) -> dict:
+    async def run(name: str, body: ProgramRunRequest) -> Any:
         state.check_ready()
         fn = _function(state, name, body.function)
         _check_arguments(fn, body.arguments)
+        if body.stream:
+            return _stream_run(state, name, fn, body.arguments, options(body))
 
         def work() -> dict[str, Any]:
             try:
@@ -101,3 +108,40 @@ def add_program_routes(app: FastAPI, state: ServerState) -> None:
         for r in results:
             state.metrics.program_runs.labels(name, "error" if r["error"] else "ok").inc()
         return {"results": results}
+
+
+def _stream_run(state: ServerState, name: str, fn: Any, arguments: dict[str, Any],
+                options: dict[str, Any]) -> StreamingResponse:
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def put(kind: str, value: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+        except RuntimeError:  # the loop closed: nobody is listening
+            pass
+
+    def work() -> None:
+        try:
+            result = fn.run(stream=True, **arguments, **options)
+            for piece in result.text_iter():
+                put("text", piece)
+            put("done", _state_result(result))
+        except Exception as exc:  # the program's error is its result
+            put("done", {"text": None, "variables": None, "error": str(exc)})
+
+    threading.Thread(target=work, name=f"sgc-program-{name}", daemon=True).start()
+
+    async def body() -> AsyncIterator[str]:
+        while True:
+            kind, value = await events.get()
+            if kind == "text":
+                if value:
+                    yield sse({"text": value})
+                continue
+            state.metrics.program_runs.labels(name, "error" if value["error"] else "ok").inc()
+            yield sse(value)
+            yield SSE_DONE
+            return
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -255,6 +255,7 @@ class ProgramRunRequest(_Request):
     top_p: float | None = None
     top_k: int | None = None
     stop: str | list[str] | None = None
+    stream: bool = False  # /run only: the state's text as SSE events, then the result
 
 
 class ProgramRunResponse(BaseModel):
