@@ -316,7 +316,9 @@ def test_fuzzed_bodies_never_500(server):
         lambda path: st.tuples(st.just(path), st.dictionaries(st.sampled_from(keys[path]), values, max_size=4)))
     client = httpx.Client(base_url=server.url, timeout=30)
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    from tests.tiers import examples
+
+    @settings(max_examples=examples(120, 30), deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(bodies)
     def check(case):
         path, body = case
