@@ -120,6 +120,7 @@ def test_run_jsonl_reports_every_instance(workdir, model_dir, runtime, capsys) -
         assert line["text"] == state.text() and line["variables"] == state.snapshot()["variables"]
 
 
+@pytest.mark.slow  # a fresh interpreter, torch and a model (~4 s); test_artifact loads in a fresh process fast
 def test_artifact_in_a_fresh_process_equals_in_process(workdir, model_dir, runtime) -> None:
     program = sgc.load(workdir / "cliprog.sgc", backend=runtime)
     local = [s.snapshot() for s in program.qa.run_batch(ROWS, temperature=0, max_new_tokens=16)]
