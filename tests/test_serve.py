@@ -362,6 +362,23 @@ def test_disconnect_aborts_stream(server):
         assert generated < 480
 
 
+def test_abort_request_by_client_rid(server):
+    body = {"text": "Abort me", "rid": "my-request",
+            "sampling_params": {"max_new_tokens": 480, "ignore_eos": True, **GREEDY}}
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(httpx.post(server.url + "/generate", json=body,
+                                                                   timeout=60).json()))
+    thread.start()
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        deadline = time.monotonic() + 15
+        while not (aborted := c.post("/abort_request", json={"rid": "my-request"}).json()["aborted"]):
+            assert time.monotonic() < deadline, "the request never showed up"
+            time.sleep(0.02)
+    thread.join(30)
+    assert aborted == [out["meta_info"]["id"]]
+    assert out["meta_info"]["finish_reason"]["type"] == "abort" and out["meta_info"]["completion_tokens"] < 480
+
+
 def test_concurrent_streams(server, engine):
     """16 concurrent streaming clients, 4 of which leave early: the rest get their complete output."""
     want = engine.generate(PROMPTS[0], {"max_new_tokens": 16, **GREEDY})["text"]

@@ -105,6 +105,7 @@ def native_requests(state: ServerState, body: GenerateReqInput, stream: bool) ->
             raise ApiError(400, "input_ids is empty", param="input_ids")
     count = len(prompts)
     params_list = _per_prompt(body.sampling_params, count, "sampling_params")
+    rids = _per_prompt(body.rid, count, "rid")
     return_logprob = _per_prompt(body.return_logprob, count, "return_logprob")
     start_len = _per_prompt(body.logprob_start_len, count, "logprob_start_len")
     top_num = _per_prompt(body.top_logprobs_num, count, "top_logprobs_num")
@@ -139,7 +140,8 @@ def native_requests(state: ServerState, body: GenerateReqInput, stream: bool) ->
             raise ApiError(400, str(exc)) from None
         for _ in range(n):
             requests.append(GenerateRequest(ids, params, options, stream=stream))
-            post.append({"prefill_only": prefill_only, "text_in_logprobs": body.return_text_in_logprobs})
+            post.append({"prefill_only": prefill_only, "text_in_logprobs": body.return_text_in_logprobs,
+                         "rid": rids[i]})
     return requests, post, batched or count > 1
 
 
@@ -284,7 +286,7 @@ def build_app(client: RuntimeClient, *, model_name: str | None = None, model_pat
               responses={400: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
     async def generate(body: GenerateReqInput, request: Request) -> Any:
         requests, post, as_list = native_requests(state, body, body.stream)
-        rids = body.rid if isinstance(body.rid, list) else [body.rid] * len(requests)
+        rids = [p["rid"] for p in post]  # the client's ids, for /abort_request
         if not body.stream:
             results = await run_requests(state, requests, request, "/generate", rids)
             out = [native_result(state, r, p) for r, p in zip(results, post)]
