@@ -295,7 +295,8 @@ def distance_to_accept(fsm) -> np.ndarray:
 
 
 class FSMWalker:
-    """Random token walks through a TokenFSM that end in accepting states."""
+    """Random token walks through a TokenFSM that end in accepting states (with the FSM's JSON
+    structure check applied as the runtime applies it, where it has one)."""
 
     def __init__(self, fsm, vocab, seed: int = 0) -> None:
         self.fsm = fsm
@@ -328,14 +329,26 @@ class FSMWalker:
                 return t
         raise AssertionError(f"no token makes progress from state {state}")
 
+    def guarded_progress_token(self, state: int, allowed: np.ndarray) -> int:
+        """`progress_token` when the structure check allows it, else the allowed token that gets
+        closest to accepting."""
+        t = self.progress_token(state)
+        if t in set(allowed.tolist()):
+            return t
+        after = np.array([self.dist[self.fsm.next_state(state, int(x))] for x in allowed])
+        return int(allowed[int(np.argmin(after))])
+
     def walk(self, max_steps: int = 200, p_random: float = 0.5, p_stop: float = 0.3) -> tuple[list[int], int]:
         fsm = self.fsm
         s = fsm.initial_state
         tokens: list[int] = []
+        guard = fsm.structure_guard() if hasattr(fsm, "structure_guard") else None
         for step in range(10_000):
             if fsm.is_accepting(s) and (self.rng.random() < p_stop or step >= max_steps):
                 break
             allowed = fsm.allowed_tokens(s)
+            if guard is not None:  # as ConstraintCursor: the tokens that would break JSON structure go
+                allowed = allowed[~np.isin(allowed, guard.tables.clear_ids(guard.scanner)[0])]
             if len(allowed) == 0:
                 assert fsm.is_accepting(s), f"dead end in non-accepting state {s}"
                 break
@@ -344,9 +357,11 @@ class FSMWalker:
             elif self.dist[s] == 0:
                 break  # accepting, and asked to make progress: finishing is progress
             else:
-                t = self.progress_token(s)
+                t = self.progress_token(s) if guard is None else self.guarded_progress_token(s, allowed)
             nxt = fsm.next_state(s, t)
             assert nxt >= 0, (s, t)
+            if guard is not None:
+                assert guard.feed_token(t), (s, t)
             tokens.append(t)
             s = nxt
         return tokens, s
