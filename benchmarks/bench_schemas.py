@@ -420,7 +420,7 @@ def run_schema(
             # EOS where the state accepts and the structure is complete
             fsm.fill_mask(state, mask)
             if structure is not None:
-                structure.filter(mask[: fsm.vocab_size])
+                structure.filter(mask[: fsm.vocab_size], state)
             if guard is not None:
                 guard.filter(state, mask[: fsm.vocab_size])
             if fsm.is_accepting(state) and (structure is None or structure.complete):

@@ -95,7 +95,7 @@ class ConstraintCursor:
         """Clear the tokens that would break JSON structure (after the FSM's mask)."""
         v = min(self.fsm.vocab_size, row.shape[0])
         if row.device.type == "cpu" and row.is_contiguous():
-            return self.structure.filter(row[:v].numpy())
+            return self.structure.filter(row[:v].numpy(), self.state)
         return self.structure.filter_torch(row[:v])
 
     def advance(self, token: int) -> None:

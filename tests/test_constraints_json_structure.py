@@ -403,3 +403,21 @@ def test_generation_with_unconstrained_values_validates(tiny_model_dirs) -> None
             sc = StructureScanner()
             assert sc.feed(text.encode()), text  # cut by the length limit: still a JSON prefix
     assert finished >= 1  # a random model writes long strings: most outputs hit the length limit
+
+
+def test_sparse_row_filter_equals_full_filter(fsms, tokenizer) -> None:
+    """The per-row fast path (the FSM state's short token list) clears what the full AND clears."""
+    for fsm, text in zip(fsms, ('[{"a":[1,"x",{"b":null}]},true]', '{"m":{"k":[[],{}]},"n":"v"}', '{"a":{"b":[1]}}')):
+        guard = fsm.structure_guard()
+        s = fsm.initial_state
+        for t in tokenizer.encode(text, add_special_tokens=False).ids + [None]:
+            full = np.zeros(fsm.vocab_size, dtype=bool)
+            fsm.fill_mask(s, full)
+            fast = full.copy()
+            guard.filter(full)
+            guard.filter(fast, s)
+            assert np.array_equal(full, fast), (text, t)
+            if t is None:
+                break
+            s = fsm.next_state(s, t)
+            assert guard.feed_token(t)

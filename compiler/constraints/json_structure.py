@@ -340,6 +340,7 @@ _TABLES: dict[tuple[str, int], StructureTables] = {}
 _CACHE_ENTRIES = 4096
 _KEEP_MASK_FROM = 2048  # clear lists longer than this are applied as a keep-mask (one AND)
 _WARM_KEYS = 2048  # situations computed up front when there are at most this many
+_SPARSE_FAST = 4096  # FSM rows of at most this many tokens are filtered entry by entry, not by an AND
 
 
 class StructureTables:
@@ -500,13 +501,24 @@ class StructureGuard:
         return f"in {kind} at depth {sc.depth}, expecting {PHASE_NAMES[sc.phase]}"
 
     # -- the mask -----------------------------------------------------------------------------
-    def filter(self, mask: np.ndarray) -> bool:
+    def filter(self, mask: np.ndarray, state: int | None = None) -> bool:
         """Clear in `mask` (bool numpy, indexed by token id) every token that would break JSON
-        structure from here. Returns whether any token id was in the cleared set."""
+        structure from here. `state`: the FSM state whose mask it is; where its token row is a short
+        list, only those tokens are looked at. Returns whether any token id was in the cleared set."""
         ids, keep = self.tables.clear_ids(self.scanner)
         if not ids.size:
             return False
         n = mask.shape[0]
+        if state is not None and keep is not None:
+            index = self.fsm.index
+            row = int(index.state_row[state])
+            if int(index.dense_id[row]) < 0:
+                allowed = index.sparse_tokens[index.sparse_ptr[row] : index.sparse_ptr[row + 1]]
+                if allowed.shape[0] <= _SPARSE_FAST:
+                    if allowed.size and int(allowed[-1]) >= keep.shape[0]:
+                        allowed = allowed[allowed < keep.shape[0]]
+                    mask[allowed[~keep[allowed]]] = False
+                    return True
         if keep is not None:
             if n == keep.shape[0]:
                 np.logical_and(mask, keep, out=mask)
