@@ -421,3 +421,19 @@ def test_sparse_row_filter_equals_full_filter(fsms, tokenizer) -> None:
                 break
             s = fsm.next_state(s, t)
             assert guard.feed_token(t)
+
+
+def test_torch_filter_equals_numpy_filter(fsms, tokenizer) -> None:
+    """The device path (a cached keep-mask per device, here on CPU) clears what the numpy path clears."""
+    fsm = fsms[0]
+    guard = fsm.structure_guard()
+    s = fsm.initial_state
+    for t in tokenizer.encode('{"a":[1,{"b":"c"}],"d":{}}', add_special_tokens=False).ids:
+        ref = np.zeros(fsm.vocab_size, dtype=bool)
+        fsm.fill_mask(s, ref)
+        row = torch.from_numpy(ref.copy())
+        guard.filter(ref)
+        guard.filter_torch(row)
+        assert np.array_equal(ref, row.numpy())
+        s = fsm.next_state(s, t)
+        assert guard.feed_token(t)
