@@ -36,10 +36,11 @@ from compiler.constraints.json_structure import (
     reference_ok,
     signature,
 )
-from executor.constrained import ConstraintCursor, ConstraintDeadEnd, plan_jump_forward
+from executor.runtime.constrained import ConstraintCursor, ConstraintDeadEnd, plan_jump_forward
 from tests.constraint_schemas import SMOLLM2_EOS, load_smollm2_tokenizer
+from tests.tiers import examples
 
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=examples(200), deadline=None, suppress_health_check=list(HealthCheck))
 JSONISH = b'[]{},:"\\ \n' + b"a1e-.tru"
 
 
@@ -140,7 +141,7 @@ def _toy_tokens(rng: random.Random, n: int = 300) -> list[bytes]:
     return [b""] + sorted(toks)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=list(HealthCheck))
 @given(v=JSON_VALUES, seed=st.integers(0, 1000), frac=st.floats(0, 1))
 def test_signature_cache_matches_reference(v: Any, seed: int, frac: float) -> None:
     """After any prefix of a JSON text, the tokens the cache clears are exactly those whose bytes the
@@ -260,7 +261,8 @@ def test_random_token_walks_are_valid_json(fsms, which: int) -> None:
     dist = distance_to_accept(fsm.dfa)
     rng = np.random.default_rng(which)
     finished = 0
-    for _ in range(25):
+    walks = examples(25, 10)  # 10 in the fast tier
+    for _ in range(walks):
         out = _random_walk(fsm, rng, dist)
         if out is None:
             continue
@@ -268,7 +270,7 @@ def test_random_token_walks_are_valid_json(fsms, which: int) -> None:
         value = json.loads(out)
         jsonschema.validate(value, schema)
         assert fsm.accepts_text(out)
-    assert finished >= 15
+    assert finished >= walks * 3 // 5
 
 
 def _walk_all(fsm: TokenFSM, ids: list[int]) -> bool:
@@ -289,7 +291,7 @@ DEEP = st.recursive(LEAVES, lambda c: st.lists(c, max_size=3) | st.dictionaries(
                     max_leaves=10)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
 @given(v=DEEP, levels=st.lists(st.booleans(), max_size=SUPERSET_DEPTH))
 def test_deep_json_walks_through_the_cursor(fsms, tokenizer, v: Any, levels: list[bool]) -> None:
     """Completeness: valid JSON nested up to the limit, tokenized by the real tokenizer, passes every

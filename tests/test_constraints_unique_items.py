@@ -33,7 +33,7 @@ from compiler.constraints.unique_items import (
     check_text,
     unique_at_paths,
 )
-from executor.constrained import ConstraintCursor, ConstraintDeadEnd, plan_jump_forward
+from executor.runtime.constrained import ConstraintCursor, ConstraintDeadEnd, plan_jump_forward
 
 ROOT: tuple = ((),)
 EOS = 0

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compiler.constraints import TokenFSM
-from executor.constrained import ConstraintCursor
+from executor.runtime.constrained import ConstraintCursor
 from executor.runtime.detokenizer import IncrementalDetokenizer
 from executor.runtime.engine import Engine, EngineError, RequestError
 from executor.runtime.request import LogprobOptions

@@ -127,9 +127,7 @@ def test_a_lazy_import_still_counts(tmp_path: Path) -> None:
 
 
 # -- layers -----------------------------------------------------------------------------------------
-# The LLM runtime and its kernels; `executor/constrained.py` (FSM cursors, masks, jump-forward) belongs to
-# the runtime and moves into executor/runtime/ once its owner's work in progress on it has landed.
-RUNTIME = ("executor.runtime", "executor.kernels", "executor.constrained")
+RUNTIME = ("executor.runtime", "executor.kernels")  # the LLM runtime and its kernels
 PROGRAM = "executor.program"  # the program executor
 SEAM = "executor.runtime.runtime_client"  # the one runtime module the program executor may import
 # What the seam itself may import of the runtime: plain data, no torch (a remote client imports it alone).

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from executor.constrained import ConstraintCache
+from executor.runtime.constrained import ConstraintCache
 from executor.runtime.engine_config import DEFAULT_CUDA_KV_FRACTION, EngineConfig, pick_dtype, resolve_device
 from executor.runtime.engine_handles import PrefixPin, RequestHandle
 from executor.runtime.engine_intake import RequestIntake

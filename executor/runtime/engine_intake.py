@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from compiler.constraints import TokenFSM
-from executor.constrained import ConstraintCache, ConstraintCursor
+from executor.runtime.constrained import ConstraintCache, ConstraintCursor
 from executor.runtime.detokenizer import IncrementalDetokenizer
 from executor.runtime.request import Request, RequestKind
 from executor.runtime.runtime_client import GenerateRequest, ScoreRequest

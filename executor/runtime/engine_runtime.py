@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from executor import kernels
-from executor.constrained import ConstraintCache
+from executor.runtime.constrained import ConstraintCache
 from executor.runtime.cuda_graph import capture_batch_sizes
 from executor.runtime.engine_config import EngineConfig, default_kv_bytes
 from executor.runtime.kv_manager import KVManager

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from executor.constrained import ConstraintCursor
+from executor.runtime.constrained import ConstraintCursor
 from executor.runtime.detokenizer import IncrementalDetokenizer
 from executor.runtime.sampling_params import LogprobOptions, SamplingParams
 

@@ -77,7 +77,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     no_stop_trim: bool = False
     # Constrained decoding (at most one): a regex the output must fullmatch, or a JSON schema
-    # (a dict or its JSON text) the output must validate against. See executor/constrained.py.
+    # (a dict or its JSON text) the output must validate against. See executor/runtime/constrained.py.
     regex: str | None = None
     json_schema: str | dict | None = None
 

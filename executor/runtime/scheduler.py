@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from executor.constrained import ConstraintCache, ConstraintDeadEnd, apply_jump, plan_jump_forward
 from executor.kernels.attention_shared_ref import SharedPrefix
+from executor.runtime.constrained import ConstraintCache, ConstraintDeadEnd, apply_jump, plan_jump_forward
 from executor.runtime.forward_batch import ForwardBatch, ForwardMode
 from executor.runtime.kv_manager import KVManager
 from executor.runtime.model_runner import ModelRunner

@@ -135,7 +135,7 @@ class _FSMLogits:
     through the runtime's `ConstraintCursor`, so decode-time checks (uniqueItems) apply too."""
 
     def __init__(self, fsm: Any, start: int, eos_ids: set[int]) -> None:
-        from executor.constrained import ConstraintCursor
+        from executor.runtime.constrained import ConstraintCursor
 
         eos = frozenset({min(eos_ids)}) if eos_ids else frozenset()
         self.cursor = ConstraintCursor(fsm, eos)
@@ -154,7 +154,7 @@ class HFBackend:
     """An Engine-like backend over HF transformers for the eager interpreter (`generate`, `score`)."""
 
     def __init__(self, hf: HFModel) -> None:
-        from executor.constrained import ConstraintCache
+        from executor.runtime.constrained import ConstraintCache
 
         self.hf = hf
         self.tokenizer = hf.tokenizer
