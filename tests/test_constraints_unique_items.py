@@ -509,3 +509,15 @@ def test_generation_keeps_items_unique(tiny_model_dirs) -> None:
         else:
             assert check_text(text, (("tags",), ("ids",))), text  # cut by the length limit, still no repeat
     assert finished >= 3
+
+
+def test_counting_a_language_is_linear_in_a_shared_tree() -> None:
+    # Compiled trees share subtrees (a DAG): 40 levels of a node used twice would be 2**40 visits
+    # counted as a tree; memoized by node it is 40 (schemastore-changie's items hung here).
+    from compiler.constraints.regex_ast import alt, concat, literal
+    from compiler.constraints.unique_items import _count
+
+    node = literal("a")
+    for _ in range(40):
+        node = alt(concat(node, literal("b")), concat(literal("c"), node))
+    assert _count(node, 64) == 65

@@ -121,8 +121,18 @@ def small_language(node: Node, cap: int, max_states: int | None = None) -> list[
         return None
 
 
-def _count(node: Node, cap: int) -> int:
-    """An upper bound on the number of strings of `node`, saturating at cap + 1."""
+def _count(node: Node, cap: int, memo: dict[int, int] | None = None) -> int:
+    """An upper bound on the number of strings of `node`, saturating at cap + 1. Trees share
+    subtrees (a DAG), so counts are memoized by node: counted as a tree, sharing is exponential."""
+    memo = {} if memo is None else memo
+    got = memo.get(id(node))
+    if got is None:
+        check_time()
+        got = memo[id(node)] = _count_node(node, cap, memo)
+    return got
+
+
+def _count_node(node: Node, cap: int, memo: dict[int, int]) -> int:
     big = cap + 1
     if isinstance(node, Empty):
         return 0
@@ -133,14 +143,14 @@ def _count(node: Node, cap: int) -> int:
     if isinstance(node, Concat):
         n = 1
         for part in node.parts:
-            n = min(n * _count(part, cap), big)
+            n = min(n * _count(part, cap, memo), big)
             if n == 0:
                 return 0
         return n
     if isinstance(node, Alt):
-        return min(sum(_count(o, cap) for o in node.options), big)
+        return min(sum(_count(o, cap, memo) for o in node.options), big)
     if isinstance(node, Repeat):
-        c = _count(node.node, cap)
+        c = _count(node.node, cap, memo)
         if c == 0:
             return 1 if node.min == 0 else 0
         if node.max is None:
