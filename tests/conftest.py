@@ -13,10 +13,24 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """`pytest -m "not slow"` is the fast tier: property tests take fewer examples (tests/tiers.py)."""
+    """`pytest -m "not slow"` is the fast tier, the loop of every change (tests/tiers.py):
+    - property tests take fewer examples;
+    - torch runs on one thread (here and in the processes tests start): its models are tiny, and
+      handing each small op to a second thread costs more than it saves;
+    - bytecode caches are written even under PYTHONDONTWRITEBYTECODE (this machine sets it), so a
+      run after a change recompiles only what changed instead of ~200 modules and every test
+      module's assertion rewrite (~8 s of each run); `__pycache__/` is ignored by git.
+    """
+    import os
+    import sys
+
     from tests import tiers
 
     tiers.FAST = "not slow" in (config.getoption("markexpr") or "").replace("  ", " ")
+    if tiers.FAST:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+        sys.dont_write_bytecode = False
 
 
 @pytest.fixture(scope="session")

@@ -386,6 +386,7 @@ def test_unique_paths_and_structure_together(vocab) -> None:
 # Generation with a tiny random-weight model
 
 
+@pytest.mark.slow  # 8 x 400 sampled tokens (~3 s); the cursor walks above check the same filter token by token
 def test_generation_with_unconstrained_values_validates(tiny_model_dirs) -> None:
     from executor.runtime.engine import Engine
 

@@ -34,6 +34,7 @@ from compiler.constraints.unique_items import (
     unique_at_paths,
 )
 from executor.runtime.constrained import ConstraintCursor, ConstraintDeadEnd, plan_jump_forward
+from tests.tiers import examples
 
 ROOT: tuple = ((),)
 EOS = 0
@@ -155,7 +156,7 @@ def _json_values(draw: Any, depth: int = 0) -> Any:
                           st.dictionaries(st.sampled_from(["a", "b", "c"]), _json_values(depth + 1), max_size=3)))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(value=st.lists(_json_values(), max_size=5), indent=st.sampled_from([None, 1]), ascii_=st.booleans(),
        paths=st.sampled_from([ROOT, ((None,),), ((), (None,)), ((None, "a"),), ((None, None),)]))
 def test_scanner_agrees_with_the_parsed_reference(value: Any, indent: Any, ascii_: bool, paths: tuple) -> None:
@@ -375,7 +376,7 @@ def _compile(schema: dict) -> TokenFSM | None:
         return None
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(50), deadline=None, suppress_health_check=list(HealthCheck))
 @given(schema=_unique_schemas(), seed=st.integers(0, 10_000))
 def test_generated_unique_schemas_are_sound_and_complete(schema: dict, seed: int) -> None:
     fsm = _compile(schema)
@@ -423,7 +424,7 @@ def _random_walk(fsm: TokenFSM, rng: random.Random, dist: np.ndarray, steps: int
     return None
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=list(HealthCheck))
 @given(schema=_unique_schemas(), seed=st.integers(0, 10_000))
 def test_token_walks_through_the_cursor(schema: dict, seed: int) -> None:
     """Token level, with multi-byte tokens that finish one or two items: every valid instance's
