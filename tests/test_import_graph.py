@@ -129,6 +129,7 @@ def test_a_lazy_import_still_counts(tmp_path: Path) -> None:
 # -- layers -----------------------------------------------------------------------------------------
 RUNTIME = ("executor.runtime", "executor.kernels")  # the LLM runtime and its kernels
 PROGRAM = "executor.program"  # the program executor
+CLUSTER = "executor.cluster"  # replicas, routing and batch runs over many runtimes: above both layers
 SEAM = "executor.runtime.runtime_client"  # the one runtime module the program executor may import
 # What the seam itself may import of the runtime: plain data, no torch (a remote client imports it alone).
 SEAM_IMPORTS = {"executor.runtime.sampling_params"}
@@ -140,6 +141,8 @@ FORBIDDEN: list[tuple[str, tuple[str, ...], str]] = [
     ("models", ("executor", "compiler", "sgc", "sglang"), "models are plain torch modules"),
     ("executor", ("sgc", "sglang"), "the executor sits below the public packages"),
     *[(runtime, (PROGRAM,), "the runtime knows nothing of programs") for runtime in RUNTIME],
+    *[(layer, (CLUSTER,), "one runtime and one program run know nothing of the cluster above them")
+      for layer in (*RUNTIME, PROGRAM)],
 ]
 
 
@@ -174,7 +177,7 @@ def test_the_layers_are_there() -> None:
     assert len(program) >= 5 and len(runtime) >= 10 and SEAM in graph
     assert any(graph.has_edge(m, SEAM) for m in program)
     assert not [m for m in graph if m.startswith("executor.") and not any(
-        _within(m, p) for p in (*RUNTIME, PROGRAM))], "every executor module is in one of the two layers"
+        _within(m, p) for p in (*RUNTIME, PROGRAM, CLUSTER))], "every executor module is in one of the layers"
 
 
 def test_a_violation_is_seen() -> None:
