@@ -262,6 +262,16 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="refuse an artifact compiled for another tokenizer (default: recompile its tables)")
     p.add_argument("--import-source", action="store_true",
                    help="import the artifact's source so functions that need the host can run (runs its code)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already in --out (a run that crashed) and run only the others")
+    ray = p.add_argument_group("replicas (Ray: pip install 'sgc[ray]'; README 'Running on a Ray cluster')")
+    ray.add_argument("--replicas", type=int, default=None, metavar="N",
+                     help="run on N engine replicas (Ray actors), rows routed by their shared prefix")
+    ray.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="the Ray cluster to join (`ray start --head` prints it; default: a new local one on 127.0.0.1)")
+    ray.add_argument("--cores-per-replica", type=int, default=1, help="CPU cores per replica (default: %(default)s)")
+    ray.add_argument("--gpus-per-replica", type=float, default=0, help="GPUs per replica (default: %(default)s)")
+    ray.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(run=_run_run)
 
 
@@ -344,6 +354,12 @@ def _run_run(args: argparse.Namespace) -> int:
 
     path = _program_file(args.program)
     rows = _read_rows(args.args)
+    if args.replicas is not None:
+        return _run_on_replicas(args, path, rows)
+    if args.resume and args.out == "-":
+        raise UsageError("--resume needs --out FILE (the results of the run to resume)")
+    written = _written_rows(args.out, len(rows)) if args.resume else set()
+    everything, rows = rows, [row for row in rows if row.index not in written]
     with Runtime(args.model, device=args.device) as runtime:
         if path.suffix == ".py":
             from compiler.parser.tracer import load_program_file
@@ -372,21 +388,70 @@ def _run_run(args: argparse.Namespace) -> int:
             else:
                 snap = state.snapshot()
                 row.args = {"text": snap["text"], "variables": snap["variables"]}
-        _write_results(rows, args.out)
+        _write_results(rows, args.out, append=bool(written))
     failed = [row for row in rows if row.error is not None]
+    skipped = f" ({len(written)} already in {args.out})" if written else ""
     if not failed:
-        print(f"sgc run: {len(rows)} instance(s), none failed", file=sys.stderr)
+        print(f"sgc run: {len(everything)} instance(s){skipped}, none failed", file=sys.stderr)
         return 0
     first = failed[0]
     reason = _first_line(first.error or "").removeprefix(f"{first.where}: ")
-    print(f"sgc run: {len(failed)} of {len(rows)} instance(s) failed; the first is row {first.index} "
+    print(f"sgc run: {len(failed)} of {len(rows)} instance(s) failed{skipped}; the first is row {first.index} "
           f"({first.where}): {reason}", file=sys.stderr)
     return 1
 
 
-def _write_results(rows: list[_Row], out_path: str) -> None:
+def _written_rows(out: str, num_rows: int) -> set[int]:
+    """--resume: the rows already in the output (a torn last line is cut off and runs again)."""
+    from executor.cluster.batch import read_written
+
+    written = read_written(out)
+    beyond = sorted(i for i in written if i >= num_rows)
+    if beyond:
+        raise UsageError(f"{out}: has a line for row {beyond[0]} but --args has {num_rows} row(s): "
+                         "is it the output of another input?")
+    return written
+
+
+def _run_on_replicas(args: argparse.Namespace, path: Path, rows: list[_Row]) -> int:
+    """`sgc run --replicas N`: the rows on N Ray replicas (sgc/batch_run.py), lines written as they finish."""
+    from sgc.batch_run import BatchRow, artifact_bytes, function_arguments, run_on_ray
+
+    if args.replicas < 1:
+        raise UsageError(f"--replicas must be at least 1, not {args.replicas}")
+    if args.cores_per_replica < 1 or args.gpus_per_replica < 0:
+        raise UsageError("--cores-per-replica must be at least 1 and --gpus-per-replica at least 0")
+    if args.out == "-":
+        raise UsageError("--replicas needs --out FILE (results are written there as they finish)")
+    data, needs_source = artifact_bytes(path, args.function, args.model)  # a .py program compiles here
+    _check_arguments(rows, args.function, function_arguments(data, args.function))
+    if args.resume:
+        _written_rows(args.out, len(rows))  # the checks, before any replica starts
+    batch = [BatchRow(row.index, row.args, row.error) for row in rows]
+    summary = run_on_ray(data, args.function, batch, args.out, replicas=args.replicas, ray_address=args.ray_address,
+                         model=args.model, device=args.device, cores_per_replica=args.cores_per_replica,
+                         gpus_per_replica=args.gpus_per_replica, max_new_tokens=args.max_new_tokens,
+                         temperature=args.temperature, strict_tokenizer=args.strict_tokenizer,
+                         import_source=args.import_source or needs_source, resume=args.resume,
+                         progress=args.progress)
+    skipped = f" ({summary.skipped} already in {args.out})" if summary.skipped else ""
+    deaths = (f"; {summary.replica_deaths} replica(s) died, {summary.rerun} row(s) rerun elsewhere"
+              if summary.replica_deaths else "")
+    if not summary.failed:
+        print(f"sgc run: {summary.total} instance(s) on {args.replicas} replica(s){skipped} in "
+              f"{summary.elapsed_s:.1f} s, none failed{deaths}", file=sys.stderr)
+        return 0
+    index, error = summary.first_error or (-1, "")
+    where = rows[index].where if 0 <= index < len(rows) else "?"
+    reason = _first_line(error).removeprefix(f"{where}: ")
+    print(f"sgc run: {summary.failed} of {summary.written} instance(s) failed{skipped}{deaths}; the first is row "
+          f"{index} ({where}): {reason}", file=sys.stderr)
+    return 1
+
+
+def _write_results(rows: list[_Row], out_path: str, append: bool = False) -> None:
     """One JSON line per row, in order: index and text and variables, or index and error."""
-    out = sys.stdout if out_path == "-" else open(out_path, "w", encoding="utf-8")  # noqa: SIM115
+    out = sys.stdout if out_path == "-" else open(out_path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
     try:
         for row in rows:
             record: dict = {"index": row.index}
@@ -564,7 +629,61 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grace-period", type=float, default=10.0,
                    help="seconds in-flight requests get to finish after SIGINT/SIGTERM (default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_serve_replicas(p)
     p.set_defaults(run=_run_serve)
+
+
+def _add_serve_replicas(p: argparse.ArgumentParser) -> None:
+    """`sgc serve --replicas N` / `--replica-url URL`: a router in front of replicas (docs/serve.md)."""
+    g = p.add_argument_group(
+        "replicas (a router in front of several sgc serve processes; docs/serve.md)",
+        "--replica-url URL (repeatable) routes to servers started separately; --replicas N alone starts N "
+        "replicas as Ray actors (the ray extra), each an sgc serve on its own 127.0.0.1 port with the model "
+        "and engine options given here.")
+    g.add_argument("--replicas", type=int, default=None, metavar="N", help="number of replicas")
+    g.add_argument("--replica-url", action="append", default=[], metavar="URL",
+                   help="a replica started separately (repeatable), e.g. http://127.0.0.1:30001")
+    g.add_argument("--routing", default="cache_aware", choices=["cache_aware", "round_robin", "least_loaded"],
+                   help="routing policy (default: %(default)s: the replica that saw the prompt's longest prefix, "
+                        "least-loaded under imbalance)")
+    g.add_argument("--cache-threshold", type=float, default=0.5,
+                   help="cache_aware: least matched fraction of the prompt to follow a prefix (default: %(default)s)")
+    g.add_argument("--balance-abs-threshold", type=int, default=32,
+                   help="cache_aware: imbalanced if max - min in-flight exceeds this ... (default: %(default)s)")
+    g.add_argument("--balance-rel-threshold", type=float, default=1.5,
+                   help="... and max exceeds this times min (default: %(default)s)")
+    g.add_argument("--cores-per-replica", type=int, default=1, help="CPUs per Ray replica (default: %(default)s)")
+    g.add_argument("--gpus-per-replica", type=float, default=0, help="GPUs per Ray replica (default: %(default)s)")
+    g.add_argument("--ray-address", default=None,
+                   help="an existing Ray cluster (default: a new local one bound to 127.0.0.1)")
+
+
+def _run_serve_router(args: argparse.Namespace) -> int:
+    from sgc.serve.router_server import serve_router
+
+    if args.replicas is not None and args.replicas < 1:
+        raise UsageError(f"--replicas must be >= 1, not {args.replicas}")
+    if args.cores_per_replica < 1:
+        raise UsageError(f"--cores-per-replica must be >= 1, not {args.cores_per_replica}")
+    serve_args = ["--model", args.model, "--device", args.device, "--log-level", "warning",
+                  "--grace-period", str(args.grace_period)]
+    for flag, value in (("--api-key", args.api_key), ("--served-model-name", args.served_model_name),
+                        ("--max-running-requests", args.max_running_requests),
+                        ("--max-total-tokens", args.max_total_tokens),
+                        ("--max-queued-requests", args.max_queued_requests),
+                        ("--max-body-bytes", args.max_body_bytes)):
+        if value is not None:
+            serve_args += [flag, str(value)]
+    for path in args.program:
+        serve_args += ["--program", str(Path(path).resolve())]
+    if args.log_level in ("debug", "info"):
+        logging.getLogger("sgc").setLevel(logging.INFO)
+    return serve_router(args.replica_url, replicas=args.replicas, serve_args=serve_args,
+                        cores_per_replica=args.cores_per_replica, gpus_per_replica=args.gpus_per_replica,
+                        ray_address=args.ray_address, host=args.host, port=args.port, policy=args.routing,
+                        api_key=args.api_key, log_level=args.log_level, cache_threshold=args.cache_threshold,
+                        balance_abs_threshold=args.balance_abs_threshold,
+                        balance_rel_threshold=args.balance_rel_threshold)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -575,6 +694,8 @@ def _run_serve(args: argparse.Namespace) -> int:
                          "pip install -e '.[serve]'") from None
     for path in args.program:
         _program_file(path, (".sgc",))
+    if args.replicas is not None or args.replica_url:
+        return _run_serve_router(args)
     engine_kwargs = {k: v for k, v in (("max_running_requests", args.max_running_requests),
                                        ("max_total_tokens", args.max_total_tokens)) if v is not None}
     if args.log_level in ("debug", "info"):
