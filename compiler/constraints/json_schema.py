@@ -41,10 +41,11 @@ from urllib.parse import unquote
 from . import json_structure, unique_items
 from .automaton import DEFAULT_MAX_STATES, DFA, ascii_dfa_to_regex, difference, intersect, trim
 from .charset import CharSet
-from .dfa_ops import byte_dfa, literal_set_dfa
+from .dfa_ops import SMALL_POSITIONS, byte_dfa, literal_set_dfa
 from .errors import ConstraintError, join_pointer
 from .formats import FORMATS
 from .limits import check_pattern_chars, check_positions, max_nesting, over
+from .object_dfa import Decision, members_dfa
 from .number_ranges import INTEGER, NUMBER, decimal_range, exponent_forms, int_range
 from .regex_ast import (
     EMPTY,
@@ -194,6 +195,10 @@ REJECTED_KEYWORDS = {
 # Everything else that is not a keyword sgc compiles or rejects (vendor `x-*`, OpenAPI's `nullable`,
 # `discriminator`, misspellings, ...) is ignored, as the specification says unknown keywords are.
 TYPES = ("null", "boolean", "object", "array", "number", "integer", "string")
+# An object body whose tree unrolls to more positions is built as a linked DFA (see object_dfa);
+# smaller ones go through the subset construction, which merges the copies itself.
+LINKED_MEMBERS_MIN_POSITIONS = SMALL_POSITIONS
+_MEMBERS_ROOT = "root"  # the root decision's key in members_node's graph
 ALL_TYPES = frozenset({"null", "boolean", "object", "array", "number", "string"})  # number covers integer
 SUPPORTED_FORMATS = tuple(FORMATS)
 
@@ -1507,6 +1512,7 @@ class SchemaCompiler:
                 )
             return self.map_object(view, ptr, extra, patterns, names, min_p, max_p, refs, depth)
         members: list[tuple[str, Node]] = []
+        values: list[Node] = []
         for name in order:
             sub = value_sub(name)
             value = EMPTY if sub is None else self.compile(sub, refs, depth + 1)
@@ -1515,6 +1521,7 @@ class SchemaCompiler:
                     return EMPTY
                 continue
             members.append((name, concat(literal(json_literal(name)), ws, literal(":"), ws, value)))
+            values.append(value)
         if min_p > len(members):
             if extra[0] is False and not patterns:
                 return EMPTY  # only these names are allowed, and not enough of them can appear
@@ -1524,7 +1531,21 @@ class SchemaCompiler:
                 pointer=view["minProperties"][1],
             )
         groups = view.get(_NOT_REQUIRED, ((), ptr))[0]
-        body = self.members_node(members, set(required), deps, min_p, max_p, ptr, groups)
+        graph: dict[Any, Decision] = {}
+        body = self.members_node(members, set(required), deps, min_p, max_p, ptr, groups, graph)
+        if size(body) > LINKED_MEMBERS_MIN_POSITIONS:
+            # the tree copies the members after the first present one into every choice of it:
+            # place each once instead (see object_dfa); the tree stays the fallback
+            dfa = members_dfa(
+                graph,
+                _MEMBERS_ROOT,
+                [json_literal(name).encode("utf-8") for name, _ in members],
+                lambda i: concat(ws, literal(":"), ws, values[i], ws),
+                concat(literal(","), ws),
+                self.options.max_states,
+            )
+            if dfa is not None:
+                body = Automaton(dfa, lambda body=body: to_regex(body))
         return concat(open_, ws, body, close)
 
     def members_node(
@@ -1536,10 +1557,12 @@ class SchemaCompiler:
         max_p: int | None,
         ptr: str,
         groups: tuple[tuple[str, ...], ...] = (),
+        graph: dict[Any, Decision] | None = None,
     ) -> Node:
         """Members in the listed order, each present or not, such that the required ones are, each
         present dependency trigger has its targets present, and the count is in [min_p, max_p].
-        A member is followed by `ws`, so an empty body is just the closing brace."""
+        A member is followed by `ws`, so an empty body is just the closing brace. `graph` (if given)
+        gets the decisions behind the tree, rooted at `_MEMBERS_ROOT` (see `object_dfa`)."""
         n = len(members)
         index = {name: i for i, (name, _) in enumerate(members)}
         must = frozenset(i for i, (name, _) in enumerate(members) if name in required)
@@ -1573,6 +1596,8 @@ class SchemaCompiler:
                 )
             if i == n:
                 node = EPSILON if c >= min_p and not pending else EMPTY
+                if graph is not None:
+                    graph[key] = Decision(i, c > 0, None, None, not is_empty(node))
             else:
                 present: Node | None = None
                 absent: Node | None = None
@@ -1596,10 +1621,23 @@ class SchemaCompiler:
                     if absent is not None:
                         options.append(absent)
                     node = alt(*options)
+                if graph is not None:
+                    graph[key] = Decision(
+                        i,
+                        c > 0,
+                        (i + 1, min(c + 1, cap), nreq, forb, pending)
+                        if present is not None and not is_empty(present) else None,
+                        (i + 1, c, req, nforb, pending - in_groups[i])
+                        if absent is not None and not is_empty(absent) else None,
+                    )
             memo[key] = node
             return node
 
-        return go(0, 0, frozenset(), frozenset(), pending0)
+        root = (0, 0, frozenset(), frozenset(), pending0)
+        node = go(*root)
+        if graph is not None:
+            graph[_MEMBERS_ROOT] = graph[root]
+        return node
 
     def dependencies(self, view: View) -> dict[str, list[str]]:
         """dependentRequired, and the draft 4-7 `dependencies` with arrays (or schemas that only
