@@ -1,0 +1,357 @@
+"""`ReplicaClient`: the runtime client interface over an `EngineReplica` actor (client-side proxy).
+
+The program executor drives it exactly as it drives the in-process `Engine`
+(`executor/runtime/runtime_client.py`): a graph run against a `ReplicaClient` gives the same result
+as against a local engine. How each call crosses to the actor:
+
+- `send` / `group(after=...)`: the requests are checked here (sampling parameters, logprob options,
+  request type: `RequestError` from `send`, as in process), then one `submit` call per group carries
+  them with the rids of the finished requests the group answers; `follow_up` keeps its meaning (the
+  replica's engine waits for the answer as it would in process, up to its follow-up wait);
+- results and stream deltas come back by **polling**: one thread per client long-polls the actor
+  (`poll`, up to `poll_wait_s`, at most 512 events a call) while requests are in flight, and calls
+  the handles' listeners on that thread (quick and non-blocking, as the interface asks);
+- `abort`, `pin_prefix` / `unpin`, `stats`, `info`, `flush_cache` are actor calls; `is_alive` is a
+  ping. A precompiled token FSM travels with its request (pickled once per request).
+
+If the actor dies, every request in flight fails with `EngineError` naming the replica, and
+`is_alive()` is False from then on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from executor.runtime.runtime_client import (
+    ClientRequest,
+    EngineError,
+    GenerateRequest,
+    Listener,
+    RequestTypeError,
+    RuntimeInfo,
+    SamplingParams,
+    ScoreRequest,
+)
+
+__all__ = ["ReplicaClient", "ReplicaHandle"]
+
+_ids = itertools.count()
+
+
+class ReplicaHandle:
+    """A request sent to a replica (`runtime_client.RequestHandle`)."""
+
+    def __init__(self, client: ReplicaClient, request: ClientRequest) -> None:
+        self._client = client
+        self.request = request
+        self._rid = f"replica-{client.client_id[:8]}-{next(_ids)}"
+        self._done = threading.Event()
+        self._result: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+        self._listeners: list[Listener] = []
+        self._lock = threading.Lock()
+        stream = isinstance(request, GenerateRequest) and request.stream
+        self._deltas: queue.Queue | None = queue.Queue() if stream else None
+
+    @property
+    def rid(self) -> str:
+        return self._rid
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self._rid} did not finish within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def stream(self) -> Iterator[dict[str, Any]]:
+        if self._deltas is None:
+            raise ValueError("this request was not sent with stream=True")
+        while True:
+            delta = self._deltas.get()
+            if delta is None:
+                break
+            yield {"text": delta, "meta_info": {"id": self._rid}}
+        yield {"text": "", "meta_info": self.result()["meta_info"]}
+
+    def add_listener(self, listener: Listener) -> None:
+        with self._lock:
+            if not self._done.is_set():
+                self._listeners.append(listener)
+                return
+        listener("", True)
+
+    def abort(self) -> None:
+        if not self._done.is_set():
+            self._client._abort(self._rid)
+
+    # -- on the poller thread --------------------------------------------------------------------------
+    def _emit(self, delta: str) -> None:
+        if self._deltas is not None and delta:
+            self._deltas.put(delta)
+        self._notify(delta, False)
+
+    def _finish(self, result: dict[str, Any] | None, error: BaseException | None) -> None:
+        if self._done.is_set():
+            return
+        if result is not None:
+            result = {**result, "meta_info": {**result.get("meta_info", {}), "id": self._rid}}
+        self._result, self._error = result, error
+        with self._lock:
+            self._done.set()
+        if self._deltas is not None:
+            self._deltas.put(None)
+        self._notify("", True)
+
+    def _notify(self, delta: str, finished: bool) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(delta, finished)
+            except Exception:  # a listener's bug must not stop the poller
+                pass
+
+
+class _Pin:
+    """A prefix pinned on the replica (`runtime_client.PrefixPin`)."""
+
+    def __init__(self, pin_id: str | None, num_tokens: int) -> None:
+        self.pin_id = pin_id
+        self.num_tokens = num_tokens
+        self.released = threading.Event()
+        if pin_id is None:
+            self.released.set()
+
+
+class _Group:
+    """`ReplicaClient.group`: one `submit` call when the block exits (`runtime_client.RequestGroup`)."""
+
+    def __init__(self, client: ReplicaClient, after: Iterable[Any]) -> None:
+        self._client = client
+        self._after = [h.rid for h in after]
+        self._handles: list[ReplicaHandle] = []
+        self._closed = False
+
+    def send(self, request: ClientRequest, listener: Listener | None = None) -> ReplicaHandle:
+        if self._closed:
+            raise RuntimeError("this request group was already sent")
+        handle = self._client._prepare(request, listener)
+        self._handles.append(handle)
+        return handle
+
+    def __enter__(self) -> _Group:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed = True
+        self._client._submit(self._handles, self._after)
+
+
+class ReplicaClient:
+    """`runtime_client.RuntimeClient` over an `EngineReplica` actor (see the module docstring)."""
+
+    def __init__(self, actor: Any, *, poll_wait_s: float = 0.05, call_timeout_s: float = 120.0) -> None:
+        import ray
+
+        self._ray = ray
+        self.actor = actor
+        self.poll_wait_s = poll_wait_s
+        self.call_timeout_s = call_timeout_s
+        self.client_id: str = ray.get(actor.open_client.remote(), timeout=call_timeout_s)
+        self._info: RuntimeInfo = ray.get(actor.info.remote(), timeout=call_timeout_s)
+        self.model_path = self._info.model_path
+        self.model_folder = Path(self.model_path)
+        self._tokenizer = self._load_tokenizer()
+        self._in_flight: dict[str, ReplicaHandle] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._dead: str | None = None
+        self._closed = False
+        self._poller = threading.Thread(target=self._poll_loop, name="sgc-replica-poll", daemon=True)
+        self._poller.start()
+
+    def _load_tokenizer(self) -> Any:
+        from executor.runtime.tokenizer import Tokenizer
+
+        if (self.model_folder / "tokenizer.json").is_file():
+            return Tokenizer(self.model_folder)
+        files = self._call(self.actor.tokenizer_files)
+        folder = Path(tempfile.mkdtemp(prefix="sgc-tokenizer-"))
+        for name, text in files.items():
+            (folder / Path(name).name).write_text(text, encoding="utf-8")
+        return Tokenizer(folder)
+
+    def _call(self, method: Any, *args: Any, group: str | None = None) -> Any:
+        from executor.cluster.replica import CONTROL_GROUP
+
+        ref = (method.options(concurrency_group=CONTROL_GROUP) if group == "control" else method).remote(*args)
+        try:
+            return self._ray.get(ref, timeout=self.call_timeout_s)
+        except self._ray.exceptions.RayActorError as exc:
+            self._die(f"the replica died: {_short(exc)}")
+            raise EngineError(self._dead) from None
+
+    # -- the client interface ---------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def info(self) -> RuntimeInfo:
+        return self._info
+
+    def send(self, request: ClientRequest, listener: Listener | None = None) -> ReplicaHandle:
+        handle = self._prepare(request, listener)
+        self._submit([handle], [])
+        return handle
+
+    def group(self, after: Iterable[Any] = ()) -> _Group:
+        return _Group(self, after)
+
+    def pin_prefix(self, token_ids: Sequence[int]) -> _Pin:
+        try:
+            pin_id, num_tokens = self._call(self.actor.pin, list(token_ids), group="control")
+        except Exception:
+            return _Pin(None, 0)  # a pin is a hint: none is no error
+        return _Pin(pin_id, num_tokens)
+
+    def unpin(self, pin: Any) -> None:
+        if pin.pin_id is None or pin.released.is_set():
+            pin.released.set()
+            return
+        from executor.cluster.replica import CONTROL_GROUP
+
+        ref = self.actor.unpin.options(concurrency_group=CONTROL_GROUP).remote(pin.pin_id)
+        ref.future().add_done_callback(lambda _f: pin.released.set())
+
+    def stats(self) -> dict[str, int]:
+        return self._call(self.actor.stats)
+
+    def flush_cache(self, timeout: float = 30.0) -> bool:
+        return bool(self._call(self.actor.flush_cache, timeout))
+
+    def is_alive(self) -> bool:
+        if self._dead is not None or self._closed:
+            return False
+        try:
+            return bool(self._ray.get(self.actor.ping.remote(), timeout=10)["alive"])
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        """Stop polling and forget this client on the replica (the replica keeps running)."""
+        self._closed = True
+        self._wake.set()
+        try:
+            self.actor.close_client.remote(self.client_id)
+        except Exception:
+            pass
+
+    shutdown = close
+
+    # -- what the eager interpreter calls ------------------------------------------------------------
+    def score(self, prompt: Any, continuations: Sequence[Any]) -> dict:
+        ids = self._tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        conts = [self._tokenizer.encode(c, add_special_tokens=False) if isinstance(c, str) else list(c)
+                 for c in continuations]
+        return self.send(ScoreRequest(ids, conts)).result()
+
+    # -- plumbing -------------------------------------------------------------------------------------
+    def _prepare(self, request: ClientRequest, listener: Listener | None) -> ReplicaHandle:
+        if self._closed:
+            raise EngineError("this client was closed")
+        if self._dead is not None:
+            raise EngineError(self._dead)
+        if isinstance(request, GenerateRequest):
+            if request.params is not None and not isinstance(request.params, SamplingParams):
+                SamplingParams.from_dict(request.params)  # raises RequestError naming the parameter
+            elif request.params is not None:
+                request.params.validate()
+            request.options.validate()
+        elif not isinstance(request, ScoreRequest):
+            raise RequestTypeError(f"a request must be a GenerateRequest or a ScoreRequest, "
+                                   f"not {type(request).__name__}")
+        handle = ReplicaHandle(self, request)
+        if listener is not None:
+            handle.add_listener(listener)
+        return handle
+
+    def _submit(self, handles: list[ReplicaHandle], answer: list[str]) -> None:
+        if not handles and not answer:
+            return
+        from executor.cluster.replica import CONTROL_GROUP
+
+        with self._lock:
+            for h in handles:
+                self._in_flight[h.rid] = h
+        if self._dead is not None:
+            self._fail_all(self._dead)
+            return
+        items = [(h.rid, h.request) for h in handles]
+        self.actor.submit.options(concurrency_group=CONTROL_GROUP).remote(self.client_id, items, answer)
+        self._wake.set()
+
+    def _abort(self, rid: str) -> None:
+        from executor.cluster.replica import CONTROL_GROUP
+
+        if self._dead is None:
+            self.actor.abort.options(concurrency_group=CONTROL_GROUP).remote(self.client_id, rid)
+
+    def _poll_loop(self) -> None:
+        from executor.cluster.replica import POLL_GROUP
+
+        while not self._closed:
+            if not self._in_flight:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                ref = self.actor.poll.options(concurrency_group=POLL_GROUP).remote(self.client_id, self.poll_wait_s)
+                events = self._ray.get(ref, timeout=self.call_timeout_s)
+            except self._ray.exceptions.RayActorError as exc:
+                self._die(f"the replica died: {_short(exc)}")
+                return
+            except Exception as exc:  # a timeout or a lost call: the requests cannot be heard from
+                self._die(f"polling the replica failed: {_short(exc)}")
+                return
+            for event in events:
+                handle = self._in_flight.get(event.rid)
+                if handle is None:
+                    continue
+                if not event.finished:
+                    handle._emit(event.delta)
+                    continue
+                if event.delta:
+                    handle._emit(event.delta)
+                with self._lock:
+                    self._in_flight.pop(event.rid, None)
+                error = EngineError(f"request {event.rid}: {event.error}") if event.error is not None else None
+                handle._finish(event.result, error)
+
+    def _die(self, message: str) -> None:
+        if self._dead is None:
+            self._dead = message
+        self._fail_all(message)
+
+    def _fail_all(self, message: str) -> None:
+        with self._lock:
+            handles = list(self._in_flight.values())
+            self._in_flight.clear()
+        for handle in handles:
+            handle._finish(None, EngineError(f"request {handle.rid}: {message}"))
+
+    def __repr__(self) -> str:
+        return f"ReplicaClient({self.actor!r})"
+
+
+def _short(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

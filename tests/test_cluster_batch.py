@@ -1,0 +1,323 @@
+"""Batch runs over engine replicas (issue 16): prefix keys and the affinity queue (fast, no Ray), then
+on a local 2-CPU Ray cluster with tiny random-model replicas (slow): 2 replicas write exactly what the
+single-process `sgc run` writes, a replica killed mid-run loses no row and duplicates none, a run
+resumes from its output after a crash (torn last line included), and bad rows fail alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compiler.parser.ir_reader import parse_module
+from executor.cluster.affinity import AffinityQueue, first_prefix, instance_key, prefix_key
+from executor.cluster.batch import _OrderedWriter, read_written
+from tests.ray_cluster import ray_local  # noqa: F401  (the session's Ray cluster)
+
+
+class Chat:
+    def prefix(self, role: str) -> str:
+        return f"<{role}>"
+
+    def suffix(self, role: str) -> str:
+        return f"</{role}>"
+
+
+CHAT = Chat()
+
+DOC_QA = parse_module("""
+func @qa {
+  %0 = arg name="doc"
+  %1 = arg name="question"
+  %2 = state_new
+  %3 = role_begin %2 role="system"
+  %4 = const value="Answer about the document."
+  %5 = append %3, %4
+  %6 = role_end %5 role="system"
+  %7 = const value="Document: "
+  %8 = append %6, %7
+  %9 = append %8, %0
+  %10 = const value=" Question: "
+  %11 = append %9, %10
+  %12 = append %11, %1
+  %13 = gen %12 name="answer" max_tokens=4
+  %14 = output %13
+}
+""")["qa"]
+
+FORKED = parse_module("""
+func @judge {
+  %0 = arg name="essay"
+  %1 = state_new
+  %2 = const value="Essay: "
+  %3 = append %1, %2
+  %4 = append %3, %0
+  %5 = const value=" Verdict"
+  %6 = prefill %4, %5
+  %7 = fork %6 n=2
+  %8 = branch %7 index=0
+  %9 = gen %8 name="a" max_tokens=2
+  %10 = branch %7 index=1
+  %11 = gen %10 name="b" max_tokens=2
+  %12 = join %6, %9, %11
+  %13 = output %12
+}
+""")["judge"]
+
+
+# -- prefix keys (fast) -------------------------------------------------------------------------
+
+
+def test_the_first_prefix_ends_after_the_first_argument_text():
+    text = first_prefix(DOC_QA, {"doc": "D1", "question": "why?"}, CHAT)
+    assert text == "<system>Answer about the document.</system>Document: D1"
+    same_doc = instance_key(DOC_QA, {"doc": "D1", "question": "how?"}, CHAT)
+    assert same_doc == instance_key(DOC_QA, {"doc": "D1", "question": "why?"}, CHAT)
+    assert same_doc != instance_key(DOC_QA, {"doc": "D2", "question": "why?"}, CHAT)
+
+
+def test_a_prefill_is_the_shared_prefix():
+    assert first_prefix(FORKED, {"essay": "E"}, CHAT) == "Essay: E Verdict"
+
+
+def test_a_row_that_cannot_be_walked_still_gets_a_key():
+    key = instance_key(DOC_QA, {"question": "no doc"}, CHAT)  # fails at run time, with its own message
+    assert isinstance(key, str) and key == instance_key(DOC_QA, {"question": "no doc"}, CHAT)
+    assert instance_key(DOC_QA, {"doc": {"nested": [1, None]}, "question": "q"}, CHAT)  # str() of any value
+
+
+# -- the affinity queue (fast) ------------------------------------------------------------------
+
+
+def test_same_prefix_rows_go_to_the_replica_that_took_the_group():
+    keys = {i: "A" if i % 2 == 0 else "B" for i in range(8)}
+    q = AffinityQueue(keys, 2, steal_margin=100)
+    first = q.take(0, 2)
+    second = q.take(1, 2)
+    assert [keys[i] for i in first] == ["A", "A"] and [keys[i] for i in second] == ["B", "B"]
+    q.done(0, first, 0)
+    q.done(1, second, 0)
+    for _ in range(3):
+        for replica, key in ((0, "A"), (1, "B")):
+            rows = q.take(replica, 1)
+            assert all(keys[i] == key for i in rows)
+            q.done(replica, rows, 0)
+    assert q.home_of("A") == 0 and q.home_of("B") == 1
+
+
+def test_an_idle_replica_steals_from_a_loaded_one():
+    keys = {i: "A" for i in range(10)}
+    q = AffinityQueue(keys, 2, steal_margin=2)
+    assert len(q.take(0, 2)) == 2  # replica 0 adopts A: load 2 in flight + 8 waiting
+    stolen = q.take(1, 2)
+    assert len(stolen) == 2 and q.home_of("A") == 0  # balanced by queue length; A keeps its home
+    q.done(0, [0, 1], 0)
+    q.done(1, stolen, 0)
+    q2 = AffinityQueue({0: "A", 1: "A", 2: "A"}, 2, steal_margin=3)
+    q2.take(0, 1)  # replica 0's load is 3 (1 in flight, 2 waiting): not more than 3 above replica 1's 0
+    assert q2.take(1, 1) == [] and len(q2) == 2
+
+
+def test_rows_of_a_dead_replica_wait_again_first_and_are_adopted():
+    keys = {i: "A" if i < 4 else "B" for i in range(8)}
+    q = AffinityQueue(keys, 2, steal_margin=100)
+    lost = q.take(0, 3)
+    assert lost == [0, 1, 2]
+    q.mark_dead(0)
+    q.requeue(0, lost)
+    assert q.take(0, 4) == []  # a dead replica takes nothing
+    assert q.take(1, 4) == [0, 1, 2, 3]  # the oldest rows first, A now homed on replica 1
+    assert q.home_of("A") == 1
+
+
+def test_the_lookahead_bounds_how_far_ahead_rows_run():
+    q = AffinityQueue({i: f"k{i}" for i in range(100)}, 1, lookahead=10)
+    taken = []
+    for _ in range(20):
+        taken += q.take(0, 1)
+    assert taken == list(range(10))
+    q.done(0, taken[:5], 5)  # rows 0-4 written: the horizon moves to 15
+    assert q.take(0, 1) == [10]
+
+
+# -- the output file (fast) --------------------------------------------------------------------
+
+
+def test_the_writer_writes_in_order_and_each_row_once(tmp_path):
+    out = tmp_path / "out.jsonl"
+    seen = []
+    with out.open("w") as f:
+        w = _OrderedWriter(f, [0, 1, 2], lambda i, r: seen.append(i))
+        assert w.add(2, {"index": 2}) and seen == []
+        assert w.add(0, {"index": 0}) and seen == [0]
+        assert not w.add(2, {"index": 2, "again": True})
+        assert w.add(1, {"index": 1}) and w.complete
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [{"index": 0}, {"index": 1}, {"index": 2}]
+
+
+def test_reading_written_rows_cuts_a_torn_line(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"index": 0, "text": "a"}\n{"index": 1, "text": "b"}\n{"index": 2, "te')
+    assert read_written(out) == {0, 1}
+    assert out.read_text() == '{"index": 0, "text": "a"}\n{"index": 1, "text": "b"}\n'
+    out.write_text('{"index": 0}\n{"index": 1}')  # complete, only the newline missing
+    assert read_written(out) == {0, 1} and out.read_text().endswith("}\n")
+    out.write_text('{"index": 0}\nnot json\n')
+    with pytest.raises(ValueError, match=r"out.jsonl:2: not a results line"):
+        read_written(out)
+    assert read_written(tmp_path / "missing.jsonl") == set()
+
+
+def test_prefix_keys_are_short_and_stable():
+    assert prefix_key("abc") == prefix_key("abc") != prefix_key("abd") and len(prefix_key("x" * 10_000)) == 16
+
+
+# -- on Ray (slow) ------------------------------------------------------------------------------
+
+PROGRAM = '''\
+import sgc
+
+
+@sgc.function
+def qa(s, doc, question):
+    s += sgc.system("You answer questions about documents.")
+    s += sgc.user("Document: " + doc + "\\nQuestion: " + question)
+    s += sgc.assistant(sgc.gen("answer", max_tokens=6))
+    forks = s.fork(2)
+    for i, f in enumerate(forks):
+        f += " Rate " + str(i) + ": " + sgc.gen("r", regex=r"[1-5]", max_tokens=2)
+    forks.join()
+    s += " ok? " + sgc.select("ok", choices=["yes", "no"])
+'''
+
+
+def _rows(n: int) -> list[dict]:
+    return [{"doc": f"document {i % 4} " * 6, "question": f"question {i}?"} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def batch_dir(tmp_path_factory, tiny_model_dirs) -> Path:
+    from sgc.cli import main
+
+    root = tmp_path_factory.mktemp("cluster_batch")
+    (root / "prog.py").write_text(PROGRAM)
+    assert main(["compile", str(root / "prog.py"), "-o", str(root / "prog.sgc"),
+                 "--model", str(tiny_model_dirs["llama"])]) == 0
+    rows = _rows(16)
+    lines = [json.dumps(r) for r in rows[:5]]
+    lines += ["not json", json.dumps({"doc": "d", "question": "q", "nope": 1}), json.dumps({"question": "no doc"}),
+              json.dumps(["a", "list"]), json.dumps({"doc": {"nested": [1, None]}, "question": "odd"})]
+    lines += [json.dumps(r) for r in rows[5:]]
+    (root / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _run_args(root: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return ["run", str(root / "prog.sgc"), "--function", "qa", "--args", str(root / "rows.jsonl"), "--out", str(out),
+            "--model", str(model), "--device", "cpu", "--max-new-tokens", "8", *extra]
+
+
+@pytest.fixture(scope="module")
+def single_process(batch_dir, tiny_model_dirs) -> list[dict]:
+    from sgc.cli import main
+
+    out = batch_dir / "single.jsonl"
+    assert main(_run_args(batch_dir, tiny_model_dirs["llama"], out)) == 1  # the bad rows fail
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_replicas_write_what_one_process_writes(ray_local, batch_dir, tiny_model_dirs, single_process, capsys):
+    from sgc.cli import main
+
+    out = batch_dir / "two.jsonl"
+    assert main(_run_args(batch_dir, tiny_model_dirs["llama"], out, "--replicas", "2", "--no-progress")) == 1
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines == single_process  # row for row: texts, variables and the bad rows' errors
+    assert [r["index"] for r in lines] == list(range(21))
+    errors = {r["index"]: r["error"] for r in lines if "error" in r}
+    assert sorted(errors) == [5, 6, 7, 8]  # the hostile rows fail alone; the odd value is just text
+    assert "rows.jsonl:6: bad arguments line" in errors[5] and "unknown argument 'nope'" in errors[6]
+    assert "missing argument 'doc'" in errors[7] and "not a JSON object" in errors[8]
+    assert "the first is row 5" in capsys.readouterr().err
+
+
+def _load_job(batch_dir: Path, model: Path):
+    from executor.cluster.batch import BatchRow
+    from sgc.batch_run import ArtifactJob, prefix_keys
+
+    data = (batch_dir / "prog.sgc").read_bytes()
+    rows = [BatchRow(i, r) for i, r in enumerate(_rows(24))]
+    return ArtifactJob(data, "qa", max_new_tokens=8), rows, prefix_keys(data, "qa", rows, str(model))
+
+
+def _expected(batch_dir: Path, model: Path, rows) -> list[dict]:
+    """The single-process lines of `rows` (one engine, one run_batch)."""
+    import sgc
+
+    with sgc.Runtime(str(model), device="cpu") as runtime:
+        program = sgc.load(batch_dir / "prog.sgc", backend=runtime)
+        states = program.qa.run_batch([r.args for r in rows], max_new_tokens=8, temperature=0.0)
+        from sgc.batch_run import result_record
+
+        return [{"index": r.index, **result_record(s)} for r, s in zip(rows, states)]
+
+
+@pytest.mark.slow
+def test_a_replica_killed_mid_run_loses_and_repeats_no_row(ray_local, batch_dir, tiny_model_dirs):
+    import functools
+
+    from executor.cluster.batch import run_on_replicas
+    from executor.cluster.replica import start_replicas
+    from sgc.runtime import Runtime
+
+    model = tiny_model_dirs["llama"]
+    job, rows, keys = _load_job(batch_dir, model)
+    actors = start_replicas(2, functools.partial(Runtime, str(model), device="cpu"))
+    killed = []
+
+    def kill_after_the_first(index: int, record: dict) -> None:
+        if not killed:
+            killed.append(index)
+            ray_local.kill(actors[1])
+
+    out = batch_dir / "killed.jsonl"
+    try:
+        summary = run_on_replicas(job, rows, out, actors, keys, chunk=2, max_in_flight=6,
+                                  on_record=kill_after_the_first)
+    finally:
+        for a in actors:
+            ray_local.kill(a)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["index"] for r in lines] == list(range(24))  # every row exactly once, in order
+    assert summary.replica_deaths == 1 and summary.rerun > 0 and summary.failed == 0
+    assert lines == _expected(batch_dir, model, rows)
+
+
+@pytest.mark.slow
+def test_a_run_resumes_from_its_output(ray_local, batch_dir, tiny_model_dirs):
+    import functools
+
+    from executor.cluster.batch import run_on_replicas
+    from executor.cluster.replica import start_replicas
+    from sgc.runtime import Runtime
+
+    model = tiny_model_dirs["llama"]
+    job, rows, keys = _load_job(batch_dir, model)
+    rows = rows[:10]
+    expected = _expected(batch_dir, model, rows)
+    out = batch_dir / "resumed.jsonl"
+    full = [json.dumps(r, ensure_ascii=False) + "\n" for r in expected]
+    out.write_text("".join(full[:4]) + full[4][: len(full[4]) // 2])  # the crash tore row 4's line
+    actors = start_replicas(1, functools.partial(Runtime, str(model), device="cpu"))
+    ran = []
+    try:
+        summary = run_on_replicas(job, rows, out, actors, keys, resume=True,
+                                  on_record=lambda i, r: ran.append(i))
+    finally:
+        ray_local.kill(actors[0])
+    assert summary.skipped == 4 and sorted(ran) == list(range(4, 10))
+    assert out.read_text() == "".join(full)
+    with pytest.raises(ValueError, match="has a line for row 5"):
+        run_on_replicas(job, rows[:5], out, [], keys, resume=True)
