@@ -228,7 +228,7 @@ def single_process(batch_dir, tiny_model_dirs) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_replicas_write_what_one_process_writes(ray_local, batch_dir, tiny_model_dirs, single_process, capsys):
+def test_two_replicas_write_what_one_process_writes(ray_local, batch_dir, tiny_model_dirs, single_process, capsys):  # noqa: F811
     from sgc.cli import main
 
     out = batch_dir / "two.jsonl"
@@ -265,7 +265,7 @@ def _expected(batch_dir: Path, model: Path, rows) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_replica_killed_mid_run_loses_and_repeats_no_row(ray_local, batch_dir, tiny_model_dirs):
+def test_a_replica_killed_mid_run_loses_and_repeats_no_row(ray_local, batch_dir, tiny_model_dirs):  # noqa: F811
     import functools
 
     from executor.cluster.batch import run_on_replicas
@@ -296,7 +296,7 @@ def test_a_replica_killed_mid_run_loses_and_repeats_no_row(ray_local, batch_dir,
 
 
 @pytest.mark.slow
-def test_a_run_resumes_from_its_output(ray_local, batch_dir, tiny_model_dirs):
+def test_a_run_resumes_from_its_output(ray_local, batch_dir, tiny_model_dirs):  # noqa: F811
     import functools
 
     from executor.cluster.batch import run_on_replicas

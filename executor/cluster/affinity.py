@@ -17,11 +17,11 @@ the text that call shares with its siblings:
 
 **The queue** (`AffinityQueue`): rows wait in groups by key, in input order. Replicas pull: a free
 replica takes the oldest row of a group homed on it, else adopts the oldest group nobody has yet
-(its home from then on), else, so that no replica idles while another has a queue, takes a row of
-the group with the most waiting rows homed on the most loaded replica (a steal: the group keeps its
-home) when that replica's load exceeds this one's by more than `steal_margin`. Load is rows in flight plus rows waiting in the groups homed there. Nothing runs ahead of
-the oldest unwritten row by more than `lookahead` rows, so the writer's reorder buffer stays
-bounded. A row whose replica died is put back at the front of its group (`requeue`).
+(its home from then on), else, so that no replica idles while another has a queue, takes rows of
+the largest group homed on the most loaded replica (a steal: the group keeps its home) when that
+replica's load exceeds this one's by more than `steal_margin`. Load is rows in flight plus rows
+waiting in the groups homed there. Nothing runs ahead of the oldest unwritten row by more than
+`lookahead` rows, so the writer's reorder buffer stays bounded. A row whose replica died is put back at the front of its group (`requeue`).
 """
 
 from __future__ import annotations

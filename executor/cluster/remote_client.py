@@ -20,6 +20,7 @@ If the actor dies, every request in flight fails with `EngineError` naming the r
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import queue
 import tempfile
@@ -33,6 +34,7 @@ from executor.runtime.runtime_client import (
     EngineError,
     GenerateRequest,
     Listener,
+    RequestError,
     RequestTypeError,
     RuntimeInfo,
     SamplingParams,
@@ -62,6 +64,11 @@ class ReplicaHandle:
     @property
     def rid(self) -> str:
         return self._rid
+
+    @property
+    def chained(self) -> None:
+        """Never a chain: this client refuses `GenerateRequest.then` (its `info().chains` is False)."""
+        return None
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -167,7 +174,10 @@ class ReplicaClient:
         self.poll_wait_s = poll_wait_s
         self.call_timeout_s = call_timeout_s
         self.client_id: str = ray.get(actor.open_client.remote(), timeout=call_timeout_s)
-        self._info: RuntimeInfo = ray.get(actor.info.remote(), timeout=call_timeout_s)
+        info: RuntimeInfo = ray.get(actor.info.remote(), timeout=call_timeout_s)
+        if getattr(info, "chains", False):  # chained gens stay in process: this proxy sends each gen itself
+            info = dataclasses.replace(info, chains=False)
+        self._info = info
         self.model_path = self._info.model_path
         self.model_folder = Path(self.model_path)
         self._tokenizer = self._load_tokenizer()
@@ -271,6 +281,8 @@ class ReplicaClient:
         if self._dead is not None:
             raise EngineError(self._dead)
         if isinstance(request, GenerateRequest):
+            if getattr(request, "then", None) is not None:
+                raise RequestError("a replica client does not take chained generations (GenerateRequest.then)")
             if request.params is not None and not isinstance(request.params, SamplingParams):
                 SamplingParams.from_dict(request.params)  # raises RequestError naming the parameter
             elif request.params is not None:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from executor.runtime.runtime_client import ClientRequest, GenerateRequest, RuntimeInfo
+from executor.runtime.runtime_client import ClientRequest, RuntimeInfo
 
 __all__ = ["EngineReplica", "ReplicaEvent", "start_replicas"]
 
