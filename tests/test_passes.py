@@ -84,7 +84,8 @@ def test_default_pipeline_end_to_end() -> None:
     assert print_graph(graph) == OPTIMIZED
     assert evaluate(graph) == before
     assert manager.history == [("dce", True), ("fold-constants", True), ("lower-select", True),
-                               ("hoist-prefix", True), ("fuse-fork-gens", True), ("dce", False)]
+                               ("hoist-prefix", True), ("fuse-fork-gens", True), ("dce", False),
+                               ("chain-gens", False)]
 
 
 def test_o0_runs_nothing() -> None:
@@ -111,7 +112,7 @@ def test_the_constraint_pass_has_a_slot() -> None:
     fake = FakeConstraints()
     names = [p.name for p in default_pipeline(constraints=fake)]
     assert names == ["dce", "fold-constants", "lower-select", "hoist-prefix", "fuse-fork-gens",
-                     "compile-constraints", "dce"]
+                     "compile-constraints", "dce", "chain-gens"]
     PassManager(default_pipeline(constraints=fake), verify=True).run(parse_graph(PROGRAM))
     assert "batch_gen" in fake.seen[0] and "select" not in fake.seen[0]
     assert PassManager.for_level(0, constraints=fake).names == ["compile-constraints"]
@@ -126,9 +127,10 @@ def test_disabled_passes_are_left_out() -> None:
             return False
 
     names = [p.name for p in default_pipeline(constraints=FakeConstraints(), disable={"fuse-fork-gens"})]
-    assert names == ["dce", "fold-constants", "lower-select", "hoist-prefix", "compile-constraints", "dce"]
+    assert names == ["dce", "fold-constants", "lower-select", "hoist-prefix", "compile-constraints", "dce",
+                     "chain-gens"]
     assert PassManager.for_level(1, disable=["dce"]).names == ["fold-constants", "lower-select",
-                                                               "hoist-prefix", "fuse-fork-gens"]
+                                                               "hoist-prefix", "fuse-fork-gens", "chain-gens"]
     graph = parse_graph(PROGRAM)
     before = evaluate(graph)
     PassManager.for_level(1, disable={"hoist-prefix"}, verify=True).run(graph)
@@ -198,7 +200,8 @@ def test_unknown_pass_names() -> None:
 
 def test_registry_lists_every_pass_with_its_summary() -> None:
     listed = dict(available_passes())
-    assert set(listed) == {"dce", "fold-constants", "fuse-fork-gens", "hoist-prefix", "lower-select"} == set(PASSES)
+    assert set(listed) == {"chain-gens", "dce", "fold-constants", "fuse-fork-gens", "hoist-prefix",
+                           "lower-select"} == set(PASSES)
     assert all(summary and not summary.endswith(" ") for summary in listed.values())
     for name, cls in PASSES.items():
         assert cls.name == name and cls.__doc__ and "Guarantees" in cls.__doc__

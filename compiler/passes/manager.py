@@ -18,7 +18,7 @@ from compiler.ir import Graph, IRError, Module
 from compiler.ir_text import print_graph, print_module
 
 # Importing the pass modules registers them.
-from compiler.passes import dce, fold_constants, fuse_fork_gens, hoist_prefix, lower_select  # noqa: F401
+from compiler.passes import chain_gens, dce, fold_constants, fuse_fork_gens, hoist_prefix, lower_select  # noqa: F401
 from compiler.passes.base import PASSES, UnknownPassError, get_pass
 
 __all__ = [
@@ -29,8 +29,9 @@ __all__ = [
 # The default pipeline, by name. dce runs first too: inlining switches on constants exposes appends
 # that fold. lower-select runs before hoist-prefix so a `gen` with choices, lowered to `score`, gets its
 # choices' prefix hoisted as well; fuse-fork-gens after hoist-prefix (which only looks at appends).
+# chain-gens last: it only marks gens (meta), on the final graph.
 DEFAULT_PIPELINE: tuple[str, ...] = (
-    "dce", "fold-constants", "lower-select", "hoist-prefix", "fuse-fork-gens", "dce",
+    "dce", "fold-constants", "lower-select", "hoist-prefix", "fuse-fork-gens", "dce", "chain-gens",
 )
 
 # compile-constraints needs a tokenizer, so it is not built by name: hand an instance to

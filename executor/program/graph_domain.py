@@ -50,6 +50,8 @@ class ModelRequest:
     streamable: bool = False  # a gen's text may stream (when its node is on the main line)
     prefix_group: str | None = None  # a batch_gen's branches: they share the fork's prefix
     is_prefill: bool = False
+    prompt_text: str | None = None  # a single gen's prompt as text (chains need it)
+    adopted: Any = None  # a `graph_chain.Adoptable`: the runtime already runs this request
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class ExecutorDomain:
         self.defaults = defaults
         self.fsms = fsms
         self.host_policy = host_policy
+        # Set by the run loop around the node it evaluates: a chained request that may be this gen's.
+        self.adopting: Any = None
 
     @property
     def chat_format(self) -> Any:
@@ -111,14 +115,23 @@ class ExecutorDomain:
         # A fused fork's branches decode over the fork's prefix together: tell the engine.
         group = f"batch_gen-{next(_prefix_groups)}" if len(states) > 1 else None
         specs = []
+        adopting = self.adopting
         for state, request in zip(states, requests):
+            single = len(states) == 1
+            if single and adopting is not None and state.text == adopting.expected_text:
+                # The runtime runs this gen already, on exactly this text (graph_chain): no new request.
+                adopting.used = True
+                specs.append(ModelRequest([], request.params, request.options, request.constraint,
+                                          stream_var=attributes.get("name"), streamable=True,
+                                          prompt_text=state.text, adopted=adopting))
+                continue
             try:
                 ids = prompt_ids(self.tokenizer, state.text, "gen")
             except ValueError as exc:
                 raise ProgramError(str(exc)) from exc
             specs.append(ModelRequest(ids, request.params, request.options, request.constraint,
-                                      stream_var=attributes.get("name"), streamable=len(states) == 1,
-                                      prefix_group=group))
+                                      stream_var=attributes.get("name"), streamable=single,
+                                      prefix_group=group, prompt_text=state.text if single else None))
         return_text = self.defaults.return_text_in_logprobs
         tokenizer = self.tokenizer
 

@@ -27,12 +27,14 @@ from compiler.ir import Graph, Node, Region
 from compiler.ir_interpreter import EnterRegion, Interpreter, Pending
 from compiler.lang_sampling import RunDefaults
 from compiler.prompt_state import PromptState
+from executor.program.graph_chain import Adoptable, ChainLink, plan_chain
 from executor.program.graph_domain import ExecutorDomain, HostJob, ModelRequest
 from executor.program.graph_frames import Instance, Pin, RunFrame, Sink
 from executor.program.graph_host import HostPolicy
 from executor.program.graph_plan import PlanCache
 from executor.program.graph_results import BatchResult, GraphExecutionError, InstanceResult, merge_stats
 from executor.runtime.runtime_client import (
+    ChainedGen,
     ClientRequest,
     GenerateRequest,
     RequestHandle,
@@ -57,6 +59,7 @@ class RunContext:
     fsms: Mapping[str, Any] | None
     pin_budget: float
     chat_format: Callable[[], Any]  # derived from the engine's tokenizer on first use
+    chains: bool = True  # send gens marked by chain-gens with what follows them (graph_chain)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class _Req:
     streamed: str = ""
     result: dict | None = None
     num_pinned: int = 0
+    then: ChainedGen | None = None  # the gens the runtime runs after this one (graph_chain)
+    link: ChainLink | None = None  # the executor's side of `then` (or of an adopted request's chain)
 
     @property
     def prompt(self) -> list[int]:
@@ -94,8 +99,9 @@ class _Req:
         spec = self.spec
         if spec.params is None:
             return ScoreRequest(spec.prompt, spec.continuations, follow_up=True)
+        # A chained request's follow-up is the next gen, which the runtime starts itself.
         return GenerateRequest(spec.prompt, spec.params, spec.options, spec.constraint, stream=self.stream,
-                               prefix_group=spec.prefix_group, follow_up=True)
+                               prefix_group=spec.prefix_group, follow_up=self.then is None, then=self.then)
 
 
 @dataclass(eq=False)
@@ -137,6 +143,11 @@ class Run:
         # runtime's next step waits for that, so their follow-ups join it).
         self.handled: list[RequestHandle] = []
         self.pin_limit = int(info.num_kv_slots * context.pin_budget)
+        # Chains (graph_chain): when the runtime takes them and nothing streams (a chained request's
+        # text is not streamed).
+        self.chains = bool(getattr(info, "chains", False)) and context.chains and not sinks
+        self.adoptable: dict[tuple[RunFrame, int], Adoptable] = {}
+        self.chained_handles: dict[int, list[RequestHandle]] = {}  # per instance, to abort when it ends
         self.bar: Any = None
         self.pool: ThreadPoolExecutor | None = None
 
@@ -160,6 +171,9 @@ class Run:
                     continue
                 self._wait_for_events()
         finally:
+            for handles in self.chained_handles.values():
+                for handle in handles:
+                    handle.abort()
             self._answer_unhandled()
             for inst in self.instances:
                 self._release_pins(inst.pins)
@@ -214,12 +228,35 @@ class Run:
                 inst = req.call.frame.inst
                 if inst.done:
                     continue
+                if self.chains:
+                    self._plan_chain(req)
                 self.num_in_flight += 1
                 try:
                     req.handle = group.send(req.client_request(), self._listener(req))
                 except Exception as exc:
                     self.num_in_flight -= 1
                     self._fail_node(req.call.frame, req.call.node, f"the engine rejected the request: {exc}")
+                    continue
+                chained = req.handle.chained if req.then is not None else None
+                while chained is not None:
+                    self.chained_handles.setdefault(inst.index, []).append(chained)
+                    chained = chained.chained
+
+    def _plan_chain(self, req: _Req) -> None:
+        """Send a gen marked by chain-gens with the gens that follow it (see graph_chain)."""
+        call, spec = req.call, req.spec
+        if (spec.params is None or spec.prompt_text is None or len(call.requests) != 1 or req.stream
+                or call.node.op.opname != "gen" or "chain" not in call.node.meta):
+            return
+        frame = call.frame
+        try:
+            state = frame.lookup(call.node.operands[0])
+        except AssertionError:
+            return
+        planned = plan_chain(self.interpreter, frame, call.node, state, self.defaults, self.context.chat_format,
+                             self.context.fsms)
+        if planned is not None:
+            req.then, req.link = planned
 
     def _listener(self, req: _Req) -> Callable[[str, bool], None]:
         events = self.events
@@ -296,6 +333,12 @@ class Run:
             self._fail_node(req.call.frame, req.call.node, f"the request failed: {exc}")
             return
         call = req.call
+        if req.link is not None and req.handle.chained is not None and req.spec.prompt_text is not None:
+            # The runtime runs the next gen on this sequence: the loop adopts it when it gets there.
+            link = req.link
+            self.adoptable[(call.frame, link.node.id)] = Adoptable(
+                link.node, req.spec.prompt_text + req.result["text"] + link.forced_text, req.handle.chained,
+                link.then)
         call.pending -= 1
         if call.pending:
             return
@@ -389,6 +432,8 @@ class Run:
 
     def _end_instance(self, inst: Instance) -> None:
         inst.done = True
+        for handle in self.chained_handles.pop(inst.index, []):
+            handle.abort()  # no-op for those that finished
         inst.finished = time.perf_counter()
         self._release_pins(inst.pins)
         self.num_unfinished -= 1
@@ -425,8 +470,17 @@ class Run:
     def _execute(self, frame: RunFrame, node: Node) -> None:
         """Evaluate a ready node with the interpreter; then complete it, enter its region, or wait."""
         started = time.perf_counter()
+        adopt = self.adoptable.pop((frame, node.id), None) if self.adoptable else None
+        if adopt is not None and _ended_unrun(adopt.handle):
+            adopt = None  # the runtime did not start it: send the gen as usual
         try:
-            result = self.interpreter.run_node(frame, node)
+            self.interpreter.domain.adopting = adopt
+            try:
+                result = self.interpreter.run_node(frame, node)
+            finally:
+                self.interpreter.domain.adopting = None
+                if adopt is not None and not adopt.used:
+                    adopt.handle.abort()  # the text differs from what the runtime was told
             if isinstance(result, EnterRegion):
                 self._enter(frame, node, result, started)
             elif isinstance(result, Pending):
@@ -462,13 +516,21 @@ class Run:
             return
         call = _Call(frame, node, pending.finish, started=started)
         stream = frame.inst.sink is not None and frame.main and node.id in frame.plan.main_line
+        adopted: list[_Req] = []
         for spec in pending.requests:
-            req = _Req(call, spec, stream=stream and spec.streamable)
+            req = _Req(call, spec, stream=stream and spec.streamable and spec.adopted is None)
             if spec.is_prefill:
                 self._pin_for_consumers(frame, node, req)
             call.requests.append(req)
+            if spec.adopted is not None:
+                req.handle, req.link = spec.adopted.handle, spec.adopted.link
+                adopted.append(req)
+            else:
+                self.to_submit.append(req)
         call.pending = len(call.requests)
-        self.to_submit.extend(call.requests)
+        for req in adopted:  # already running: just listen (called at once if it has finished)
+            self.num_in_flight += 1
+            req.handle.add_listener(self._listener(req))
 
     def _pin_for_consumers(self, frame: RunFrame, node: Node, req: _Req) -> None:
         """Pin a prefill's prompt until the nodes that extend its state are admitted (within budget)."""
@@ -510,3 +572,14 @@ class Run:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _ended_unrun(handle: RequestHandle) -> bool:
+    """A chained request the runtime ended without running it (its predecessor did not finish normally)."""
+    if not handle.done():
+        return False
+    try:
+        reason = handle.result()["meta_info"].get("finish_reason") or {}
+    except Exception:
+        return True
+    return reason.get("type") == "abort"

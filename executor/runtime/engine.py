@@ -26,6 +26,7 @@ import torch
 
 from executor.runtime.constrained import ConstraintCache
 from executor.runtime.engine_config import DEFAULT_CUDA_KV_FRACTION, EngineConfig, pick_dtype, resolve_device
+from executor.runtime.engine_chain import Chain
 from executor.runtime.engine_handles import PrefixPin, RequestHandle
 from executor.runtime.engine_intake import RequestIntake
 from executor.runtime.engine_loop import EngineLoop
@@ -37,6 +38,7 @@ from executor.runtime.model_runner import ModelRunner
 from executor.runtime.radix_cache import RadixCache
 from executor.runtime.request import LogprobOptions, Request
 from executor.runtime.runtime_client import (
+    ChainedGen,
     ClientRequest,
     EngineError,
     GenerateRequest,
@@ -201,7 +203,7 @@ class Engine:
         return RuntimeInfo(model_path=str(self.model_folder), context_len=self.context_len,
                            vocab_size=self.model_config.vocab_size, num_kv_slots=self.num_kv_slots,
                            max_running_requests=self.config.max_running_requests,
-                           schedule_policy=self.config.schedule_policy)
+                           schedule_policy=self.config.schedule_policy, chains=True)
 
     def send(self, request: ClientRequest, listener: Listener | None = None) -> RequestHandle:
         """Check one request (raises `RequestError` naming it) and queue it at once."""
@@ -294,9 +296,33 @@ class Engine:
                                    f"not {type(request).__name__}")
         handle = RequestHandle(req, stream, follow_up=request.follow_up, on_abort=self._loop.abort,
                                on_finish=self._loop.holds.expect)
+        if isinstance(request, GenerateRequest) and request.then is not None:
+            self._prepare_chain(req, handle, request.then)
         if listener is not None:
             handle.add_listener(listener)
         return handle
+
+    def _prepare_chain(self, req: Request, handle: RequestHandle, then: object) -> None:
+        """Build and check every chained request now (`GenerateRequest.then`), so a bad one refuses
+        the send; each starts when the one before it finishes (`Scheduler._start_chain`)."""
+        while then is not None:
+            if not isinstance(then, ChainedGen):
+                raise RequestTypeError(f"request {req.rid}: then must be a ChainedGen, not {type(then).__name__}")
+            for name in ("prompt_text", "forced_text"):
+                if not isinstance(getattr(then, name), str):
+                    raise RequestTypeError(f"request {req.rid}: then.{name} must be a string")
+            if req.logprobs.return_logprob and req.logprobs.logprob_start_len >= 0:
+                raise RequestError(f"request {req.rid}: a chained request cannot return prompt logprobs")
+            # The previous prompt stands in for the chained one's until it starts (checks need one).
+            nxt = self._intake.generate(GenerateRequest(req.input_ids, then.params, then.options, then.constraint,
+                                                        follow_up=then.follow_up))
+            if nxt.logprobs.return_logprob and nxt.logprobs.logprob_start_len >= 0:
+                raise RequestError(f"request {nxt.rid}: a chained request cannot return prompt logprobs")
+            chained = RequestHandle(nxt, False, follow_up=then.follow_up, on_abort=self._loop.abort,
+                                    on_finish=self._loop.holds.expect)
+            req.chain = Chain(nxt, chained, then.prompt_text, then.forced_text)
+            handle.chained = chained
+            req, handle, then = nxt, chained, then.then
 
 
 class RequestGroup:

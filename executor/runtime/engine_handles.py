@@ -42,6 +42,7 @@ class RequestHandle:
         self._deltas: queue.Queue | None = queue.Queue() if stream else None
         self._error: BaseException | None = None
         self.abort_requested = False  # abort() was called (it takes effect on the engine thread)
+        self.chained: RequestHandle | None = None  # the request chained after this one (GenerateRequest.then)
         self.aborted = False  # the engine aborted it at the client's request
         self.submitted_at = time.perf_counter()
         self.finished_at: float | None = None

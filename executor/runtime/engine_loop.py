@@ -21,7 +21,9 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from executor.runtime.engine_chain import Chain
 from executor.runtime.engine_handles import RequestHandle
+from executor.runtime.request import Request
 from executor.runtime.engine_runtime import RuntimeParts
 from executor.runtime.engine_stats import TokenTotals
 from executor.runtime.runtime_client import EngineError
@@ -169,6 +171,8 @@ class EngineLoop:
 
     def _publish(self, handle: RequestHandle) -> None:
         req = handle.req
+        if req.chain is not None and (req.finished or req.error is not None):
+            self._settle_chain(req)  # before the request's listeners hear it finished
         if req.error is None:
             try:
                 handle._publish()
@@ -182,6 +186,24 @@ class EngineLoop:
             del self._handles[req.rid]
             self.totals.count(req)
 
+    def _settle_chain(self, req: Request) -> None:
+        """A request with a chain ended: take its chained request in (the scheduler started it on
+        the same sequence), or end the chain when it did not start."""
+        chain, req.chain = req.chain, None
+        nxt, handle = chain.request, chain.handle
+        if req.chained_into is not nxt:
+            reason = "failed" if req.error is not None else f"ended ({(req.finish_reason or {}).get('type')})"
+            _end_chain(chain, f"request {nxt.rid} was not run: the request it continues, {req.rid}, {reason}")
+            return
+        self._handles[nxt.rid] = handle
+        if handle.abort_requested:  # aborted while it waited for its predecessor
+            self.parts.scheduler.abort_request(nxt, f"request {nxt.rid} was aborted by the client")
+            del self._handles[nxt.rid]
+            handle.aborted = True
+            if nxt.chain is not None:
+                self._settle_chain(nxt)
+            handle._publish()
+
     def _abort(self, handle: RequestHandle) -> None:
         if self._handles.get(handle.rid) is not handle:
             return  # finished, or not taken yet (then `_take` sees abort_requested)
@@ -189,6 +211,8 @@ class EngineLoop:
             return  # it finished already and is published after the next step
         del self._handles[handle.rid]
         handle.aborted = True
+        if handle.req.chain is not None:
+            self._settle_chain(handle.req)
         handle._publish()
 
     def _recover(self, exc: BaseException) -> None:
@@ -223,11 +247,15 @@ class EngineLoop:
     def _take(self, handle: RequestHandle) -> None:
         req = handle.req
         if self._broken is not None:
+            if req.chain is not None:
+                _end_chain(req.chain, f"request {req.rid}, which it continues, failed")
             handle._fail(EngineError(f"request {req.rid} failed: the engine's runtime could not be "
                                      f"rebuilt after an error ({self._broken!r})"))
         elif handle.abort_requested:  # aborted before the engine saw it
             req.finish_reason = {"type": "abort", "message": f"request {req.rid} was aborted by the client"}
             handle.aborted = True
+            if req.chain is not None:
+                self._settle_chain(req)
             handle._publish()
         else:
             req.arrival = next(self._arrivals)
@@ -244,6 +272,21 @@ class EngineLoop:
 
     def _fail_all(self, exc: BaseException) -> None:
         for rid, handle in list(self._handles.items()):
+            if handle.req.chain is not None:
+                _end_chain(handle.req.chain, f"request {rid}, which it continues, failed")
+                handle.req.chain = None
             error = exc if isinstance(exc, EngineError) else EngineError(f"request {rid} failed: {exc!r}")
             handle._fail(error)
         self._handles.clear()
+
+
+def _end_chain(chain: Chain, message: str) -> None:
+    """Finish every request of a chain that will not run, as aborted (their handles return the
+    empty output with finish_reason "abort"; a client may then send the gen itself)."""
+    while chain is not None:
+        nxt = chain.request
+        nxt.finish_reason = {"type": "abort", "message": message}
+        chain.handle.aborted = True
+        chain.handle._on_finish = None  # nobody answers a request that never ran: do not hold a step
+        chain.handle._publish()
+        chain, nxt.chain = nxt.chain, None

@@ -20,6 +20,7 @@ from executor.runtime.engine_config import EngineConfig, default_kv_bytes
 from executor.runtime.kv_manager import KVManager
 from executor.runtime.memory import KVPool, kv_bytes_per_token
 from executor.runtime.model_runner import ModelRunner
+from executor.runtime.engine_chain import ChainTokenizer
 from executor.runtime.scheduler import Scheduler, SchedulerConfig
 
 __all__ = ["RuntimeParts", "build_runtime"]
@@ -86,6 +87,7 @@ def build_runtime(model: nn.Module, model_config, config: EngineConfig, device: 
         device,
     )
     scheduler.constraints = constraints
+    scheduler.chain_tokens = ChainTokenizer(constraints.tokenizer)
     return RuntimeParts(kv_pool, kv, runner, scheduler)
 
 

@@ -41,6 +41,12 @@ class Request:
     constraint: ConstraintCursor | None = None
     arrival: int = 0
     prefix_group: str | None = None  # requests declared to share a prompt prefix (GenerateRequest.prefix_group)
+    # A chained generation (GenerateRequest.then): `engine_chain.Chain`, run on this sequence when
+    # this request finishes normally; `chained_into` is the request that took the sequence over.
+    chain: Any = None
+    chained_into: Request | None = None
+    finished_at: float | None = None  # perf_counter when it finished (hop latency in benchmarks)
+    first_token_at: float | None = None  # perf_counter of its first output token
 
     output_ids: list[int] = field(default_factory=list)
     # KV bookkeeping (see module docstring).

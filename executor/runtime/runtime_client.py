@@ -24,6 +24,17 @@ microseconds after it started. So:
   batch), and then the finished `handles` it names are answered. An empty group answers too: a
   result that makes nothing new ready is answered with `with client.group(after=[h]): pass`.
 
+**Chains** (gen -> known text -> gen, kept inside one running request). A `GenerateRequest` may
+carry `then=ChainedGen(...)`: when it finishes normally (stop or length), the runtime appends the
+`forced_text` and runs the chained generation as a new request on the SAME sequence (its KV kept, the
+forced text prefilled as an extend in the next step, mixed with other requests' decodes), with no
+round trip through the client. The chained request has its own handle (`handle.chained`), result
+and listeners; its prompt is exactly the tokenization of `prompt_text + generated text +
+forced_text` (what a client tokenizing the whole text would send). A request that ends otherwise
+(abort, failure) ends its chain with it (the chained handles finish aborted). Only runtimes whose
+`info().chains` is True take chains (the others refuse a request with `then`); a chained request
+that nobody wants is aborted like any other.
+
 Answers are by handle and idempotent: naming a handle twice, one that was sent without `follow_up`,
 or one whose wait already timed out is harmless.
 
@@ -48,7 +59,7 @@ if TYPE_CHECKING:
     from compiler.constraints import TokenFSM
 
 __all__ = [
-    "ClientRequest", "EngineError", "GenerateOutput", "GenerateRequest", "Listener", "LogprobOptions",
+    "ChainedGen", "ClientRequest", "EngineError", "GenerateOutput", "GenerateRequest", "Listener", "LogprobOptions",
     "PrefixPin", "RequestError", "RequestGroup", "RequestHandle", "RequestTypeError", "RuntimeClient",
     "RuntimeInfo", "SamplingParams", "ScoreOutput", "ScoreRequest",
 ]
@@ -61,6 +72,25 @@ class EngineError(RuntimeError):
 # listener(delta, finished): `delta` is newly streamed text ("" unless the request streams),
 # `finished` is True exactly once, at the end (success, failure or abort).
 Listener = Callable[[str, bool], None]
+
+
+@dataclass(frozen=True)
+class ChainedGen:
+    """A generation that continues a finished one inside the same running request (see "Chains").
+
+    `prompt_text` is the text whose tokenization is the first request's `input_ids` (the runtime
+    re-tokenizes only its tail after the last special token, with the generated and forced text);
+    `forced_text` is what the client appends after the generated text before the next `gen`.
+    `then` chains further. `follow_up` is the chained request's own (see the module docstring).
+    """
+
+    prompt_text: str
+    forced_text: str
+    params: SamplingParams | Mapping[str, Any] | None = None
+    options: LogprobOptions = LogprobOptions()
+    constraint: TokenFSM | None = None
+    follow_up: bool = False
+    then: ChainedGen | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +112,7 @@ class GenerateRequest:
     stream: bool = False
     prefix_group: str | None = None
     follow_up: bool = False
+    then: ChainedGen | None = None  # a generation to run on the same sequence after this one (see "Chains")
 
 
 @dataclass(frozen=True)
@@ -123,6 +154,7 @@ class RuntimeInfo:
     num_kv_slots: int
     max_running_requests: int
     schedule_policy: str  # "lpm" (cache-aware) or "fcfs"
+    chains: bool = False  # takes GenerateRequest.then (see "Chains")
 
     @property
     def cache_aware(self) -> bool:
@@ -136,6 +168,11 @@ class RequestHandle(Protocol):
 
     @property
     def rid(self) -> str: ...
+
+    @property
+    def chained(self) -> RequestHandle | None:
+        """The handle of the request chained after this one (`GenerateRequest.then`), else None."""
+        ...
 
     def done(self) -> bool: ...
 

@@ -19,12 +19,14 @@ raises is redone one row at a time to find the culprit. Only the forward pass it
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 
 import torch
 
 from executor.kernels.attention_shared_ref import SharedPrefix
+from executor.runtime.engine_chain import ChainTokenizer, common_prefix_len
 from executor.runtime.constrained import ConstraintCache, ConstraintDeadEnd, apply_jump, plan_jump_forward
 from executor.runtime.forward_batch import ForwardBatch, ForwardMode
 from executor.runtime.kv_manager import KVManager
@@ -83,6 +85,9 @@ class Scheduler:
         self._finished_early: list[Request] = []  # finished in add(), reported by the next step()
         self._failed: list[Request] = []  # aborted by their own error, reported by the next step()
         self.constraints: ConstraintCache | None = None  # set by the engine; jump-forward needs it
+        self.chain_tokens: ChainTokenizer | None = None  # set by the engine; chained requests need it
+        self.num_chained = 0  # chained requests started on their predecessor's sequence
+        self.num_chain_kept_tokens = 0  # KV positions they kept (not recomputed, not re-matched)
 
     # -- queue ---------------------------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -506,6 +511,8 @@ class Scheduler:
     def _append_token(self, req: Request, token: int, lp: tuple | None) -> None:
         """Everything that follows one request's new token: results, detokenizer, constraint, stop."""
         req.output_ids.append(token)
+        if req.first_token_at is None:
+            req.first_token_at = time.perf_counter()
         if lp is not None:
             chosen, top_ids, top_lps = lp
             req.output_token_logprobs.append((chosen, token, None))
@@ -520,11 +527,73 @@ class Scheduler:
         if not req.finished and req.constraint is not None and self._try_jump_forward(req):
             return
         if req.finished:
+            req.finished_at = time.perf_counter()
             if req in self.running:
                 self.running.remove(req)
-            self.kv.release(req)
+            if not self._start_chain(req):
+                self.kv.release(req)
         elif req not in self.running:
             self.running.append(req)
+
+    # -- chained requests (runtime_client "Chains", engine_chain) --------------------------------------
+    def _start_chain(self, req: Request) -> bool:
+        """Run the request chained after `req` (which just finished normally) on its sequence: the
+        new prompt is tokenized from the texts (only its tail), the KV of the tokens both share is
+        handed over, the rest truncated, and the request goes first in the queue so the forced text
+        is prefilled in the next step alongside the decodes. False when there is no chain to start
+        (the engine loop then ends it) or it cannot start (too long, a tokenizer error)."""
+        chain = req.chain
+        if (chain is None or req.error is not None or req.req_row is None or self.chain_tokens is None
+                or req.finish_reason.get("type") == "abort"):
+            return False
+        nxt = chain.request
+        try:
+            detok = req.detokenizer
+            detok.finish()
+            ids = self.chain_tokens.prompt_ids(req.input_ids, chain.prompt_text, detok.text, chain.forced_text)
+        except Exception:
+            logger.warning("request %s: could not tokenize its chained prompt", req.rid, exc_info=True)
+            return False
+        if not ids or len(ids) >= self.config.context_len:
+            return False
+        nxt.input_ids = ids
+        nxt.arrival = req.arrival
+        if nxt.chain is not None:  # the next link's prompt text is this one's, as the runtime saw it
+            nxt.chain.prompt_text = chain.prompt_text + detok.text + chain.forced_text
+        # The shared tokens' KV stays; at least one token must be computed (its logits sample).
+        keep = min(common_prefix_len(req.fill_ids[: req.num_kv], ids), len(ids) - 1)
+        if keep < max(req.num_tree_owned, req.num_borrowed):
+            # Cache-owned KV cannot be truncated: hand it to the cache and let the chained request
+            # match it there (still no client round trip).
+            self.kv.release(req)
+        else:
+            nxt.req_row, nxt.num_kv, nxt.num_tree_owned, nxt.last_node = (
+                req.req_row, req.num_kv, req.num_tree_owned, req.last_node)
+            req.req_row, req.last_node = None, None
+            req.num_kv = req.num_tree_owned = 0
+            self.kv.truncate(nxt, keep)
+            nxt.admitted_once = True
+            nxt.num_cached_tokens = keep
+            self.num_chain_kept_tokens += keep
+        req.chained_into = nxt
+        self.num_chained += 1
+        self._queue_chained(nxt)
+        return True
+
+    def _queue_chained(self, nxt: Request) -> None:
+        """Queue a started chained request first (after any forced start of its constraint)."""
+        jumped = False
+        if nxt.constraint is not None:
+            try:
+                jumped = self._try_jump_forward(nxt)
+            except Exception as exc:
+                self.fail_request(nxt, exc)
+                return
+        if nxt.finished:  # the constraint forced the whole output
+            self.kv.release(nxt)
+            self._finished_early.append(nxt)
+        elif not (jumped and nxt.req_row is not None):  # a jump with a row queued it already
+            self.waiting.appendleft(nxt)
 
     def fail_request(self, req: Request, exc: BaseException, report: bool = True) -> None:
         """Abort a request whose own work raised `exc`: take it (and a score request's other

@@ -114,6 +114,11 @@ class RemoteHandle:
     def rid(self) -> str:
         return self._rid
 
+    @property
+    def chained(self) -> None:
+        """Never a chain: this client refuses `GenerateRequest.then` (its `info().chains` is False)."""
+        return None
+
     def done(self) -> bool:
         return self._done.is_set()
 
@@ -344,6 +349,8 @@ class HTTPRuntimeClient:
             if request.constraint is not None:
                 raise RequestError("a remote runtime compiles constraints itself: send regex / json_schema in "
                                    "the sampling parameters, not a precompiled token FSM")
+            if request.then is not None:  # info().chains is False: clients send each gen themselves
+                raise RequestError("this runtime does not take chained generations (GenerateRequest.then)")
             _params_dict(request.params)  # validates
             request.options.validate()
             stream = request.stream
