@@ -95,3 +95,21 @@ def test_cost_model_file_is_checked(tmp_path):
     path.write_text('{"prefill_base_s": 0.1}')
     with pytest.raises(ValueError, match="no 'prefill_per_token_s'"):
         CostModel.load(path)
+
+
+def test_bench_cluster_simulate_runs(tmp_path):
+    """benchmarks/bench_cluster.py's simulate step on a small trace, with the stored cost model."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_cluster.py"
+    spec = importlib.util.spec_from_file_location("bench_cluster", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "cluster.json"
+    assert bench.main(["simulate", "--scales", "2,4", "--requests-per-replica", "6", "--prefix-tokens", "64",
+                       "--kv-capacity", "512", "--json-out", str(out)]) == 0
+    rows = json.loads(out.read_text())["simulated"]
+    assert [(r["scale"], r["policy"]) for r in rows] == [(s, p) for s in (2, 4) for p in bench.POLICIES]
+    assert all(0 <= r["hit_rate"] <= 1 and r["output_tok_per_s"] > 0 for r in rows)
