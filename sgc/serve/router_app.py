@@ -233,6 +233,9 @@ async def route_request(state: RouterState, request: Request, path: str) -> Resp
             if attempt == 0:
                 state.retries.labels(replica.name).inc()
                 logger.warning("retrying a %s request elsewhere: replica %s failed (%s)", path, replica.name, exc)
+        except httpx.HTTPError as exc:  # anything else on the way (a timeout): not retried, named
+            logger.warning("replica %s: %s request failed: %s", replica.name, path, exc)
+            return error_response(502, f"replica {replica.name} failed: {type(exc).__name__}", "bad_gateway")
         finally:
             if not handed_over:
                 replica.inflight -= 1
