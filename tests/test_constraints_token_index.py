@@ -369,3 +369,34 @@ def test_positional_row_classes_give_the_same_rows_as_moore(
     assert fast.num_rows <= slow.num_rows
     for s in range(fsm.dfa.num_states):
         assert np.array_equal(fast.allowed(s), slow.allowed(s)), s
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string", "maxLength": 3}},
+                                    "required": ["k"], "additionalProperties": False}, "maxItems": 40},
+        {"type": "array", "items": {"type": "string", "maxLength": 2}, "maxItems": 70},
+        {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "maxItems": 90},
+        {"type": "array", "items": {"enum": ["a", "bb", None]}, "minItems": 3, "maxItems": 80},
+    ],
+)
+def test_short_repetitions_share_rows_exactly(
+    vocab: Vocabulary, schema: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies of a repeated item far from both ends of the repetition share their rows (the period
+    hint, with the reach bounded by the bytes a copy takes to cross): state by state, the same
+    tokens as the index built without the hint. (Tiled, as large trees are, not determinized.)"""
+    import dataclasses
+
+    from compiler.constraints import dfa_ops, token_index
+
+    monkeypatch.setattr(dfa_ops, "SMALL_POSITIONS", 8)
+    fsm = compile_json_schema(schema, vocab)
+    assert fsm.dfa.periods
+    rep = token_index._period_representatives(fsm.dfa, token_index.vocabulary_trie(vocab).depth)
+    assert rep is not None and (rep != np.arange(fsm.num_states)).sum() > fsm.num_states // 4
+    hinted = token_index.build_token_index(fsm.dfa, vocab)
+    plain = token_index.build_token_index(dataclasses.replace(fsm.dfa, periods=()), vocab)
+    for s in range(fsm.dfa.num_states):
+        assert np.array_equal(hinted.allowed(s), plain.allowed(s)), s

@@ -538,11 +538,12 @@ def _period_representatives(dfa: DFA, depth: int) -> np.ndarray | None:
     table = dfa.transitions
     rep: np.ndarray | None = None
     for a, w, count in dfa.periods:
-        if w <= 0 or count < 4 * (depth + 2) or a < 0 or a + count * w > n:
+        if w <= 0 or count < 8 or a < 0 or a + count * w > n:
             continue
         end = a + count * w
         ok_copy = np.ones(count - 1, dtype=bool)  # copy j ok: every state of j behaves as in j+1
         max_jump = 0
+        min_jump = 0
         step = max(1, _CHUNK // w)
         for j0 in range(0, count - 1, step):
             j1 = min(count - 1, j0 + step)
@@ -556,14 +557,22 @@ def _period_representatives(dfa: DFA, depth: int) -> np.ndarray | None:
             rows = np.arange(a + j0 * w, a + j1 * w)[:, None]
             jumps = np.where(inside, (src - a) // w - (rows - a) // w, 0)
             max_jump = max(max_jump, int(np.abs(jumps).max()) if jumps.size else 0)
+            min_jump = min(min_jump, int(jumps.min()) if jumps.size else 0)
             check_time()
         reach = (depth + 1) * max(max_jump, 1) + 1
-        # safe[j]: copies j - reach .. j + reach all ok (a window over the ok flags)
         bad = np.concatenate([[0], np.cumsum(~ok_copy)])
         j = np.arange(count - 1)
-        lo = np.maximum(j - reach, 0)
-        hi = np.minimum(j + reach + 1, count - 1)
-        safe = (bad[hi] - bad[lo] == 0) & (j + reach + 1 <= count - 1)
+        safe = _window_ok(bad, j, reach, count)
+        run = _longest_run(ok_copy)
+        if min_jump == 0 and max_jump <= 1 and run[1] - run[0] >= 2:
+            # copies r0 .. r1 + 1 of the longest run of ok copies are one copy shifted: a byte
+            # moves at most one copy on, and crossing a whole copy takes `inner` + 1 bytes, so
+            # depth + 1 bytes cross at most 1 + depth // (inner + 1) copy boundaries (one more
+            # for margin); windows inside that run may be that narrow
+            inner = _copy_crossing_bytes(table, a, w, run[0] + 1, depth + 1)
+            tight = 2 + depth // (inner + 1)
+            if tight < reach:
+                safe |= _window_ok(bad, j, tight, count) & (j >= run[0]) & (j <= run[1])
         if not safe.any():
             continue
         # each copy's representative: the first copy at or after it that is not safe
@@ -575,6 +584,50 @@ def _period_representatives(dfa: DFA, depth: int) -> np.ndarray | None:
         block = np.arange(a, end, dtype=np.int64)
         rep[a:end] = a + target[(block - a) // w] * w + (block - a) % w
     return rep
+
+
+def _window_ok(bad: np.ndarray, j: np.ndarray, reach: int, count: int) -> np.ndarray:
+    """Per copy j: copies j - reach .. j + reach are all ok (`bad`: prefix counts of non-ok copies)."""
+    lo = np.maximum(j - reach, 0)
+    hi = np.minimum(j + reach + 1, count - 1)
+    return (bad[hi] - bad[lo] == 0) & (j + reach + 1 <= count - 1)
+
+
+def _longest_run(ok: np.ndarray) -> tuple[int, int]:
+    """(first, last) index of the longest run of True in `ok` ((0, -1) if none)."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], ok.astype(np.int8), [0]])))
+    if not len(edges):
+        return 0, -1
+    starts, ends = edges[0::2], edges[1::2]
+    k = int(np.argmax(ends - starts))
+    return int(starts[k]), int(ends[k]) - 1
+
+
+def _copy_crossing_bytes(table: np.ndarray, a: int, w: int, m: int, limit: int) -> int:
+    """The fewest bytes read inside copy m of the block `(a, w, ...)` between entering it from
+    copy m - 1 and the byte that leaves it for copy m + 1 (`limit` if that many or more), by a
+    breadth-first search on copy m's own transitions. Copies m - 1 .. m + 1 must be one copy
+    shifted; then this holds for every copy entered from an identical one."""
+    lo, hi = a + m * w, a + (m + 1) * w
+    prev = table[lo - w : lo]
+    frontier = np.zeros(w, dtype=bool)
+    entered = prev[(prev >= lo) & (prev < hi)] - lo
+    frontier[entered] = True
+    rows = table[lo:hi]
+    exits = ((rows >= hi) & (rows < hi + w)).any(axis=1)
+    inside = (rows >= lo) & (rows < hi)
+    seen = frontier.copy()
+    for steps in range(limit):
+        if (frontier & exits).any():
+            return steps
+        targets = rows[frontier][inside[frontier]] - lo
+        frontier = np.zeros(w, dtype=bool)
+        frontier[targets] = True
+        frontier &= ~seen
+        seen |= frontier
+        if not frontier.any():
+            return limit
+    return limit
 
 
 def _moore_classes(table: np.ndarray, depth: int) -> np.ndarray:
