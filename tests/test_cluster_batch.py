@@ -321,3 +321,18 @@ def test_a_run_resumes_from_its_output(ray_local, batch_dir, tiny_model_dirs):  
     assert out.read_text() == "".join(full)
     with pytest.raises(ValueError, match="has a line for row 5"):
         run_on_replicas(job, rows[:5], out, [], keys, resume=True)
+
+
+@pytest.mark.slow
+def test_the_single_process_run_resumes_too(batch_dir, tiny_model_dirs, single_process, capsys):
+    from sgc.cli import main
+
+    out = batch_dir / "single_resumed.jsonl"
+    full = [json.dumps(r, ensure_ascii=False) + "\n" for r in single_process]
+    out.write_text("".join(full[:12]) + full[12][:7])
+    assert main(_run_args(batch_dir, tiny_model_dirs["llama"], out, "--resume")) == 0  # the bad rows were kept
+    assert out.read_text() == "".join(full)
+    assert "(12 already in" in capsys.readouterr().err
+    out.write_text('{"index": 99}\n')
+    assert main(_run_args(batch_dir, tiny_model_dirs["llama"], out, "--resume")) == 1
+    assert "has a line for row 99 but --args has 21 row(s)" in capsys.readouterr().err
