@@ -71,18 +71,31 @@ def test_a_chained_request_equals_the_second_request_sent_on_the_whole_text(engi
 
 
 def test_an_aborted_request_ends_its_chain(engine) -> None:
-    tok = engine.tokenizer
-    first = engine.send(GenerateRequest(tok.encode(PROMPT), {"max_new_tokens": 400, "ignore_eos": True},
-                                        then=ChainedGen(PROMPT, "\nnext:", GREEDY)))
-    first.abort()
-    assert first.result(timeout=60)["meta_info"]["finish_reason"]["type"] == "abort"
-    chained = first.chained.result(timeout=60)
-    assert chained["meta_info"]["finish_reason"]["type"] == "abort" and chained["text"] == ""
-    # Aborting the chained request first: the first one finishes, the chained one never runs.
-    first = engine.send(GenerateRequest(tok.encode(PROMPT), GREEDY, then=ChainedGen(PROMPT, "\nnext:", GREEDY)))
+    ids = engine.tokenizer.encode(PROMPT)
+
+    def chained_request(max_new_tokens: int = 6) -> GenerateRequest:
+        return GenerateRequest(ids, {"max_new_tokens": max_new_tokens, "ignore_eos": True},
+                               then=ChainedGen(PROMPT, "\nnext:", GREEDY, then=ChainedGen("", "\nlast:", GREEDY)))
+
+    # Aborted before the engine took it: every link finishes aborted, with no output.
+    with engine.group() as group:
+        first = group.send(chained_request())
+        first.abort()
+    for handle in (first, first.chained, first.chained.chained):
+        out = handle.result(timeout=60)
+        assert out["meta_info"]["finish_reason"]["type"] == "abort" and out["output_ids"] == []
+    # The chained request aborted while its predecessor runs: the predecessor finishes, the chain ends.
+    first = engine.send(chained_request())
     first.chained.abort()
-    assert first.result(timeout=60)["meta_info"]["finish_reason"]["type"] != "abort"
+    assert first.result(timeout=60)["meta_info"]["finish_reason"]["type"] == "length"
     assert first.chained.result(timeout=60)["meta_info"]["finish_reason"]["type"] == "abort"
+    assert first.chained.chained.result(timeout=60)["meta_info"]["finish_reason"]["type"] == "abort"
+    # Aborted while running (or finished just before: then its chain ran).
+    first = engine.send(chained_request(max_new_tokens=500))
+    first.abort()
+    if first.result(timeout=60)["meta_info"]["finish_reason"]["type"] == "abort":
+        assert first.chained.result(timeout=60)["meta_info"]["finish_reason"]["type"] == "abort"
+    first.chained.chained.result(timeout=60)
     engine.kv_manager.check_integrity(engine.scheduler.all_requests())
 
 
@@ -168,3 +181,19 @@ def test_the_http_client_refuses_chains() -> None:
     client._closed = False
     with pytest.raises(RequestError, match="chained"):
         client._prepare(GenerateRequest([1, 2], GREEDY, then=ChainedGen("x", "y")), None)
+
+
+@pytest.mark.slow
+def test_many_chained_programs_under_kv_pressure_equal_o0(tiny_model_dirs) -> None:
+    """A pool too small for every conversation at once: chained requests are retracted and resumed
+    like any other, and the batch's texts are still -O0's."""
+    rows = [{"q1": f"Hi {i}.", "q2": "Why?" * (i % 3 + 1), "q3": "Ok"} for i in range(6)]
+    defaults = make_run_defaults(temperature=0, max_new_tokens=8, ignore_eos=True)
+    with sgc.Runtime(str(tiny_model_dirs["llama"]), device="cpu", max_total_tokens=300) as runtime:
+        o0 = runtime.run_function_batch(chat, rows, defaults, opt_level=0)
+        before = runtime.engine.scheduler.num_chained
+        compiled = runtime.run_function_batch(chat, rows, defaults, opt_level=1)
+        assert runtime.engine.scheduler.num_chained > before
+        assert runtime.engine.scheduler.num_retractions > 0  # the pool really was too small
+        assert [s.text() for s in compiled] == [s.text() for s in o0]
+        runtime.engine.kv_manager.check_integrity(runtime.engine.scheduler.all_requests())
