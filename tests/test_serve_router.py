@@ -99,6 +99,11 @@ def test_fake_replicas_round_robin_and_guards():
                for _ in range(6)]
         assert got == ["r0", "r1", "r2"] * 2
         assert client.post("/generate", content=b"x" * (9 << 20), headers=auth).status_code == 413
+        # Chunked bodies (no content-length) are read bounded, then forwarded whole.
+        r = client.post("/generate", content=iter([b'{"text": "chun', b'ked"}']), headers=auth)
+        assert r.status_code == 200 and r.json()["path"] == "/generate"
+        r = client.post("/generate", content=iter([b"x" * (5 << 20)] * 2), headers=auth)
+        assert r.status_code == 413
         assert client.get("/health").status_code == 200  # no key needed
     with pytest.raises(ValueError, match="unknown routing policy"):
         build_router_app(["http://r0"], "fastest")

@@ -422,15 +422,19 @@ class _Guard:
                     refusal = too_large
                     break
                 if not message.get("more_body"):
-                    replay = [{"type": "http.request", "body": bytes(body), "more_body": False}]
-                    inner_receive = receive
-
-                    async def replayed() -> Any:
-                        return replay.pop() if replay else await inner_receive()
-
-                    receive = replayed
+                    receive = _replaying(bytes(body), receive)
                     break
         if refusal is not None:
             await refusal(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _replaying(body: bytes, receive: Any) -> Any:
+    """An ASGI receive that hands out `body` (already read) first, then defers to `receive`."""
+    replay = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Any:
+        return replay.pop() if replay else await receive()
+
+    return replayed
