@@ -140,3 +140,10 @@ def test_a_killed_replica_fails_what_is_in_flight(ray_local, model):  # noqa: F8
     assert not client.is_alive()
     with pytest.raises(EngineError):
         client.send(GenerateRequest(ids, {"max_new_tokens": 2}))
+
+
+def test_the_test_cluster_is_on_the_loopback_address(ray_local, replica):  # noqa: F811
+    nodes = ray_local.nodes()
+    assert [n["NodeManagerAddress"] for n in nodes] == ["127.0.0.1"]
+    assert ray_local.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    assert ray_local.get(replica.ping.remote())["torch_threads"] == 1  # one core, one torch thread
