@@ -53,7 +53,7 @@ def joint_classes(dfas: Sequence[DFA]) -> tuple[np.ndarray, list[np.ndarray]]:
     """A byte partition refining every DFA's classes, and per DFA the old class of each new one.
 
     The largest DFA's column is sorted first, so when the others do not split its classes its map
-    is the identity and its table needs no copy (see `_columns`)."""
+    is the identity and its table needs no widened copy (see `place`)."""
     big = max(range(len(dfas)), key=lambda i: dfas[i].num_states)
     order = [big] + [i for i in range(len(dfas)) if i != big]
     pairs = np.stack([dfas[i].symbol_class for i in order], axis=1)
@@ -64,11 +64,21 @@ def joint_classes(dfas: Sequence[DFA]) -> tuple[np.ndarray, list[np.ndarray]]:
     return symbol_class.reshape(-1).astype(np.int32), maps
 
 
-def _columns(table: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """`table[:, cols]`, without copying when `cols` is the identity (a large part's table)."""
-    if len(cols) == table.shape[1] and bool((cols == np.arange(len(cols))).all()):
-        return table
-    return table[:, cols]
+def _is_identity(cols: np.ndarray, width: int) -> bool:
+    return len(cols) == width and bool((cols == np.arange(len(cols))).all())
+
+
+def place(block: np.ndarray, table: np.ndarray, cols: np.ndarray, offset: int) -> None:
+    """`block[:] = table[:, cols] + offset`, -1 (dead) staying -1, in one copy and one in-place
+    pass (a widened copy first, then a shifted one, was two passes over a table of 100s of MB)."""
+    if _is_identity(cols, table.shape[1]):
+        block[...] = table
+    elif table.dtype == block.dtype and block.flags.c_contiguous:
+        np.take(table, cols, axis=1, out=block)
+    else:
+        block[...] = table[:, cols]
+    if offset:
+        np.add(block, offset, out=block, where=block >= 0, casting="unsafe")
 
 
 def is_prefix_free(dfa: DFA) -> bool:
@@ -213,14 +223,13 @@ def concat_dfas(
         return None
     symbol_class, maps = joint_classes(parts)
     num_classes = len(maps[0])
-    tables = [_columns(p.transitions, m) for p, m in zip(parts, maps)]
     # entry[i]: the transitions on entering parts i.. (part i's start, and later parts' entries
     # while part i may be empty); entry_accepts[i]: whether the suffix from part i may be empty
     n = len(parts)
     # where each part's states go: in order, or the largest owned part first (its table reused)
     reuse = max((i for i in range(n) if owned[i]), key=lambda i: parts[i].num_states, default=None)
     if reuse is not None and (
-        tables[reuse] is not parts[reuse].transitions
+        not _is_identity(maps[reuse], parts[reuse].num_classes)
         or parts[reuse].num_states < 4096
         or not parts[reuse].transitions.flags.owndata
         or parts[reuse].transitions.dtype != np.int32
@@ -238,8 +247,9 @@ def concat_dfas(
     entry_accepts = [True] * (n + 1)
     entry[n] = np.full(num_classes, -1, dtype=np.int64)
     for i in range(n - 1, -1, -1):
-        p, t = parts[i], tables[i]
-        row = np.where(t[p.initial] >= 0, t[p.initial].astype(np.int64) + offsets[i], -1)
+        p = parts[i]
+        start_row = p.transitions[p.initial][maps[i]]
+        row = np.where(start_row >= 0, start_row.astype(np.int64) + offsets[i], -1)
         if p.accepting[p.initial]:
             if ((row >= 0) & (entry[i + 1] >= 0)).any():
                 return None
@@ -251,7 +261,7 @@ def concat_dfas(
     for i in range(n - 1):
         acc = np.flatnonzero(parts[i].accepting)
         nxt_live = entry[i + 1] >= 0
-        if (tables[i][acc][:, nxt_live] >= 0).any():
+        if (parts[i].transitions[acc][:, maps[i][nxt_live]] >= 0).any():
             return None
     total = int(offsets[-1])
     check_states(total, max_states)
@@ -264,11 +274,10 @@ def concat_dfas(
         # realloc: a large block is remapped, not copied; the part's DFA is not used again
         table.resize((total, num_classes), refcheck=False)
     accepting = np.zeros(total, dtype=bool)
-    for i, (p, t) in enumerate(zip(parts, tables)):
+    for i, p in enumerate(parts):
         block = table[offsets[i] : offsets[i] + sizes[i]]
         if i != reuse:
-            np.add(t, offsets[i], out=block, casting="unsafe")
-            block[t < 0] = -1
+            place(block, p.transitions, maps[i], int(offsets[i]))
         acc = np.flatnonzero(p.accepting)
         live = np.flatnonzero(entry[i + 1] >= 0)
         if len(live):
@@ -285,11 +294,10 @@ def union_dfas(options: Sequence[DFA], max_states: int | None = None) -> DFA | N
         return options[0] if options else None
     symbol_class, maps = joint_classes(options)
     num_classes = len(maps[0])
-    tables = [_columns(o.transitions, m) for o, m in zip(options, maps)]
     offsets = np.cumsum([1] + [o.num_states for o in options])
     start = np.full(num_classes, -1, dtype=np.int64)
-    for i, (o, t) in enumerate(zip(options, tables)):
-        row = t[o.initial]
+    for i, o in enumerate(options):
+        row = o.transitions[o.initial][maps[i]]
         live = row >= 0
         if (live & (start >= 0)).any():
             return None
@@ -301,10 +309,8 @@ def union_dfas(options: Sequence[DFA], max_states: int | None = None) -> DFA | N
     accepting = np.zeros(total, dtype=bool)
     table[0] = start
     accepting[0] = any(bool(o.accepting[o.initial]) for o in options)
-    for i, (o, t) in enumerate(zip(options, tables)):
-        block = table[offsets[i] : offsets[i + 1]]
-        np.add(t, offsets[i], out=block, casting="unsafe")
-        block[t < 0] = -1
+    for i, o in enumerate(options):
+        place(table[offsets[i] : offsets[i + 1]], o.transitions, maps[i], int(offsets[i]))
         accepting[offsets[i] : offsets[i + 1]] = o.accepting
     return DFA(0, accepting, table, symbol_class, _shifted(options, offsets))
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .automaton import DFA
-from .dfa_ops import joint_classes
+from .dfa_ops import joint_classes, place
 from .limits import check_memory, check_states, check_time
 
 
@@ -64,10 +64,8 @@ def link(
     accepting = np.zeros(total, dtype=bool)
     starts: list[np.ndarray] = []
     for j, comp in enumerate(components):
-        t = comp.transitions[:, maps[j]]
         block = table[offsets[j] : offsets[j + 1]]
-        np.add(t, offsets[j], out=block, casting="unsafe")
-        block[t < 0] = -1
+        place(block, comp.transitions, maps[j], int(offsets[j]))
         accepting[offsets[j] : offsets[j + 1]] = comp.accepting
         starts.append(block[comp.initial].copy())
         check_time()
