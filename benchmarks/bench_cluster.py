@@ -86,10 +86,11 @@ def fit(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     rng = random.Random(0)
     rows: dict[str, list] = {"extend": [], "decode": []}
+    load_before = os.getloadavg()[0]
     with Engine(model_path=args.model, device="cpu", max_total_tokens=16384) as engine:
         engine.generate(input_ids=[rng.randrange(1000, 30000) for _ in range(16)],
                         sampling_params={"max_new_tokens": 2})  # warm up
-        for length in (32, 64, 128, 256, 384, 512, 640):  # the workload's range
+        for length in (32, 128, 256, 384, 512, 640):  # the workload's range
             times = []
             for _ in range(args.repeats):
                 engine.flush_cache()
@@ -100,30 +101,40 @@ def fit(args: argparse.Namespace) -> dict:
             rows["extend"].append([length, statistics.median(times)])
             print(f"extend {length:5d} tokens: {statistics.median(times) * 1e3:8.1f} ms", file=sys.stderr)
         short, long_ = 2, 18
-        for batch in (1, 2, 4, 8, 16):
-            per = []
-            for _ in range(args.repeats):
-                spans = {}
-                for steps in (short, long_):
-                    engine.flush_cache()
-                    ids = [[rng.randrange(1000, 30000) for _ in range(16)] for _ in range(batch)]
-                    start = time.perf_counter()
-                    engine.generate(input_ids=ids, sampling_params={"max_new_tokens": steps + 1, "temperature": 0,
-                                                                   "ignore_eos": True})
-                    spans[steps] = time.perf_counter() - start
-                per.append((spans[long_] - spans[short]) / (long_ - short))
-            rows["decode"].append([batch, statistics.median(per)])
-            print(f"decode batch {batch:3d}: {statistics.median(per) * 1e3:8.2f} ms/step", file=sys.stderr)
+        for context in (16, 512):
+            # Rows share a `context`-token prefix (cached once, as the workload's prefixes are) and
+            # each has its own 8-token tail; the cache stays warm so both runs prefill the same.
+            shared = [rng.randrange(1000, 30000) for _ in range(context - 8)]
+            engine.generate(input_ids=shared + [1000], sampling_params={"max_new_tokens": 1})
+            for batch in (1, 4, 8, 16):
+                per = []
+                for _ in range(args.repeats):
+                    spans = {}
+                    for steps in (short, long_):
+                        ids = [shared + [rng.randrange(1000, 30000) for _ in range(8)] for _ in range(batch)]
+                        start = time.perf_counter()
+                        engine.generate(input_ids=ids, sampling_params={"max_new_tokens": steps + 1,
+                                                                       "temperature": 0, "ignore_eos": True})
+                        spans[steps] = time.perf_counter() - start
+                    per.append((spans[long_] - spans[short]) / (long_ - short))
+                # context tokens the step's attention reads: every row's, mid-run
+                ctx_tokens = batch * (context + (short + long_) // 2)
+                rows["decode"].append([batch, ctx_tokens, statistics.median(per)])
+                print(f"decode batch {batch:3d}, context {context:4d}: {statistics.median(per) * 1e3:8.2f} ms/step",
+                      file=sys.stderr)
     ext = np.array(rows["extend"])
     dec = np.array(rows["decode"])
     a, b = np.polyfit(ext[:, 0], ext[:, 1], 1)[::-1]
-    c, d = np.polyfit(dec[:, 0], dec[:, 1], 1)[::-1]
+    design = np.column_stack([np.ones(len(dec)), dec[:, 0], dec[:, 1]])
+    c, d, e = np.linalg.lstsq(design, dec[:, 2], rcond=None)[0]
     result = {
         "prefill_base_s": float(max(a, 0.0)), "prefill_per_token_s": float(b),
-        "decode_base_s": float(max(c, 0.0)), "decode_per_seq_s": float(d),
+        "decode_base_s": float(max(c, 0.0)), "decode_per_seq_s": float(max(d, 0.0)),
+        "decode_per_context_token_s": float(max(e, 0.0)),
         "measured": (f"{args.model}, CPU, torch threads={args.threads}, float32, sgc Engine.generate wall time "
                      f"(extend: max_new_tokens=1 on a flushed cache; decode: ({long_}-{short}) extra steps of a "
-                     f"batch of 16-token prompts), median of {args.repeats}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+                     f"batch of prompts sharing a cached 16- or 512-token prefix), host 1-min load average "
+                     f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after, median of {args.repeats}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
                      f"host with {os.cpu_count()} cores shared with other work; fitted by least squares. "
                      f"Command: OMP_NUM_THREADS={args.threads} python benchmarks/bench_cluster.py fit --threads {args.threads} "
                      f"--repeats {args.repeats}"),
@@ -131,7 +142,7 @@ def fit(args: argparse.Namespace) -> dict:
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}: extend = {a * 1e3:.1f} ms + {b * 1e6:.1f} us/token, decode = {c * 1e3:.1f} ms + "
-          f"{d * 1e3:.2f} ms/seq", file=sys.stderr)
+          f"{d * 1e3:.2f} ms/seq + {e * 1e6:.2f} us/context token", file=sys.stderr)
     return result
 
 
@@ -200,7 +211,9 @@ def measure(args: argparse.Namespace) -> dict:
                                   logs / f"router-{policy}.log", dict(os.environ))
             try:
                 _wait_healthy(router, rurl, logs / f"router-{policy}.log")
+                load_before = os.getloadavg()[0]
                 seconds = asyncio.run(_drive(rurl, prompts, args.output_len, args.concurrency))
+                load_after = os.getloadavg()[0]
                 routed = httpx.get(rurl + "/metrics", timeout=30).text
             finally:
                 router.terminate()
@@ -209,10 +222,14 @@ def measure(args: argparse.Namespace) -> dict:
             prompt = sum(a["num_prompt_tokens"] - b["num_prompt_tokens"] for a, b in zip(after, before))
             cached = sum(a["num_cached_prompt_tokens"] - b["num_cached_prompt_tokens"] for a, b in zip(after, before))
             per = [a["num_finished_requests"] - b["num_finished_requests"] for a, b in zip(after, before)]
+            engine_counts = {k: sum(a[k] - b[k] for a, b in zip(after, before)) for k in after[0]
+                             if k.startswith("num_") and k.endswith(("_steps", "retractions", "passes"))
+                             and isinstance(after[0][k], (int, float))}
             out_tokens = len(prompts) * args.output_len
             results[policy] = {"seconds": seconds, "hit_rate": cached / prompt if prompt else 0.0,
                                "prompt_tokens": prompt, "cached_tokens": cached, "per_replica_requests": per,
                                "output_tok_per_s": out_tokens / seconds, "req_per_s": len(prompts) / seconds,
+                               "host_load_1min": [load_before, load_after], "engine_counts": engine_counts,
                                "router_metrics": [ln for ln in routed.splitlines()
                                                   if ln.startswith("sgc_router_routed_requests_total")]}
             print(f"measured {policy}: hit {results[policy]['hit_rate']:.3f}, {seconds:.1f} s, "
@@ -222,7 +239,7 @@ def measure(args: argparse.Namespace) -> dict:
             proc.terminate()
         for proc, _ in replicas:
             proc.wait(60)
-    return {"prompts": [{"ids": p["ids"], "prefix": p["prefix"]} for p in prompts], "results": results}
+    return {"results": results}
 
 
 # -- simulate ------------------------------------------------------------------------------------------
@@ -284,16 +301,24 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.out = args.cost
     out: dict[str, Any] = {"args": vars(args)}
+    if args.what == "simulate" and Path(args.json_out).exists():  # keep an earlier run's measurement
+        earlier = json.loads(Path(args.json_out).read_text())
+        if "measured" in earlier:
+            out["measured"], out["measured_args"] = earlier["measured"], earlier.get("measured_args", earlier["args"])
     if args.what == "fit" or (args.what == "all" and not Path(args.cost).exists()):
         out["cost"] = fit(args)
-    measured_prompts = None
     if args.what in ("measure", "all"):
-        m = measure(args)
-        out["measured"] = m["results"]
-        measured_prompts = m["prompts"]
+        out["measured"] = measure(args)["results"]
+        out["measured_args"] = vars(args)
     if args.what in ("simulate", "all"):
-        out["simulated"] = run_simulations(args, measured_prompts)
-        out["cost_model"] = json.loads(Path(args.cost).read_text())["measured"]
+        # At the measured scale the simulator replays the measured workload's own prompts (the same
+        # seed and tokenizer give the same token ids); elsewhere a synthetic trace of the same shape.
+        prompts = None
+        if args.requests and args.replicas in [int(x) for x in args.scales.split(",")]:
+            prompts = workload(_Enc(_tokenizer(args.model)), args.prefixes, args.requests, args.prefix_tokens,
+                               args.seed)
+        out["simulated"] = run_simulations(args, prompts)
+        out["cost_model"] = json.loads(Path(args.cost).read_text())
     if args.what != "fit":
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(out, indent=2) + "\n")

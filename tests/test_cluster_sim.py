@@ -108,7 +108,7 @@ def test_bench_cluster_simulate_runs(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "cluster.json"
-    assert bench.main(["simulate", "--scales", "2,4", "--requests-per-replica", "6", "--prefix-tokens", "64",
+    assert bench.main(["simulate", "--scales", "2,4", "--requests-per-replica", "6", "--prefix-tokens", "64", "--requests", "12",
                        "--kv-capacity", "512", "--json-out", str(out)]) == 0
     rows = json.loads(out.read_text())["simulated"]
     assert [(r["scale"], r["policy"]) for r in rows] == [(s, p) for s in (2, 4) for p in bench.POLICIES]

@@ -14,8 +14,9 @@ What is real and what is modelled:
   head another request admitted in the same step is computing is deferred a step (it then hits);
 - time is a cost model fitted to step times measured on real hardware (`CostModel`): an extend step
   costs `prefill_base_s + prefill_per_token_s * tokens`, a decode step `decode_base_s +
-  decode_per_seq_s * batch`. Attention's growth with context, chunking, retraction and the network
-  are not modelled: a request reserves its whole output's slots when it is admitted.
+  decode_per_seq_s * batch + decode_per_context_token_s * (the batch's context tokens)` (attention
+  reads every row's whole context). Chunking, retraction, host contention and the network are not
+  modelled: a request reserves its whole output's slots when it is admitted.
 
 Everything is deterministic: same trace, same policy, same answer.
 """
@@ -70,20 +71,23 @@ class CostModel:
     prefill_per_token_s: float
     decode_base_s: float
     decode_per_seq_s: float
+    decode_per_context_token_s: float = 0.0
     measured: str = ""  # how: machine, model, threads, command
 
     def extend_time(self, tokens: int) -> float:
         return self.prefill_base_s + self.prefill_per_token_s * tokens
 
-    def decode_time(self, batch: int) -> float:
-        return self.decode_base_s + self.decode_per_seq_s * batch
+    def decode_time(self, batch: int, context_tokens: int = 0) -> float:
+        return self.decode_base_s + self.decode_per_seq_s * batch + self.decode_per_context_token_s * context_tokens
 
     @classmethod
     def load(cls, path: str | Path) -> CostModel:
         data = json.loads(Path(path).read_text())
         try:
             return cls(**{k: data[k] for k in ("prefill_base_s", "prefill_per_token_s", "decode_base_s",
-                                                "decode_per_seq_s")}, measured=data.get("measured", ""))
+                                                "decode_per_seq_s")},
+                       decode_per_context_token_s=data.get("decode_per_context_token_s", 0.0),
+                       measured=data.get("measured", ""))
         except KeyError as exc:
             raise ValueError(f"{path}: the cost model has no {exc.args[0]!r}") from None
 
@@ -116,6 +120,7 @@ class SimReplica:
         self.busy = False
         self.prompt_tokens = self.cached_tokens = self.output_tokens = self.requests = 0
         self.busy_s = 0.0
+        self.extend_steps = self.decode_steps = 0
 
     @property
     def load(self) -> int:
@@ -152,10 +157,13 @@ class SimReplica:
                 tokens += len(req.trace.prompt) - req.cached
                 self._cache(req, list(req.trace.prompt))
             self.running.extend(admitted)
+            self.extend_steps += 1
             return cost.extend_time(tokens), []
         if not self.running:
             return 0.0, []
-        duration = cost.decode_time(len(self.running))
+        context = sum(len(r.trace.prompt) + r.generated for r in self.running)
+        duration = cost.decode_time(len(self.running), context)
+        self.decode_steps += 1
         finished = []
         for req in self.running:
             req.generated += 1
@@ -233,6 +241,8 @@ class SimResult:
     per_replica_requests: list[int] = field(default_factory=list)
     mean_latency_s: float = 0.0
     decisions: dict[str, int] = field(default_factory=dict)
+    extend_steps: int = 0
+    decode_steps: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -302,7 +312,8 @@ def simulate(trace: Sequence[TraceRequest], replicas: int, policy: RoutingPolicy
         policy=policy.name, replicas=replicas, requests=len(trace), makespan_s=end - first,
         prompt_tokens=sum(r.prompt_tokens for r in reps), cached_tokens=sum(r.cached_tokens for r in reps),
         output_tokens=sum(r.output_tokens for r in reps), per_replica_requests=[r.requests for r in reps],
-        mean_latency_s=sum(latencies) / len(latencies) if latencies else 0.0, decisions=decisions)
+        mean_latency_s=sum(latencies) / len(latencies) if latencies else 0.0, decisions=decisions,
+        extend_steps=sum(r.extend_steps for r in reps), decode_steps=sum(r.decode_steps for r in reps))
 
 
 def shared_prefix_trace(num_prefixes: int, requests: int, prefix_tokens: int, suffix_tokens: int, output_len: int,
