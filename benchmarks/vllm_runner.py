@@ -11,8 +11,10 @@ are the runner's workload definitions, and tests/test_bench_vllm.py checks them 
 and token counts sgc's programs (benchmarks/programs/) produce, with no vLLM installed.
 
 Each workload is what an ordinary vLLM user writes for that program:
-- fewshot: select = score the 4 choices with `prompt_logprobs` (one prompt per choice, max_tokens=1);
-  the choice with the highest mean token logprob wins (sgc's default select rule);
+- fewshot: select = score the 4 choices: they are single tokens, so one request per question asks
+  for their logprobs as the next token (`logprob_token_ids`, prefix cache on); choices of several
+  tokens would take `prompt_logprobs` (one prompt per choice); the highest mean token logprob wins
+  (sgc's default select rule);
 - fanout: the 4 branch prompts of every program in one `generate` (fixed length, ignore_eos);
 - json: chat prompt, structured outputs with the JSON schema (vLLM's guided decoding);
 - chat: turn by turn, each turn one `generate` over every conversation so far (fixed length);
@@ -124,11 +126,27 @@ def _params(**kwargs: Any) -> Any:
 
 
 def run_fewshot(llm: Any, tok: Any, job: dict[str, Any], rows: list[dict[str, Any]], counts: Counts) -> None:
+    """Single-token choices (" A".." D"): one request per question whose only output is the logprobs
+    of the choice tokens as the next token (`logprob_token_ids`), so vLLM's prefix cache serves the
+    shared prefix. Longer choices: one request per choice with `prompt_logprobs`, which makes vLLM skip
+    reading its prefix cache (it must compute every prompt position's logprobs)."""
     from vllm.inputs import TokensPrompt
 
+    requests = [fewshot_requests(tok, row) for row in rows]
+    k = len(FEWSHOT_CHOICES)
+    if all(len(c) == 1 for _, conts in requests for c in conts):
+        outs = [TokensPrompt(prompt_token_ids=ids) for ids, _ in requests]
+        labels = [[c[0] for c in conts] for _, conts in requests]
+        params = [_params(max_tokens=1, logprob_token_ids=lab) for lab in labels]
+        results = llm.generate(outs, params, use_tqdm=False)
+        counts.add(results)
+        counts.answers = []
+        for out, lab in zip(results, labels):
+            logprobs = out.outputs[0].logprobs[0]
+            counts.answers.append(max(range(k), key=lambda j: logprobs[lab[j]].logprob))
+        return
     prompts, spans = [], []
-    for row in rows:
-        ids, conts = fewshot_requests(tok, row)
+    for ids, conts in requests:
         for cont in conts:
             prompts.append(TokensPrompt(prompt_token_ids=ids + cont))
             spans.append((len(ids), len(cont)))
@@ -139,7 +157,6 @@ def run_fewshot(llm: Any, tok: Any, job: dict[str, Any], rows: list[dict[str, An
         tokens = out.prompt_token_ids[start: start + n]
         logprobs = out.prompt_logprobs[start: start + n]
         scores.append(sum(lp[t].logprob for lp, t in zip(logprobs, tokens)) / n)
-    k = len(FEWSHOT_CHOICES)
     counts.answers = [max(range(k), key=lambda j: scores[i * k + j]) for i in range(len(rows))]
 
 
