@@ -948,3 +948,43 @@ def test_generated_fractional_bounds(
             assert dfa.accepts(text.encode()) == validator.is_valid(value), (schema, text)
         elif dfa.accepts(text.encode()):
             assert validator.is_valid(value), (schema, text)
+
+
+def test_one_of_objects_told_apart_by_a_closed_object_or_a_required_value_type() -> None:
+    """oneOf branches of objects are exclusive when one requires a name the other's closed object
+    does not allow (`cfn-aws-iotfleetwise-campaign`), or both require a name whose values' types
+    are disjoint, through $ref and anyOf (`schemastore-taskfile`)."""
+    closed = {
+        "oneOf": [
+            {"type": "object", "properties": {"t": {"type": "integer"}}, "required": ["t"],
+             "additionalProperties": False},
+            {"type": "object", "properties": {"c": {"type": "string"}}, "required": ["c"],
+             "additionalProperties": False},
+        ]
+    }
+    check(closed, [{"t": 1}, {"c": "x"}], [{}, {"t": 1, "c": "x"}, {"t": "x"}])
+    typed = {
+        "$defs": {"call": {"type": "object", "properties": {"x": {"type": "null"}}}},
+        "oneOf": [
+            {"type": "object", "properties": {"d": {"anyOf": [{"$ref": "#/$defs/call"}]}, "s": {"type": "boolean"}},
+             "required": ["d"], "additionalProperties": False},
+            {"type": "object", "properties": {"d": {"type": "string"}, "s": {"type": "boolean"}},
+             "required": ["d"], "additionalProperties": False},
+        ],
+    }
+    check(typed, [{"d": {}}, {"d": "x", "s": True}, {"d": {"x": None}}], [{"d": 1}, {"s": True}, {}])
+    # the closed branch allows {"c": "x"}, which the open one (requiring nothing) takes too
+    open_ = {
+        "oneOf": [
+            {"type": "object", "properties": {"t": {"type": "integer"}}},
+            {"type": "object", "properties": {"c": {"type": "string"}}, "required": ["c"],
+             "additionalProperties": False},
+        ]
+    }
+    with pytest.raises(ConstraintError, match="may both match"):
+        dfa_of(open_)
+    # a closed object with patternProperties may allow the name ({"t": 1} matches both): refused
+    patterned = {"oneOf": [closed["oneOf"][0], {"type": "object", "properties": {"c": {"type": "string"}},
+                                                "patternProperties": {"^t": {}}, "additionalProperties": False}]}
+    with pytest.raises(ConstraintError, match="may both match"):
+        dfa_of(patterned)

@@ -865,8 +865,10 @@ class SchemaCompiler:
         """Raise unless the branches are provably exclusive. False: no value matches exactly one
         branch (two branches of one type t do not constrain t at all, so every t matches both)."""
         sigs = []
+        view_of: list[View | None] = []
         universal = 0
         for b in branches:
+            view_of.append(None)
             try:
                 views = []
                 for schema, p in b.parts:
@@ -883,9 +885,12 @@ class SchemaCompiler:
                 continue
             if _universal_for_one_type(view):
                 universal += 1
+            view_of[-1] = view
             sigs.append(self.signature(view, ptr))
         if universal >= 2:
             return False
+        sigs = [sig if sig is None else (*sig, self.object_shape(view_of[k], ptr, refs))
+                for k, sig in enumerate(sigs)]
         for i in range(len(sigs)):
             for j in range(i + 1, len(sigs)):
                 if sigs[i] is None or sigs[j] is None or _exclusive(sigs[i], sigs[j]):
@@ -897,6 +902,56 @@ class SchemaCompiler:
                     pointer=ptr,
                 )
         return True
+
+    def object_shape(self, view: View | None, ptr: str, refs: dict[str, int]) -> tuple:
+        """(required names, the names a closed object allows or None, {required name: the types
+        its value may have}) of a branch's object keywords, for `_exclusive`: a name one branch
+        requires and another's closed object does not allow, or a required value whose types
+        two branches keep disjoint, tells objects of the two apart."""
+        if view is None:
+            return frozenset(), None, {}
+        req_v = view.get("required", ([], ""))[0]
+        required = frozenset(r for r in req_v if isinstance(r, str)) if isinstance(req_v, list) else frozenset()
+        props = view.get("properties", ({}, ""))[0]
+        props = props if isinstance(props, dict) else {}
+        extra = view.get("additionalProperties", (True, ""))[0]
+        closed = None
+        if extra is False and "patternProperties" not in view and "unevaluatedProperties" not in view:
+            closed = frozenset(props)
+        value_types = {}
+        for name in required & frozenset(props):
+            types = self.value_types(props[name], join_pointer(ptr, name), dict(refs), 3)
+            if types is not None:
+                value_types[name] = types
+        return required, closed, value_types
+
+    def value_types(self, schema: Any, ptr: str, refs: dict[str, int], budget: int) -> frozenset[str] | None:
+        """The JSON types a schema's values may have when its `type` keywords (through $ref, allOf,
+        and the union over anyOf/oneOf branches) say so; None when unknown."""
+        if budget <= 0:
+            return None
+        try:
+            views = self.flatten(schema, ptr, refs)
+        except (_Cut, ConstraintError):
+            return None
+        if any(v is None for v in views):
+            return frozenset()
+        types: frozenset[str] | None = None
+        for v in views:
+            t: frozenset[str] | None = None
+            if "type" in v and not isinstance(v["type"][0], _Conflict):
+                t = frozenset(_type_list(*v["type"]))
+            for key in ("anyOf", "oneOf"):
+                if key in v and isinstance(v[key][0], list):
+                    parts = [self.value_types(b, join_pointer(v[key][1], str(i)), dict(refs), budget - 1)
+                             for i, b in enumerate(v[key][0])]
+                    if any(x is None for x in parts):
+                        continue
+                    u = frozenset().union(*parts)
+                    t = u if t is None else frozenset(x for x in t if _types_overlap(frozenset({x}), u))
+            if t is not None:
+                types = t if types is None else frozenset(x for x in types if _types_overlap(frozenset({x}), t))
+        return types
 
     def signature(self, view: View, ptr: str) -> tuple:
         """(types, literal keys or None, {required property: literal keys})."""
@@ -2045,8 +2100,8 @@ def _sub_literal_keys(sub: Any) -> frozenset[str] | None:
 
 
 def _exclusive(a: tuple, b: tuple) -> bool:
-    types_a, lit_a, disc_a = a
-    types_b, lit_b, disc_b = b
+    types_a, lit_a, disc_a, shape_a = a
+    types_b, lit_b, disc_b, shape_b = b
     if not _types_overlap(types_a, types_b):
         return True
     if lit_a is not None and lit_b is not None and not (lit_a & lit_b):
@@ -2056,8 +2111,15 @@ def _exclusive(a: tuple, b: tuple) -> bool:
     if lit_b is not None and all(not _type_matches(json.loads(k), types_a) for k in lit_b):
         return True
     if not _types_overlap(types_a - {"object"}, types_b):
-        # only objects are in both: a required property with disjoint literals tells them apart
-        return any(name in disc_b and not (keys & disc_b[name]) for name, keys in disc_a.items())
+        # only objects are in both: a required property with disjoint literals tells them apart,
+        # so does a name one requires and the other's closed object does not allow, or a
+        # required value whose types the two keep apart
+        if any(name in disc_b and not (keys & disc_b[name]) for name, keys in disc_a.items()):
+            return True
+        (req_a, closed_a, vt_a), (req_b, closed_b, vt_b) = shape_a, shape_b
+        if closed_b is not None and req_a - closed_b or closed_a is not None and req_b - closed_a:
+            return True
+        return any(name in vt_b and not _types_overlap(t, vt_b[name]) for name, t in vt_a.items())
     return False
 
 
