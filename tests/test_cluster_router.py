@@ -130,7 +130,7 @@ def _lcp(a: str, b: str) -> int:
 OPS = st.lists(st.tuples(st.text(alphabet="abc", max_size=12), st.sampled_from("xyz")), max_size=60)
 
 
-@settings(max_examples=examples(150, 40), deadline=None)
+@settings(max_examples=examples(150, 20), deadline=None)
 @given(OPS, st.lists(st.text(alphabet="abcd", max_size=14), max_size=10))
 def test_tree_property_matches_brute_force(ops, probes):
     """Unbounded: each replica's match is the longest common prefix with any key it was given."""
@@ -146,7 +146,7 @@ def test_tree_property_matches_brute_force(ops, probes):
         assert tree.match(probe) == {r: n for r, n in expected.items() if n > 0}
 
 
-@settings(max_examples=examples(150, 40), deadline=None)
+@settings(max_examples=examples(150, 20), deadline=None)
 @given(OPS, st.integers(1, 20))
 def test_tree_property_bounded(ops, bound):
     """Bounded: no replica ever holds more than the bound, and its latest key (if it fits) is kept."""
