@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from models import cpu_pack
 from models.attention import AttentionFn
 from models.config import ModelConfig
 from models.layers import Embedding, Linear, MergedLinear, QKVProjection, RMSNorm, RotaryEmbedding, SwiGLUMLP
@@ -111,6 +111,13 @@ class DecoderForCausalLM(nn.Module):
             None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size, bias=False)
         )
 
+    # The tied LM head's pack (the embedding read as a projection); an untied head packs its own Linear.
+    weight_pack: cpu_pack.PackedWeight | None = None
+
+    def weight_to_pack(self) -> torch.Tensor | None:
+        """What `models.cpu_pack.pack_linears` packs for this module: the tied head's weight."""
+        return self.model.embed_tokens.weight if self.lm_head is None else None
+
     @classmethod
     def attention_layout(cls, config: ModelConfig) -> AttentionLayout:
         raise NotImplementedError
@@ -126,8 +133,9 @@ class DecoderForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits [N, vocab] for the rows of `hidden` the caller needs."""
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        if self.lm_head is not None:
+            return self.lm_head(hidden).float()
+        return cpu_pack.linear(hidden, self.model.embed_tokens.weight, None, self.weight_pack).float()
 
     def load_weights(
         self, weights: Iterable[tuple[str, torch.Tensor]], *, share_memory: bool = False

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import cpu_pack
 from models.config import RopeScaling
 
 
@@ -103,11 +104,17 @@ class Linear(nn.Linear):
     """nn.Linear without random init: weights always come from a checkpoint.
 
     Skipping init matters even on the meta device, where torch's init ops import and run its
-    Python decompositions (seconds on first use).
+    Python decompositions (seconds on first use). On CPU float32 the weight can be packed once for
+    MKL's packed GEMM (`models/cpu_pack.py`, done by the model runner); the result is the same.
     """
+
+    weight_pack: cpu_pack.PackedWeight | None = None
 
     def reset_parameters(self) -> None:
         pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cpu_pack.linear(x, self.weight, self.bias, self.weight_pack)
 
 
 class Embedding(nn.Embedding):
@@ -124,14 +131,17 @@ class MergedLinear(nn.Module):
     loader routes checkpoint tensors into them.
     """
 
+    weight_pack: cpu_pack.PackedWeight | None = None  # see Linear
+
     def __init__(self, in_features: int, shard_sizes: dict[str, int], bias: bool) -> None:
         super().__init__()
         self.shard_sizes = dict(shard_sizes)
+        self._split_sizes = list(self.shard_sizes.values())
         self.weight = nn.Parameter(torch.empty(sum(shard_sizes.values()), in_features))
         self.bias = nn.Parameter(torch.empty(sum(shard_sizes.values()))) if bias else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return F.linear(x, self.weight, self.bias).split(list(self.shard_sizes.values()), dim=-1)
+        return cpu_pack.linear(x, self.weight, self.bias, self.weight_pack).split(self._split_sizes, dim=-1)
 
     def load_shards(self, param_name: str, shards: dict[str, torch.Tensor], share_memory: bool) -> None:
         """Fill `weight` or `bias` from every shard's tensor.

@@ -128,8 +128,10 @@ class KVPool:
                 f"KVPool.write: expected k and v of shape {expected}, got {tuple(k.shape)} and {tuple(v.shape)}"
             )
         index = slots.reshape(-1).to(device=self.device, dtype=torch.int64)
-        self._k[layer][index] = k.to(self.dtype)
-        self._v[layer][index] = v.to(self.dtype)
+        # index_copy_, not `buf[index] = k`: the same rows written, without advanced indexing's
+        # general index_put machinery (several times slower on CPU for these small writes).
+        self._k[layer].index_copy_(0, index, k.to(self.dtype))
+        self._v[layer].index_copy_(0, index, v.to(self.dtype))
 
 
 class TokenSlotAllocator:

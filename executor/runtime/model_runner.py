@@ -5,7 +5,10 @@ Per layer, the attention function stores the new tokens' K/V into the pool at th
 out_cache_loc and calls the extend or decode kernel, which reads every request's KV through the
 request-to-token table.
 
-On CUDA the runner also swaps the model's norm and rotary modules for fused kernels and, once
+On CPU the attention is `executor/kernels/attention_cpu.py` (torch's fused SDPA over the gathered
+KV; the references stay the oracle) and the model's projections are packed once for MKL's packed
+GEMM (`models/cpu_pack.py`): the two largest parts of a CPU step (docs/performance.md, "Model step
+on CPU"). On CUDA the runner also swaps the model's norm and rotary modules for fused kernels and, once
 `capture_cuda_graphs` has run, replays decode steps from CUDA graphs (`executor/runtime/cuda_graph.py`).
 """
 
@@ -17,9 +20,12 @@ import torch
 from torch import nn
 
 from executor import kernels
+from executor.kernels.attention_cpu import decode_attention_cpu, extend_attention_cpu
+from executor.runtime.cpu_process import tune_cpu_process
 from executor.runtime.cuda_graph import CudaGraphRunner
 from executor.runtime.forward_batch import ForwardBatch, ForwardMode
 from executor.runtime.memory import KVPool, ReqToTokenPool
+from models.cpu_pack import pack_linears
 
 
 class ModelRunner:
@@ -30,10 +36,14 @@ class ModelRunner:
         self.scale = head_dim**-0.5
         self.num_forward_passes = 0
         self.cuda_graphs: CudaGraphRunner | None = None
+        self.on_cpu = kv_pool.device.type == "cpu"
         if kv_pool.device.type == "cuda":
             from executor.kernels.fused_layers import use_fused_layers
 
             use_fused_layers(model)
+        elif self.on_cpu:
+            tune_cpu_process()  # before the engine thread starts: it then shares the main malloc arena
+            pack_linears(model)
 
     def capture_cuda_graphs(self, batch_sizes: Sequence[int]) -> None:
         """Record the decode step for these batch sizes; later decode batches replay them."""
@@ -47,7 +57,25 @@ class ModelRunner:
         pool = self.kv_pool
         scale = self.scale
 
-        if batch.mode is ForwardMode.EXTEND:
+        if self.on_cpu and batch.mode is ForwardMode.EXTEND:
+
+            def attention(layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                pool.write(layer_id, batch.out_cache_loc, k, v)
+                return extend_attention_cpu(
+                    q, pool.k_buffer(layer_id), pool.v_buffer(layer_id), table,
+                    batch.req_rows, batch.prefix_lens, batch.extend_lens, scale,
+                )
+
+        elif self.on_cpu and batch.shared_prefix is None:
+
+            def attention(layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                pool.write(layer_id, batch.out_cache_loc, k, v)
+                return decode_attention_cpu(
+                    q, pool.k_buffer(layer_id), pool.v_buffer(layer_id), table,
+                    batch.req_rows, batch.seq_lens, scale,
+                )
+
+        elif batch.mode is ForwardMode.EXTEND:
 
             def attention(layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
                 pool.write(layer_id, batch.out_cache_loc, k, v)

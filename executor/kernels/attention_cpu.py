@@ -1,0 +1,126 @@
+"""Attention over the paged KV pool on CPU, through torch's fused SDPA kernel.
+
+The references (`attention_ref.py`) are the oracle: matmul, masked_fill, softmax, matmul, with the
+gathered K/V permuted into [B, Hkv, L, D], which `torch.matmul` must first copy to contiguous
+memory, and a [.., L] score tensor materialized per op. Here the gathered K/V stay as gathered
+([B, L, Hkv, D] viewed as [B, Hkv, L, D]: SDPA's CPU kernel reads strided K/V without a copy), and
+scores, softmax and the weighted sum are one fused, blocked kernel. For decode the query heads of
+a KV head are passed as that head's query rows ([B, Hkv, group, D]): one new token per request,
+so every row has the same mask and no K/V is repeated per query head.
+
+Same results as the references up to float rounding (tests/test_model_step.py compares them).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _gather(buffer: torch.Tensor, flat_slots: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """Rows of `buffer` [slots, Hkv, D] at `flat_slots` as a [batch, Hkv, length, D] view."""
+    heads, dim = buffer.shape[1], buffer.shape[2]
+    return torch.index_select(buffer, 0, flat_slots).view(batch, length, heads, dim).transpose(1, 2)
+
+
+def decode_attention_cpu(
+    q: torch.Tensor,
+    k_buffer: torch.Tensor,
+    v_buffer: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_rows: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """See `decode_attention_ref`: q [B, H, D] -> [B, H, D]."""
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads = k_buffer.shape[1]
+    max_len = int(seq_lens.max())
+    slots = req_to_token[req_rows, :max_len]
+    valid = torch.arange(max_len, device=q.device)[None, :] < seq_lens[:, None]  # [B, L]
+    if not bool(valid.all()):
+        slots = slots.masked_fill(~valid, 0)  # padding reads the reserved slot 0
+        mask = valid[:, None, None, :]
+    else:
+        mask = None  # every sequence is max_len long: no mask at all
+    flat = slots.reshape(-1)
+    k = _gather(k_buffer, flat, batch, max_len)
+    v = _gather(v_buffer, flat, batch, max_len)
+    qg = q.view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)
+    return out.reshape(batch, num_heads, head_dim)
+
+
+def extend_attention_cpu(
+    q: torch.Tensor,
+    k_buffer: torch.Tensor,
+    v_buffer: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_rows: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    extend_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """See `extend_attention_ref`: q [sum(extend_lens), H, D] -> the same shape.
+
+    All requests in one padded SDPA call ([B, max_extend] queries over [B, max_total] keys), unless
+    padding would waste more than half the work; then one call per request. One-token extends (a
+    mixed batch's decodes) go through `decode_attention_cpu` together.
+    """
+    extends = extend_lens.tolist()
+    if all(n == 1 for n in extends):
+        return decode_attention_cpu(q, k_buffer, v_buffer, req_to_token, req_rows, prefix_lens + 1, scale)
+    prefixes = prefix_lens.tolist()
+    totals = [p + n for p, n in zip(prefixes, extends)]
+    batch = len(extends)
+    max_extend, max_total = max(extends), max(totals)
+    useful = sum(n * t for n, t in zip(extends, totals))
+    if batch == 1 or useful * 2 < batch * max_extend * max_total:
+        return _extend_each(q, k_buffer, v_buffer, req_to_token, req_rows, prefixes, extends, scale)
+    return _extend_padded(q, k_buffer, v_buffer, req_to_token, req_rows, prefix_lens, extend_lens, extends,
+                          max_extend, max_total, scale)
+
+
+def _extend_each(q, k_buffer, v_buffer, req_to_token, req_rows, prefixes, extends, scale) -> torch.Tensor:
+    out = torch.empty_like(q)
+    start = 0
+    rows = req_rows.tolist()
+    for row, prefix, extend in zip(rows, prefixes, extends):
+        total = prefix + extend
+        slots = req_to_token[row, :total]
+        k = _gather(k_buffer, slots, 1, total)
+        v = _gather(v_buffer, slots, 1, total)
+        qi = q[start : start + extend].transpose(0, 1)[None]  # [1, H, extend, D]
+        if prefix == 0:
+            o = F.scaled_dot_product_attention(qi, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        else:
+            key_pos = torch.arange(total, device=q.device)
+            mask = key_pos[None, :] <= torch.arange(prefix, total, device=q.device)[:, None]
+            o = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+        out[start : start + extend] = o[0].transpose(0, 1)
+        start += extend
+    return out
+
+
+def _extend_padded(q, k_buffer, v_buffer, req_to_token, req_rows, prefix_lens, extend_lens, extends, max_extend,
+                   max_total, scale) -> torch.Tensor:
+    device = q.device
+    batch = len(extends)
+    offsets = torch.arange(max_extend, device=device)
+    query_valid = offsets[None, :] < extend_lens[:, None]  # [B, Qmax]
+    starts = torch.cumsum(extend_lens, 0) - extend_lens
+    token_idx = (starts[:, None] + offsets[None, :]).masked_fill(~query_valid, 0)  # padding reads token 0
+    qb = torch.index_select(q, 0, token_idx.reshape(-1)).view(batch, max_extend, q.shape[1], q.shape[2])
+    totals = prefix_lens + extend_lens
+    key_pos = torch.arange(max_total, device=device)
+    key_valid = key_pos[None, :] < totals[:, None]  # [B, L]
+    slots = req_to_token[req_rows, :max_total].masked_fill(~key_valid, 0)
+    k = _gather(k_buffer, slots.reshape(-1), batch, max_total)
+    v = _gather(v_buffer, slots.reshape(-1), batch, max_total)
+    # Query j of request b sits at position prefix_b + j and sees keys 0 .. prefix_b + j (all real).
+    # Padded queries see the same keys as the last real query: no row is empty; they are dropped.
+    query_pos = prefix_lens[:, None] + offsets[None, :].minimum(extend_lens[:, None] - 1)
+    visible = key_pos[None, None, :] <= query_pos[:, :, None]  # [B, Qmax, L]
+    o = F.scaled_dot_product_attention(qb.transpose(1, 2), k, v, attn_mask=visible[:, None], scale=scale,
+                                       enable_gqa=True)  # [B, H, Qmax, D]
+    return o.transpose(1, 2)[query_valid]

@@ -1,0 +1,174 @@
+"""The CPU model step's fast paths (issue 12): SDPA attention over the paged pool against the
+references, MKL-packed projections bit-identical to F.linear, and the runner using both."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from executor.kernels.attention_cpu import decode_attention_cpu, extend_attention_cpu
+from executor.kernels.attention_ref import decode_attention_ref, extend_attention_ref
+from executor.runtime.cpu_process import tune_cpu_process
+from executor.runtime.forward_batch import ForwardBatch, ForwardMode
+from executor.runtime.memory import KVPool, ReqToTokenPool
+from executor.runtime.model_runner import ModelRunner
+from models import ModelConfig, create_model
+from models.cpu_pack import PackedWeight, linear, mkl_packing_available, pack_linears, unpack_linears
+
+needs_mkl = pytest.mark.skipif(not mkl_packing_available(), reason="torch built without MKL")
+
+
+def assert_close(ours: torch.Tensor, ref: torch.Tensor, tol: float = 1e-5) -> None:
+    """Same shape, finite, equal up to float rounding (torch.testing's first call imports for ~7 s)."""
+    assert ours.shape == ref.shape and torch.isfinite(ours).all()
+    assert (ours - ref).abs().max().item() <= tol * (1 + ref.abs().max().item())
+
+
+def paged_pool(num_heads: int, num_kv_heads: int, head_dim: int = 16, rows: int = 6, context: int = 90, seed: int = 0):
+    """A random KV pool whose requests' slots are scattered (a random permutation), as after reuse."""
+    gen = torch.Generator().manual_seed(seed)
+    slots = rows * context
+    k = torch.randn(slots + 1, num_kv_heads, head_dim, generator=gen)
+    v = torch.randn(slots + 1, num_kv_heads, head_dim, generator=gen)
+    table = (torch.randperm(slots, generator=gen) + 1).view(rows, context)
+    return k, v, table, gen
+
+
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 2), (6, 6), (9, 3)])
+@pytest.mark.parametrize("seq_lens", [[1, 17, 90, 40], [33, 33, 33, 33], [5]])
+def test_decode_attention_matches_reference(num_heads, num_kv_heads, seq_lens):
+    k, v, table, gen = paged_pool(num_heads, num_kv_heads)
+    rows = torch.tensor([4, 0, 5, 2][: len(seq_lens)])
+    lens = torch.tensor(seq_lens)
+    q = torch.randn(len(seq_lens), num_heads, 16, generator=gen)
+    ours = decode_attention_cpu(q, k, v, table, rows, lens, 0.25)
+    ref = decode_attention_ref(q, k, v, table, rows, lens, 0.25)
+    assert ours.shape == ref.shape
+    assert_close(ours, ref)
+
+
+@pytest.mark.parametrize(
+    "prefix_lens,extend_lens",
+    [
+        ([0, 0, 0], [12, 12, 12]),  # a fresh prefill: padded path, nothing padded
+        ([0, 7, 30, 2], [9, 1, 20, 1]),  # mixed: decodes beside prefills, cached prefixes
+        ([3, 60], [2, 25]),  # skewed lengths: one SDPA call per request
+        ([11], [40]),  # one request with a prefix
+        ([5, 9, 0], [1, 1, 1]),  # only one-token extends: the decode path
+    ],
+)
+def test_extend_attention_matches_reference(prefix_lens, extend_lens):
+    k, v, table, gen = paged_pool(8, 2)
+    rows = torch.tensor([1, 3, 0, 5][: len(prefix_lens)])
+    q = torch.randn(sum(extend_lens), 8, 16, generator=gen)
+    args = (k, v, table, rows, torch.tensor(prefix_lens), torch.tensor(extend_lens), 0.25)
+    assert_close(extend_attention_cpu(q, *args), extend_attention_ref(q, *args))
+
+
+@needs_mkl
+@pytest.mark.parametrize("rows", [1, 5, 32, 100])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_is_bit_identical_to_f_linear(rows, bias):
+    gen = torch.Generator().manual_seed(rows)
+    weight = torch.randn(48, 40, generator=gen)
+    b = torch.randn(48, generator=gen) if bias else None
+    x = torch.randn(rows, 40, generator=gen)
+    pack = PackedWeight.of(weight)
+    assert torch.equal(linear(x, weight, b, pack), F.linear(x, weight, b))
+    strided = x.t().contiguous().t()
+    assert torch.equal(linear(strided, weight, b, pack), F.linear(strided, weight, b))
+
+
+@needs_mkl
+def test_stale_pack_is_never_used():
+    weight = torch.randn(16, 8)
+    pack = PackedWeight.of(weight)
+    x = torch.randn(3, 8)
+    weight.mul_(2)  # written in place after packing
+    assert not pack.matches(weight)
+    assert torch.equal(linear(x, weight, None, pack), F.linear(x, weight))
+    other = torch.randn(16, 8)  # a different tensor altogether
+    assert torch.equal(linear(x, other, None, pack), F.linear(x, other))
+
+
+def tiny_model(tied: bool, dtype: torch.dtype = torch.float32):
+    config = ModelConfig(
+        architecture="LlamaForCausalLM", vocab_size=120, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5, rope_theta=10000.0,
+        rope_scaling=None, max_position_embeddings=64, tie_word_embeddings=tied, attention_bias=False, qk_norm=False,
+        bos_token_id=None, eos_token_ids=(0,),
+    )
+    torch.manual_seed(0)
+    model = create_model(config)
+    for p in model.parameters():
+        p.data = torch.randn_like(p) * 0.2
+    return model.to(dtype).eval().requires_grad_(False), config
+
+
+def run_steps(model, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of a 2-request prefill and of the decode step after it, through a CPU ModelRunner."""
+    pool = KVPool(64, config.num_hidden_layers, config.num_key_value_heads, config.head_dim, dtype=next(model.parameters()).dtype)
+    table = ReqToTokenPool(4, 32)
+    runner = ModelRunner(model, pool, table, config.head_dim)
+    table.req_to_token[0, :6] = torch.arange(1, 7)
+    table.req_to_token[1, :4] = torch.arange(7, 11)
+    rows = torch.tensor([0, 1])
+    prefill = ForwardBatch(ForwardMode.EXTEND, torch.tensor([5, 9, 3, 7, 11, 2, 8, 4, 1, 6]),
+                           torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 0, 0])[:10].clone(), torch.arange(1, 11), rows,
+                           prefix_lens=torch.tensor([0, 0]), extend_lens=torch.tensor([5, 5]))
+    prefill.positions = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3, 4])
+    table.req_to_token[0, :5] = torch.arange(1, 6)
+    table.req_to_token[1, :5] = torch.arange(6, 11)
+    first = runner.logits(runner.forward(prefill)[torch.tensor([4, 9])])
+    table.req_to_token[rows, 5] = torch.tensor([11, 12])
+    decode = ForwardBatch(ForwardMode.DECODE, first.argmax(-1), torch.tensor([5, 5]), torch.tensor([11, 12]), rows,
+                          seq_lens=torch.tensor([6, 6]))
+    return first, runner.logits(runner.forward(decode))
+
+
+@needs_mkl
+@pytest.mark.parametrize("tied", [True, False])
+def test_runner_packs_projections_and_logits_do_not_change(tied):
+    model, config = tiny_model(tied)
+    unpacked = [m for m in model.modules() if hasattr(m, "weight_pack")]
+    assert unpacked and all(m.weight_pack is None for m in unpacked)
+    with torch.inference_mode():
+        packed_logits = run_steps(model, config)
+    packs = [m for m in model.modules() if getattr(m, "weight_pack", None) is not None]
+    # Per layer qkv, o, gate_up, down; plus the LM head (the tied model's own, or the lm_head Linear).
+    assert len(packs) == 4 * config.num_hidden_layers + 1
+    assert pack_linears(model) == len(packs)  # idempotent
+    unpack_linears(model)
+    model.weight_pack = None
+    from executor.runtime import model_runner
+
+    original = model_runner.pack_linears
+    model_runner.pack_linears = lambda m: 0
+    try:
+        with torch.inference_mode():
+            plain_logits = run_steps(model, config)
+    finally:
+        model_runner.pack_linears = original
+    for ours, plain in zip(packed_logits, plain_logits):
+        assert torch.equal(ours, plain)
+
+
+def test_bfloat16_model_is_not_packed_and_still_runs():
+    model, config = tiny_model(True, torch.bfloat16)
+    with torch.inference_mode():
+        first, second = run_steps(model, config)
+    assert torch.isfinite(first).all() and torch.isfinite(second).all()
+    assert all(getattr(m, "weight_pack", None) is None for m in model.modules())
+
+
+def test_tune_cpu_process_is_idempotent_and_safe_from_threads():
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(tune_cpu_process())) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results + [tune_cpu_process()])) == 1
