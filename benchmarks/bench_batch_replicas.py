@@ -5,8 +5,10 @@
 Rows ask questions about `--docs` distinct long documents (each shared by rows/docs rows, in
 shuffled order). Timed: one process (`sgc.load(...).qa.run_batch`, torch on all cores), then
 `--replicas` Ray replicas (one core each) with prefix-affinity routing, then the same replicas with
-every row its own group (no affinity). Each time is the run only (engines already loaded); engine
-and cluster start-up are reported apart. Outputs of all three must be identical (greedy).
+every row its own group (no affinity), interleaved `--repeats` times (medians). Each time is the run
+only (engines loaded, caches flushed); engine and cluster start-up are reported apart. Also the CPU
+seconds the engines' processes used (the driver's own, for one process): the work done, which a
+busy shared machine disturbs much less than wall time. Outputs of all three must be identical (greedy).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import functools
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -56,6 +59,7 @@ def main() -> int:
     p.add_argument("--docs", type=int, default=8)
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats, medians reported")
     p.add_argument("--json", default=None, help="write the numbers here")
     args = p.parse_args()
 
@@ -75,44 +79,56 @@ def main() -> int:
     out: dict = {"rows": args.rows, "docs": args.docs, "replicas": args.replicas}
 
     t0 = time.perf_counter()
-    with Runtime(args.model, device="cpu") as runtime:
-        program = sgc.load(tmp / "qa.sgc", backend=runtime)
-        program.qa.run_batch(rows[:1], max_new_tokens=16, temperature=0.0)  # warm-up
-        runtime.engine.flush_cache()
-        out["single_start_s"] = time.perf_counter() - t0
-        before = runtime.engine.stats()
-        t0 = time.perf_counter()
-        states = program.qa.run_batch(rows, max_new_tokens=16, temperature=0.0)
-        out["single_run_s"] = time.perf_counter() - t0
-        after = runtime.engine.stats()
-        out["single_cache_hit"] = _hit(before, after)
-    single = [{"index": i, **result_record(s)} for i, s in enumerate(states)]
-
+    runtime = Runtime(args.model, device="cpu")
+    program = sgc.load(tmp / "qa.sgc", backend=runtime)
+    program.qa.run_batch(rows[:1], max_new_tokens=16, temperature=0.0)  # warm-up
+    out["single_start_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ray, started = connect(None)
     job = ArtifactJob(data, "qa", max_new_tokens=16)
     actors = start_replicas(args.replicas, functools.partial(Runtime, args.model, device="cpu"))
     out["cluster_start_s"] = time.perf_counter() - t0
+    affinity_keys = prefix_keys(data, "qa", batch, args.model)
+    times: dict[str, list[float]] = {"single": [], "affinity": [], "no_affinity": []}
+    cpu: dict[str, list[float]] = {"single": [], "affinity": [], "no_affinity": []}  # CPU seconds of the engines
     try:
-        for name, keys in (("affinity", prefix_keys(data, "qa", batch, args.model)),
-                           ("no_affinity", {i: f"row-{i}" for i in range(len(rows))})):
-            ray.get([a.flush_cache.remote() for a in actors])
-            before = ray.get([a.stats.remote() for a in actors])
-            path = tmp / f"{name}.jsonl"
-            summary = run_on_replicas(job, batch, path, actors, keys)
-            after = ray.get([a.stats.remote() for a in actors])
-            out[f"{name}_run_s"] = summary.elapsed_s
-            out[f"{name}_cache_hit"] = _hit(_sum(before), _sum(after))
-            out[f"{name}_rows_per_replica"] = summary.rows_per_replica
-            lines = [json.loads(line) for line in path.read_text().splitlines()]
-            out[f"{name}_equal_to_single"] = lines == single
+        for repeat in range(args.repeats):  # interleaved, so a change of the machine's load hits all three
+            runtime.engine.flush_cache()
+            before = runtime.engine.stats()
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            states = program.qa.run_batch(rows, max_new_tokens=16, temperature=0.0)
+            times["single"].append(time.perf_counter() - t0)
+            cpu["single"].append(time.process_time() - cpu0)
+            out["single_cache_hit"] = _hit(before, runtime.engine.stats())
+            single = [{"index": i, **result_record(s)} for i, s in enumerate(states)]
+            for name, keys in (("affinity", affinity_keys), ("no_affinity", {i: f"row-{i}" for i in range(len(rows))})):
+                ray.get([a.flush_cache.remote() for a in actors])
+                before = ray.get([a.stats.remote() for a in actors])
+                cpu0 = sum(p["cpu_s"] for p in ray.get([a.ping.remote() for a in actors]))
+                path = tmp / f"{name}.jsonl"
+                summary = run_on_replicas(job, batch, path, actors, keys)
+                cpu[name].append(sum(p["cpu_s"] for p in ray.get([a.ping.remote() for a in actors])) - cpu0)
+                after = ray.get([a.stats.remote() for a in actors])
+                times[name].append(summary.elapsed_s)
+                out[f"{name}_cache_hit"] = _hit(_sum(before), _sum(after))
+                out[f"{name}_rows_per_replica"] = summary.rows_per_replica
+                lines = [json.loads(line) for line in path.read_text().splitlines()]
+                out[f"{name}_equal_to_single"] = lines == single
+            print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.1f} s ({cpu[k][-1]:.1f} CPU s)"
+                                                   for k, v in times.items()), file=sys.stderr)
     finally:
         for a in actors:
             ray.kill(a)
         if started:
             ray.shutdown()
+        runtime.shutdown()
+    for name, values in times.items():
+        out[f"{name}_run_s"] = values
+        out[f"{name}_median_s"] = statistics.median(values)
+        out[f"{name}_cpu_s"] = cpu[name]
+        out[f"{name}_median_cpu_s"] = statistics.median(cpu[name])
     for name in ("affinity", "no_affinity"):
-        out[f"{name}_speedup"] = out["single_run_s"] / out[f"{name}_run_s"]
+        out[f"{name}_speedup"] = out["single_median_s"] / out[f"{name}_median_s"]
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

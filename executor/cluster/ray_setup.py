@@ -4,7 +4,10 @@
 down only what it started). Without an address it starts a new local cluster that advertises only
 the loopback address (`_node_ip_address="127.0.0.1"`, and Ray's single-machine switch so that it
 keeps that address instead of the machine's outward IP), with no dashboard, usage stats off
-(`RAY_USAGE_STATS_ENABLED=0`) and the workers' logs kept in Ray's session folder. With an address
+(`RAY_USAGE_STATS_ENABLED=0`), the workers' logs kept in Ray's session folder, and the workers at
+normal priority: Ray starts them at nice 15 so that its own daemons stay responsive, but here the
+workers are the engines doing the work (on a machine shared with other processes nice 15 made the
+replicas about 2x slower). With an address
 (`ray start --head` printed it: `HOST:6379`, or `auto`) it joins that cluster as a driver.
 """
 
@@ -39,7 +42,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> tuple
         return ray, True
     _loopback_only(ray)
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-             _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
+             _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False,
+             _system_config={"worker_niceness": 0})
     return ray, True
 
 

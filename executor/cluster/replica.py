@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -83,9 +84,10 @@ class EngineReplica:
 
     # -- health and facts ------------------------------------------------------------------------
     def ping(self) -> dict[str, Any]:
-        """The replica's process and whether its engine runs (a health check)."""
+        """The replica's process, whether its engine runs (a health check) and the CPU seconds its
+        process has used (benchmarks: work done, whatever else runs on the machine)."""
         return {"pid": os.getpid(), "alive": bool(self.engine.is_alive()),
-                "torch_threads": _torch_threads()}
+                "torch_threads": _torch_threads(), "cpu_s": time.process_time()}
 
     def info(self) -> RuntimeInfo:
         return self.engine.info()
