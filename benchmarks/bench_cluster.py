@@ -95,9 +95,9 @@ def fit(args: argparse.Namespace) -> dict:
             for _ in range(args.repeats):
                 engine.flush_cache()
                 ids = [rng.randrange(1000, 30000) for _ in range(length)]
-                start = time.perf_counter()
+                start = time.process_time()
                 engine.generate(input_ids=ids, sampling_params={"max_new_tokens": 1, "temperature": 0})
-                times.append(time.perf_counter() - start)
+                times.append(time.process_time() - start)
             rows["extend"].append([length, statistics.median(times)])
             print(f"extend {length:5d} tokens: {statistics.median(times) * 1e3:8.1f} ms", file=sys.stderr)
         short, long_ = 2, 18
@@ -112,10 +112,10 @@ def fit(args: argparse.Namespace) -> dict:
                     spans = {}
                     for steps in (short, long_):
                         ids = [shared + [rng.randrange(1000, 30000) for _ in range(8)] for _ in range(batch)]
-                        start = time.perf_counter()
+                        start = time.process_time()
                         engine.generate(input_ids=ids, sampling_params={"max_new_tokens": steps + 1,
                                                                        "temperature": 0, "ignore_eos": True})
-                        spans[steps] = time.perf_counter() - start
+                        spans[steps] = time.process_time() - start
                     per.append((spans[long_] - spans[short]) / (long_ - short))
                 # context tokens the step's attention reads: every row's, mid-run
                 ctx_tokens = batch * (context + (short + long_) // 2)
@@ -131,7 +131,8 @@ def fit(args: argparse.Namespace) -> dict:
         "prefill_base_s": float(max(a, 0.0)), "prefill_per_token_s": float(b),
         "decode_base_s": float(max(c, 0.0)), "decode_per_seq_s": float(max(d, 0.0)),
         "decode_per_context_token_s": float(max(e, 0.0)),
-        "measured": (f"{args.model}, CPU, torch threads={args.threads}, float32, sgc Engine.generate wall time "
+        "measured": (f"{args.model}, CPU, torch threads={args.threads}, float32, sgc Engine.generate CPU time of the "
+                     f"process (time.process_time: on a shared host CPU time tracks the work, wall time the other work) "
                      f"(extend: max_new_tokens=1 on a flushed cache; decode: ({long_}-{short}) extra steps of a "
                      f"batch of prompts sharing a cached 16- or 512-token prefix), host 1-min load average "
                      f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after, median of {args.repeats}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
@@ -155,6 +156,12 @@ def _start(args: list[str], log: Path, env: dict[str, str]) -> tuple[subprocess.
                              "--log-level", "warning", *args], cwd=ROOT, stdout=open(log, "wb"),
                             stderr=subprocess.STDOUT, env=env)
     return proc, f"http://127.0.0.1:{port}"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout: float = 300) -> None:
@@ -212,7 +219,9 @@ def measure(args: argparse.Namespace) -> dict:
             try:
                 _wait_healthy(router, rurl, logs / f"router-{policy}.log")
                 load_before = os.getloadavg()[0]
+                cpu_before = [_cpu_seconds(proc.pid) for proc, _ in replicas]
                 seconds = asyncio.run(_drive(rurl, prompts, args.output_len, args.concurrency))
+                cpu = [_cpu_seconds(proc.pid) - b for (proc, _), b in zip(replicas, cpu_before)]
                 load_after = os.getloadavg()[0]
                 routed = httpx.get(rurl + "/metrics", timeout=30).text
             finally:
@@ -230,10 +239,14 @@ def measure(args: argparse.Namespace) -> dict:
                                "prompt_tokens": prompt, "cached_tokens": cached, "per_replica_requests": per,
                                "output_tok_per_s": out_tokens / seconds, "req_per_s": len(prompts) / seconds,
                                "host_load_1min": [load_before, load_after], "engine_counts": engine_counts,
+                               # the busiest replica's CPU seconds: the run's length on dedicated cores
+                               "replica_cpu_s": cpu, "cpu_makespan_s": max(cpu),
+                               "output_tok_per_cpu_s": out_tokens / max(cpu),
                                "router_metrics": [ln for ln in routed.splitlines()
                                                   if ln.startswith("sgc_router_routed_requests_total")]}
-            print(f"measured {policy}: hit {results[policy]['hit_rate']:.3f}, {seconds:.1f} s, "
-                  f"{out_tokens / seconds:.1f} out tok/s, per replica {per}", file=sys.stderr)
+            print(f"measured {policy}: hit {results[policy]['hit_rate']:.3f}, {seconds:.1f} s wall, replica CPU "
+                  f"{', '.join(f'{c:.1f}' for c in cpu)} s, {out_tokens / seconds:.1f} out tok/s (wall), "
+                  f"{out_tokens / max(cpu):.1f} (busiest replica's CPU), per replica {per}", file=sys.stderr)
     finally:
         for proc, _ in replicas:
             proc.terminate()
