@@ -6,8 +6,8 @@ the loopback address (`_node_ip_address="127.0.0.1"`, and Ray's single-machine s
 keeps that address instead of the machine's outward IP), with no dashboard, usage stats off
 (`RAY_USAGE_STATS_ENABLED=0`), the workers' logs kept in Ray's session folder, and the workers at
 normal priority: Ray starts them at nice 15 so that its own daemons stay responsive, but here the
-workers are the engines doing the work (on a machine shared with other processes nice 15 made the
-replicas about 2x slower). With an address
+workers are the engines doing the work (at nice 15 they lose the CPU to every other process of a
+shared machine). With an address
 (`ray start --head` printed it: `HOST:6379`, or `auto`) it joins that cluster as a driver.
 """
 
