@@ -1,0 +1,117 @@
+"""Where a model step's time goes on CPU: wall-clock per part, taken with module hooks.
+
+Used by `bench_step.py --breakdown`. CPU ops run synchronously, so timing each module call with
+perf_counter (hooks on the model's norm, rotary, embedding and projection modules, a wrapper around
+the runner's attention function and the KV write) attributes the step's time exactly; what no part
+claims (residual adds, SiLU-and-multiply, reshapes, Python glue) is reported as the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from executor.runtime.forward_batch import ForwardMode
+from models.layers import Embedding, MergedLinear, RMSNorm, RotaryEmbedding
+
+PARTS = ("linears", "attention (kernel)", "KV write", "norms", "rope", "embedding", "LM head", "sampling",
+         "rest (adds, SiLU*mul, glue)")
+
+
+def _category(module: nn.Module) -> str | None:
+    if isinstance(module, (MergedLinear, nn.Linear)):
+        return "linears"
+    if isinstance(module, RMSNorm):
+        return "norms"
+    if isinstance(module, RotaryEmbedding):
+        return "rope"
+    if isinstance(module, Embedding):
+        return "embedding"
+    return None
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+
+    def timed(self, part: str, fn: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.totals[part] += time.perf_counter() - start
+        return wrapper
+
+
+def time_parts(harness, batch, rounds: int) -> dict[str, float]:
+    """Mean ms per part of `harness.step(batch)` over `rounds` steps (after one warm-up)."""
+    timer = _Timer()
+    runner = harness.runner
+    model = runner.model
+    handles = []
+    starts: dict[int, float] = {}
+    for module in model.modules():
+        part = _category(module)
+        if part is None:
+            continue
+
+        def pre(mod, _args, key=id(module)):
+            starts[key] = time.perf_counter()
+
+        def post(mod, _args, _out, key=id(module), part=part):
+            timer.totals[part] += time.perf_counter() - starts[key]
+
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post))
+    original_attention_for = runner._attention_for
+    original_write = harness.pool.write
+    original_logits = runner.logits
+
+    def attention_for(b):
+        fn = original_attention_for(b)
+        return timer.timed("attention (kernel)", fn)
+
+    runner._attention_for = attention_for
+    harness.pool.write = timer.timed("KV write", original_write)
+    runner.logits = timer.timed("LM head", original_logits)
+    try:
+        harness.step(batch)
+        timer.totals.clear()
+        wall = 0.0
+        for _ in range(rounds):
+            start = time.perf_counter()
+            hidden = runner.forward(batch)
+            if batch.mode is ForwardMode.EXTEND:
+                hidden = hidden[torch.cumsum(batch.extend_lens, 0) - 1]
+            logits = runner.logits(hidden)
+            timer.timed("sampling", lambda: logits.max(dim=1).indices)()
+            wall += time.perf_counter() - start
+    finally:
+        for h in handles:
+            h.remove()
+        del runner._attention_for, runner.logits
+        del harness.pool.write
+    parts = {name: 1000 * t / rounds for name, t in timer.totals.items()}
+    # The attention wrapper's time includes the KV write it calls.
+    parts["attention (kernel)"] = parts.get("attention (kernel)", 0.0) - parts.get("KV write", 0.0)
+    total = 1000 * wall / rounds
+    parts["rest (adds, SiLU*mul, glue)"] = total - sum(parts.values())
+    parts["total"] = total
+    return parts
+
+
+def breakdown_table(harness, rounds: int = 3) -> str:
+    """A markdown table: ms and share of each part, decode at batch 32 and the 32 x 128 prefill."""
+    decode = time_parts(harness, harness.decode_batch(32), rounds)
+    prefill = time_parts(harness, harness.prefill_batch(), rounds)
+    lines = ["| part | decode b=32 ms | share | prefill 32x128 ms | share |", "|---|---|---|---|---|"]
+    for part in (*PARTS, "total"):
+        d, p = decode.get(part, 0.0), prefill.get(part, 0.0)
+        lines.append(f"| {part} | {d:.1f} | {100 * d / decode['total']:.0f}% | {p:.1f} | "
+                     f"{100 * p / prefill['total']:.0f}% |")
+    return "\n".join(lines)
