@@ -13,7 +13,9 @@ in `sgc compile`). Then every instance is checked:
   with raw characters or `\\uXXXX` escapes, numbers as Python writes them or without exponent (or
   as an integer when integral). The search is exhaustive unless one object has so many orders
   alive that more than `--max-frontier` remain (then counted as `search_cut`). Each object is first
-  tried greedily (next key: the first, in the instance's order, the DFA takes); the search runs
+  tried greedily (next key: the first, in the instance's order, the DFA takes from any of the
+  states the spellings so far reach: an unminimized DFA may end a raw and an escaped spelling of
+  one string in two states); the search runs
   only when that fails (a greedy order that lands in a state the rest cannot continue from would
   hide other orders: a limit of this check, never seen to matter for compact objects);
 * where the schema has unique arrays checked at decode time (`TokenFSM.unique_paths`), the text must
@@ -244,33 +246,31 @@ class Matcher:
     def obj(self, v: dict, states: dict[int, bytes]) -> dict[int, bytes]:
         # Greedy first (each next key: the first one, in the instance's order, that keeps the DFA
         # alive and whose value is accepted); the search over orders only when greedy fails.
-        if len(states) == 1:
-            ((s0, t0),) = states.items()
-            greedy = self.obj_greedy(v, s0, t0)
-            if greedy is not None:
-                return greedy
+        greedy = self.obj_greedy(v, states)
+        if greedy:
+            return greedy
         return self.obj_search(v, states)
 
-    def obj_greedy(self, v: dict, s: int, text: bytes) -> dict[int, bytes] | None:
-        s = self.walk(s, b"{")
-        if s < 0:
-            return None
-        text += b"{"
+    def obj_greedy(self, v: dict, states: dict[int, bytes]) -> dict[int, bytes] | None:
+        # The current states are a set: a value with two spellings (raw and escaped characters)
+        # can end in two states of an unminimized DFA that accept the same continuations; keeping
+        # one would fail the greedy walk and leave the instance to the search, which a 12-member
+        # object can cut.
+        cur = self.lit(states, b"{")
         left = list(v)
-        while left:
+        while left and cur:
             for k in left:
-                start = {s: text} if len(left) == len(v) else self.lit({s: text}, b",")
+                start = cur if len(left) == len(v) else self.lit(cur, b",")
                 after = self.value(k, start)
                 after = self.lit(after, b":")
                 ends = self.value(v[k], after)
-                if len(ends) == 1:
-                    ((s, text),) = ends.items()
+                if ends:
+                    cur = ends
                     left.remove(k)
                     break
             else:
                 return None
-        s2 = self.walk(s, b"}")
-        return None if s2 < 0 else {s2: text + b"}"}
+        return self.lit(cur, b"}") if not left else None
 
     def obj_search(self, v: dict, states: dict[int, bytes]) -> dict[int, bytes]:
         keys = list(v)
@@ -305,12 +305,56 @@ class Matcher:
                 out.setdefault(s2, text + b"}")
         return out
 
-    def accepted_text(self, fsm: Any, instance: Any) -> bytes | None:
-        ends = self.value(instance, {fsm.initial_state: b""})
-        for s, text in ends.items():
-            if fsm.is_accepting(s):
-                return text
+    def accepted_text(self, fsm: Any, instance: Any, schema: Any = None) -> bytes | None:
+        # The instance with its keys in the schema's `properties` order first (sgc writes that
+        # order, so the greedy walk takes every key at once; the instance's own order can make it
+        # take a later optional key first and strand the earlier ones, and the search is cut for
+        # objects of a dozen members), then as given.
+        tries = [instance]
+        if schema is not None:
+            ordered = schema_ordered(instance, schema, schema)
+            if ordered != instance or list(_keys(ordered)) != list(_keys(instance)):
+                tries.insert(0, ordered)
+        for inst in tries:
+            ends = self.value(inst, {fsm.initial_state: b""})
+            for s, text in ends.items():
+                if fsm.is_accepting(s):
+                    return text
         return None
+
+
+def _keys(v: Any) -> list:
+    return list(v) if isinstance(v, dict) else []
+
+
+def _resolve(schema: Any, root: Any, hops: int = 8) -> Any:
+    """A local `$ref` ("#/definitions/X", "#/$defs/X", ...) followed, as far as it resolves."""
+    while hops and isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("#/"):
+        node = root
+        for part in schema["$ref"][2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                return schema
+        schema, hops = node, hops - 1
+    return schema
+
+
+def schema_ordered(instance: Any, schema: Any, root: Any, depth: int = 0) -> Any:
+    """The instance with each object's keys in its schema's `properties` order (then the rest)."""
+    schema = _resolve(schema, root)
+    if depth > 32 or not isinstance(schema, dict):
+        return instance
+    if isinstance(instance, dict):
+        props = schema.get("properties")
+        props = props if isinstance(props, dict) else {}
+        keys = [k for k in props if k in instance] + [k for k in instance if k not in props]
+        return {k: schema_ordered(instance[k], props.get(k), root, depth + 1) for k in keys}
+    if isinstance(instance, list):
+        items = schema.get("items")
+        return [schema_ordered(x, items, root, depth + 1) for x in instance] if isinstance(items, dict) else instance
+    return instance
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,7 +436,7 @@ def run_schema(
         timed = _Both(timed, structure_times)
 
     def accepted(inst: Any) -> bytes | None:
-        text = matcher.accepted_text(fsm, inst)
+        text = matcher.accepted_text(fsm, inst, schema)
         if text is not None and fsm.unique_paths and not check_text(text, fsm.unique_paths):
             return None  # a repeated item in a unique array: the runtime never lets it be written
         if text is not None and fsm.json_structure and not structure_check_text(text):
