@@ -187,4 +187,5 @@ def run_vllm(python: Path, system: System, job: dict[str, Any], log: Callable[[s
             texts = entry.get("texts", [])
             note = f"{json_valid_count(texts, schemas[name])}/{len(texts)} outputs valid for the schema; " + note
         out[name] = (runs, note)
+        log(f"[{name}] {system.name}: " + ", ".join(f"{r.wall_s:.2f} s" for r in runs) + f" ({note})")
     return out
