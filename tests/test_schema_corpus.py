@@ -60,3 +60,34 @@ def test_no_invalid_instance_is_accepted_on_a_sample() -> None:
     assert not accepted, accepted
     assert not [r for r in results if r["status"] == "crashed"]
     assert not [(r["name"], r["token_walk"]) for r in compiled if r["token_walk"]]
+
+
+def test_harness_accepts_a_valid_object_of_many_optional_members_in_any_key_order() -> None:
+    """The harness tries the schema's key order first: with 12 optional members given in reverse,
+    the greedy walk in the instance's order takes the last member first and strands the others,
+    and the search over orders is cut at `max_frontier`."""
+    spec = importlib.util.spec_from_file_location("bench_schemas", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from compiler.constraints.dfa_ops import byte_dfa
+    from compiler.constraints.json_schema import SchemaOptions, json_schema_to_node
+
+    names = [f"m{i:02d}" for i in range(12)]
+    schema = {"type": "object", "properties": {n: {"type": "string", "maxLength": 3} for n in names},
+              "additionalProperties": False}
+    dfa = byte_dfa(json_schema_to_node(schema, SchemaOptions()))
+
+    class Walker:  # the three methods the matcher uses, over the byte DFA
+        initial_state = dfa.initial
+
+        @staticmethod
+        def walk_bytes(s: int, data: bytes) -> int:
+            return dfa.walk(data, s)
+
+        @staticmethod
+        def is_accepting(s: int) -> bool:
+            return s >= 0 and bool(dfa.accepting[s])
+
+    instance = {n: "\u00e9" for n in reversed(names)}
+    assert bench.Matcher(Walker, 500).accepted_text(Walker, instance, schema) is not None
+    assert bench.Matcher(Walker, 500).accepted_text(Walker, {"m00": "x", "zz": "y"}, schema) is None
