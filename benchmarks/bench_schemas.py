@@ -341,6 +341,22 @@ def _resolve(schema: Any, root: Any, hops: int = 8) -> Any:
     return schema
 
 
+def _member_schema(schema: dict, props: dict, key: str) -> Any:
+    """The schema a member's value follows: its `properties` entry, else the first
+    `patternProperties` entry whose pattern it matches, else `additionalProperties`."""
+    if key in props:
+        return props[key]
+    pats = schema.get("patternProperties")
+    if isinstance(pats, dict):
+        for pat, sub in pats.items():
+            try:
+                if re.search(pat, key):
+                    return sub
+            except re.error:
+                continue
+    return schema.get("additionalProperties")
+
+
 def schema_ordered(instance: Any, schema: Any, root: Any, depth: int = 0) -> Any:
     """The instance with each object's keys in its schema's `properties` order (then the rest)."""
     schema = _resolve(schema, root)
@@ -350,7 +366,7 @@ def schema_ordered(instance: Any, schema: Any, root: Any, depth: int = 0) -> Any
         props = schema.get("properties")
         props = props if isinstance(props, dict) else {}
         keys = [k for k in props if k in instance] + [k for k in instance if k not in props]
-        return {k: schema_ordered(instance[k], props.get(k), root, depth + 1) for k in keys}
+        return {k: schema_ordered(instance[k], _member_schema(schema, props, k), root, depth + 1) for k in keys}
     if isinstance(instance, list):
         items = schema.get("items")
         return [schema_ordered(x, items, root, depth + 1) for x in instance] if isinstance(items, dict) else instance
