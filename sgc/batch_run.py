@@ -139,15 +139,15 @@ def function_arguments(data: bytes, function: str) -> list[str]:
     return [node.op.name for node in module[function].args]
 
 
-def run_on_ray(program: str | os.PathLike[str] | bytes, function: str,
+def run_on_ray(program: str | os.PathLike[str] | bytes | Any, function: str,
                rows: Sequence[Mapping[str, Any] | BatchRow], out_path: str | os.PathLike[str], *,
                replicas: int, ray_address: str | None = None, model: str = "smollm2-135m-instruct",
                device: str = "cpu", cores_per_replica: int = 1, gpus_per_replica: float = 0,
                max_new_tokens: int = 128, temperature: float = 0.0, strict_tokenizer: bool = False,
                import_source: bool = False, resume: bool = False, progress: bool = True,
                engine_kwargs: Mapping[str, Any] | None = None, **batch_options: Any) -> BatchSummary:
-    """Run `function` of `program` (a `.sgc` file, a `.py` compiled here, or an artifact's bytes from
-    `artifact_bytes`) for every row on `replicas`
+    """Run `function` of `program` (a `.sgc` file, a `.py` compiled here, an `sgc.load(...)` program,
+    or an artifact's bytes from `artifact_bytes`) for every row on `replicas`
     Ray actors and write one line per row to `out_path` in input order (see the module docstring).
 
     `rows` are argument dicts or `BatchRow`s (a row with an error is written as that error). The
@@ -166,6 +166,8 @@ def run_on_ray(program: str | os.PathLike[str] | bytes, function: str,
         raise ValueError("rows must be numbered 0, 1, 2, ... in order")
     if isinstance(program, bytes):
         data, needs_source = program, False
+    elif hasattr(program, "artifact") and hasattr(program, "path"):  # an sgc.load(...) program: its file
+        data, needs_source = Path(program.path).read_bytes(), False
     else:
         data, needs_source = artifact_bytes(program, function, model)
     keys = prefix_keys(data, function, batch, model)

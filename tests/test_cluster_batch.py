@@ -336,3 +336,19 @@ def test_the_single_process_run_resumes_too(batch_dir, tiny_model_dirs, single_p
     out.write_text('{"index": 99}\n')
     assert main(_run_args(batch_dir, tiny_model_dirs["llama"], out, "--resume")) == 1
     assert "has a line for row 99 but --args has 21 row(s)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_on_ray_from_python_with_a_loaded_program(ray_local, batch_dir, tiny_model_dirs):  # noqa: F811
+    import sgc
+    from sgc.batch_run import run_on_ray
+
+    model = tiny_model_dirs["llama"]
+    _, rows, _ = _load_job(batch_dir, model)
+    with sgc.Runtime(str(model), device="cpu") as runtime:
+        program = sgc.load(batch_dir / "prog.sgc", backend=runtime)
+        out = batch_dir / "python.jsonl"
+        summary = run_on_ray(program, "qa", [r.args for r in rows[:3]], out, replicas=1, model=str(model),
+                             max_new_tokens=8, progress=False)
+    assert summary.written == 3 and summary.failed == 0 and ray_local.is_initialized()  # not its cluster to stop
+    assert [json.loads(line) for line in out.read_text().splitlines()] == _expected(batch_dir, model, rows[:3])
