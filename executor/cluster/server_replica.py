@@ -44,12 +44,18 @@ def _free_port(host: str) -> int:
 class ServerReplica:
     """`sgc serve <serve_args>` on `host`:<a free port>, torch on `cores` threads."""
 
-    def __init__(self, serve_args: list[str], cores: int = 1, host: str = "127.0.0.1",
+    def __init__(self, serve_args: list[str], cores: int = 1, host: str | None = "127.0.0.1",
                  start_timeout: float = 600.0) -> None:
+        """`host=None`: the address Ray knows this node by (a multi-machine cluster, where the router
+        runs elsewhere); the default keeps the server on the loopback address."""
         if any(a in ("--host", "--port", "--replicas", "--replica-url") for a in serve_args):
             raise ValueError("a replica's serve arguments must not set --host, --port, --replicas or --replica-url")
         if cores < 1:
             raise ValueError(f"cores must be >= 1, not {cores}")
+        if host is None:
+            import ray
+
+            host = ray.util.get_node_ip_address()
         self.host, self.port = host, _free_port(host)
         self.url = f"http://{host}:{self.port}"
         self.start_timeout = start_timeout

@@ -39,7 +39,10 @@ def start_ray_replicas(count: int, serve_args: list[str], cores: int = 1, gpus: 
             ray.init(address="local", num_cpus=max(count * cores, os.cpu_count() or 1), include_dashboard=False,
                      _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
     actor_class = ray_actor_class(cores, gpus)
-    actors = [actor_class.remote(serve_args, cores) for _ in range(count)]
+    # On a local cluster the servers stay on 127.0.0.1; on a cluster of machines each binds to its
+    # node's address so that the router (on this machine) can reach it.
+    host = None if ray_address else "127.0.0.1"
+    actors = [actor_class.remote(serve_args, cores, host) for _ in range(count)]
     try:
         urls = ray.get([a.wait_ready.remote() for a in actors])
     except Exception:
