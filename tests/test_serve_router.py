@@ -38,6 +38,7 @@ class FakeReplicas:
 
     def __init__(self) -> None:
         self.dead: set[str] = set()
+        self.breaking: set[str] = set()  # streams from these break after their first event
         self.seen: list[tuple[str, str]] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -48,15 +49,23 @@ class FakeReplicas:
             return httpx.Response(200)
         body = json.loads(request.content or b"null")
         self.seen.append((host, request.url.path))
+        if isinstance(body, dict) and body.get("stream") and host in self.breaking:
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=_BreaksAfterFirstChunk())
         if isinstance(body, dict) and body.get("stream"):
             return httpx.Response(200, headers={"content-type": "text/event-stream"},
                                   stream=httpx.ByteStream(f'data: {{"replica": "{host}"}}\n\ndata: [DONE]\n\n'.encode()))
         return httpx.Response(200, json={"replica": host, "path": request.url.path})
 
 
+class _BreaksAfterFirstChunk(httpx.AsyncByteStream):
+    async def __aiter__(self):
+        yield b'data: {"text": "partial"}\n\n'
+        raise httpx.ReadError("connection reset")
+
+
 def _fake_router(fake: FakeReplicas, **kw) -> TestClient:
-    app = build_router_app([f"http://r{i}" for i in range(3)], transport=httpx.MockTransport(fake),
-                           health_interval=3600, **kw)
+    kw.setdefault("health_interval", 3600)
+    app = build_router_app([f"http://r{i}" for i in range(3)], transport=httpx.MockTransport(fake), **kw)
     return TestClient(app)
 
 
@@ -109,6 +118,38 @@ def test_fake_replicas_round_robin_and_guards():
         build_router_app(["http://r0"], "fastest")
     with pytest.raises(ValueError, match="at least one replica"):
         build_router_app([])
+
+
+def _wait_for(check, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_fake_replicas_health_checks_and_broken_streams():
+    fake = FakeReplicas()
+    with _fake_router(fake, policy="round_robin", health_interval=0.05) as client:
+        def up() -> dict:
+            return {r["name"]: r["up"] for r in client.get("/router/replicas").json()["replicas"]}
+
+        fake.dead.add("r1")  # its health checks fail: out ...
+        assert _wait_for(lambda: up()["1"] is False)
+        assert {client.post("/generate", json={"text": "x"}).json()["replica"] for _ in range(4)} == {"r0", "r2"}
+        fake.dead.clear()  # ... and back once it answers
+        assert _wait_for(lambda: up()["1"] is True)
+        # A stream that breaks after its first event is not retried (its client has bytes): it ends
+        # with an error event and [DONE], and the replica is taken out.
+        fake.breaking.add("r0")
+        events = []
+        for _ in range(3):
+            r = client.post("/generate", json={"text": "x", "stream": True})
+            events.append(r.text)
+        broken = [e for e in events if "partial" in e]
+        assert len(broken) == 1 and '"error"' in broken[0] and broken[0].rstrip().endswith("data: [DONE]")
+        assert _metric(client.get("/metrics").text, "sgc_router_replica_failures_total", replica="0") == 1
 
 
 # -- real processes (slow) -----------------------------------------------------------------------------
