@@ -352,3 +352,20 @@ def test_run_on_ray_from_python_with_a_loaded_program(ray_local, batch_dir, tiny
                              max_new_tokens=8, progress=False)
     assert summary.written == 3 and summary.failed == 0 and ray_local.is_initialized()  # not its cluster to stop
     assert [json.loads(line) for line in out.read_text().splitlines()] == _expected(batch_dir, model, rows[:3])
+
+
+@pytest.mark.slow
+def test_the_cli_starts_and_stops_its_own_local_cluster(batch_dir, tiny_model_dirs, single_process):
+    """`sgc run --replicas` in a fresh process: no --ray-address starts a loopback-only cluster."""
+    import os
+    import subprocess
+    import sys
+
+    out = batch_dir / "own_cluster.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "sgc.cli", *_run_args(batch_dir, tiny_model_dirs["llama"], out,
+                                                                      "--replicas", "1", "--no-progress")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # the bad rows
+    assert "4 of 21 instance(s) failed" in proc.stderr and "Traceback" not in proc.stderr
+    assert [json.loads(line) for line in out.read_text().splitlines()] == single_process
