@@ -369,3 +369,111 @@ def test_the_cli_starts_and_stops_its_own_local_cluster(batch_dir, tiny_model_di
     assert proc.returncode == 1, proc.stderr[-2000:]  # the bad rows
     assert "4 of 21 instance(s) failed" in proc.stderr and "Traceback" not in proc.stderr
     assert [json.loads(line) for line in out.read_text().splitlines()] == single_process
+
+
+# -- recovery without Ray (fast): a stand-in for ray's put / get / wait and actors that die ---------
+
+
+class _ActorDied(Exception):
+    pass
+
+
+class _TaskFailed(Exception):
+    pass
+
+
+class _FakeRay:
+    class exceptions:
+        RayActorError = _ActorDied
+        RayTaskError = _TaskFailed
+
+    @staticmethod
+    def put(value):
+        return value
+
+    @staticmethod
+    def get(ref):
+        return ref.value()
+
+    @staticmethod
+    def wait(refs, num_returns=1, timeout=None):
+        return refs[:num_returns], refs[num_returns:]
+
+
+class _Ref:
+    def __init__(self, actor, rows):
+        self.actor, self.rows = actor, rows
+
+    def value(self):
+        """Evaluated when collected: a poison row kills the actor, and a dead actor's calls all fail."""
+        if any(i in self.actor.poison for i, _ in self.rows):
+            self.actor.dead = True
+        if self.actor.dead:
+            raise _ActorDied(f"actor {self.actor.name} died")
+        self.actor.ran.extend(i for i, _ in self.rows)
+        return [(i, {"text": f"row {i} ({args['x']})"}) for i, args in self.rows]
+
+
+class _Method:
+    def __init__(self, fn):
+        self.remote = fn
+
+
+class _FakeActor:
+    def __init__(self, name, poison=()):
+        self.name, self.poison, self.dead, self.ran = name, set(poison), False, []
+        self.prepare = _Method(lambda job: _Prepared(self))
+        self.run_rows = _Method(lambda key, items: _Ref(self, items))
+
+
+class _Prepared:
+    def __init__(self, actor):
+        self.actor = actor
+
+    def value(self):
+        if self.actor.dead:
+            raise _ActorDied("dead before the run")
+        return "job"
+
+
+class _Job:
+    key = "job"
+
+
+def _fake_run(tmp_path, actors, n=12, **kwargs):
+    from executor.cluster.batch import BatchRow, run_on_replicas
+
+    rows = [BatchRow(i, {"x": i}) for i in range(n)]
+    keys = {i: f"k{i % 3}" for i in range(n)}
+    out = tmp_path / "fake.jsonl"
+    summary = run_on_replicas(_Job(), rows, out, actors, keys, chunk=2, max_in_flight=4, ray_api=_FakeRay(), **kwargs)
+    return summary, [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_a_dead_replicas_rows_run_elsewhere_exactly_once(tmp_path):
+    a, b = _FakeActor("a"), _FakeActor("b", poison=[1])  # the call holding row 1 kills b, and b's other calls
+    summary, lines = _fake_run(tmp_path, [a, b], max_attempts=3)
+    assert [r["index"] for r in lines] == list(range(12))
+    assert all(r["text"] == f"row {r['index']} ({r['index']})" for r in lines)  # row 1 too: it ran on a
+    assert summary.replica_deaths == 1 and summary.rerun >= 1 and summary.failed == 0
+    assert sorted(a.ran + b.ran) == list(range(12))  # every row ran to completion once
+
+
+def test_a_row_that_kills_every_replica_it_meets_gets_an_error_line(tmp_path):
+    actors = [_FakeActor(n, poison=[5]) for n in "abcd"]
+    summary, lines = _fake_run(tmp_path, actors, max_attempts=3)
+    assert [r["index"] for r in lines] == list(range(12))
+    assert "died 3 times" in lines[5]["error"] and "not retried" in lines[5]["error"]
+    assert summary.replica_deaths == 3 and not actors[3].dead  # the fourth replica never got it
+    errors = [r for r in lines if "error" in r]
+    assert all("died 3 times" in r["error"] for r in errors) and summary.failed == len(errors)
+
+
+def test_when_no_replica_is_left_the_rest_get_error_lines(tmp_path):
+    only = _FakeActor("a", poison=[4])
+    summary, lines = _fake_run(tmp_path, [only])
+    assert [r["index"] for r in lines] == list(range(12))
+    errors = {r["index"]: r["error"] for r in lines if "error" in r}
+    assert 4 in errors and all("no replica is left" in e for e in errors.values())
+    assert sorted(set(range(12)) - set(errors)) == sorted(only.ran)  # the others ran before it died
+    assert summary.replica_deaths == 1 and summary.failed == len(errors)

@@ -162,12 +162,14 @@ class _OrderedWriter:
 def run_on_replicas(job: RowJob, rows: Sequence[BatchRow], out_path: str | os.PathLike[str], actors: Sequence[Any],
                     keys: Mapping[int, str], *, chunk: int = 4, max_in_flight: int = 16, lookahead: int = 4096,
                     max_attempts: int = 3, resume: bool = False, progress: bool = False,
-                    on_record: Callable[[int, dict], None] | None = None) -> BatchSummary:
+                    on_record: Callable[[int, dict], None] | None = None, ray_api: Any = None) -> BatchSummary:
     """Run `rows` with `job` on `actors` and write their lines to `out_path` (module docstring).
 
     `keys` maps the index of each runnable row to its prefix key (rows without one form a group
-    each). `on_record(index, record)` is called after each line is written (tests, progress)."""
-    import ray
+    each). `on_record(index, record)` is called after each line is written (tests, progress).
+    `ray_api` stands in for the `ray` module (`put`, `get`, `wait`, `exceptions`; tests)."""
+    if ray_api is None:
+        import ray as ray_api
 
     if chunk < 1 or max_in_flight < 1:
         raise ValueError("chunk and max_in_flight must be at least 1")
@@ -203,7 +205,7 @@ def run_on_replicas(job: RowJob, rows: Sequence[BatchRow], out_path: str | os.Pa
             else:
                 runnable[row.index] = row.args
         if runnable:
-            _Dispatcher(ray, job, actors, runnable, keys, writer, summary, chunk=chunk, max_in_flight=max_in_flight,
+            _Dispatcher(ray_api, job, actors, runnable, keys, writer, summary, chunk=chunk, max_in_flight=max_in_flight,
                         lookahead=lookahead, max_attempts=max_attempts).run()
         assert writer.complete, "every row has its line"
     if bar is not None:
