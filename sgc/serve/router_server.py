@@ -24,20 +24,13 @@ logger = logging.getLogger("sgc.serve.router")
 def start_ray_replicas(count: int, serve_args: list[str], cores: int = 1, gpus: float = 0,
                        ray_address: str | None = None) -> tuple[list[str], list[Any], Any]:
     """Start `count` replica actors; returns (their URLs, the actor handles, the ray module)."""
-    try:
-        import ray
-    except ImportError:
-        raise ValueError("sgc serve --replicas N without --replica-url needs Ray: pip install -e '.[ray]' "
-                         "(or start the replicas yourself and pass --replica-url for each)") from None
+    from executor.cluster.ray_setup import connect
     from executor.cluster.server_replica import ray_actor_class
 
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if ray_address:
-            ray.init(address=ray_address, configure_logging=False, log_to_driver=False)
-        else:
-            ray.init(address="local", num_cpus=max(count * cores, os.cpu_count() or 1), include_dashboard=False,
-                     _node_ip_address="127.0.0.1", configure_logging=False, log_to_driver=False)
+    try:
+        ray, _ = connect(ray_address, num_cpus=max(count * cores, os.cpu_count() or 1))
+    except RuntimeError as exc:  # no ray
+        raise ValueError(f"{exc}; or start the replicas yourself and pass --replica-url for each") from None
     actor_class = ray_actor_class(cores, gpus)
     # On a local cluster the servers stay on 127.0.0.1; on a cluster of machines each binds to its
     # node's address so that the router (on this machine) can reach it.
