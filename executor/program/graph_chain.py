@@ -29,7 +29,7 @@ from compiler.prompt_state import PromptState
 from executor.program.graph_llm import gen_request
 from executor.runtime.runtime_client import ChainedGen, RequestHandle
 
-__all__ = ["MAX_LINKS", "Adoptable", "ChainLink", "plan_chain"]
+__all__ = ["CHAIN_META", "MAX_LINKS", "Adoptable", "ChainLink", "plan_chain"]
 
 MAX_LINKS = 16  # gens chained ahead of one request (a longer chain continues from its last link)
 _MARK = "\x00sgc-chain-"  # placeholder for generated text; never in a prompt (NUL is not text)

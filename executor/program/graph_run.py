@@ -27,7 +27,7 @@ from compiler.ir import Graph, Node, Region
 from compiler.ir_interpreter import EnterRegion, Interpreter, Pending
 from compiler.lang_sampling import RunDefaults
 from compiler.prompt_state import PromptState
-from executor.program.graph_chain import Adoptable, ChainLink, plan_chain
+from executor.program.graph_chain import CHAIN_META, Adoptable, ChainLink, plan_chain
 from executor.program.graph_domain import ExecutorDomain, HostJob, ModelRequest
 from executor.program.graph_frames import Instance, Pin, RunFrame, Sink
 from executor.program.graph_host import HostPolicy
@@ -245,8 +245,9 @@ class Run:
     def _plan_chain(self, req: _Req) -> None:
         """Send a gen marked by chain-gens with the gens that follow it (see graph_chain)."""
         call, spec = req.call, req.spec
+        # Only the chain-gens pass sets the mark, and only on `gen`s (plan_chain checks the path again).
         if (spec.params is None or spec.prompt_text is None or len(call.requests) != 1 or req.stream
-                or call.node.op.opname != "gen" or "chain" not in call.node.meta):
+                or CHAIN_META not in call.node.meta):
             return
         frame = call.frame
         try:
