@@ -12,7 +12,8 @@ in `sgc compile`). Then every instance is checked:
   in any key order (the search runs on the byte DFA over orders, pruned by dead states), strings
   with raw characters or `\\uXXXX` escapes, numbers as Python writes them or without exponent (or
   as an integer when integral). The search is exhaustive unless one object has so many orders
-  alive that more than `--max-frontier` remain (then counted as `search_cut`). Each object is first
+  alive that more than `--max-frontier` remain, or the walks of one try pass `Matcher.MAX_WALKS`
+  (nested objects multiply the search; then counted as `search_cut`, and not accepted). Each object is first
   tried greedily (next key: the first, in the instance's order, the DFA takes from any of the
   states the spellings so far reach: an unminimized DFA may end a raw and an escaped spelling of
   one string in two states); the search runs
@@ -185,11 +186,24 @@ def keywords_used(schema: Any, out: set[str] | None = None) -> set[str]:
 # Acceptance: some JSON spelling of the instance reaches an accepting state of the byte DFA.
 
 
+class _OutOfWalks(Exception):
+    """The matcher's walk budget for one instance ran out."""
+
+
 class Matcher:
+    MAX_WALKS = 300_000  # DFA walks per instance try: nested searches multiply (then `cut`)
+
     def __init__(self, fsm: Any, max_frontier: int) -> None:
-        self.walk = fsm.walk_bytes
+        self._walk = fsm.walk_bytes
         self.max_frontier = max_frontier
         self.cut = False
+        self.walks = 0
+
+    def walk(self, s: int, data: bytes) -> int:
+        self.walks += 1
+        if self.walks > self.MAX_WALKS:
+            raise _OutOfWalks
+        return self._walk(s, data)
 
     @staticmethod
     def spellings(v: Any) -> list[bytes]:
@@ -316,7 +330,12 @@ class Matcher:
             if ordered != instance or list(_keys(ordered)) != list(_keys(instance)):
                 tries.insert(0, ordered)
         for inst in tries:
-            ends = self.value(inst, {fsm.initial_state: b""})
+            self.walks = 0
+            try:
+                ends = self.value(inst, {fsm.initial_state: b""})
+            except _OutOfWalks:
+                self.cut = True
+                continue
             for s, text in ends.items():
                 if fsm.is_accepting(s):
                     return text
