@@ -23,6 +23,7 @@ from executor.runtime.runtime_client import (
     RuntimeInfo,
     SamplingParams,
     ScoreRequest,
+    SimpleCalls,
 )
 
 GREEDY = SamplingParams(max_new_tokens=8, temperature=0.0, ignore_eos=True)
@@ -71,6 +72,40 @@ def test_send_equals_generate(engine):
     # A dict of SGLang sampling parameters is accepted as well.
     as_dict = engine.send(GenerateRequest(ids, {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True}))
     assert as_dict.result(timeout=30)["output_ids"] == expected["output_ids"]
+
+
+class _InterfaceOnly(SimpleCalls):
+    """A client that has only the interface (send, group, tokenizer) of an engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.tokenizer, self.send, self.group = engine.tokenizer, engine.send, engine.group
+
+
+def test_simple_calls_over_the_interface_equal_the_engines_own(engine):
+    """The eager interpreter's two calls, written once over send/group (the HTTP and Ray clients
+    inherit them), give what the engine's own generate and score give."""
+    client = _InterfaceOnly(engine)
+    greedy = {"max_new_tokens": 6, "temperature": 0, "ignore_eos": True}
+    ids = engine.encode("Once upon")
+    assert client.generate(input_ids=ids, sampling_params=greedy)["output_ids"] == \
+        engine.generate(input_ids=ids, sampling_params=greedy)["output_ids"]
+    batch = client.generate(prompt=["a b", "c d e"], sampling_params=greedy)
+    assert [r["output_ids"] for r in batch] == \
+        [r["output_ids"] for r in engine.generate(prompt=["a b", "c d e"], sampling_params=greedy)]
+    assert "".join(c["text"] for c in client.generate(input_ids=ids, sampling_params=greedy, stream=True)) == \
+        engine.generate(input_ids=ids, sampling_params=greedy)["text"]
+    assert client.score(ids, [" there", " a time"])["logprobs"] == engine.score(ids, [" there", " a time"])["logprobs"]
+    with pytest.raises(RequestError, match="exactly one"):
+        client.generate(sampling_params=greedy)
+    with pytest.raises(TypeError, match="continuations"):
+        client.score(ids, " there")
+
+
+def test_every_remote_client_offers_the_eager_calls():
+    from executor.cluster.remote_client import ReplicaClient
+    from sgc.serve.client import HTTPRuntimeClient
+
+    assert issubclass(HTTPRuntimeClient, SimpleCalls) and issubclass(ReplicaClient, SimpleCalls)
 
 
 def test_stream_and_listener_see_every_delta_once(engine):

@@ -39,6 +39,7 @@ from executor.runtime.runtime_client import (
     RuntimeInfo,
     SamplingParams,
     ScoreRequest,
+    SimpleCalls,
 )
 
 __all__ = ["ReplicaClient", "ReplicaHandle"]
@@ -163,7 +164,7 @@ class _Group:
         self._client._submit(self._handles, self._after)
 
 
-class ReplicaClient:
+class ReplicaClient(SimpleCalls):
     """`runtime_client.RuntimeClient` over an `EngineReplica` actor (see the module docstring)."""
 
     def __init__(self, actor: Any, *, poll_wait_s: float = 0.05, call_timeout_s: float = 120.0) -> None:
@@ -266,13 +267,6 @@ class ReplicaClient:
             pass
 
     shutdown = close
-
-    # -- what the eager interpreter calls ------------------------------------------------------------
-    def score(self, prompt: Any, continuations: Sequence[Any]) -> dict:
-        ids = self._tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        conts = [self._tokenizer.encode(c, add_special_tokens=False) if isinstance(c, str) else list(c)
-                 for c in continuations]
-        return self.send(ScoreRequest(ids, conts)).result()
 
     # -- plumbing -------------------------------------------------------------------------------------
     def _prepare(self, request: ClientRequest, listener: Listener | None) -> ReplicaHandle:

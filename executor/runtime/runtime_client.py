@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ChainedGen", "ClientRequest", "EngineError", "GenerateOutput", "GenerateRequest", "Listener", "LogprobOptions",
     "PrefixPin", "RequestError", "RequestGroup", "RequestHandle", "RequestTypeError", "RuntimeClient",
-    "RuntimeInfo", "SamplingParams", "ScoreOutput", "ScoreRequest",
+    "RuntimeInfo", "SamplingParams", "ScoreOutput", "ScoreRequest", "SimpleCalls",
 ]
 
 
@@ -260,3 +260,52 @@ class RuntimeClient(Protocol):
     def is_alive(self) -> bool:
         """False once the runtime stopped (shut down, or unreachable): waiting on it is pointless."""
         ...
+
+
+class SimpleCalls:
+    """`generate` and `score` in SGLang's offline-API shape, written once over `send` / `group`.
+
+    The eager interpreter (`compiler/interpreter.py`, which may not import the runtime) runs programs
+    through these two calls and the tokenizer; a client that inherits this class (the HTTP client,
+    the Ray replica client) offers them on top of the interface above, so a host step that runs a
+    function eagerly works on any runtime. The in-process `Engine` has its own, which also takes text.
+    """
+
+    def generate(self, prompt: Any = None, sampling_params: Any = None, input_ids: Any = None,
+                 return_logprob: bool = False, logprob_start_len: int | None = None,
+                 top_logprobs_num: int | None = None, stream: bool = False) -> Any:
+        """One prompt (a dict result, or with stream=True an iterator of chunks) or a list of them."""
+        if (prompt is None) == (input_ids is None):
+            raise RequestError("pass exactly one of prompt= or input_ids=")
+        tokenizer = self.tokenizer  # type: ignore[attr-defined]
+        if prompt is not None:
+            batched = not isinstance(prompt, str)
+            prompts = [tokenizer.encode(p) for p in (prompt if batched else [prompt])]
+        else:
+            batched = bool(input_ids) and isinstance(input_ids[0], (list, tuple))
+            prompts = [list(p) for p in input_ids] if batched else [list(input_ids)]
+        if stream and batched:
+            raise RequestError("stream=True takes a single prompt")
+        options = LogprobOptions(return_logprob=return_logprob,
+                                 logprob_start_len=-1 if logprob_start_len is None else logprob_start_len,
+                                 top_logprobs_num=top_logprobs_num or 0)
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+        if len(params) != len(prompts):
+            raise RequestError(f"got {len(params)} sampling_params for {len(prompts)} prompts")
+        with self.group() as group:  # type: ignore[attr-defined]
+            handles = [group.send(GenerateRequest(ids, p, options, stream=stream)) for ids, p in zip(prompts, params)]
+        if stream:
+            return handles[0].stream()
+        results = [h.result() for h in handles]
+        return results if batched else results[0]
+
+    def score(self, prompt: Any, continuations: Sequence[Any]) -> dict:
+        """Logprobs of each continuation after the prompt (text or token ids), in one request."""
+        if isinstance(continuations, (str, bytes)) or not isinstance(continuations, Sequence):
+            raise RequestTypeError("continuations must be a list of strings or of token-id lists, "
+                                   f"not {type(continuations).__name__}")
+        tokenizer = self.tokenizer  # type: ignore[attr-defined]
+        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        conts = [tokenizer.encode(c, add_special_tokens=False) if isinstance(c, str) else list(c)
+                 for c in continuations]
+        return self.send(ScoreRequest(ids, conts)).result()  # type: ignore[attr-defined]

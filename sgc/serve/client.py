@@ -41,12 +41,12 @@ from executor.runtime.runtime_client import (
     EngineError,
     GenerateRequest,
     Listener,
-    LogprobOptions,
     RequestError,
     RequestTypeError,
     RuntimeInfo,
     SamplingParams,
     ScoreRequest,
+    SimpleCalls,
 )
 from sgc.runtime import Runtime
 
@@ -209,7 +209,7 @@ class _Group:
             self._client._start(handle)
 
 
-class HTTPRuntimeClient:
+class HTTPRuntimeClient(SimpleCalls):
     """`runtime_client.RuntimeClient` for a running `sgc serve` at `base_url` (see the module docstring)."""
 
     def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 600.0,
@@ -309,37 +309,6 @@ class HTTPRuntimeClient:
 
     def shutdown(self) -> None:
         self.close()
-
-    # -- what the eager interpreter calls (Engine.generate / Engine.score) ---------------------------
-    def generate(self, prompt: Any = None, sampling_params: Any = None, input_ids: Any = None,
-                 return_logprob: bool = False, logprob_start_len: int | None = None,
-                 top_logprobs_num: int | None = None, stream: bool = False) -> Any:
-        if (prompt is None) == (input_ids is None):
-            raise RequestError("pass exactly one of prompt= or input_ids=")
-        if prompt is not None:
-            batched = not isinstance(prompt, str)
-            prompts = [self._tokenizer.encode(p) for p in (prompt if batched else [prompt])]
-        else:
-            batched = bool(input_ids) and isinstance(input_ids[0], (list, tuple))
-            prompts = [list(p) for p in input_ids] if batched else [list(input_ids)]
-        if stream and batched:
-            raise RequestError("stream=True takes a single prompt")
-        options = LogprobOptions(return_logprob=return_logprob,
-                                 logprob_start_len=-1 if logprob_start_len is None else logprob_start_len,
-                                 top_logprobs_num=top_logprobs_num or 0)
-        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
-        with self.group() as group:
-            handles = [group.send(GenerateRequest(ids, p, options, stream=stream)) for ids, p in zip(prompts, params)]
-        if stream:
-            return handles[0].stream()
-        results = [h.result() for h in handles]
-        return results if batched else results[0]
-
-    def score(self, prompt: Any, continuations: Sequence[Any]) -> dict:
-        ids = self._tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        conts = [self._tokenizer.encode(c, add_special_tokens=False) if isinstance(c, str) else list(c)
-                 for c in continuations]
-        return self.send(ScoreRequest(ids, conts)).result()
 
     # -- requests ------------------------------------------------------------------------------------
     def _prepare(self, request: ClientRequest, listener: Listener | None) -> RemoteHandle:
