@@ -104,16 +104,20 @@ def test_padded_decode_matches_eager(tiny_model_dirs):
     with Engine(model_path=path, device="cpu") as engine:
         free_rows = engine.req_to_token.num_free
         runner = engine.runner
-        graphs = EagerReplayGraphs(runner.forward_eager, runner.req_to_token, runner.kv_pool.device, [1, 2, 4])
+        graphs = EagerReplayGraphs(runner.forward_eager, engine.kv_manager, runner.kv_pool.device, [1, 2, 4])
         engine.runner.cuda_graphs = graphs  # the engine thread is idle: no request yet
         assert engine.req_to_token.num_free == free_rows - 1  # the scratch row
         assert engine.req_to_token.req_to_token[graphs.scratch_row].eq(PADDING_SLOT).all()
+        assert engine.kv_manager.reserved_rows == {graphs.scratch_row}
         got = [o["output_ids"] for o in engine.generate(prompts, params)]
         replays = dict(graphs.replays)
         # The last step decoded one request: rows a larger batch filled are padding again.
         assert graphs._num_live_rows == 1
         assert graphs.req_rows[1:].eq(graphs.scratch_row).all()
         assert graphs.out_cache_loc[1:].eq(PADDING_SLOT).all() and graphs.seq_lens[1:].eq(1).all()
+        engine.kv_manager.check_integrity()  # the leased row counts as in use
+        graphs.release()
+        assert engine.req_to_token.num_free == free_rows and not engine.kv_manager.reserved_rows
     assert got == expected
     # Sizes 4 (4 and 3 requests), 2 and 1 replayed; 5 requests ran eagerly.
     assert set(replays) == {1, 2, 4}, replays

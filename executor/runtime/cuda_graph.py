@@ -6,7 +6,7 @@ one launch.
 
 A graph replays fixed addresses and shapes, so the decode step reads its inputs from static
 buffers sized for the largest captured batch. A batch of n requests runs the smallest captured
-size >= n; the padding rows point at a scratch request-table row owned by this runner (all zeros,
+size >= n; the padding rows point at a scratch request-table row leased from the KV manager (all zeros,
 so it reads the reserved padding KV slot 0), have seq_len 1, and write their garbage K/V into
 slot 0, which no request ever reads. Nothing inside the captured region may sync with the host:
 the decode attention kernel takes its loop bounds from `seq_lens` on the device and its grid from
@@ -24,11 +24,15 @@ import bisect
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from executor.runtime.forward_batch import ForwardBatch, ForwardMode
-from executor.runtime.memory import PADDING_SLOT, ReqToTokenPool
+from executor.runtime.memory import PADDING_SLOT
+
+if TYPE_CHECKING:
+    from executor.runtime.kv_manager import KVManager
 
 logger = logging.getLogger("sgc.cuda_graph")
 
@@ -50,21 +54,19 @@ def capture_batch_sizes(max_batch_size: int) -> list[int]:
 class CudaGraphRunner:
     """Captured decode steps for a set of batch sizes, and their replay."""
 
-    def __init__(self, step: Callable[[ForwardBatch], torch.Tensor], req_to_token: ReqToTokenPool,
+    def __init__(self, step: Callable[[ForwardBatch], torch.Tensor], kv: KVManager,
                  device: torch.device, batch_sizes: Sequence[int], num_warmups: int = 2):
-        """`step` runs one eager decode pass (what is recorded); `req_to_token` is the table the
-        step reads, in which this runner keeps a scratch row for padding rows."""
+        """`step` runs one eager decode pass (what is recorded); `kv` owns the request table the
+        step reads and leases this runner a scratch row of padding slots for padding rows."""
         if not batch_sizes:
             raise ValueError("CudaGraphRunner needs at least one batch size")
         self._check_device(device)
         self.step = step
-        self.req_to_token = req_to_token
+        self.kv = kv
         self.batch_sizes = sorted(set(batch_sizes))
         self.max_batch_size = self.batch_sizes[-1]
         # A request-table row that no request will ever get: its slots stay 0 (the padding slot).
-        table = req_to_token
-        self.scratch_row = table.alloc()
-        table.req_to_token[self.scratch_row].zero_()
+        self.scratch_row = kv.reserve_row()
 
         n = self.max_batch_size
         long = {"dtype": torch.long, "device": device}
@@ -90,7 +92,7 @@ class CudaGraphRunner:
         if self.graphs:
             self.graphs.clear()
             self.outputs.clear()
-            self.req_to_token.free(self.scratch_row)
+            self.kv.release_row(self.scratch_row)
 
     def _static_batch(self, size: int) -> ForwardBatch:
         return ForwardBatch(

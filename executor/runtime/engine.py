@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from executor.runtime.constrained import ConstraintCache
-from executor.runtime.engine_config import DEFAULT_CUDA_KV_FRACTION, EngineConfig, pick_dtype, resolve_device
 from executor.runtime.engine_chain import Chain
+from executor.runtime.engine_config import DEFAULT_CUDA_KV_FRACTION, EngineConfig, pick_dtype, resolve_device
 from executor.runtime.engine_handles import PrefixPin, RequestHandle
 from executor.runtime.engine_intake import RequestIntake
 from executor.runtime.engine_loop import EngineLoop

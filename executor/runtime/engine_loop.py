@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from executor.runtime.engine_chain import Chain
 from executor.runtime.engine_handles import RequestHandle
-from executor.runtime.request import Request
 from executor.runtime.engine_runtime import RuntimeParts
 from executor.runtime.engine_stats import TokenTotals
+from executor.runtime.request import Request
 from executor.runtime.runtime_client import EngineError
 
 __all__ = ["EngineLoop", "StepHolds"]

@@ -16,11 +16,11 @@ from torch import nn
 from executor import kernels
 from executor.runtime.constrained import ConstraintCache
 from executor.runtime.cuda_graph import capture_batch_sizes
+from executor.runtime.engine_chain import ChainTokenizer
 from executor.runtime.engine_config import EngineConfig, default_kv_bytes
 from executor.runtime.kv_manager import KVManager
 from executor.runtime.memory import KVPool, kv_bytes_per_token
 from executor.runtime.model_runner import ModelRunner
-from executor.runtime.engine_chain import ChainTokenizer
 from executor.runtime.scheduler import Scheduler, SchedulerConfig
 
 __all__ = ["RuntimeParts", "build_runtime"]
@@ -69,7 +69,7 @@ def build_runtime(model: nn.Module, model_config, config: EngineConfig, device: 
                          enable_cache=not config.disable_radix_cache)
     runner = ModelRunner(model, kv_pool, kv.req_to_token, cfg.head_dim)
     if device.type == "cuda" and not config.disable_cuda_graph:
-        _capture_cuda_graphs(runner, config)
+        _capture_cuda_graphs(runner, kv, config)
     scheduler = Scheduler(
         runner,
         kv,
@@ -91,9 +91,9 @@ def build_runtime(model: nn.Module, model_config, config: EngineConfig, device: 
     return RuntimeParts(kv_pool, kv, runner, scheduler)
 
 
-def _capture_cuda_graphs(runner: ModelRunner, config: EngineConfig) -> None:
+def _capture_cuda_graphs(runner: ModelRunner, kv: KVManager, config: EngineConfig) -> None:
     if not kernels.triton_available():  # the reference decode attention syncs with the host
         logger.warning("Triton kernels are off: decode runs without CUDA graphs")
         return
     max_bs = config.cuda_graph_max_bs or config.max_running_requests
-    runner.capture_cuda_graphs(capture_batch_sizes(min(max_bs, config.max_running_requests)))
+    runner.capture_cuda_graphs(capture_batch_sizes(min(max_bs, config.max_running_requests)), kv)

@@ -36,6 +36,7 @@ class KVManager:
         self.allocator = allocator
         self.req_to_token = req_to_token
         self.cache = radix_cache
+        self.reserved_rows: set[int] = set()  # table rows no request owns (CUDA graph padding)
 
     @classmethod
     def build(cls, num_slots: int, max_requests: int, context_len: int, device: torch.device,
@@ -204,6 +205,20 @@ class KVManager:
         assert self.cache is not None
         self.cache.unlock(lock)
 
+    def reserve_row(self) -> int:
+        """A request-table row that no request will get, all padding slots (0): the row the CUDA
+        graphs' padding entries of a decode batch point at. Give it back with `release_row`."""
+        row = self.req_to_token.alloc()
+        self.req_to_token.req_to_token[row].zero_()
+        self.reserved_rows.add(row)
+        return row
+
+    def release_row(self, row: int) -> None:
+        if row not in self.reserved_rows:
+            raise KVOwnershipError(f"request-table row {row} was not reserved")
+        self.reserved_rows.discard(row)
+        self.req_to_token.free(row)
+
     # -- checking -----------------------------------------------------------------------------------
     def check_integrity(self, requests: Iterable[Request] = ()) -> None:
         """Verify that every slot is exactly one of free, cached, or owned by one of `requests`
@@ -230,5 +245,5 @@ class KVManager:
         if total != self.allocator.num_slots:
             raise KVOwnershipError(f"{self.allocator.num_free} free + {self.num_cached_tokens} cached + "
                                    f"{mine.numel()} request-owned slots != {self.allocator.num_slots} slots")
-        if self.req_to_token.num_free + rows > self.req_to_token.max_requests:
+        if self.req_to_token.num_free + rows + len(self.reserved_rows) > self.req_to_token.max_requests:
             raise KVOwnershipError("more request rows in use than the table has")

@@ -24,6 +24,7 @@ from executor.kernels.attention_cpu import decode_attention_cpu, extend_attentio
 from executor.runtime.cpu_process import tune_cpu_process
 from executor.runtime.cuda_graph import CudaGraphRunner
 from executor.runtime.forward_batch import ForwardBatch, ForwardMode
+from executor.runtime.kv_manager import KVManager
 from executor.runtime.memory import KVPool, ReqToTokenPool
 from models.cpu_pack import pack_linears
 
@@ -45,12 +46,13 @@ class ModelRunner:
             tune_cpu_process()  # before the engine thread starts: it then shares the main malloc arena
             pack_linears(model)
 
-    def capture_cuda_graphs(self, batch_sizes: Sequence[int]) -> None:
-        """Record the decode step for these batch sizes; later decode batches replay them."""
+    def capture_cuda_graphs(self, batch_sizes: Sequence[int], kv: KVManager) -> None:
+        """Record the decode step for these batch sizes; later decode batches replay them. `kv`
+        leases the graphs their padding row (only the KV manager hands out table rows)."""
         if self.cuda_graphs is not None:
             self.cuda_graphs.release()
             self.cuda_graphs = None
-        self.cuda_graphs = CudaGraphRunner(self.forward_eager, self.req_to_token, self.kv_pool.device, batch_sizes)
+        self.cuda_graphs = CudaGraphRunner(self.forward_eager, kv, self.kv_pool.device, batch_sizes)
 
     def _attention_for(self, batch: ForwardBatch):
         table = self.req_to_token.req_to_token

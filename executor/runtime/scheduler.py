@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from executor.kernels.attention_shared_ref import SharedPrefix
-from executor.runtime.engine_chain import ChainTokenizer, common_prefix_len
 from executor.runtime.constrained import ConstraintCache, ConstraintDeadEnd, apply_jump, plan_jump_forward
+from executor.runtime.engine_chain import ChainTokenizer, common_prefix_len
 from executor.runtime.forward_batch import ForwardBatch, ForwardMode
 from executor.runtime.kv_manager import KVManager
 from executor.runtime.model_runner import ModelRunner
