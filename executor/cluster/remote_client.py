@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import queue
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from executor.runtime.remote_handle import ThreadedHandle
 from executor.runtime.runtime_client import (
     ClientRequest,
     EngineError,
@@ -47,86 +47,23 @@ __all__ = ["ReplicaClient", "ReplicaHandle"]
 _ids = itertools.count()
 
 
-class ReplicaHandle:
+class ReplicaHandle(ThreadedHandle):
     """A request sent to a replica (`runtime_client.RequestHandle`)."""
 
     def __init__(self, client: ReplicaClient, request: ClientRequest) -> None:
+        stream = isinstance(request, GenerateRequest) and request.stream
+        super().__init__(f"replica-{client.client_id[:8]}-{next(_ids)}", stream)
         self._client = client
         self.request = request
-        self._rid = f"replica-{client.client_id[:8]}-{next(_ids)}"
-        self._done = threading.Event()
-        self._result: dict[str, Any] | None = None
-        self._error: BaseException | None = None
-        self._listeners: list[Listener] = []
-        self._lock = threading.Lock()
-        stream = isinstance(request, GenerateRequest) and request.stream
-        self._deltas: queue.Queue | None = queue.Queue() if stream else None
-
-    @property
-    def rid(self) -> str:
-        return self._rid
-
-    @property
-    def chained(self) -> None:
-        """Never a chain: this client refuses `GenerateRequest.then` (its `info().chains` is False)."""
-        return None
-
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def result(self, timeout: float | None = None) -> dict[str, Any]:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"request {self._rid} did not finish within {timeout} s")
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-    def stream(self) -> Iterator[dict[str, Any]]:
-        if self._deltas is None:
-            raise ValueError("this request was not sent with stream=True")
-        while True:
-            delta = self._deltas.get()
-            if delta is None:
-                break
-            yield {"text": delta, "meta_info": {"id": self._rid}}
-        yield {"text": "", "meta_info": self.result()["meta_info"]}
-
-    def add_listener(self, listener: Listener) -> None:
-        with self._lock:
-            if not self._done.is_set():
-                self._listeners.append(listener)
-                return
-        listener("", True)
 
     def abort(self) -> None:
         if not self._done.is_set():
             self._client._abort(self._rid)
 
-    # -- on the poller thread --------------------------------------------------------------------------
-    def _emit(self, delta: str) -> None:
-        if self._deltas is not None and delta:
-            self._deltas.put(delta)
-        self._notify(delta, False)
-
-    def _finish(self, result: dict[str, Any] | None, error: BaseException | None) -> None:
-        if self._done.is_set():
-            return
-        if result is not None:
+    def _finish(self, result: dict[str, Any] | None, error: BaseException | None = None) -> None:
+        if result is not None:  # the replica's id for it is its own; the caller knows this one
             result = {**result, "meta_info": {**result.get("meta_info", {}), "id": self._rid}}
-        self._result, self._error = result, error
-        with self._lock:
-            self._done.set()
-        if self._deltas is not None:
-            self._deltas.put(None)
-        self._notify("", True)
-
-    def _notify(self, delta: str, finished: bool) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(delta, finished)
-            except Exception:  # a listener's bug must not stop the poller
-                pass
+        super()._finish(result, error)
 
 
 class _Pin:

@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import queue
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from executor.runtime.remote_handle import ThreadedHandle
 from executor.runtime.runtime_client import (
     ClientRequest,
     EngineError,
@@ -94,58 +94,15 @@ class _RemotePin:
         self.released = threading.Event()
 
 
-class RemoteHandle:
+class RemoteHandle(ThreadedHandle):
     """A request sent to the server (`runtime_client.RequestHandle`)."""
 
     def __init__(self, client: HTTPRuntimeClient, request: ClientRequest, stream: bool) -> None:
+        super().__init__(f"http-{uuid.uuid4().hex[:16]}", stream)
         self._client = client
         self.request = request
-        self._rid = f"http-{uuid.uuid4().hex[:16]}"
-        self._done = threading.Event()
-        self._result: dict[str, Any] | None = None
-        self._error: BaseException | None = None
-        self._listeners: list[Listener] = []
-        self._lock = threading.Lock()
-        self._deltas: queue.Queue | None = queue.Queue() if stream else None
         self._abort = threading.Event()
         self._response: httpx.Response | None = None
-
-    @property
-    def rid(self) -> str:
-        return self._rid
-
-    @property
-    def chained(self) -> None:
-        """Never a chain: this client refuses `GenerateRequest.then` (its `info().chains` is False)."""
-        return None
-
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def result(self, timeout: float | None = None) -> dict[str, Any]:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"request {self._rid} did not finish within {timeout} s")
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-    def stream(self) -> Iterator[dict[str, Any]]:
-        if self._deltas is None:
-            raise ValueError("this request was not sent with stream=True")
-        while True:
-            delta = self._deltas.get()
-            if delta is None:
-                break
-            yield {"text": delta, "meta_info": {"id": self._rid}}
-        yield {"text": "", "meta_info": self.result()["meta_info"]}
-
-    def add_listener(self, listener: Listener) -> None:
-        with self._lock:
-            if not self._done.is_set():
-                self._listeners.append(listener)
-                return
-        listener("", True)
 
     def abort(self) -> None:
         if self._done.is_set() or self._abort.is_set():
@@ -153,28 +110,9 @@ class RemoteHandle:
         self._abort.set()
         self._client._abort_remote(self._rid)
 
-    # -- on the worker thread ----------------------------------------------------------------------
     def _emit(self, delta: str) -> None:
-        if not delta or self._deltas is None:  # listeners see text deltas of streaming requests only
-            return
-        self._deltas.put(delta)
-        for listener in list(self._listeners):
-            try:
-                listener(delta, False)
-            except Exception:
-                pass
-
-    def _finish(self, result: dict[str, Any] | None, error: BaseException | None = None) -> None:
-        self._result, self._error = result, error
-        with self._lock:
-            self._done.set()
-        if self._deltas is not None:
-            self._deltas.put(None)
-        for listener in list(self._listeners):
-            try:
-                listener("", True)
-            except Exception:
-                pass
+        if delta and self._deltas is not None:  # listeners see text deltas of streaming requests only
+            super()._emit(delta)
 
     def _aborted_result(self, text: str) -> dict[str, Any]:
         ids = list(getattr(self.request, "input_ids", []))
