@@ -73,6 +73,13 @@ class CompiledState:
     def sync(self) -> None:
         self._get()
 
+    def cancel(self, reason: str = "cancelled by the caller") -> None:
+        """Cancel a streaming run from any thread (its error then says it was cancelled); a finished
+        state has nothing to cancel. For `run` / `run_batch`, pass a `Cancellation` as `cancel=`."""
+        run = self._run
+        if run is not None:
+            run.cancel(reason)
+
     def text_iter(self, var_name: str | None = None) -> Iterator[str]:
         if self._run is not None:
             run = self._run
@@ -120,19 +127,22 @@ class CompiledProgram:
         names = {node.op.name for node in self.module[function].args}
         return {k: v for k, v in values.items() if k in names}
 
-    def run(self, function: str, values: Mapping[str, Any], defaults: Any, *, stream: bool = False) -> CompiledState:
+    def run(self, function: str, values: Mapping[str, Any], defaults: Any, *, stream: bool = False,
+            cancel: Any = None) -> CompiledState:
+        """`cancel`: an `executor.program.graph_run.Cancellation` another thread may flip."""
         args = self.arguments(function, values)
         if stream:
-            return CompiledState(run=self.executor.start(args, function=function, defaults=defaults))
-        result = self.executor.run_batch([args], function=function, defaults=defaults)[0]
+            return CompiledState(run=self.executor.start(args, function=function, defaults=defaults, cancel=cancel))
+        result = self.executor.run_batch([args], function=function, defaults=defaults, cancel=cancel)[0]
         if result.error is not None:
             raise result.error
         return CompiledState(result.state)
 
     def run_batch(self, function: str, batch: Sequence[Mapping[str, Any]], defaults: Any, *,
-                  progress_bar: bool = False) -> list[CompiledState]:
+                  progress_bar: bool = False, cancel: Any = None) -> list[CompiledState]:
         args = [self.arguments(function, values) for values in batch]
-        results = self.executor.run_batch(args, function=function, defaults=defaults, progress_bar=progress_bar)
+        results = self.executor.run_batch(args, function=function, defaults=defaults, progress_bar=progress_bar,
+                                          cancel=cancel)
         states = []
         for index, result in enumerate(results):
             if result.error is None:

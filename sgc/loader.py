@@ -57,11 +57,12 @@ class LoadedFunction:
     def __repr__(self) -> str:
         return f"<sgc.LoadedFunction {self.name}({', '.join(self.arg_names)})>"
 
-    def run(self, *, stream: bool = False, **kwargs: Any) -> Any:
-        """Run one instance; returns its state (`text()`, `state[name]`, ...); raises if it failed."""
+    def run(self, *, stream: bool = False, cancel: Any = None, **kwargs: Any) -> Any:
+        """Run one instance; returns its state (`text()`, `state[name]`, ...); raises if it failed.
+        `cancel`: an `executor.program.graph_run.Cancellation` another thread may flip."""
         self._check_unlocked()
         values, defaults = _split(dict(kwargs))
-        return self.program.compiled.run(self.name, values, defaults, stream=stream)
+        return self.program.compiled.run(self.name, values, defaults, stream=stream, cancel=cancel)
 
     def _check_unlocked(self) -> None:
         why = self.program.locked.get(self.name)
@@ -69,14 +70,14 @@ class LoadedFunction:
             raise ArtifactError(f"{self.program.path}: {why}")
 
     def run_batch(self, batch_kwargs: Sequence[dict[str, Any]], *, progress_bar: bool = False,
-                  **options: Any) -> list[Any]:
+                  cancel: Any = None, **options: Any) -> list[Any]:
         """Run many instances together; a failed one's state holds its error (`state.error()`)."""
         self._check_unlocked()
         extra, defaults = _split(dict(options))
         if extra:
             raise TypeError(f"run_batch got unknown option(s) {sorted(extra)}")
         return self.program.compiled.run_batch(self.name, [dict(kw) for kw in batch_kwargs], defaults,
-                                               progress_bar=progress_bar)
+                                               progress_bar=progress_bar, cancel=cancel)
 
 
 class LoadedProgram:

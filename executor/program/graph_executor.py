@@ -39,6 +39,12 @@ format `compiler.codegen.dumps` takes. `BatchResult.stats` sums them over instan
 node id, op, source loc and the switch path; the other instances go on. Errors are returned
 (`InstanceResult.error`) or raised (`run`, `ProgramRun.result`), never swallowed, and the loop
 cannot hang: it notices a dead engine thread and a stalled graph.
+
+**Cancelling.** `ProgramRun.cancel()`, or a `Cancellation` passed as `cancel=` to `run` / `run_batch` /
+`start` and flipped from another thread (an HTTP handler whose client left): the run's in-flight
+requests (chained ones too) are aborted, its pins released, no further node runs, and every
+unfinished instance ends with a `GraphExecutionError` starting "the run was cancelled"
+(`CANCELLED`). Other runs on the engine are untouched. A host step already running finishes first.
 """
 
 from __future__ import annotations
@@ -54,10 +60,10 @@ from executor.program.graph_host import HostPolicy
 from executor.program.graph_llm import make_run_defaults
 from executor.program.graph_plan import PlanCache
 from executor.program.graph_results import BatchResult, GraphExecutionError, InstanceResult
-from executor.program.graph_run import Run, RunContext
+from executor.program.graph_run import CANCELLED, Cancellation, Run, RunContext
 
 __all__ = [
-    "BatchResult", "GraphExecutionError", "GraphExecutor", "InstanceResult", "ProgramRun",
+    "CANCELLED", "Cancellation", "BatchResult", "GraphExecutionError", "GraphExecutor", "InstanceResult", "ProgramRun",
     "PromptState", "RunDefaults",
 ]
 
@@ -103,29 +109,37 @@ class GraphExecutor:
 
     # -- public API ------------------------------------------------------------------------------
     def run(self, arguments: Mapping[str, Any] | None = None, *, function: str | None = None,
-            defaults: RunDefaults | None = None, **options: Any) -> InstanceResult:
+            defaults: RunDefaults | None = None, cancel: Cancellation | None = None,
+            **options: Any) -> InstanceResult:
         """Run one instance and return its result; raises its `GraphExecutionError` if it failed.
 
         Sampling defaults are `defaults` (a `compiler.lang_sampling.RunDefaults`) with `options`
         (SGLang's `run` keywords: `max_new_tokens`, `temperature`, `stop`, ...) applied on top.
         """
-        batch = self.run_batch([arguments or {}], function=function, defaults=defaults, **options)
+        batch = self.run_batch([arguments or {}], function=function, defaults=defaults, cancel=cancel, **options)
         result = batch[0]
         result.raise_for_error()
         return result
 
     def run_batch(self, batch_arguments: Sequence[Mapping[str, Any]], *, function: str | None = None,
-                  progress_bar: bool = False, defaults: RunDefaults | None = None, **options: Any) -> BatchResult:
-        """Run many instances interleaved on the engine; failed instances carry their error."""
+                  progress_bar: bool = False, defaults: RunDefaults | None = None,
+                  cancel: Cancellation | None = None, **options: Any) -> BatchResult:
+        """Run many instances interleaved on the engine; failed instances carry their error.
+        `cancel.cancel()` from another thread ends the unfinished ones (see the module docstring)."""
         run = Run(self._context(), self._entry(function), [dict(a) for a in batch_arguments],
                   make_run_defaults(defaults, **options), sinks=False, progress_bar=progress_bar)
+        if cancel is not None:
+            cancel.attach(run)
         return run.execute()
 
     def start(self, arguments: Mapping[str, Any] | None = None, *, function: str | None = None,
-              defaults: RunDefaults | None = None, **options: Any) -> ProgramRun:
+              defaults: RunDefaults | None = None, cancel: Cancellation | None = None,
+              **options: Any) -> ProgramRun:
         """Start one instance in a background thread, streaming its text (`ProgramRun.text_iter`)."""
         run = Run(self._context(), self._entry(function), [dict(arguments or {})],
                   make_run_defaults(defaults, **options), sinks=True, progress_bar=False)
+        if cancel is not None:
+            cancel.attach(run)
         return ProgramRun(run)
 
     @property
@@ -192,6 +206,11 @@ class ProgramRun:
 
     def done(self) -> bool:
         return not self._thread.is_alive()
+
+    def cancel(self, reason: str = "cancelled by the caller") -> None:
+        """End the run from any thread: `result()` then raises its "the run was cancelled" error
+        (unless it had already finished). Returns without waiting."""
+        self._run.cancel(reason)
 
     def result(self, timeout: float | None = None) -> InstanceResult:
         self._thread.join(timeout)

@@ -15,6 +15,7 @@ region runs as a child frame, that a failing node fails only its instance, and t
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -42,11 +43,50 @@ from executor.runtime.runtime_client import (
     ScoreRequest,
 )
 
-__all__ = ["Run", "RunContext"]
+__all__ = ["CANCELLED", "Cancellation", "Run", "RunContext"]
 
 _ENGINE_POLL_S = 1.0  # how often a waiting loop checks that the engine thread is alive
 _UNPIN_WAIT_S = 10.0
 _HOST_WORKERS = 8  # threads for host steps that run whole functions eagerly
+_ABORT_WAIT_S = 5.0  # how long a cancelled run waits for its aborted requests to end (they free their KV)
+CANCELLED = "the run was cancelled"  # the start of a cancelled instance's error message
+
+
+class Cancellation:
+    """A switch another thread flips to cancel runs (an HTTP handler whose client left, say).
+
+    Pass it to `GraphExecutor.run_batch` / `start` (`cancel=`); `cancel()` then cancels every run
+    it was given to, one already started or one that starts later (it starts cancelled).
+    Thread-safe and idempotent.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: list[Run] = []
+        self.reason: str | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.reason is not None
+
+    def cancel(self, reason: str = "cancelled by the caller") -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            runs, reason = list(self._runs), self.reason
+        for run in runs:
+            run.cancel(reason)
+
+    def attach(self, run: Run) -> None:
+        with self._lock:
+            self._runs.append(run)
+            reason = self.reason
+        if reason is not None:
+            run.cancel(reason)
+
+
+class _Wake:
+    """Put on a run's event queue by `Run.cancel` so a waiting loop notices at once."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +190,18 @@ class Run:
         self.chained_handles: dict[int, list[RequestHandle]] = {}  # per instance, to abort when it ends
         self.bar: Any = None
         self.pool: ThreadPoolExecutor | None = None
+        self.live: set[_Req] = set()  # engine requests sent and not yet finished (aborted on cancel)
+        self.aborted: list[RequestHandle] = []  # what a cancel aborted: waited for at the end
+        self.cancel_reason: str | None = None  # set from another thread by `cancel`
+        self.cancelled = False  # the loop has acted on it
+
+    def cancel(self, reason: str = "cancelled by the caller") -> None:
+        """Cancel the run from any thread: its unfinished instances end with a `CANCELLED` error,
+        their engine requests are aborted, their pins released, and no further node runs.
+        Idempotent; a no-op once the run has finished."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        self.events.put(_Wake())
 
     # -- the loop ---------------------------------------------------------------------------------
     def execute(self) -> BatchResult:
@@ -162,7 +214,12 @@ class Run:
             for inst in self.instances:
                 self._start_instance(inst)
             while self.num_unfinished:
+                if self.cancel_reason is not None and not self.cancelled:
+                    self._cancel_everything(self.cancel_reason)
+                    break
                 self._drain_ready()
+                if self.cancel_reason is not None:
+                    continue  # cancelled while nodes ran: send nothing more
                 self._submit()
                 if not self.num_unfinished:
                     break
@@ -174,6 +231,7 @@ class Run:
             for handles in self.chained_handles.values():
                 for handle in handles:
                     handle.abort()
+            self._wait_aborted()
             self._answer_unhandled()
             for inst in self.instances:
                 self._release_pins(inst.pins)
@@ -184,8 +242,8 @@ class Run:
                         pin.engine_pin.released.wait(_UNPIN_WAIT_S)
             if self.bar is not None:
                 self.bar.close()
-            if self.pool is not None:
-                self.pool.shutdown(wait=True)
+            if self.pool is not None:  # a host step already running finishes (it cannot be stopped)
+                self.pool.shutdown(wait=True, cancel_futures=self.cancelled)
         results = [InstanceResult(i.index, i.state, i.error, i.stats, i.finished - i.started)
                    for i in self.instances]
         total: dict = {}
@@ -237,6 +295,7 @@ class Run:
                     self.num_in_flight -= 1
                     self._fail_node(req.call.frame, req.call.node, f"the engine rejected the request: {exc}")
                     continue
+                self.live.add(req)
                 chained = req.handle.chained if req.then is not None else None
                 while chained is not None:
                     self.chained_handles.setdefault(inst.index, []).append(chained)
@@ -282,7 +341,7 @@ class Run:
                 item = self.events.get_nowait()
             except queue.Empty:
                 break
-            if not isinstance(item, _HostDone) and item[2] and item[0].handle is not None:
+            if isinstance(item, tuple) and item[2] and item[0].handle is not None:
                 self.handled.append(item[0].handle)
         if self.handled:
             answered, self.handled = self.handled, []
@@ -305,6 +364,8 @@ class Run:
             except queue.Empty:
                 break
         for item in items:
+            if isinstance(item, _Wake):
+                continue  # the loop checks `cancel_reason` itself
             if isinstance(item, _HostDone):
                 self._on_host_done(item)
             else:
@@ -321,6 +382,7 @@ class Run:
             inst.sink.emit(req.spec.stream_var, delta)
         if not finished:
             return
+        self.live.discard(req)
         self.num_in_flight -= 1
         if inst.done:
             if req.pin is not None:
@@ -462,6 +524,30 @@ class Run:
                                                      opname=entry.op.opname, loc=entry.loc, instance=inst.index))
         self.num_in_flight = 0
 
+    def _cancel_everything(self, reason: str) -> None:
+        """Act on `cancel` (on the loop's thread): abort every request in flight, end every instance."""
+        self.cancelled = True
+        for req in list(self.live):
+            if req.handle is not None:
+                req.handle.abort()
+                self.aborted.append(req.handle)
+        for handles in self.chained_handles.values():
+            self.aborted.extend(handles)  # _end_instance aborts them
+        self._fail_everything(f"{CANCELLED}: {reason}")
+
+    def _wait_aborted(self) -> None:
+        """Wait (bounded) until the requests a cancel aborted have ended, so their KV is free when the
+        run returns; those that sent a follow-up promise are answered by `_answer_unhandled`."""
+        deadline = time.monotonic() + _ABORT_WAIT_S
+        for handle in self.aborted:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.engine.is_alive():
+                break
+            try:
+                handle.result(timeout=left)
+            except Exception:  # a failed or timed-out request: nothing more to wait for
+                pass
+
     def _release_pins(self, pins: list[Pin]) -> None:
         for pin in pins:
             if pin.release(self.engine):
@@ -531,6 +617,7 @@ class Run:
         call.pending = len(call.requests)
         for req in adopted:  # already running: just listen (called at once if it has finished)
             self.num_in_flight += 1
+            self.live.add(req)
             req.handle.add_listener(self._listener(req))
 
     def _pin_for_consumers(self, frame: RunFrame, node: Node, req: _Req) -> None:
