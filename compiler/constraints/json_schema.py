@@ -45,8 +45,8 @@ from .dfa_ops import SMALL_POSITIONS, byte_dfa, literal_set_dfa
 from .errors import ConstraintError, join_pointer
 from .formats import FORMATS
 from .limits import check_pattern_chars, check_positions, max_nesting, over
-from .object_dfa import Decision, members_dfa
 from .number_ranges import INTEGER, NUMBER, decimal_range, exponent_forms, int_range
+from .object_dfa import Decision, members_dfa
 from .regex_ast import (
     EMPTY,
     EPSILON,
@@ -2304,7 +2304,9 @@ KEYWORD_NOTES: dict[str, tuple[str, str]] = {
     "anyOf": ("yes", "alternation; sibling keywords are merged into every branch"),
     "oneOf": (
         "yes",
-        "only when branches are provably exclusive (types, literals, const/enum discriminator), decided "
+        "only when branches are provably exclusive (types, literals, const/enum discriminator, a "
+        "required name another closed branch does not allow, a required name with disjoint value "
+        "types), decided "
         "type by type (two branches that both take every value of a type exclude it); branches that "
         "only list `required`: exactly one list complete",
     ),

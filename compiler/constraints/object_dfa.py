@@ -15,9 +15,8 @@ tree it returns; this module turns the graph into a DFA:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Hashable
 
 import numpy as np
 
