@@ -83,7 +83,7 @@ class ServerMetrics:
                              buckets=_LATENCY_BUCKETS, registry=r)
         self.e2e = Histogram("sgc_e2e_request_latency_seconds", "Request latency by route", ["route"],
                              buckets=_LATENCY_BUCKETS, registry=r)
-        self.program_runs = Counter("sgc_program_runs", "Program instances run, by program and outcome",
+        self.program_runs = Counter("sgc_program_runs", "Program instances run, by program and outcome (ok, error, cancelled: the client left)",
                                     ["program", "outcome"], registry=r)
         r.register(_RuntimeCollector(state))
         self._routes = {"/generate", "/v1/completions", "/v1/chat/completions", "/health", "/health_generate",

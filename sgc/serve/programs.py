@@ -5,25 +5,70 @@ checked against the model's vocabulary, or recompiled for it) and serves it unde
 A run executes on a worker thread with the graph executor over the same runtime client the other
 routes use. `GET /programs` lists them with their functions and arguments. `/run` with `"stream":
 true` sends the text as it is appended (`data: {"text": piece}` events), then the result as one event,
-then `data: [DONE]`; a program run is not aborted when its client leaves (it finishes on its own).
+then `data: [DONE]`.
+
+A run whose HTTP client leaves is cancelled, like every other route's requests: the handler polls
+`request.is_disconnected()` while the worker thread runs (a stream also notices when Starlette
+cancels its body), then flips the run's `Cancellation` (executor/program/graph_run.py): its engine
+requests are aborted (their KV freed), no further node runs, and each unfinished instance is counted
+as `sgc_program_runs{outcome="cancelled"}` (plus one `sgc_client_disconnects`); a non-streamed one
+answers 499. Other runs on the engine are untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from sgc.serve.core import SSE_DONE, ApiError, ServerState, sse
+from compiler.errors import ProgramError
+from executor.program.graph_run import CANCELLED, Cancellation
+from sgc.serve.core import SSE_DONE, ApiError, ClientGone, ServerState, sse
 from sgc.serve.protocol import ErrorResponse, ProgramRunRequest, ProgramRunResponse
 
 __all__ = ["add_program_routes"]
 
 _SAMPLING = ("max_new_tokens", "temperature", "top_p", "top_k", "stop")
+_DISCONNECT_POLL_S = 0.25  # how often a running program checks that its HTTP client is still there
+_GONE = "the client disconnected"
+T = TypeVar("T")
+logger = logging.getLogger("sgc.serve")
+
+
+def _outcome(result: dict[str, Any], cancelled: bool) -> str:
+    if not result["error"]:
+        return "ok"
+    return "cancelled" if cancelled and CANCELLED in result["error"] else "error"
+
+
+async def _run_watched(state: ServerState, name: str, request: Request,
+                       work: Callable[[Cancellation], T]) -> tuple[T, bool]:
+    """Run `work` on a worker thread; cancel its run if the client disconnects (or this handler is
+    cancelled) meanwhile. Returns its result and whether the client left."""
+    cancel = Cancellation()
+    task = asyncio.ensure_future(asyncio.to_thread(work, cancel))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+            if done:
+                return task.result(), cancel.cancelled
+            if not cancel.cancelled and await request.is_disconnected():
+                _cancel(state, name, cancel)
+    except asyncio.CancelledError:  # the server stops, or the ASGI server dropped the handler
+        _cancel(state, name, cancel)
+        raise
+
+
+def _cancel(state: ServerState, name: str, cancel: Cancellation) -> None:
+    if not cancel.cancelled:
+        cancel.cancel(_GONE)
+        state.metrics.disconnects.inc()
+        logger.info("client disconnected: cancelled a run of program %s", name)
 
 
 def _function(state: ServerState, name: str, function: str | None) -> Any:
@@ -71,27 +116,29 @@ def add_program_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/programs/{name}/run", response_model=ProgramRunResponse,
               responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
-    async def run(name: str, body: ProgramRunRequest) -> Any:
+    async def run(name: str, body: ProgramRunRequest, request: Request) -> Any:
         state.check_ready()
         fn = _function(state, name, body.function)
         _check_arguments(fn, body.arguments)
         if body.stream:
-            return _stream_run(state, name, fn, body.arguments, options(body))
+            return _stream_run(state, name, fn, body.arguments, options(body), request)
 
-        def work() -> dict[str, Any]:
+        def work(cancel: Cancellation) -> dict[str, Any]:
             try:
-                result = fn.run(**body.arguments, **options(body))
+                result = fn.run(**body.arguments, **options(body), cancel=cancel)
                 result.sync()
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, ProgramError) as exc:  # the program failed (or was cancelled)
                 return {"text": None, "variables": None, "error": str(exc)}
             return _state_result(result)
 
-        result = await asyncio.to_thread(work)
-        state.metrics.program_runs.labels(name, "error" if result["error"] else "ok").inc()
+        result, gone = await _run_watched(state, name, request, work)
+        state.metrics.program_runs.labels(name, _outcome(result, gone)).inc()
+        if gone:
+            raise ClientGone()
         return result
 
     @app.post("/programs/{name}/run_batch", responses={400: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
-    async def run_batch(name: str, body: ProgramRunRequest) -> dict:
+    async def run_batch(name: str, body: ProgramRunRequest, request: Request) -> dict:
         state.check_ready()
         fn = _function(state, name, body.function)
         if not body.batch:
@@ -101,19 +148,22 @@ def add_program_routes(app: FastAPI, state: ServerState) -> None:
         for arguments in body.batch:
             _check_arguments(fn, arguments)
 
-        def work() -> list[dict[str, Any]]:
-            return [_state_result(s) for s in fn.run_batch(body.batch, **options(body))]
+        def work(cancel: Cancellation) -> list[dict[str, Any]]:
+            return [_state_result(s) for s in fn.run_batch(body.batch, **options(body), cancel=cancel)]
 
-        results = await asyncio.to_thread(work)
+        results, gone = await _run_watched(state, name, request, work)
         for r in results:
-            state.metrics.program_runs.labels(name, "error" if r["error"] else "ok").inc()
+            state.metrics.program_runs.labels(name, _outcome(r, gone)).inc()
+        if gone:
+            raise ClientGone()
         return {"results": results}
 
 
 def _stream_run(state: ServerState, name: str, fn: Any, arguments: dict[str, Any],
-                options: dict[str, Any]) -> StreamingResponse:
+                options: dict[str, Any], request: Request) -> StreamingResponse:
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    cancel = Cancellation()
 
     def put(kind: str, value: Any) -> None:
         try:
@@ -123,25 +173,58 @@ def _stream_run(state: ServerState, name: str, fn: Any, arguments: dict[str, Any
 
     def work() -> None:
         try:
-            result = fn.run(stream=True, **arguments, **options)
+            result = fn.run(stream=True, **arguments, **options, cancel=cancel)
             for piece in result.text_iter():
                 put("text", piece)
             put("done", _state_result(result))
         except Exception as exc:  # the program's error is its result
             put("done", {"text": None, "variables": None, "error": str(exc)})
 
-    threading.Thread(target=work, name=f"sgc-program-{name}", daemon=True).start()
+    counted: list[bool] = []
 
     async def body() -> AsyncIterator[str]:
+        threading.Thread(target=work, name=f"sgc-program-{name}", daemon=True).start()
         while True:
-            kind, value = await events.get()
+            try:
+                kind, value = await asyncio.wait_for(events.get(), _DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    return  # _ProgramStream cancels the run
+                continue
             if kind == "text":
                 if value:
                     yield sse({"text": value})
                 continue
-            state.metrics.program_runs.labels(name, "error" if value["error"] else "ok").inc()
+            state.metrics.program_runs.labels(name, _outcome(value, False)).inc()
+            counted.append(True)
             yield sse(value)
             yield SSE_DONE
             return
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    def on_end() -> None:  # the response ended before the result was sent: the client left
+        if not counted:
+            _cancel(state, name, cancel)
+            state.metrics.program_runs.labels(name, "cancelled").inc()
+
+    return _ProgramStream(body(), on_end)
+
+
+class _ProgramStream(StreamingResponse):
+    """A program's event stream that calls `on_end` however the response ends (a cut connection
+    included: the body generator may never be resumed, so its own `finally` cannot be relied on)."""
+
+    def __init__(self, content: AsyncIterator[str], on_end: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._content, self._on_end = content, on_end
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_end()
+            aclose = getattr(self._content, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except (Exception, asyncio.CancelledError):
+                    pass
