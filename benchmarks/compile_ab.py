@@ -1,0 +1,95 @@
+"""Compile times of corpus schemas under two code trees, alternating schema by schema.
+
+    git archive <base> | tar -x -C /tmp/base && ln -s $PWD/.venv /tmp/base/.venv
+    .venv/bin/python benchmarks/compile_ab.py /tmp/base . names.txt --timeout 10 --out ab.json
+
+One script starts a long-lived worker process per tree (`--worker ROOT`: it imports that tree's
+compiler, warms the vocabulary once, then compiles the schemas named on stdin, compile only, under a
+`constraint_seconds` budget) and feeds both the same schema in turn, alternating which goes first,
+so that both see the same machine load (the development machine is shared). Prints one line per
+schema and writes the rows as JSON; refusals count at the time they took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def worker(root: str, timeout: float) -> None:
+    sys.path[:0] = [root, root + "/tests", root + "/benchmarks"]
+    import bench_schemas as bench
+    from constraint_schemas import SMOLLM2_EOS, load_smollm2_tokenizer
+
+    from compiler.budgets import budget_overrides
+    from compiler.constraints import ConstraintError, Vocabulary, compile_json_schema
+
+    vocab = Vocabulary.from_tokenizer(load_smollm2_tokenizer(), eos_token_id=SMOLLM2_EOS)
+    compile_json_schema({"type": "string"}, vocab)  # the vocabulary trie, once
+    print("ready", flush=True)
+    for line in sys.stdin:
+        doc = bench.load_corpus([line.strip()], 0, 0)[0]
+        t = time.perf_counter()
+        try:
+            with budget_overrides(constraint_seconds=timeout):
+                fsm = compile_json_schema(doc["schema"], vocab)
+            result, states = "ok", fsm.num_states
+        except ConstraintError as e:
+            result, states = "refused: " + str(e).splitlines()[0][:100], None
+        row = {"name": doc["name"], "s": time.perf_counter() - t, "result": result, "states": states}
+        print(json.dumps(row), flush=True)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("base", nargs="?")
+    ap.add_argument("new", nargs="?")
+    ap.add_argument("names", nargs="?", type=Path, help="a file of schema names (whitespace separated)")
+    ap.add_argument("--timeout", type=float, default=10.0)
+    ap.add_argument("--out", type=Path, default=Path("compile_ab.json"))
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.timeout)
+        return
+    procs = {}
+    for tag, root in (("before", args.base), ("after", args.new)):
+        cmd = [sys.executable, __file__, "--worker", str(Path(root).resolve()), "--timeout", str(args.timeout)]
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if p.stdout.readline().strip() != "ready":
+            sys.exit(f"the {tag} worker did not start")
+        procs[tag] = p
+    rows = []
+    for i, name in enumerate(args.names.read_text().split()):
+        row: dict = {"name": name}
+        for tag in ("before", "after") if i % 2 == 0 else ("after", "before"):
+            procs[tag].stdin.write(name + "\n")
+            procs[tag].stdin.flush()
+            row[tag] = json.loads(procs[tag].stdout.readline())
+        rows.append(row)
+        print(name, *(f"{row[t]['s']:.2f} {row[t]['result'][:30]}" for t in ("before", "after")), flush=True)
+    args.out.write_text(json.dumps(rows, indent=1))
+    for tag in ("before", "after"):
+        xs = [r[tag]["s"] for r in rows]
+        ok = [r[tag]["s"] for r in rows if r[tag]["result"] == "ok"]
+        line = f"{tag}: compiled {len(ok)}/{len(rows)}, all p50/p90 {statistics.median(xs):.2f}/{_pct(xs, 0.9):.2f} s"
+        if ok:
+            line += f", compiled ones p50/p90 {statistics.median(ok):.2f}/{_pct(ok, 0.9):.2f} s"
+        print(line)
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
+
+
+if __name__ == "__main__":
+    main()
