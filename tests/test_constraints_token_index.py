@@ -353,7 +353,7 @@ def test_fill_mask_numpy_and_torch(person_fsm: TokenFSM, vocab: Vocabulary) -> N
             "properties": {"a": {"type": "string", "maxLength": 9}, "b": {"enum": ["x", "yy"]}},
         },
         {"type": "string", "pattern": '^[a-z"#=-]{0,40}$'},
-        {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string", "maxLength": 90}},
+        {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string", "maxLength": 50}},
                                     "required": ["k"], "additionalProperties": False}, "maxItems": 2},
     ],
 )
