@@ -16,6 +16,12 @@ after its end with `no_stop_trim`).
 
 Streaming (`pop_delta`) emits only text that can no longer change: never a trailing U+FFFD of a character
 still being completed, and never a suffix that could be the beginning of a stop string.
+
+Lazy until needed: without stop strings nothing reads the text before the request ends unless it
+streams, so `add` only records the token (most requests: no per-step decode, the engine's biggest
+per-request cost). `text` then decodes the whole output once, which is the reference the window
+method reproduces (tests/test_detokenizer.py checks the two agree). The first `pop_delta` (a
+streaming request) replays the recorded tokens through the window and stays incremental from then.
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ class IncrementalDetokenizer:
         self._cut: int | None = None  # where `text` ends once a stop matched
         self._matched_stop: str | None = None
         self._finished = False
+        # Lazy mode (see the module docstring): tokens are recorded, the window untouched.
+        self._lazy = not self._stops
+        self._lazy_text: tuple[int, str] | None = None  # (tokens decoded, their text)
 
     # -- inputs -----------------------------------------------------------------------------------
 
@@ -69,6 +78,12 @@ class IncrementalDetokenizer:
         if self._cut is not None or self._finished:
             return
         self._ids.append(token_id)
+        if self._lazy:
+            return
+        self._advance()
+
+    def _advance(self) -> None:
+        """Run the newest token (`_ids[-1]`, the tokens before it done) through the decode window."""
         window = self._decode(self._ids[self._prefix_offset:])
         # For byte-level BPE the context's text is a prefix of the window's. Tokenizers that rewrite
         # text across token boundaries (clean-up of spaces) may break that; what was committed stays.
@@ -92,9 +107,12 @@ class IncrementalDetokenizer:
         """A detokenizer over a rewritten token list whose text extends this one's (jump-forward
         re-tokenizes the tail of the output): text already streamed is not streamed again."""
         fresh = IncrementalDetokenizer(self._tokenizer, self._stops, self._skip_special, self._no_stop_trim)
+        if not self._lazy:  # it streams: so does the new one, from the same point of the text
+            fresh._go_incremental()
         for token_id in token_ids:
             fresh.add(token_id)
-        fresh._emitted = min(self._emitted, len(fresh._committed) + len(fresh._pending))
+        if not self._lazy:
+            fresh._emitted = min(self._emitted, len(fresh._committed) + len(fresh._pending))
         return fresh
 
     def finish(self) -> None:
@@ -106,6 +124,10 @@ class IncrementalDetokenizer:
     @property
     def text(self) -> str:
         """The output text so far, cut at a matched stop string."""
+        if self._lazy:  # no stop strings, never streamed: one decode of the whole output
+            if self._lazy_text is None or self._lazy_text[0] != len(self._ids):
+                self._lazy_text = (len(self._ids), self._decode(self._ids))
+            return self._lazy_text[1]
         full = self._committed + self._pending
         return full if self._cut is None else full[:self._cut]
 
@@ -123,6 +145,7 @@ class IncrementalDetokenizer:
 
     def pop_delta(self) -> str:
         """Text that became stable since the last call (see the module docstring)."""
+        self._go_incremental()
         if self._cut is not None:
             end = self._cut
         elif self._finished:
@@ -137,6 +160,17 @@ class IncrementalDetokenizer:
         return delta
 
     # -- internals --------------------------------------------------------------------------------
+
+    def _go_incremental(self) -> None:
+        """Leave lazy mode: run the recorded tokens through the window, as `add` would have."""
+        if not self._lazy:
+            return
+        self._lazy = False
+        self._lazy_text = None
+        recorded, self._ids = self._ids, []
+        for token_id in recorded:
+            self._ids.append(token_id)
+            self._advance()
 
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special)

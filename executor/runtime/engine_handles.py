@@ -54,6 +54,11 @@ class RequestHandle:
     def rid(self) -> str:
         return self.req.rid
 
+    @property
+    def streams(self) -> bool:
+        """Submitted with stream=True: each step's new text is published (else only the end is)."""
+        return self._deltas is not None
+
     # Called from the engine thread.
     def _publish(self) -> None:
         detok = self.req.detokenizer

@@ -164,6 +164,13 @@ class EngineLoop:
             if not self._take_inbox(self._drain_inbox(block=False)):
                 return False
         for req in self.parts.scheduler.step():
+            # A step that neither ended a request nor has text to stream changes nothing its
+            # caller can see (listeners hear "" deltas only from streaming requests): skip it.
+            if req.finish_reason is None and req.error is None:
+                handle = self._handles.get(req.rid)
+                if handle is not None and handle.streams:
+                    self._publish(handle)
+                continue
             handle = self._handles.get(req.rid)
             if handle is not None:
                 self._publish(handle)

@@ -434,17 +434,27 @@ class Scheduler:
 
     # -- sampling and finishing ---------------------------------------------------------------------
     def _sample_and_append(self, reqs: list[Request], logits: torch.Tensor) -> list[Request]:
-        """Sample one token per request and append it; returns the requests still healthy."""
+        """Sample one token per request and append it; returns the requests still healthy.
+
+        Which requests are running is looked up once (a set), and the ones that finished leave
+        `running` in one pass at the end: a scan of the list per request made a step O(B^2)."""
         allowed = self._constraint_masks(reqs, logits)
         tokens = self._sample(reqs, logits, allowed)
         lp_info = self._output_logprobs(reqs, logits, tokens)
-        for i, (req, token) in enumerate(zip(reqs, tokens)):
-            if req.error is not None:
-                continue
-            try:
-                self._append_token(req, token, lp_info.get(i))
-            except Exception as exc:
-                self.fail_request(req, exc)
+        running = {id(r) for r in self.running}
+        leaving: set[int] = set()
+        try:
+            for i, (req, token) in enumerate(zip(reqs, tokens)):
+                if req.error is not None:
+                    continue
+                try:
+                    if self._append_token(req, token, lp_info.get(i), id(req) in running):
+                        leaving.add(id(req))
+                except Exception as exc:
+                    self.fail_request(req, exc)
+        finally:
+            if leaving:
+                self.running[:] = [r for r in self.running if id(r) not in leaving]
         return [r for r in reqs if r.error is None]
 
     def _constraint_masks(self, reqs: list[Request], logits: torch.Tensor) -> torch.Tensor | None:
@@ -508,8 +518,11 @@ class Scheduler:
                 self.fail_request(reqs[i], exc)
         return info
 
-    def _append_token(self, req: Request, token: int, lp: tuple | None) -> None:
-        """Everything that follows one request's new token: results, detokenizer, constraint, stop."""
+    def _append_token(self, req: Request, token: int, lp: tuple | None, in_running: bool) -> bool:
+        """Everything that follows one request's new token: results, detokenizer, constraint, stop.
+
+        `in_running`: whether `req` was in `running` before this token. True when it finished and
+        must leave `running` (the caller removes it, with the step's others)."""
         req.output_ids.append(token)
         if req.first_token_at is None:
             req.first_token_at = time.perf_counter()
@@ -525,15 +538,15 @@ class Scheduler:
             req.constraint.advance(token)
         self._check_finished(req, token)
         if not req.finished and req.constraint is not None and self._try_jump_forward(req):
-            return
+            return False  # it left `running` (if it was there) itself
         if req.finished:
             req.finished_at = time.perf_counter()
-            if req in self.running:
-                self.running.remove(req)
             if not self._start_chain(req):
                 self.kv.release(req)
-        elif req not in self.running:
+            return in_running
+        if not in_running:
             self.running.append(req)
+        return False
 
     # -- chained requests (runtime_client "Chains", engine_chain) --------------------------------------
     def _start_chain(self, req: Request) -> bool:
@@ -686,7 +699,7 @@ class Scheduler:
             req.finish_reason = {"type": "stop", "matched": req.detokenizer.matched_stop}
         elif num_out >= params.max_new_tokens:
             req.finish_reason = {"type": "length", "length": num_out}
-        elif req.seq_len >= self.config.context_len:
+        elif len(req.input_ids) + num_out >= self.config.context_len:  # seq_len, without the call
             req.finish_reason = {"type": "length", "length": num_out}
 
     def _abort(self, req: Request, message: str) -> None:
