@@ -68,6 +68,9 @@ def test_every_workload_and_system_has_a_row(results: dict) -> None:
             assert row["status"] == expected, (w["name"], row["name"], row.get("error"))
 
 
+CHAINED = {"chat"}  # workloads whose programs run gen -> known text -> gen chains
+
+
 @pytest.mark.slow  # shares the fixture that runs every workload on a tiny model (~20 s)
 def test_metrics_are_sane(results: dict) -> None:
     for w in results["workloads"]:
@@ -83,7 +86,11 @@ def test_metrics_are_sane(results: dict) -> None:
         assert rows["hf-naive"]["speedup_vs_hf_naive"] == pytest.approx(1.0)
         assert rows["hf-naive"]["metrics"]["cached_tokens"] == 0
         if "sgc-no-radix" in rows:
-            assert rows["sgc-no-radix"]["metrics"]["cached_tokens"] == 0
+            # Without the radix cache only a chained gen (gen -> known text -> gen in one running
+            # request, the chain-gens pass) reuses KV: its prompt is the sequence it continues.
+            cached = rows["sgc-no-radix"]["metrics"]["cached_tokens"]
+            assert cached == 0 or w["name"] in CHAINED, (w["name"], cached)
+            assert cached <= rows["sgc"]["metrics"]["cached_tokens"], w["name"]
             assert rows["sgc"]["metrics"]["cache_hit_rate"] > 0, w["name"]  # every workload but batch shares
     json_rows = {r["name"]: r for r in results["workloads"][[w["name"] for w in results["workloads"]].index("json")]["systems"]}
     assert json_rows["sgc"]["metrics"]["jump_forward_tokens"] > 0
