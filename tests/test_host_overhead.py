@@ -133,3 +133,23 @@ def test_rebuilt_keeps_mode_and_what_was_streamed(tok, byte_ids):
     again = streaming.rebuilt(ids)
     again.finish()
     assert first + again.pop_delta() == tok.decode(ids)  # text already streamed is not streamed again
+
+
+def test_lpm_walks_the_cache_once_per_waiting_request_and_still_defers():
+    """The deferral check reuses the ordering's cached length (one radix walk, not two), and
+    decides as before: a request sharing uncached tokens with one being prefilled waits a step."""
+    from tests.test_scheduler import gen, make, reference, run
+
+    sched = make()
+    walks = []
+    cached_len = sched.kv.cached_len
+    sched.kv.cached_len = lambda tokens: walks.append(len(tokens)) or cached_len(tokens)
+    shared = list(range(50))
+    a, b = gen("a", shared + [1, 2]), gen("b", shared + [3, 4])
+    sched.add(a)
+    sched.add(b)
+    sched.step()  # a prefills; b defers
+    assert len(walks) == 2  # the ordering's two walks; the deferral check made none of its own
+    run(sched)
+    assert a.output_ids == reference(a.input_ids, 6) and b.output_ids == reference(b.input_ids, 6)
+    assert b.num_cached_tokens >= 50

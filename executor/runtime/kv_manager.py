@@ -37,6 +37,8 @@ class KVManager:
         self.req_to_token = req_to_token
         self.cache = radix_cache
         self.reserved_rows: set[int] = set()  # table rows no request owns (CUDA graph padding)
+        # Evictions that dropped something: a cached length measured before a change here is stale.
+        self.num_evictions = 0
 
     @classmethod
     def build(cls, num_slots: int, max_requests: int, context_len: int, device: torch.device,
@@ -184,6 +186,8 @@ class KVManager:
             return 0
         dropped = self.cache.evict(num_tokens)
         self.allocator.free(dropped)
+        if dropped.numel():
+            self.num_evictions += 1
         return dropped.numel()
 
     def flush(self) -> int:

@@ -153,7 +153,16 @@ class Scheduler:
         if not self.waiting:
             return []
         cfg = self.config
-        ordered = order_waiting(self.waiting, cfg.policy, lambda r: self.kv.cached_len(r.fill_ids[: self._max_cached(r)]))
+        # The ordering's cached lengths, kept for the deferral check (one radix walk per request
+        # per step instead of two); stale once an eviction in this step dropped cached tokens.
+        measured: dict[int, int] = {}
+
+        def cached_len(r: Request) -> int:
+            measured[id(r)] = n = self.kv.cached_len(r.fill_ids[: self._max_cached(r)])
+            return n
+
+        ordered = order_waiting(self.waiting, cfg.policy, cached_len)
+        evictions = self.kv.num_evictions
         budget = cfg.max_prefill_tokens
         num_running = len(self.running)
         chosen: list[_Extend] = []
@@ -167,7 +176,8 @@ class Scheduler:
                     break
                 if not self.kv.can_begin():
                     break
-                if cfg.policy == "lpm" and self._should_defer(req, chosen, in_progress):
+                known = measured.get(id(req)) if self.kv.num_evictions == evictions else None
+                if cfg.policy == "lpm" and self._should_defer(req, chosen, in_progress, known):
                     continue
                 self.kv.begin(req, self._max_cached(req))
                 if not req.admitted_once:
@@ -197,11 +207,14 @@ class Scheduler:
             extends.append(_Extend(req, start, 1))
         return extends
 
-    def _should_defer(self, req: Request, chosen: list[_Extend], in_progress: list[Request]) -> bool:
-        """True if a request being prefilled is about to compute the same uncached tokens."""
+    def _should_defer(self, req: Request, chosen: list[_Extend], in_progress: list[Request],
+                      cached: int | None = None) -> bool:
+        """True if a request being prefilled is about to compute the same uncached tokens
+        (`cached`: its cached length if measured since the cache last lost tokens)."""
         if self.kv.cache is None:
             return False
-        cached = self.kv.cached_len(req.fill_ids[: self._max_cached(req)])
+        if cached is None:
+            cached = self.kv.cached_len(req.fill_ids[: self._max_cached(req)])
         others = [e.req for e in chosen] + in_progress
         n = cached + self.config.defer_shared_prefix_tokens
         head = req.fill_ids[:n]
