@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from executor.runtime.remote_handle import ThreadedHandle
+from executor.runtime.remote_handle import CollectingGroup, ThreadedHandle
 from executor.runtime.runtime_client import (
     ClientRequest,
     EngineError,
@@ -75,30 +75,6 @@ class _Pin:
         self.released = threading.Event()
         if pin_id is None:
             self.released.set()
-
-
-class _Group:
-    """`ReplicaClient.group`: one `submit` call when the block exits (`runtime_client.RequestGroup`)."""
-
-    def __init__(self, client: ReplicaClient, after: Iterable[Any]) -> None:
-        self._client = client
-        self._after = [h.rid for h in after]
-        self._handles: list[ReplicaHandle] = []
-        self._closed = False
-
-    def send(self, request: ClientRequest, listener: Listener | None = None) -> ReplicaHandle:
-        if self._closed:
-            raise RuntimeError("this request group was already sent")
-        handle = self._client._prepare(request, listener)
-        self._handles.append(handle)
-        return handle
-
-    def __enter__(self) -> _Group:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._closed = True
-        self._client._submit(self._handles, self._after)
 
 
 class ReplicaClient(SimpleCalls):
@@ -161,8 +137,9 @@ class ReplicaClient(SimpleCalls):
         self._submit([handle], [])
         return handle
 
-    def group(self, after: Iterable[Any] = ()) -> _Group:
-        return _Group(self, after)
+    def group(self, after: Iterable[Any] = ()) -> CollectingGroup:
+        after_rids = [h.rid for h in after]
+        return CollectingGroup(self._prepare, lambda handles: self._submit(handles, after_rids))
 
     def pin_prefix(self, token_ids: Sequence[int]) -> _Pin:
         try:

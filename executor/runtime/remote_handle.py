@@ -1,5 +1,5 @@
 """`ThreadedHandle`: the part of a `RequestHandle` that every client whose results arrive on a
-thread of its own (an HTTP worker, a Ray poller) shares.
+thread of its own (an HTTP worker, a Ray poller) shares; `CollectingGroup`: their `RequestGroup`.
 
 The in-process engine finishes handles on its engine thread (`engine_handles.py`); a remote client
 learns of deltas and results on a worker thread and hands them over here. `result()` waits on an
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from executor.runtime.runtime_client import Listener
+from executor.runtime.runtime_client import ClientRequest, Listener
 
-__all__ = ["ThreadedHandle"]
+__all__ = ["CollectingGroup", "ThreadedHandle"]
 
 
 class ThreadedHandle:
@@ -92,3 +92,29 @@ class ThreadedHandle:
                 listener(delta, finished)
             except Exception:  # a listener's bug must not stop the thread that delivers results
                 pass
+
+
+class CollectingGroup:
+    """A `RequestGroup` that checks each request as it is sent (`prepare`) and hands them all to
+    `dispatch` when the block exits, even if it raised."""
+
+    def __init__(self, prepare: Callable[[ClientRequest, Listener | None], ThreadedHandle],
+                 dispatch: Callable[[list[ThreadedHandle]], None]) -> None:
+        self._prepare = prepare
+        self._dispatch = dispatch
+        self._handles: list[ThreadedHandle] = []
+        self._closed = False
+
+    def send(self, request: ClientRequest, listener: Listener | None = None) -> ThreadedHandle:
+        if self._closed:
+            raise RuntimeError("this request group was already sent")
+        handle = self._prepare(request, listener)
+        self._handles.append(handle)
+        return handle
+
+    def __enter__(self) -> CollectingGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed = True
+        self._dispatch(self._handles)

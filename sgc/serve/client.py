@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from executor.runtime.remote_handle import ThreadedHandle
+from executor.runtime.remote_handle import CollectingGroup, ThreadedHandle
 from executor.runtime.runtime_client import (
     ClientRequest,
     EngineError,
@@ -123,30 +123,6 @@ class RemoteHandle(ThreadedHandle):
         return {"text": text, "output_ids": [], "meta_info": meta}
 
 
-class _Group:
-    """`HTTPRuntimeClient.group`: the requests are sent when the block exits (`after` is a no-op)."""
-
-    def __init__(self, client: HTTPRuntimeClient) -> None:
-        self._client = client
-        self._handles: list[RemoteHandle] = []
-        self._closed = False
-
-    def send(self, request: ClientRequest, listener: Listener | None = None) -> RemoteHandle:
-        if self._closed:
-            raise RuntimeError("this request group was already sent")
-        handle = self._client._prepare(request, listener)
-        self._handles.append(handle)
-        return handle
-
-    def __enter__(self) -> _Group:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._closed = True
-        for handle in self._handles:
-            self._client._start(handle)
-
-
 class HTTPRuntimeClient(SimpleCalls):
     """`runtime_client.RuntimeClient` for a running `sgc serve` at `base_url` (see the module docstring)."""
 
@@ -215,8 +191,9 @@ class HTTPRuntimeClient(SimpleCalls):
         self._start(handle)
         return handle
 
-    def group(self, after: Iterable[Any] = ()) -> _Group:
-        return _Group(self)
+    def group(self, after: Iterable[Any] = ()) -> CollectingGroup:
+        """The requests are sent when the block exits; `after` means nothing over HTTP (no step waits)."""
+        return CollectingGroup(self._prepare, lambda handles: [self._start(h) for h in handles])
 
     def pin_prefix(self, token_ids: Sequence[int]) -> _RemotePin:
         return _RemotePin()
