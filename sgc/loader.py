@@ -27,7 +27,7 @@ import dataclasses
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +57,17 @@ class LoadedFunction:
     def __repr__(self) -> str:
         return f"<sgc.LoadedFunction {self.name}({', '.join(self.arg_names)})>"
 
-    def run(self, *, stream: bool = False, cancel: Any = None, **kwargs: Any) -> Any:
-        """Run one instance; returns its state (`text()`, `state[name]`, ...); raises if it failed.
-        `cancel`: an `executor.program.graph_run.Cancellation` another thread may flip."""
+    def run(self, *, stream: bool = False, **kwargs: Any) -> Any:
+        """Run one instance; returns its state (`text()`, `state[name]`, ...); raises if it failed."""
+        return self.run_arguments(kwargs, stream=stream)
+
+    def run_arguments(self, arguments: Mapping[str, Any], *, stream: bool = False, cancel: Any = None,
+                      **options: Any) -> Any:
+        """`run` with the program's arguments in a dict, so that none of them can clash with a keyword
+        of this call; `cancel`: an `executor.program.graph_run.Cancellation` another thread may flip
+        (the server's program routes cancel a run whose client left)."""
         self._check_unlocked()
-        values, defaults = _split(dict(kwargs))
+        values, defaults = _split({**arguments, **options})
         return self.program.compiled.run(self.name, values, defaults, stream=stream, cancel=cancel)
 
     def _check_unlocked(self) -> None:

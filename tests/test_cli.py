@@ -174,3 +174,16 @@ def test_a_bad_program_is_one_line_and_exit_1(tmp_path, case) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_program_argument_may_be_named_cancel(tmp_path, model_dir, runtime) -> None:
+    """`cancel=` is the server's handle on a run (`LoadedFunction.run_arguments`), not a keyword of
+    `run`: a program whose argument is named `cancel` loads and runs like any other."""
+    (tmp_path / "cancelprog.py").write_text(
+        "import sgc\n\n@sgc.function\ndef echo(s, cancel):\n    s += 'Say ' + cancel + ':' + sgc.gen('out', max_tokens=3)\n")
+    assert main(["compile", str(tmp_path / "cancelprog.py"), "-o", str(tmp_path / "cancelprog.sgc"),
+                 "--model", str(model_dir)]) == 0
+    echo = sgc.load(tmp_path / "cancelprog.sgc", backend=runtime).echo
+    by_keyword = echo.run(cancel="no", temperature=0)
+    by_dict = echo.run_arguments({"cancel": "no"}, temperature=0)
+    assert by_keyword.text().startswith("Say no:") and by_keyword.text() == by_dict.text()

@@ -125,7 +125,7 @@ def add_program_routes(app: FastAPI, state: ServerState) -> None:
 
         def work(cancel: Cancellation) -> dict[str, Any]:
             try:
-                result = fn.run(**body.arguments, **options(body), cancel=cancel)
+                result = fn.run_arguments(body.arguments, cancel=cancel, **options(body))
                 result.sync()
             except (ValueError, TypeError, ProgramError) as exc:  # the program failed (or was cancelled)
                 return {"text": None, "variables": None, "error": str(exc)}
@@ -173,7 +173,7 @@ def _stream_run(state: ServerState, name: str, fn: Any, arguments: dict[str, Any
 
     def work() -> None:
         try:
-            result = fn.run(stream=True, **arguments, **options, cancel=cancel)
+            result = fn.run_arguments(arguments, stream=True, cancel=cancel, **options)
             for piece in result.text_iter():
                 put("text", piece)
             put("done", _state_result(result))
