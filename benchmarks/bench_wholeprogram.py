@@ -120,7 +120,6 @@ def bench_runtime_hops(model: str, null_model: bool, conversations: int, turns: 
     at once, each next gen sent by a client thread on the whole text (tokenized, follow_up answered)
     or chained (`ChainedGen`). Hop: end of one gen to the first token of the next."""
     import queue
-    import threading
 
     from executor.runtime.runtime_client import ChainedGen, GenerateRequest
 

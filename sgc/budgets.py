@@ -8,6 +8,15 @@ with sgc.budgets.budget_overrides(artifact_bytes=1 << 30):  # one block
 ```
 """
 
-from compiler.budgets import BUDGETS, Budget, BudgetExceeded, budget_overrides, check, over_budget, set_budget, value
+from compiler.budgets import (
+    BUDGETS,
+    Budget,
+    BudgetExceeded,
+    budget_overrides,
+    check,
+    over_budget,
+    set_budget,
+    value,
+)
 
 __all__ = ["BUDGETS", "Budget", "BudgetExceeded", "budget_overrides", "check", "over_budget", "set_budget", "value"]

@@ -22,18 +22,22 @@ from test_constraints_json_schema_keywords import distance_to_accept, sample
 
 from compiler.constraints import ConstraintError, TokenFSM, Vocabulary, as_vocabulary, compile_json_schema
 from compiler.constraints.dfa_ops import byte_dfa
-from compiler.constraints.json_schema import SchemaCompiler, SchemaOptions, json_schema_to_node, json_schema_to_regex
-from compiler.constraints.json_structure import StructureGuard
+from compiler.constraints.json_schema import (
+    SchemaCompiler,
+    SchemaOptions,
+    json_schema_to_node,
+    json_schema_to_regex,
+)
 from compiler.constraints.json_structure import (
     ESC,
     OUT,
     P_AFTER,
     STR,
     SUPERSET_DEPTH,
+    StructureGuard,
     StructureScanner,
     StructureTables,
     check_text,
-    reference_ok,
     signature,
 )
 from executor.runtime.constrained import ConstraintCursor, ConstraintDeadEnd, plan_jump_forward
