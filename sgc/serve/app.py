@@ -325,7 +325,7 @@ def build_app(client: RuntimeClient, *, model_name: str | None = None, model_pat
             err = json.loads(first[len("data: "):])["error"]
             await gen.aclose()
             return error_response(err.get("code", 400), err["message"])
-        return SSEResponse(_prepend(first, gen), state, handles)
+        return SSEResponse(_prepend(first, gen), lambda: state.forget(handles))
 
     @app.post("/sgc/score", response_model=ScoreResult, responses={400: {"model": ErrorResponse}})
     async def score(body: ScoreReqInput, request: Request) -> dict:

@@ -3,7 +3,7 @@ runtime client and waiting for them on the event loop, server-sent events.
 
 Progress comes back through handle listeners (on the runtime's thread), bridged onto the event loop
 with `call_soon_threadsafe`. A request whose HTTP client goes away is aborted: `run_requests` polls
-for a disconnect while it waits, and `SSEResponse` aborts its requests however the stream ends.
+for a disconnect while it waits, and `SSEResponse` runs its end action (aborting its requests) however the stream ends.
 """
 
 from __future__ import annotations
@@ -236,19 +236,21 @@ def _log_results(route: str, results: Sequence[dict[str, Any]], seconds: float) 
 
 
 class SSEResponse(StreamingResponse):
-    """Server-sent events that abort their requests however the response ends (a cut connection
-    included: the generator may never be resumed, so its `finally` cannot be relied on)."""
+    """Server-sent events that call `on_end` however the response ends (a cut connection included:
+    the generator may never be resumed, so its `finally` cannot be relied on). The generate routes
+    pass `lambda: state.forget(handles)`, which aborts their requests; the program routes cancel
+    their run."""
 
-    def __init__(self, content: AsyncIterator[str], state: ServerState, handles: list[Any]) -> None:
+    def __init__(self, content: AsyncIterator[str], on_end: Callable[[], None]) -> None:
         super().__init__(content, media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self._state, self._handles, self._content = state, handles, content
+        self._content, self._on_end = content, on_end
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._state.forget(self._handles)
+            self._on_end()
             aclose = getattr(self._content, "aclose", None)
             if aclose is not None:
                 try:

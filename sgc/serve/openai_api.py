@@ -331,4 +331,4 @@ async def _start_stream(state: ServerState, events: Any) -> Any:
         except ClientGone:
             return
 
-    return SSEResponse(rest(), state, handles)
+    return SSEResponse(rest(), lambda: state.forget(handles))

@@ -28,7 +28,7 @@ from fastapi.responses import StreamingResponse
 
 from compiler.errors import ProgramError
 from executor.program.graph_run import CANCELLED, Cancellation
-from sgc.serve.core import SSE_DONE, ApiError, ClientGone, ServerState, sse
+from sgc.serve.core import SSE_DONE, ApiError, ClientGone, ServerState, SSEResponse, sse
 from sgc.serve.protocol import ErrorResponse, ProgramRunRequest, ProgramRunResponse
 
 __all__ = ["add_program_routes"]
@@ -206,25 +206,6 @@ def _stream_run(state: ServerState, name: str, fn: Any, arguments: dict[str, Any
             _cancel(state, name, cancel)
             state.metrics.program_runs.labels(name, "cancelled").inc()
 
-    return _ProgramStream(body(), on_end)
+    return SSEResponse(body(), on_end)
 
 
-class _ProgramStream(StreamingResponse):
-    """A program's event stream that calls `on_end` however the response ends (a cut connection
-    included: the body generator may never be resumed, so its own `finally` cannot be relied on)."""
-
-    def __init__(self, content: AsyncIterator[str], on_end: Callable[[], None]) -> None:
-        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        self._content, self._on_end = content, on_end
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._on_end()
-            aclose = getattr(self._content, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except (Exception, asyncio.CancelledError):
-                    pass
