@@ -296,6 +296,13 @@ def test_malformed_requests_get_4xx(server):
                 yield b"x" * (1024 * 1024)
 
         assert c.post("/generate", content=chunks()).status_code == 413
+
+        def small_chunks():  # a body without Content-Length under the limit is read, replayed and served
+            yield b'{"text": "Hello", '
+            yield b'"sampling_params": {"max_new_tokens": 2, "temperature": 0}}'
+
+        chunked = c.post("/generate", content=small_chunks())
+        assert chunked.status_code == 200 and chunked.json()["meta_info"]["completion_tokens"] <= 2
         assert c.get("/no/such/route").status_code == 404
         assert c.get("/generate").status_code == 405
         assert c.get("/health").status_code == 200

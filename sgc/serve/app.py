@@ -40,9 +40,11 @@ from sgc.serve.core import (
     DEFAULT_MAX_QUEUED,
     SSE_DONE,
     ApiError,
+    BodyTooLarge,
     ClientGone,
     ServerState,
     SSEResponse,
+    buffer_body,
     error_response,
     run_requests,
     sse,
@@ -409,23 +411,14 @@ class _Guard:
                         await self._refuse(send_status, 413, too_large, "request_too_large")
                         return
                 else:  # chunked: read it here, bounded, then hand it on
-                    body = bytearray()
-                    while True:
-                        message = await receive()
-                        if message["type"] != "http.request":
-                            return  # the client left
-                        body.extend(message.get("body", b""))
-                        if len(body) > self.max_body_bytes:
-                            await self._refuse(send_status, 413, too_large, "request_too_large")
-                            return
-                        if not message.get("more_body"):
-                            break
-                    replay = [{"type": "http.request", "body": bytes(body), "more_body": False}]
-
-                    async def receive_replayed() -> Any:
-                        return replay.pop() if replay else await receive()
-
-                    await self.app(scope, receive_replayed, send_status)
+                    try:
+                        replayed = await buffer_body(receive, self.max_body_bytes)
+                    except BodyTooLarge:
+                        await self._refuse(send_status, 413, too_large, "request_too_large")
+                        return
+                    if replayed is None:
+                        return  # the client left
+                    await self.app(scope, replayed, send_status)
                     return
             await self.app(scope, receive, send_status)
         finally:

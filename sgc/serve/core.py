@@ -30,8 +30,8 @@ from sgc.serve.metrics import ServerMetrics
 
 logger = logging.getLogger("sgc.serve")
 
-__all__ = ["SSE_DONE", "ApiError", "ClientGone", "SSEResponse", "ServerState", "error_response", "run_requests",
-           "sse", "stream_requests"]
+__all__ = ["SSE_DONE", "ApiError", "BodyTooLarge", "ClientGone", "SSEResponse", "ServerState", "buffer_body",
+           "error_response", "run_requests", "sse", "stream_requests"]
 
 DEFAULT_MAX_QUEUED = 256
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -257,6 +257,32 @@ class SSEResponse(StreamingResponse):
                     await aclose()
                 except (Exception, asyncio.CancelledError):
                     pass
+
+
+class BodyTooLarge(Exception):
+    """A request body sent without Content-Length grew past the limit while it was read."""
+
+
+async def buffer_body(receive: Any, max_bytes: int) -> Any:
+    """Read a body sent without Content-Length (chunked), at most `max_bytes` of it; returns an ASGI
+    receive that hands the body out first and then defers to `receive`, or None if the client left.
+    Raises `BodyTooLarge` past the limit, before reading any further."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body.extend(message.get("body", b""))
+        if len(body) > max_bytes:
+            raise BodyTooLarge
+        if not message.get("more_body"):
+            break
+    replay = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+
+    async def replayed() -> Any:
+        return replay.pop() if replay else await receive()
+
+    return replayed
 
 
 def sse(data: Any) -> str:

@@ -37,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import GaugeMetricFamily
 
 from executor.cluster.router import RoutingPolicy, make_policy
-from sgc.serve.core import DEFAULT_MAX_BODY_BYTES, error_response
+from sgc.serve.core import DEFAULT_MAX_BODY_BYTES, BodyTooLarge, buffer_body, error_response
 
 logger = logging.getLogger("sgc.serve.router")
 
@@ -412,29 +412,17 @@ class _Guard:
         if refusal is None and length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             refusal = too_large
         if refusal is None and length is None and scope["method"] in ("POST", "PUT", "PATCH"):
-            body = bytearray()
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
+            try:
+                replayed = await buffer_body(receive, self.max_body_bytes)
+            except BodyTooLarge:
+                refusal = too_large
+            else:
+                if replayed is None:
                     return  # the client left
-                body.extend(message.get("body", b""))
-                if len(body) > self.max_body_bytes:
-                    refusal = too_large
-                    break
-                if not message.get("more_body"):
-                    receive = _replaying(bytes(body), receive)
-                    break
+                receive = replayed
         if refusal is not None:
             await refusal(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
 
-def _replaying(body: bytes, receive: Any) -> Any:
-    """An ASGI receive that hands out `body` (already read) first, then defers to `receive`."""
-    replay = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def replayed() -> Any:
-        return replay.pop() if replay else await receive()
-
-    return replayed
