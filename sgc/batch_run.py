@@ -109,34 +109,32 @@ def artifact_bytes(program: str | os.PathLike[str], function: str, model: str) -
 def prefix_keys(data: bytes, function: str, rows: Sequence[BatchRow], model: str) -> dict[int, str]:
     """Each runnable row's prefix key, from the compiled graph (executor/cluster/affinity.py)."""
     from compiler.chat_template import get_chat_format
-    from compiler.codegen.artifact import read_artifact
     from executor.cluster.affinity import instance_key
     from executor.runtime.tokenizer import Tokenizer
     from models import resolve_model
 
-    with tempfile.TemporaryDirectory(prefix="sgc-keys-") as tmp:
-        path = Path(tmp) / "program.sgc"
-        path.write_bytes(data)
-        module = read_artifact(path).module
-    if function not in module:
-        raise ValueError(f"the program has no function {function!r} (functions: {', '.join(g.name for g in module)})")
+    graph = _function_graph(data, function)
     folder = resolve_model(model)
     chat_format = get_chat_format(None, Tokenizer(folder), Path(folder).name)
-    graph = module[function]
     return {row.index: instance_key(graph, row.args, chat_format) for row in rows if row.args is not None}
 
 
 def function_arguments(data: bytes, function: str) -> list[str]:
     """The argument names of `function` in an artifact (to check rows before anything starts)."""
+    return [node.op.name for node in _function_graph(data, function).args]
+
+
+def _function_graph(data: bytes, function: str) -> Any:
+    """`function`'s graph in the artifact `data` (read as the loader reads a file: data only)."""
     from compiler.codegen.artifact import read_artifact
 
-    with tempfile.TemporaryDirectory(prefix="sgc-args-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sgc-artifact-") as tmp:
         path = Path(tmp) / "program.sgc"
         path.write_bytes(data)
         module = read_artifact(path).module
     if function not in module:
         raise ValueError(f"the program has no function {function!r} (functions: {', '.join(g.name for g in module)})")
-    return [node.op.name for node in module[function].args]
+    return module[function]
 
 
 def run_on_ray(program: str | os.PathLike[str] | bytes | Any, function: str,
