@@ -187,3 +187,17 @@ def test_a_program_argument_may_be_named_cancel(tmp_path, model_dir, runtime) ->
     by_keyword = echo.run(cancel="no", temperature=0)
     by_dict = echo.run_arguments({"cancel": "no"}, temperature=0)
     assert by_keyword.text().startswith("Say no:") and by_keyword.text() == by_dict.text()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--replicas", "0"], "--replicas must be at least 1"),
+    (["--replicas", "-2"], "--replicas must be at least 1"),
+    (["--replicas", "2", "--cores-per-replica", "0"], "--cores-per-replica must be at least 1"),
+    (["--replicas", "2", "--gpus-per-replica", "-1"], "--gpus-per-replica at least 0"),
+    (["--replicas", "2"], "--replicas needs --out FILE"),
+])
+def test_run_refuses_bad_replica_options(workdir, model_dir, capsys, flags, message) -> None:
+    """Bad replica options are refused with one line before any cluster or model starts."""
+    code = main(["run", str(workdir / "cliprog.sgc"), "--function", "qa", "--args", str(workdir / "rows.jsonl"),
+                 "--model", str(model_dir), *flags])
+    assert code != 0 and message in capsys.readouterr().err
