@@ -13,6 +13,14 @@ import pytest
 
 CORPUS = Path(__file__).resolve().parent / "data" / "schemas"
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_schemas.py"
+READINGS = Path(__file__).resolve().parent.parent / "benchmarks" / "regex_readings.py"
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _docs() -> list[dict]:
@@ -21,6 +29,7 @@ def _docs() -> list[dict]:
 
 def test_corpus_is_well_formed() -> None:
     docs = _docs()
+    readings = _load(READINGS, "regex_readings")
     assert len(docs) >= 300
     names = set()
     for doc in docs:
@@ -31,8 +40,10 @@ def test_corpus_is_well_formed() -> None:
         schema = doc["schema"]
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
         validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+        both = readings.BothReadings(schema)
         for inst in doc["valid"]:
-            assert validator.is_valid(inst), (doc["name"], inst)
+            # valid under ECMA's ASCII \w/\d too, not only under Python's Unicode reading
+            assert both.is_valid(inst), (doc["name"], inst)
         for inst in doc["invalid"]:
             assert not validator.is_valid(inst), (doc["name"], inst)
     sources = (CORPUS / "SOURCES.md").read_text(encoding="utf-8")
@@ -91,3 +102,17 @@ def test_harness_accepts_a_valid_object_of_many_optional_members_in_any_key_orde
     instance = {n: "\u00e9" for n in reversed(names)}
     assert bench.Matcher(Walker, 500).accepted_text(Walker, instance, schema) is not None
     assert bench.Matcher(Walker, 500).accepted_text(Walker, {"m00": "x", "zz": "y"}, schema) is None
+
+
+def test_a_unicode_word_character_is_valid_only_under_pythons_reading() -> None:
+    """The corpus's valid instances must hold under both readings of a pattern: "洏" matches
+    `^\\w+$` in Python's `re` (Unicode) but not in ECMA-262 (ASCII), which JSON Schema specifies."""
+    readings = _load(READINGS, "regex_readings")
+    schema = {"type": "object", "properties": {"name": {"type": "string", "pattern": "^\\w+$"}},
+              "patternProperties": {"^\\d+$": {"type": "integer"}}}
+    both = readings.BothReadings(schema)
+    assert both.is_valid({"name": "ab_9", "12": 3})
+    assert both.unicode.is_valid({"name": "洏"}) and not both.is_valid({"name": "洏"})
+    # a key of Arabic-Indic digits is under patternProperties for Python only
+    assert not both.unicode.is_valid({"\u0661\u0662": "x"}) and both.ascii.is_valid({"\u0661\u0662": "x"})
+    assert both.unicode.is_valid({"\u0661\u0662": 3}) and both.ascii.is_valid({"\u0661\u0662": "x"})

@@ -1,0 +1,75 @@
+"""Validate a corpus instance under both readings of a JSON Schema `pattern`.
+
+JSON Schema says patterns are ECMA-262 regexes, where `\\w`, `\\d` (and, nearly, `\\s`) are ASCII
+classes; Python's `re`, which `jsonschema` uses, reads them as Unicode classes. A string such as
+"洏" is valid for `^\\w+$` under Python's reading only. sgc enforces what is valid under both (see
+`compiler/constraints/regex_parser.py`), so a corpus instance counts as valid only when it is valid
+under Python's Unicode reading and under its ASCII reading (`re.ASCII`, where `\\s` is the six ASCII
+spaces: stricter than ECMA's `\\s`, never looser).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+
+# Keyword positions whose values are schemas (maps of them, or a schema / list of schemas).
+SCHEMA_MAPS = {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+SCHEMA_VALUES = {
+    "items",
+    "additionalItems",
+    "unevaluatedItems",
+    "contains",
+    "additionalProperties",
+    "unevaluatedProperties",
+    "propertyNames",
+    "not",
+    "if",
+    "then",
+    "else",
+    "contentSchema",
+    "prefixItems",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "extends",
+}
+
+
+def ascii_reading(schema: Any) -> Any:
+    """`schema` with every `pattern` and `patternProperties` regex read with `re.ASCII` (`(?a)`)."""
+    if isinstance(schema, list):
+        return [ascii_reading(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for k, v in schema.items():
+        if k == "pattern" and isinstance(v, str):
+            v = "(?a)" + v
+        elif k == "patternProperties" and isinstance(v, dict):
+            v = {"(?a)" + p: ascii_reading(sub) for p, sub in v.items()}
+        elif k in SCHEMA_MAPS and isinstance(v, dict):
+            v = {name: ascii_reading(sub) for name, sub in v.items()}
+        elif k in SCHEMA_VALUES:
+            v = ascii_reading(v)
+        elif k == "dependencies" and isinstance(v, dict):
+            v = {name: ascii_reading(sub) if isinstance(sub, dict) else sub for name, sub in v.items()}
+        out[k] = v
+    return out
+
+
+def _validator(schema: Any) -> Any:
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+class BothReadings:
+    """`is_valid`: valid under Python's Unicode reading and under the ASCII reading of patterns."""
+
+    def __init__(self, schema: Any) -> None:
+        self.unicode = _validator(schema)
+        self.ascii = _validator(ascii_reading(schema))
+
+    def is_valid(self, instance: Any) -> bool:
+        return self.unicode.is_valid(instance) and self.ascii.is_valid(instance)
