@@ -40,6 +40,9 @@ REGEXES = st.recursive(
 )
 
 
+_SHARED_SPACES = "[\\s\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+
+
 def sample_accepted(dfa: CharDFA, rng: random.Random, max_len: int = 12) -> str | None:
     """A random string the CharDFA accepts (walk live classes, stop at accepting states)."""
     if dfa.num_states == 0:
@@ -69,7 +72,9 @@ def sample_accepted(dfa: CharDFA, rng: random.Random, max_len: int = 12) -> str 
     seed=st.integers(0, 10**6),
 )
 def test_dfa_accepts_exactly_what_re_fullmatch_accepts(pattern: str, strings: list[str], seed: int) -> None:
-    compiled = re.compile(pattern, re.ASCII)
+    # the oracle: re's ASCII reading, with \s widened to the spaces ECMA and Python share (the atoms
+    # put \s in no class); every sampled text must match Python's Unicode reading too
+    compiled = re.compile(pattern.replace("\\s", _SHARED_SPACES), re.ASCII)
     char_dfa = regex_to_char_dfa(pattern)
     byte_dfa = regex_to_byte_dfa(pattern)
     rng = random.Random(seed)
@@ -81,6 +86,7 @@ def test_dfa_accepts_exactly_what_re_fullmatch_accepts(pattern: str, strings: li
     for x in samples:
         if x is not None:
             assert compiled.fullmatch(x), (pattern, x)
+            assert re.fullmatch(pattern, x), (pattern, x)
 
 
 def test_char_dfa_keeps_classes_as_classes() -> None:
@@ -105,6 +111,24 @@ def test_negated_shorthands_exclude_unicode_readings() -> None:
     assert dfa.accepts("x") and not dfa.accepts("5") and not dfa.accepts("\u0663")
     assert not regex_to_char_dfa(r"[^\s]").accepts("\u00a0")
     assert regex_to_char_dfa(r"\w").accepts("_") and not regex_to_char_dfa(r"\w").accepts("é")
+
+
+def test_space_shorthand_is_the_spaces_both_readings_share() -> None:
+    """\\s takes the spaces ECMA-262 and Python's re both call spaces (NBSP, U+2028, the Zs range),
+    not Python's U+001C-U+001F/NEL (not spaces in ECMA) nor ECMA's U+FEFF (not one in Python);
+    \\S and [^\\s] exclude every reading's spaces, U+FEFF included."""
+    space = regex_to_char_dfa(r"\s")
+    for ch in " \t\u00a0\u1680\u2000\u2007\u200a\u2028\u2029\u202f\u205f\u3000":
+        assert space.accepts(ch), hex(ord(ch))
+    for ch in "\x1c\x1f\x85\ufeffa":
+        assert not space.accepts(ch), hex(ord(ch))
+    for pattern in (r"\S", r"[^\s]"):
+        dfa = regex_to_char_dfa(pattern)
+        assert dfa.accepts("a")
+        for ch in " \u00a0\u2028\x1c\x85\ufeff":
+            assert not dfa.accepts(ch), (pattern, hex(ord(ch)))
+    # the corpus case: `^[a-zA-Z0-9\s._:/=+@-]*$` with a U+2029 in a tag value
+    assert regex_to_char_dfa(r"[a-zA-Z0-9\s._:/=+@-]*").accepts("oJ\n\tu\u2029\u2008042_G")
 
 
 @pytest.mark.parametrize(

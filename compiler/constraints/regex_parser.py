@@ -40,16 +40,24 @@ _LITERAL_SPECIAL = set(".^$*+?{}[]\\|()")
 _HEX = set("0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "a": "\a"}
 
-_ASCII_SHORTHAND = {
+# ECMA-262's \s beyond ASCII: NBSP, U+FEFF, the Zs spaces and the line terminators U+2028/9.
+_ECMA_SPACES = CharSet.of("\u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff") | CharSet.range(
+    "\u2000", "\u200a"
+)
+
+# What every reading of \d, \w, \s matches (ECMA's ASCII \d and \w; the spaces both ECMA's and
+# Python's \s contain, so a JSON Schema pattern's \s takes U+2028 or NBSP as ECMA says; Python's
+# U+001C-U+001F and NEL, which ECMA's \s lacks, and ECMA's U+FEFF, which Python's lacks, are out).
+_EVERY_READING = {
     "d": CharSet.range("0", "9"),
     "w": CharSet.from_ranges([(48, 57), (65, 90), (95, 95), (97, 122)]),
-    "s": CharSet.of(" \t\n\r\f\v"),
+    "s": CharSet.of(" \t\n\r\f\v") | (_ECMA_SPACES - CharSet.of("\ufeff")),
 }
 
 
 @cache
-def _unicode_shorthand(kind: str) -> CharSet:
-    """Python's Unicode reading of \\d, \\w, \\s (a superset of the ASCII one)."""
+def _some_reading(kind: str) -> CharSet:
+    """What some reading of \\d, \\w, \\s matches: Python's Unicode sets (and ECMA's U+FEFF for \\s)."""
     test = {"d": str.isdecimal, "w": lambda c: c.isalnum() or c == "_", "s": str.isspace}[kind]
     ranges: list[tuple[int, int]] = []
     for c in range(sys.maxunicode + 1):
@@ -58,7 +66,8 @@ def _unicode_shorthand(kind: str) -> CharSet:
                 ranges[-1] = (ranges[-1][0], c)
             else:
                 ranges.append((c, c))
-    return CharSet.from_ranges(ranges) | _ASCII_SHORTHAND[kind]
+    extra = _ECMA_SPACES if kind == "s" else CharSet.nothing()
+    return CharSet.from_ranges(ranges) | _EVERY_READING[kind] | extra
 
 
 def _shorthand(letter: str, positive_position: bool) -> CharSet:
@@ -69,11 +78,11 @@ def _shorthand(letter: str, positive_position: bool) -> CharSet:
         # \D in a positive position: exclude every reading's digits. In a negated class,
         # [^\D] = digits under every reading = the ASCII digits.
         return (
-            _unicode_shorthand(kind).complement()
+            _some_reading(kind).complement()
             if positive_position
-            else _ASCII_SHORTHAND[kind].complement()
+            else _EVERY_READING[kind].complement()
         )
-    return _ASCII_SHORTHAND[kind] if positive_position else _unicode_shorthand(kind)
+    return _EVERY_READING[kind] if positive_position else _some_reading(kind)
 
 
 @dataclass(frozen=True)
