@@ -548,7 +548,7 @@ def write_sources() -> None:
         "Versions: bfcl-eval 2026.3.23, cfn-lint 1.58.0, jupyterlab 4.6.6, check-jsonschema 0.39.0, "
         "cyclonedx-python-lib 11.12.0, nbformat 5.11.1, jsonschema-specifications 2025.9.1.",
         "",
-        "Valid instances hold under both readings of `pattern` (Python's Unicode `\\w`/`\\d`/`\\s`, which `jsonschema` uses, and the ASCII reading of ECMA-262, which JSON Schema specifies; `benchmarks/regex_readings.py`). 39 valid instances of 21 `cfn-`/`schemastore-` schemas drawn before that check held under Python's reading only; their non-ASCII characters in such positions were replaced by ASCII ones (2026-12-05).",
+        "Valid instances hold under both readings of `pattern` (Python's, which `jsonschema` uses, and ECMA-262's, which JSON Schema specifies: ASCII `\\w`/`\\d`/`\\s`, `.` without CR; `benchmarks/regex_readings.py`). 43 valid instances of 22 `cfn-`/`schemastore-` schemas drawn before that check held under Python's reading only (a Unicode letter or digit for `\\w`/`\\d`, a CR under `.`); those characters were replaced by ASCII ones (2026-12-05).",
         "",
     ]
     for pkg, ds in sorted(by_pkg.items()):

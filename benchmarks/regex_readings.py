@@ -1,11 +1,13 @@
 """Validate a corpus instance under both readings of a JSON Schema `pattern`.
 
 JSON Schema says patterns are ECMA-262 regexes, where `\\w`, `\\d` (and, nearly, `\\s`) are ASCII
-classes; Python's `re`, which `jsonschema` uses, reads them as Unicode classes. A string such as
-"洏" is valid for `^\\w+$` under Python's reading only. sgc enforces what is valid under both (see
+classes, `.` excludes every line terminator (\\n, \\r, U+2028, U+2029) and `$` is the end of the
+text; Python's `re`, which `jsonschema` uses, reads the classes as Unicode ones, lets `.` take \\r
+and lets `$` match before a final newline. A string such as "洏" is valid for `^\\w+$` under
+Python's reading only. sgc enforces what is valid under both (see
 `compiler/constraints/regex_parser.py`), so a corpus instance counts as valid only when it is valid
-under Python's Unicode reading and under its ASCII reading (`re.ASCII`, where `\\s` is the six ASCII
-spaces: stricter than ECMA's `\\s`, never looser).
+under Python's reading and under the ECMA-like one here (`re.ASCII`, where `\\s` is the six ASCII
+spaces: stricter than ECMA's `\\s`, never looser; `.` without line terminators; `$` as `\\Z`).
 """
 
 from __future__ import annotations
@@ -37,8 +39,34 @@ SCHEMA_VALUES = {
 }
 
 
+_DOT = "[^\\n\\r\\u2028\\u2029]"
+
+
+def ecma_like(pattern: str) -> str:
+    """`pattern` for Python's `re` read as ECMA-262 would: ASCII classes, `.` without line
+    terminators, `$` only at the very end (outside character classes; escapes kept)."""
+    out, i, in_class = ["(?a)"], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]" or pattern[i - 1] == "[" or pattern[i - 2 : i] == "[^"
+        elif c == "[":
+            in_class = True
+        elif c == ".":
+            c = _DOT
+        elif c == "$":
+            c = "\\Z"
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def ascii_reading(schema: Any) -> Any:
-    """`schema` with every `pattern` and `patternProperties` regex read with `re.ASCII` (`(?a)`)."""
+    """`schema` with every `pattern` and `patternProperties` regex read as ECMA-262 would (`ecma_like`)."""
     if isinstance(schema, list):
         return [ascii_reading(s) for s in schema]
     if not isinstance(schema, dict):
@@ -46,9 +74,9 @@ def ascii_reading(schema: Any) -> Any:
     out: dict[str, Any] = {}
     for k, v in schema.items():
         if k == "pattern" and isinstance(v, str):
-            v = "(?a)" + v
+            v = ecma_like(v)
         elif k == "patternProperties" and isinstance(v, dict):
-            v = {"(?a)" + p: ascii_reading(sub) for p, sub in v.items()}
+            v = {ecma_like(p): ascii_reading(sub) for p, sub in v.items()}
         elif k in SCHEMA_MAPS and isinstance(v, dict):
             v = {name: ascii_reading(sub) for name, sub in v.items()}
         elif k in SCHEMA_VALUES:

@@ -116,3 +116,14 @@ def test_a_unicode_word_character_is_valid_only_under_pythons_reading() -> None:
     # a key of Arabic-Indic digits is under patternProperties for Python only
     assert not both.unicode.is_valid({"\u0661\u0662": "x"}) and both.ascii.is_valid({"\u0661\u0662": "x"})
     assert both.unicode.is_valid({"\u0661\u0662": 3}) and both.ascii.is_valid({"\u0661\u0662": "x"})
+
+
+def test_ecma_reading_of_dot_and_dollar() -> None:
+    """ECMA's `.` takes no CR (Python's does) and its `$` is the end of the text (Python's also
+    matches before a final newline); both stay literal inside a class or after a backslash."""
+    readings = _load(READINGS, "regex_readings")
+    both = readings.BothReadings({"type": "string", "pattern": "^.+$"})
+    assert both.is_valid("a b") and both.unicode.is_valid("a\rb") and not both.is_valid("a\rb")
+    assert both.unicode.is_valid("ab\n") and not both.is_valid("ab\n")
+    literal = readings.BothReadings({"type": "string", "pattern": r"^[.$]\.\$$"})
+    assert literal.is_valid("$.$") and not literal.is_valid("$x$")
