@@ -124,3 +124,56 @@ def _extend_padded(q, k_buffer, v_buffer, req_to_token, req_rows, prefix_lens, e
     o = F.scaled_dot_product_attention(qb.transpose(1, 2), k, v, attn_mask=visible[:, None], scale=scale,
                                        enable_gqa=True)  # [B, H, Qmax, D]
     return o.transpose(1, 2)[query_valid]
+
+
+class NativePagedAttention:
+    """The native kernel (`csrc/paged_attention_cpu.c`) bound to one batch's request layout.
+
+    Built once per forward pass: the index tensors and their pointers are the same for every
+    layer, so a layer's call only passes its q, K/V buffers and output. Reads K/V in place from the
+    pool (no gather). `create` returns None when the kernel cannot take the batch (no compiler,
+    head_dim over the kernel's limit, non-float32 data); callers then use the SDPA functions above.
+    """
+
+    MAX_HEAD_DIM = 256
+
+    def __init__(self, lib, req_to_token, req_rows, prefix_lens, extend_lens, scale: float) -> None:
+        self._fn = lib.sgc_paged_attention_f32
+        self._table = req_to_token
+        self._rows = req_rows.to(torch.int64).contiguous()
+        self._prefix = prefix_lens.to(torch.int64).contiguous()
+        self._extend = extend_lens.to(torch.int64).contiguous()
+        self._starts = (torch.cumsum(self._extend, 0) - self._extend).contiguous()
+        self._num_tokens = int(self._extend.sum())
+        self._scale = float(scale)
+
+    @classmethod
+    def create(cls, req_to_token, req_rows, prefix_lens, extend_lens, scale: float, head_dim: int,
+               dtype: torch.dtype) -> NativePagedAttention | None:
+        from executor.kernels.cpu_native import library
+
+        if dtype != torch.float32 or head_dim > cls.MAX_HEAD_DIM or req_to_token.dtype != torch.int64:
+            return None
+        if not req_to_token.is_contiguous():
+            return None
+        lib = library()
+        return None if lib is None else cls(lib, req_to_token, req_rows, prefix_lens, extend_lens, scale)
+
+    def __call__(self, q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor) -> torch.Tensor:
+        """q [T, H, D] -> [T, H, D] over the pool's K/V buffers [slots, Hkv, D]."""
+        num_tokens, num_heads, head_dim = q.shape
+        if num_tokens != self._num_tokens:
+            raise ValueError(f"native attention: batch has {self._num_tokens} query tokens, q has {num_tokens}")
+        q = q.contiguous()
+        if not (k_buffer.is_contiguous() and v_buffer.is_contiguous()):
+            raise ValueError("native attention: the KV pool's buffers must be contiguous")
+        out = torch.empty_like(q)
+        status = self._fn(
+            q.data_ptr(), k_buffer.data_ptr(), v_buffer.data_ptr(), self._table.data_ptr(),
+            self._table.stride(0), self._rows.data_ptr(), self._prefix.data_ptr(), self._extend.data_ptr(),
+            self._starts.data_ptr(), self._rows.numel(), num_heads, k_buffer.shape[1], head_dim, self._scale,
+            out.data_ptr(),
+        )
+        if status != 0:
+            raise ValueError(f"native attention refused head_dim {head_dim}")
+        return out

@@ -5,10 +5,13 @@ Per layer, the attention function stores the new tokens' K/V into the pool at th
 out_cache_loc and calls the extend or decode kernel, which reads every request's KV through the
 request-to-token table.
 
-On CPU the attention is `executor/kernels/attention_cpu.py` (torch's fused SDPA over the gathered
-KV; the references stay the oracle) and the model's projections are packed once for MKL's packed
-GEMM (`models/cpu_pack.py`): the two largest parts of a CPU step (docs/performance.md, "Model step
-on CPU"). On CUDA the runner also swaps the model's norm and rotary modules for fused kernels and, once
+On CPU the attention of decode steps and short extends (at most NATIVE_MAX_EXTEND new tokens per
+request) is a native kernel that reads K/V in place from the pool (`executor/kernels/csrc/`,
+built at first use by `executor/kernels/cpu_native.py`); longer extends and machines without a C
+compiler use torch's fused SDPA over the gathered KV (`executor/kernels/attention_cpu.py`; the
+references stay the oracle). The model's projections are packed once for MKL's packed GEMM
+(`models/cpu_pack.py`). Those are the largest parts of a CPU step (docs/performance.md, "Model
+step on CPU"). On CUDA the runner also swaps the model's norm and rotary modules for fused kernels and, once
 `capture_cuda_graphs` has run, replays decode steps from CUDA graphs (`executor/runtime/cuda_graph.py`).
 """
 
@@ -20,13 +23,17 @@ import torch
 from torch import nn
 
 from executor import kernels
-from executor.kernels.attention_cpu import decode_attention_cpu, extend_attention_cpu
+from executor.kernels.attention_cpu import NativePagedAttention, decode_attention_cpu, extend_attention_cpu
 from executor.runtime.cpu_process import tune_cpu_process
 from executor.runtime.cuda_graph import CudaGraphRunner
 from executor.runtime.forward_batch import ForwardBatch, ForwardMode
 from executor.runtime.kv_manager import KVManager
 from executor.runtime.memory import KVPool, ReqToTokenPool
 from models.cpu_pack import pack_linears
+
+# Up to this many new tokens per request, the native kernel beats SDPA over gathered KV (measured:
+# decode 3-9x, 8-token extends 1.3x); beyond it SDPA's blocked matmuls win (32 tokens: 2x).
+NATIVE_MAX_EXTEND = 12
 
 
 class ModelRunner:
@@ -38,6 +45,7 @@ class ModelRunner:
         self.num_forward_passes = 0
         self.cuda_graphs: CudaGraphRunner | None = None
         self.on_cpu = kv_pool.device.type == "cpu"
+        self.native_attention = self.on_cpu  # benchmarks switch it off to measure the SDPA path
         if kv_pool.device.type == "cuda":
             from executor.kernels.fused_layers import use_fused_layers
 
@@ -58,8 +66,15 @@ class ModelRunner:
         table = self.req_to_token.req_to_token
         pool = self.kv_pool
         scale = self.scale
+        native = self._native_attention_for(batch) if self.native_attention else None
 
-        if self.on_cpu and batch.mode is ForwardMode.EXTEND:
+        if native is not None:
+
+            def attention(layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                pool.write(layer_id, batch.out_cache_loc, k, v)
+                return native(q, pool.k_buffer(layer_id), pool.v_buffer(layer_id))
+
+        elif self.on_cpu and batch.mode is ForwardMode.EXTEND:
 
             def attention(layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
                 pool.write(layer_id, batch.out_cache_loc, k, v)
@@ -96,6 +111,22 @@ class ModelRunner:
                 )
 
         return attention
+
+    def _native_attention_for(self, batch: ForwardBatch) -> NativePagedAttention | None:
+        """The native CPU kernel bound to this batch, when it can take the batch (else None)."""
+        if not self.on_cpu or self.kv_pool.dtype != torch.float32:
+            return None
+        if batch.mode is ForwardMode.EXTEND:
+            if int(batch.extend_lens.max()) > NATIVE_MAX_EXTEND:
+                return None
+            prefix_lens, extend_lens = batch.prefix_lens, batch.extend_lens
+        else:
+            prefix_lens = batch.seq_lens - 1
+            extend_lens = torch.ones_like(batch.seq_lens)
+        return NativePagedAttention.create(
+            self.req_to_token.req_to_token, batch.req_rows, prefix_lens, extend_lens, self.scale,
+            self.kv_pool.head_dim, self.kv_pool.dtype,
+        )
 
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:

@@ -1,0 +1,97 @@
+"""Native CPU kernels: small C sources in `csrc/`, built once with the host's C compiler, loaded by ctypes.
+
+Why C and ctypes rather than a torch C++ extension: the kernels need only raw float and int64
+pointers, so they build without torch's headers in well under a second (a torch extension takes a
+minute on two cores), and there is nothing to install ahead of time. The library is built with
+`-march=native` into the sgc cache (`$SGC_CACHE/kernels`), keyed by the source, the flags and the
+CPU's feature flags, so a cache shared between different machines never hands one another's code.
+Threads come from OpenMP, linked against the libgomp that torch has already loaded (same soname),
+so the kernels and torch's ops share one thread pool.
+
+Without a compiler, or with `SGC_NATIVE_KERNELS=0`, `library()` returns None and callers keep their
+torch path; a failed build is logged once with the compiler's message, never raised into a request.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "paged_attention_cpu.c"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11")
+BUILD_TIMEOUT_S = 120
+
+_I64 = ctypes.c_int64
+_PTR = ctypes.c_void_p
+
+
+def native_kernels_enabled() -> bool:
+    return os.environ.get("SGC_NATIVE_KERNELS", "1") not in ("0", "", "false", "no")
+
+
+def _cpu_fingerprint() -> str:
+    """The CPU's model and feature flags: what -march=native compiles for."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine()
+    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def _cache_dir() -> Path:
+    from models.hub import cache_root  # the one place the sgc cache location is decided
+
+    return cache_root() / "kernels"
+
+
+def _build(compiler: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / target.name
+        result = subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
+            capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed on {SOURCE.name}:\n{result.stderr.strip()[-2000:]}")
+        os.replace(built, target)  # atomic: a concurrent builder sees the old file or the whole new one
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded native kernel library, building it on first use; None when unavailable."""
+    if not native_kernels_enabled() or platform.system() != "Linux":
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        log.warning("no C compiler found: CPU attention uses the torch path (slower at decode)")
+        return None
+    import torch  # noqa: F401  (torch's libgomp must be loaded first, so the kernels share it)
+
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), " ".join(FLAGS), compiler, _cpu_fingerprint()]).encode()
+    ).hexdigest()[:16]
+    target = _cache_dir() / f"sgc_cpu_kernels-{key}.so"
+    try:
+        if not target.exists():
+            _build(compiler, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        log.warning("native CPU kernels unavailable, using the torch path: %s", exc)
+        return None
+    fn = lib.sgc_paged_attention_f32
+    fn.restype = ctypes.c_int
+    fn.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
+                   ctypes.c_float, _PTR]
+    return lib

@@ -1,0 +1,150 @@
+"""The native CPU attention kernel (executor/kernels/csrc/paged_attention_cpu.c) against the reference.
+
+Property test over batch layouts (GQA groups, head dims that are and are not multiples of the
+kernel's vector width, scattered slots, long prefixes, token chunks split across work items), the
+model runner's use of it, and the fallbacks when it cannot be built.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from executor.kernels import cpu_native
+from executor.kernels.attention_cpu import NativePagedAttention
+from executor.kernels.attention_ref import extend_attention_ref
+from executor.runtime.forward_batch import ForwardBatch, ForwardMode
+from executor.runtime.memory import KVPool, ReqToTokenPool
+from executor.runtime.model_runner import ModelRunner
+from models import ModelConfig, create_model
+
+needs_native = pytest.mark.skipif(cpu_native.library() is None, reason="no C compiler: the torch path is used")
+
+
+def _close(ours: torch.Tensor, ref: torch.Tensor, tol: float = 2e-5) -> bool:
+    return ours.shape == ref.shape and bool(torch.isfinite(ours).all()) and (
+        (ours - ref).abs().max().item() <= tol * (1 + ref.abs().max().item())
+    )
+
+
+@st.composite
+def batches(draw):
+    num_kv_heads = draw(st.sampled_from([1, 2, 3]))
+    group = draw(st.sampled_from([1, 2, 3, 4]))
+    head_dim = draw(st.sampled_from([8, 12, 16, 64]))
+    batch = draw(st.integers(1, 4))
+    prefixes = draw(st.lists(st.integers(0, 150), min_size=batch, max_size=batch))
+    extends = draw(st.lists(st.integers(1, 20), min_size=batch, max_size=batch))
+    seed = draw(st.integers(0, 2**16))
+    return num_kv_heads, num_kv_heads * group, head_dim, prefixes, extends, seed
+
+
+@needs_native
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches())
+def test_native_attention_matches_reference(layout):
+    num_kv_heads, num_heads, head_dim, prefixes, extends, seed = layout
+    gen = torch.Generator().manual_seed(seed)
+    context = max(p + e for p, e in zip(prefixes, extends))
+    rows = len(prefixes) + 2
+    slots = rows * context
+    k = torch.randn(slots + 1, num_kv_heads, head_dim, generator=gen)
+    v = torch.randn(slots + 1, num_kv_heads, head_dim, generator=gen)
+    table = (torch.randperm(slots, generator=gen) + 1).view(rows, context)  # scattered, as after reuse
+    req_rows = torch.randperm(rows, generator=gen)[: len(prefixes)]
+    q = torch.randn(sum(extends), num_heads, head_dim, generator=gen) * 3  # peaked softmaxes too
+    prefix_lens, extend_lens = torch.tensor(prefixes), torch.tensor(extends)
+    native = NativePagedAttention.create(table, req_rows, prefix_lens, extend_lens, head_dim**-0.5, head_dim,
+                                         torch.float32)
+    assert native is not None
+    ref = extend_attention_ref(q, k, v, table, req_rows, prefix_lens, extend_lens, head_dim**-0.5)
+    assert _close(native(q, k, v), ref)
+
+
+@needs_native
+def test_native_attention_refuses_what_it_cannot_take():
+    table = torch.zeros(2, 8, dtype=torch.int64)
+    lens = torch.tensor([1])
+    assert NativePagedAttention.create(table, lens, lens, lens, 1.0, 512, torch.float32) is None  # head_dim
+    assert NativePagedAttention.create(table, lens, lens, lens, 1.0, 64, torch.bfloat16) is None
+    assert NativePagedAttention.create(table.int(), lens, lens, lens, 1.0, 64, torch.float32) is None
+    native = NativePagedAttention.create(table, torch.tensor([0]), torch.tensor([0]), torch.tensor([2]), 1.0, 8,
+                                         torch.float32)
+    with pytest.raises(ValueError, match="query tokens"):
+        native(torch.zeros(3, 2, 8), torch.zeros(9, 1, 8), torch.zeros(9, 1, 8))
+
+
+def _tiny_runner(native: bool) -> tuple[ModelRunner, ModelConfig]:
+    cfg = ModelConfig(architecture="LlamaForCausalLM", vocab_size=64, hidden_size=48, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2, head_dim=8,
+                      rms_norm_eps=1e-5, rope_theta=10000.0, rope_scaling=None, max_position_embeddings=128,
+                      tie_word_embeddings=True, attention_bias=False, qk_norm=False, bos_token_id=None,
+                      eos_token_ids=(0,))
+    torch.manual_seed(0)
+    model = create_model(cfg)
+    for param in model.parameters():
+        param.data = torch.randn_like(param) * 0.5
+    model = model.eval().requires_grad_(False)
+    pool = KVPool(200, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
+    table = ReqToTokenPool(4, 64)
+    runner = ModelRunner(model, pool, table, cfg.head_dim)
+    runner.native_attention = native
+    return runner, cfg
+
+
+@needs_native
+def test_runner_steps_agree_with_and_without_the_native_kernel():
+    """Prefill (long extend: SDPA either way), a 3-token extend and a decode step: same hidden states."""
+    outputs = {}
+    for native in (True, False):
+        runner, _ = _tiny_runner(native)
+        table = runner.req_to_token
+        for row, start in ((0, 1), (1, 60)):
+            table.write(row, 0, torch.arange(start, start + 40))
+        gen = torch.Generator().manual_seed(1)
+        steps = [
+            ForwardBatch(ForwardMode.EXTEND, torch.randint(0, 64, (50,), generator=gen),
+                         torch.cat([torch.arange(30), torch.arange(20)]),
+                         torch.cat([torch.arange(1, 31), torch.arange(60, 80)]), torch.tensor([0, 1]),
+                         prefix_lens=torch.tensor([0, 0]), extend_lens=torch.tensor([30, 20])),
+            ForwardBatch(ForwardMode.EXTEND, torch.randint(0, 64, (4,), generator=gen),
+                         torch.tensor([30, 31, 32, 20]), torch.tensor([31, 32, 33, 80]), torch.tensor([0, 1]),
+                         prefix_lens=torch.tensor([30, 20]), extend_lens=torch.tensor([3, 1])),
+            ForwardBatch(ForwardMode.DECODE, torch.randint(0, 64, (2,), generator=gen), torch.tensor([33, 21]),
+                         torch.tensor([34, 81]), torch.tensor([0, 1]), seq_lens=torch.tensor([34, 22])),
+        ]
+        outputs[native] = [runner.forward(step) for step in steps]
+    for with_native, without in zip(outputs[True], outputs[False]):
+        assert _close(with_native, without, 1e-4)
+
+
+def test_library_is_none_when_disabled(monkeypatch):
+    monkeypatch.setenv("SGC_NATIVE_KERNELS", "0")
+    cpu_native.library.cache_clear()
+    try:
+        assert cpu_native.library() is None
+        runner, _ = _tiny_runner(True)
+        runner.req_to_token.write(0, 0, torch.arange(1, 5))
+        step = ForwardBatch(ForwardMode.DECODE, torch.tensor([3]), torch.tensor([3]), torch.tensor([4]),
+                            torch.tensor([0]), seq_lens=torch.tensor([4]))
+        assert runner._native_attention_for(step) is None
+        assert torch.isfinite(runner.forward(step)).all()  # the SDPA path
+    finally:
+        cpu_native.library.cache_clear()
+
+
+def test_a_failing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("SGC_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "/bin/false")
+    cpu_native.library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="executor.kernels.cpu_native"):
+            assert cpu_native.library() is None
+        assert "native CPU kernels unavailable" in caplog.text
+        assert not list((tmp_path / "kernels").glob("*.so"))  # no half-built library left behind
+    finally:
+        cpu_native.library.cache_clear()
