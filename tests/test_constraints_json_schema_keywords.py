@@ -302,6 +302,9 @@ def test_all_of_with_a_closed_branch_that_has_pattern_properties() -> None:
         (r"a(?=b)", ["ab", "xabc"], ["a", "ac"]),
         (r"(?!a)b", ["b", "ab"], ["a", ""]),
         (r"^x(?=\d)\w(?!\d)", ["x1a", "x1"], ["x12", "xa", "x"]),
+        # AWS tag values: [\s\S] is every character under both readings, U+001E (a space in
+        # Python's \s only) and U+FEFF (in ECMA's only) included (cfn-aws-eventsv2-eventbus)
+        (r"^(\S([\s\S]*\S)?)?(?![\s\S])", ["", "a", "a\x1eb", "a\ufeff b", "\u00e9"], [" a", "a ", "a\n"]),
     ],
 )
 def test_top_level_lookaheads(pattern: str, valid: list[str], invalid: list[str]) -> None:

@@ -127,6 +127,15 @@ def test_space_shorthand_is_the_spaces_both_readings_share() -> None:
         assert dfa.accepts("a")
         for ch in " \u00a0\u2028\x1c\x85\ufeff":
             assert not dfa.accepts(ch), (pattern, hex(ord(ch)))
+    # a class is read as a whole under each reading: [\\s\\S] is every character under both, though
+    # U+001E is a space only in Python's reading and U+FEFF only in ECMA's
+    for pattern in (r"[\s\S]", r"[\w\W]", r"[\d\D]"):
+        dfa = regex_to_char_dfa(pattern)
+        for ch in "a \x1e\x85\ufeff\u0663é\n":
+            assert dfa.accepts(ch), (pattern, hex(ord(ch)))
+    assert not regex_to_char_dfa(r"[^\s\S]").accepts("\x1e")
+    mixed = regex_to_char_dfa(r"[\sa]")  # U+001E is not in ECMA's [\sa]: out
+    assert mixed.accepts("a") and mixed.accepts("\u2028") and not mixed.accepts("\x1e")
     # the corpus case: `^[a-zA-Z0-9\s._:/=+@-]*$` with a U+2029 in a tag value
     assert regex_to_char_dfa(r"[a-zA-Z0-9\s._:/=+@-]*").accepts("oJ\n\tu\u2029\u2008042_G")
 

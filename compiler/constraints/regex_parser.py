@@ -15,9 +15,10 @@ The scanner runs first, over each top-level alternative. It
 interegular then parses groups, alternation and quantifiers, and its tree becomes ours.
 
 Semantics: Python's `re.fullmatch` (for `compile_regex`) with one twist that makes the language valid
-under both Python's Unicode and ASCII/ECMA readings: shorthands in a positive position match their
-ASCII sets (`\\d` = `[0-9]`) and in a negative position (`\\D`, `[^\\d]`) exclude their Unicode sets,
-so `\\D` never produces an Arabic-Indic digit. With `ecma_dot` (JSON Schema patterns) `.` excludes
+under both Python's Unicode and ECMA-262's readings of the shorthands: a class (`\\d`, `[^\\s]`,
+`[\\w.-]`) matches the characters it matches under both (`_class_set`), so `\\d` is `[0-9]`, `\\D`
+never produces an Arabic-Indic digit, `\\s` takes the spaces both call spaces and `[\\s\\S]` is every
+character. With `ecma_dot` (JSON Schema patterns) `.` excludes
 all ECMA line terminators (\\n, \\r, U+2028, U+2029), else only \\n as in Python.
 """
 
@@ -45,19 +46,16 @@ _ECMA_SPACES = CharSet.of("\u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff") | 
     "\u2000", "\u200a"
 )
 
-# What every reading of \d, \w, \s matches (ECMA's ASCII \d and \w; the spaces both ECMA's and
-# Python's \s contain, so a JSON Schema pattern's \s takes U+2028 or NBSP as ECMA says; Python's
-# U+001C-U+001F and NEL, which ECMA's \s lacks, and ECMA's U+FEFF, which Python's lacks, are out).
-_EVERY_READING = {
+_ECMA_SHORTHAND = {
     "d": CharSet.range("0", "9"),
     "w": CharSet.from_ranges([(48, 57), (65, 90), (95, 95), (97, 122)]),
-    "s": CharSet.of(" \t\n\r\f\v") | (_ECMA_SPACES - CharSet.of("\ufeff")),
+    "s": CharSet.of(" \t\n\r\f\v") | _ECMA_SPACES,
 }
 
 
 @cache
-def _some_reading(kind: str) -> CharSet:
-    """What some reading of \\d, \\w, \\s matches: Python's Unicode sets (and ECMA's U+FEFF for \\s)."""
+def _python_shorthand(kind: str) -> CharSet:
+    """Python's Unicode reading of \\d, \\w, \\s (str.isdecimal, isalnum or _, isspace)."""
     test = {"d": str.isdecimal, "w": lambda c: c.isalnum() or c == "_", "s": str.isspace}[kind]
     ranges: list[tuple[int, int]] = []
     for c in range(sys.maxunicode + 1):
@@ -66,23 +64,26 @@ def _some_reading(kind: str) -> CharSet:
                 ranges[-1] = (ranges[-1][0], c)
             else:
                 ranges.append((c, c))
-    extra = _ECMA_SPACES if kind == "s" else CharSet.nothing()
-    return CharSet.from_ranges(ranges) | _EVERY_READING[kind] | extra
+    return CharSet.from_ranges(ranges)
 
 
-def _shorthand(letter: str, positive_position: bool) -> CharSet:
-    """The set for \\d, \\D, ... that is right under both readings in this position."""
+def _reading(letter: str, python: bool) -> CharSet:
+    """\\d, \\D, \\w, ... under ECMA-262's reading (ASCII classes; ECMA's spaces) or Python's."""
     kind = letter.lower()
-    negated = letter.isupper()
+    base = _python_shorthand(kind) if python else _ECMA_SHORTHAND[kind]
+    return base.complement() if letter.isupper() else base
+
+
+def _class_set(plain: list[CharSet], letters: list[str], negated: bool, inverted: bool) -> CharSet:
+    """A class (`[...]`, or one shorthand) that is right under both readings: the characters it
+    matches under ECMA's and under Python's (so `[\\s\\S]` is every character, and `\\w` ASCII);
+    where the class is used negatively (`inverted`: inside a negative lookahead), the characters it
+    matches under either reading, so that excluding them is sound under both."""
+    ecma = CharSet.union(plain + [_reading(x, python=False) for x in letters])
+    python = CharSet.union(plain + [_reading(x, python=True) for x in letters]) if letters else ecma
     if negated:
-        # \D in a positive position: exclude every reading's digits. In a negated class,
-        # [^\D] = digits under every reading = the ASCII digits.
-        return (
-            _some_reading(kind).complement()
-            if positive_position
-            else _EVERY_READING[kind].complement()
-        )
-    return _EVERY_READING[kind] if positive_position else _some_reading(kind)
+        ecma, python = ecma.complement(), python.complement()
+    return (ecma | python) if inverted else (ecma & python)
 
 
 @dataclass(frozen=True)
@@ -295,7 +296,7 @@ class _Scanner:
         if e in "AZzG":
             raise self.unsupported(f"anchor \\{e}", i)
         if e in "dDwWsS":
-            self.emit_class(_shorthand(e, positive_position=not self.inverted), i)
+            self.emit_class(_class_set([], [e], negated=False, inverted=self.inverted), i)
             return i + 2
         ch, j = self.escaped_char(i)
         self.emit_class(CharSet.of(ch), i)
@@ -338,6 +339,7 @@ class _Scanner:
             i += 1
         first = i
         members: list[CharSet] = []  # united once at the end: folding `|` would be quadratic
+        letters: list[str] = []  # the shorthands (\\d, \\W, ...): their sets depend on the reading
         while True:
             if i >= n:
                 raise self.error("unterminated character class", start)
@@ -346,7 +348,7 @@ class _Scanner:
                 i += 1
                 break
             if c == "\\" and i + 1 < n and p[i + 1] in "dDwWsS":
-                members.append(_shorthand(p[i + 1], positive_position=(not negated) != self.inverted))
+                letters.append(p[i + 1])
                 i += 2
                 continue
             if c == "\\" and i + 1 < n and p[i + 1] == "b":
@@ -375,8 +377,7 @@ class _Scanner:
             else:
                 members.append(CharSet.of(lo_ch))
                 i = j
-        united = CharSet.union(members)
-        self.emit_class(united.complement() if negated else united, start)
+        self.emit_class(_class_set(members, letters, negated, self.inverted), start)
         return i
 
     def extension_group(self, i: int) -> int:
