@@ -359,6 +359,55 @@ def _member_schema(schema: dict, props: dict, key: str) -> Any:
     return schema.get("additionalProperties")
 
 
+def _listed(schema: Any, root: Any) -> tuple[set[str], list[str]]:
+    """The names an object schema lists (`properties`, `required`, over `allOf`/`anyOf`/`oneOf`/
+    `then`/`else` branches one level down) and its `patternProperties` patterns."""
+    names: set[str] = set()
+    patterns: list[str] = []
+    for sub in [schema] + [
+        b for k in ("allOf", "anyOf", "oneOf") for b in (schema.get(k) or []) if isinstance(schema.get(k), list)
+    ] + [schema.get("then"), schema.get("else")]:
+        sub = _resolve(sub, root)
+        if not isinstance(sub, dict):
+            continue
+        props = sub.get("properties")
+        names.update(props if isinstance(props, dict) else ())
+        req = sub.get("required")
+        names.update(r for r in (req if isinstance(req, list) else ()) if isinstance(r, str))
+        pats = sub.get("patternProperties")
+        patterns.extend(pats if isinstance(pats, dict) else ())
+    return names, patterns
+
+
+def names_unlisted(instance: Any, schema: Any, root: Any, depth: int = 0) -> bool:
+    """Whether the instance has, somewhere, a member whose name its object schema does not list
+    while listing others (an open object: sgc's documented policy writes only listed names)."""
+    schema = _resolve(schema, root)
+    if depth > 32 or not isinstance(schema, dict):
+        return False
+    if isinstance(instance, list):
+        items = schema.get("items")
+        return isinstance(items, dict) and any(names_unlisted(x, items, root, depth + 1) for x in instance)
+    if not isinstance(instance, dict):
+        return False
+    names, patterns = _listed(schema, root)
+    for key in instance:
+        if names and key not in names and not any(_search(p, key) for p in patterns):
+            return True
+    props = schema.get("properties")
+    props = props if isinstance(props, dict) else {}
+    return any(
+        names_unlisted(value, _member_schema(schema, props, key), root, depth + 1) for key, value in instance.items()
+    )
+
+
+def _search(pattern: str, text: str) -> bool:
+    try:
+        return re.search(pattern, text) is not None
+    except re.error:
+        return False
+
+
 def schema_ordered(instance: Any, schema: Any, root: Any, depth: int = 0) -> Any:
     """The instance with each object's keys in its schema's `properties` order (then the rest)."""
     schema = _resolve(schema, root)
@@ -462,12 +511,15 @@ def run_schema(
         return text
 
     valid_rejected, token_walk, invalid_accepted, untokenizable, implied_type = [], [], [], [], []
+    open_object: list[int] = []
     for i, inst in enumerate(doc["valid"][: args.max_instances]):
         text = accepted(inst)
         if text is None:
             valid_rejected.append(i)
             if "type" not in schema and "properties" in schema and not isinstance(inst, dict):
                 implied_type.append(i)  # sgc writes the type its keywords imply (documented)
+            elif names_unlisted(inst, schema, schema):
+                open_object.append(i)  # sgc writes only the names a schema lists (documented)
             continue
         ids = tokenizer.encode(text.decode("utf-8"), add_special_tokens=False).ids
         if vocab.decode_bytes(ids) != text:
@@ -526,6 +578,7 @@ def run_schema(
         token_walk=token_walk,
         untokenizable=untokenizable,
         implied_type=implied_type,
+        open_object=open_object,
         invalid_accepted=invalid_accepted,
         search_cut=matcher.cut,
     )
@@ -605,6 +658,7 @@ def summarize(
         "invalid_accepted_list": [{"schema": s, **a} for s, a in inv_acc],
         "token_walk_failures": sum(len(r["token_walk"]) for r in compiled),
         "valid_rejected_implied_type": sum(len(r["implied_type"]) for r in compiled),
+        "valid_rejected_open_object": sum(len(r.get("open_object", ())) for r in compiled),
         "untokenizable": sum(len(r["untokenizable"]) for r in compiled),
         "search_cut": sum(bool(r["search_cut"]) for r in compiled),
         "crashed": sum(r["status"] == "crashed" for r in results),
@@ -653,6 +707,9 @@ def markdown(s: dict) -> str:
     )
     L.append(
         f"| of which: a non-object instance of an untyped schema with `properties` (sgc writes the implied type) | {s['valid_rejected_implied_type']} |"
+    )
+    L.append(
+        f"| of which: a name an open object does not list (sgc writes only listed names) | {s['valid_rejected_open_object']} |"
     )
     L.append(f"| token-walk failures (mask/next_state disagree with the DFA) | {s['token_walk_failures']} |")
     L.append(

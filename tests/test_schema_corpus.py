@@ -108,8 +108,11 @@ def test_a_unicode_word_character_is_valid_only_under_pythons_reading() -> None:
     """The corpus's valid instances must hold under both readings of a pattern: "洏" matches
     `^\\w+$` in Python's `re` (Unicode) but not in ECMA-262 (ASCII), which JSON Schema specifies."""
     readings = _load(READINGS, "regex_readings")
-    schema = {"type": "object", "properties": {"name": {"type": "string", "pattern": "^\\w+$"}},
-              "patternProperties": {"^\\d+$": {"type": "integer"}}}
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "pattern": "^\\w+$"}},
+        "patternProperties": {"^\\d+$": {"type": "integer"}},
+    }
     both = readings.BothReadings(schema)
     assert both.is_valid({"name": "ab_9", "12": 3})
     assert both.unicode.is_valid({"name": "洏"}) and not both.is_valid({"name": "洏"})
@@ -127,3 +130,29 @@ def test_ecma_reading_of_dot_and_dollar() -> None:
     assert both.unicode.is_valid("ab\n") and not both.is_valid("ab\n")
     literal = readings.BothReadings({"type": "string", "pattern": r"^[.$]\.\$$"})
     assert literal.is_valid("$.$") and not literal.is_valid("$x$")
+
+
+def test_harness_labels_names_an_open_object_does_not_list() -> None:
+    """A valid instance rejected for a name its open object does not list is sgc's documented
+    open-object policy; the harness counts it apart (`names_unlisted`)."""
+    bench = _load(BENCH, "bench_schemas")
+    schema = {
+        "type": "object",
+        "properties": {
+            "meta": {"$ref": "#/$defs/meta"},
+            "cells": {"type": "array", "items": {"$ref": "#/$defs/meta"}},
+        },
+        "$defs": {
+            "meta": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}},
+                "patternProperties": {"^x-": {}},
+            }
+        },
+    }
+    assert not bench.names_unlisted({"meta": {"name": "a", "x-y": 1}, "cells": [{}]}, schema, schema)
+    assert bench.names_unlisted({"meta": {"name": "a", "other": 1}}, schema, schema)
+    assert bench.names_unlisted({"cells": [{"name": "a"}, {"other": 1}]}, schema, schema)
+    assert bench.names_unlisted({"extra": 1}, schema, schema)
+    # a map (no names listed) takes any key
+    assert not bench.names_unlisted({"a": 1}, {"type": "object", "additionalProperties": {}}, {})
