@@ -46,17 +46,23 @@ def attention_case(batch: int, prefix: int, extend: int, rounds: int) -> dict[st
     prefix_lens = torch.full((batch,), prefix)
     extend_lens = torch.full((batch,), extend)
     q = torch.randn(batch * extend, HEADS, HEAD_DIM, generator=gen)
+    new_k = torch.randn(batch * extend, KV_HEADS, HEAD_DIM, generator=gen)
+    new_v = torch.randn(batch * extend, KV_HEADS, HEAD_DIM, generator=gen)
+    new_slots = table[:, prefix:].reshape(-1)
     scale = HEAD_DIM**-0.5
-    native = NativePagedAttention.create(table, rows, prefix_lens, extend_lens, scale, HEAD_DIM, torch.float32)
+    native = NativePagedAttention.create(table, rows, prefix_lens, extend_lens, new_slots, scale, HEAD_DIM,
+                                         torch.float32)
     if native is None:
         raise SystemExit("the native kernel is unavailable here (no C compiler, or SGC_NATIVE_KERNELS=0)")
 
     def run_native() -> None:
         for _ in range(LAYERS):
-            native(q, k, v)
+            native(q, new_k, new_v, k, v)  # stores the new K/V, then attends
 
     def run_sdpa() -> None:
         for _ in range(LAYERS):
+            k.index_copy_(0, new_slots, new_k)  # what the runner's pool.write does on this path
+            v.index_copy_(0, new_slots, new_v)
             extend_attention_cpu(q, k, v, table, rows, prefix_lens, extend_lens, scale)
 
     return race({"native": run_native, "sdpa": run_sdpa}, rounds)

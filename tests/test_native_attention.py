@@ -47,35 +47,49 @@ def batches(draw):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batches())
 def test_native_attention_matches_reference(layout):
+    """Stores the new tokens' K/V where the table says and attends exactly as the reference does,
+    reading q/k/v as views into one fused projection output (strided rows, as the model passes them)."""
     num_kv_heads, num_heads, head_dim, prefixes, extends, seed = layout
     gen = torch.Generator().manual_seed(seed)
     context = max(p + e for p, e in zip(prefixes, extends))
     rows = len(prefixes) + 2
     slots = rows * context
-    k = torch.randn(slots + 1, num_kv_heads, head_dim, generator=gen)
-    v = torch.randn(slots + 1, num_kv_heads, head_dim, generator=gen)
+    k_pool = torch.randn(slots + 1, num_kv_heads, head_dim, generator=gen)
+    v_pool = torch.randn(slots + 1, num_kv_heads, head_dim, generator=gen)
     table = (torch.randperm(slots, generator=gen) + 1).view(rows, context)  # scattered, as after reuse
     req_rows = torch.randperm(rows, generator=gen)[: len(prefixes)]
-    q = torch.randn(sum(extends), num_heads, head_dim, generator=gen) * 3  # peaked softmaxes too
+    new_slots = torch.cat([table[r, p : p + e] for r, p, e in zip(req_rows.tolist(), prefixes, extends)])
+    tokens = sum(extends)
+    widths = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
+    fused = torch.randn(tokens, sum(widths), generator=gen) * 2  # peaked softmaxes too
+    q, k, v = (part.view(tokens, -1, head_dim) for part in fused.split(widths, dim=-1))
     prefix_lens, extend_lens = torch.tensor(prefixes), torch.tensor(extends)
-    native = NativePagedAttention.create(table, req_rows, prefix_lens, extend_lens, head_dim**-0.5, head_dim,
-                                         torch.float32)
+    ref_k, ref_v = k_pool.clone(), v_pool.clone()
+    ref_k[new_slots], ref_v[new_slots] = k, v
+    ref = extend_attention_ref(q, ref_k, ref_v, table, req_rows, prefix_lens, extend_lens, head_dim**-0.5)
+    native = NativePagedAttention.create(table, req_rows, prefix_lens, extend_lens, new_slots, head_dim**-0.5,
+                                         head_dim, torch.float32)
     assert native is not None
-    ref = extend_attention_ref(q, k, v, table, req_rows, prefix_lens, extend_lens, head_dim**-0.5)
-    assert _close(native(q, k, v), ref)
+    assert _close(native(q, k, v, k_pool, v_pool), ref)
+    assert torch.equal(k_pool, ref_k) and torch.equal(v_pool, ref_v)
 
 
 @needs_native
 def test_native_attention_refuses_what_it_cannot_take():
     table = torch.zeros(2, 8, dtype=torch.int64)
-    lens = torch.tensor([1])
-    assert NativePagedAttention.create(table, lens, lens, lens, 1.0, 512, torch.float32) is None  # head_dim
-    assert NativePagedAttention.create(table, lens, lens, lens, 1.0, 64, torch.bfloat16) is None
-    assert NativePagedAttention.create(table.int(), lens, lens, lens, 1.0, 64, torch.float32) is None
-    native = NativePagedAttention.create(table, torch.tensor([0]), torch.tensor([0]), torch.tensor([2]), 1.0, 8,
-                                         torch.float32)
+    one = torch.tensor([1])
+    assert NativePagedAttention.create(table, one, one, one, one, 1.0, 512, torch.float32) is None  # head_dim
+    assert NativePagedAttention.create(table, one, one, one, one, 1.0, 64, torch.bfloat16) is None
+    assert NativePagedAttention.create(table.int(), one, one, one, one, 1.0, 64, torch.float32) is None
+    with pytest.raises(ValueError, match="new slots"):
+        NativePagedAttention.create(table, one, one, one, torch.tensor([1, 2]), 1.0, 8, torch.float32)
+    native = NativePagedAttention.create(table, torch.tensor([0]), torch.tensor([0]), torch.tensor([2]),
+                                         torch.tensor([1, 2]), 1.0, 8, torch.float32)
+    pool = torch.zeros(9, 1, 8)
     with pytest.raises(ValueError, match="query tokens"):
-        native(torch.zeros(3, 2, 8), torch.zeros(9, 1, 8), torch.zeros(9, 1, 8))
+        native(torch.zeros(3, 2, 8), torch.zeros(3, 1, 8), torch.zeros(3, 1, 8), pool, pool.clone())
+    with pytest.raises(ValueError, match="k/v of shape"):
+        native(torch.zeros(2, 2, 8), torch.zeros(2, 2, 8), torch.zeros(2, 2, 8), pool, pool.clone())
 
 
 def _tiny_runner(native: bool) -> tuple[ModelRunner, ModelConfig]:

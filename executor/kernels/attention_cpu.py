@@ -130,14 +130,17 @@ class NativePagedAttention:
     """The native kernel (`csrc/paged_attention_cpu.c`) bound to one batch's request layout.
 
     Built once per forward pass: the index tensors and their pointers are the same for every
-    layer, so a layer's call only passes its q, K/V buffers and output. Reads K/V in place from the
-    pool (no gather). `create` returns None when the kernel cannot take the batch (no compiler,
-    head_dim over the kernel's limit, non-float32 data); callers then use the SDPA functions above.
+    layer, so a layer's call only passes its q/k/v, the pool's K/V buffers and the output. One call
+    stores the new tokens' K/V at their slots and attends, reading K/V in place from the pool (no
+    gather) and q/k/v in place from the fused projection's output (no copies). `create` returns None
+    when the kernel cannot take the batch (no compiler, head_dim over the kernel's limit, non-float32
+    data); callers then use the SDPA functions above.
     """
 
     MAX_HEAD_DIM = 256
+    MAX_HEADS = 128
 
-    def __init__(self, lib, req_to_token, req_rows, prefix_lens, extend_lens, scale: float) -> None:
+    def __init__(self, lib, req_to_token, req_rows, prefix_lens, extend_lens, new_slots, scale: float) -> None:
         self._fn = lib.sgc_paged_attention_f32
         self._table = req_to_token
         self._rows = req_rows.to(torch.int64).contiguous()
@@ -145,35 +148,52 @@ class NativePagedAttention:
         self._extend = extend_lens.to(torch.int64).contiguous()
         self._starts = (torch.cumsum(self._extend, 0) - self._extend).contiguous()
         self._num_tokens = int(self._extend.sum())
+        self._slots = new_slots.reshape(-1).to(torch.int64).contiguous()
+        if self._slots.numel() != self._num_tokens:
+            raise ValueError(f"native attention: {self._slots.numel()} new slots for {self._num_tokens} tokens")
         self._scale = float(scale)
 
     @classmethod
-    def create(cls, req_to_token, req_rows, prefix_lens, extend_lens, scale: float, head_dim: int,
+    def create(cls, req_to_token, req_rows, prefix_lens, extend_lens, new_slots, scale: float, head_dim: int,
                dtype: torch.dtype) -> NativePagedAttention | None:
         from executor.kernels.cpu_native import library
 
         if dtype != torch.float32 or head_dim > cls.MAX_HEAD_DIM or req_to_token.dtype != torch.int64:
             return None
-        if not req_to_token.is_contiguous():
+        if not req_to_token.is_contiguous() or req_to_token.device.type != "cpu":
             return None
         lib = library()
-        return None if lib is None else cls(lib, req_to_token, req_rows, prefix_lens, extend_lens, scale)
+        return None if lib is None else cls(lib, req_to_token, req_rows, prefix_lens, extend_lens, new_slots, scale)
 
-    def __call__(self, q: torch.Tensor, k_buffer: torch.Tensor, v_buffer: torch.Tensor) -> torch.Tensor:
-        """q [T, H, D] -> [T, H, D] over the pool's K/V buffers [slots, Hkv, D]."""
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor,
+                 v_buffer: torch.Tensor) -> torch.Tensor:
+        """Store k, v [T, Hkv, D] at the batch's new slots, then attend: q [T, H, D] -> [T, H, D]."""
         num_tokens, num_heads, head_dim = q.shape
-        if num_tokens != self._num_tokens:
+        num_kv_heads = k_buffer.shape[1]
+        if num_tokens != self._num_tokens or num_heads > self.MAX_HEADS:
             raise ValueError(f"native attention: batch has {self._num_tokens} query tokens, q has {num_tokens}")
-        q = q.contiguous()
-        if not (k_buffer.is_contiguous() and v_buffer.is_contiguous()):
-            raise ValueError("native attention: the KV pool's buffers must be contiguous")
-        out = torch.empty_like(q)
+        if k.shape != (num_tokens, num_kv_heads, head_dim) or v.shape != k.shape:
+            raise ValueError(f"native attention: k/v of shape {tuple(k.shape)}/{tuple(v.shape)}, expected "
+                             f"{(num_tokens, num_kv_heads, head_dim)}")
+        if not (k_buffer.is_contiguous() and v_buffer.is_contiguous()) or k_buffer.dtype != torch.float32:
+            raise ValueError("native attention: the KV pool's buffers must be contiguous float32")
+        q, k, v = _rows_in_place(q), _rows_in_place(k), _rows_in_place(v)
+        if k.stride(0) != v.stride(0):
+            k, v = k.contiguous(), v.contiguous()
+        out = torch.empty((num_tokens, num_heads, head_dim), dtype=torch.float32)
         status = self._fn(
-            q.data_ptr(), k_buffer.data_ptr(), v_buffer.data_ptr(), self._table.data_ptr(),
-            self._table.stride(0), self._rows.data_ptr(), self._prefix.data_ptr(), self._extend.data_ptr(),
-            self._starts.data_ptr(), self._rows.numel(), num_heads, k_buffer.shape[1], head_dim, self._scale,
-            out.data_ptr(),
+            q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), k.stride(0), self._slots.data_ptr(), num_tokens,
+            k_buffer.data_ptr(), v_buffer.data_ptr(), self._table.data_ptr(), self._table.stride(0),
+            self._rows.data_ptr(), self._prefix.data_ptr(), self._extend.data_ptr(), self._starts.data_ptr(),
+            self._rows.numel(), num_heads, num_kv_heads, head_dim, self._scale, out.data_ptr(),
         )
         if status != 0:
-            raise ValueError(f"native attention refused head_dim {head_dim}")
+            raise ValueError(f"native attention refused the batch (status {status})")
         return out
+
+
+def _rows_in_place(x: torch.Tensor) -> torch.Tensor:
+    """`x` [T, heads, D] if each token's heads are contiguous float32 (any token stride), else a copy."""
+    if x.dtype == torch.float32 and x.stride(2) == 1 and x.stride(1) == x.shape[2]:
+        return x
+    return x.to(torch.float32).contiguous()

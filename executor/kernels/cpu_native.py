@@ -92,6 +92,7 @@ def library() -> ctypes.CDLL | None:
         return None
     fn = lib.sgc_paged_attention_f32
     fn.restype = ctypes.c_int
-    fn.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
-                   ctypes.c_float, _PTR]
+    fn.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64,  # q, new k/v and their slots
+                   _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR,  # pool, table, batch layout
+                   _I64, _I64, _I64, _I64, ctypes.c_float, _PTR]  # sizes, scale, out
     return lib

@@ -71,8 +71,7 @@ class ModelRunner:
         if native is not None:
 
             def attention(layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                pool.write(layer_id, batch.out_cache_loc, k, v)
-                return native(q, pool.k_buffer(layer_id), pool.v_buffer(layer_id))
+                return native(q, k, v, pool.k_buffer(layer_id), pool.v_buffer(layer_id))  # stores k, v too
 
         elif self.on_cpu and batch.mode is ForwardMode.EXTEND:
 
@@ -124,8 +123,8 @@ class ModelRunner:
             prefix_lens = batch.seq_lens - 1
             extend_lens = torch.ones_like(batch.seq_lens)
         return NativePagedAttention.create(
-            self.req_to_token.req_to_token, batch.req_rows, prefix_lens, extend_lens, self.scale,
-            self.kv_pool.head_dim, self.kv_pool.dtype,
+            self.req_to_token.req_to_token, batch.req_rows, prefix_lens, extend_lens, batch.out_cache_loc,
+            self.scale, self.kv_pool.head_dim, self.kv_pool.dtype,
         )
 
     @torch.inference_mode()

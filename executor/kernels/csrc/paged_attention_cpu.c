@@ -3,10 +3,11 @@
  * The torch path (attention_cpu.py) first gathers each request's K and V out of the pool into a
  * dense [B, L, Hkv, D] copy, then runs SDPA over the copy: at decode the gather is most of the
  * attention's time (it writes and re-reads the whole context every step). Here each work item (one
- * request, one KV head, up to TOKEN_CHUNK new tokens of it) walks the request's slots in the
+ * request, up to MAX_ROWS / num_heads of its new tokens, all heads) walks the request's slots in the
  * request-to-token table and reads K/V rows straight out of the pool, a block of keys at a time,
- * with an online softmax (flash style). Each K or V row is loaded once per item and used by every
- * query row of the item: the query heads that share the KV head (GQA) times the item's tokens.
+ * with an online softmax (flash style). Each slot's K or V row (all KV heads, contiguous) is loaded
+ * once per item and used by every query row of the item. The new tokens' K/V are stored into the
+ * pool by the same call, read from the projection's output in place (no copies).
  *
  * Query j of request b sits at position prefix_lens[b] + j and sees keys 0 .. prefix_lens[b] + j
  * (causal). Decode is the case extend_lens[b] == 1.
@@ -97,20 +98,21 @@ static inline void axpy(float *y, float a, const float *x, int64_t n) {
  * i / num_heads, head i % num_heads, which reads KV head (i % num_heads) / group. Walking every
  * head in one item reads each slot's K (and V) row, all KV heads side by side, as one contiguous
  * piece of memory. */
-static void attend_item(const float *q, int64_t num_heads, int64_t group, int64_t token0, int64_t tokens,
+static void attend_item(const float *q, int64_t q_stride, int64_t num_heads, int64_t group, int64_t token0,
+                        int64_t tokens,
                         const float *k_buffer, const float *v_buffer, int64_t slot_stride,
                         const int64_t *slots, int64_t prefix, int64_t head_dim, float scale, float *out) {
     const int64_t rows = tokens * num_heads;
-    const int64_t token_stride = num_heads * head_dim; /* q and out rows are [T, H, D] */
+    const int64_t token_stride = num_heads * head_dim; /* out rows are [T, H, D] */
     const int64_t keys = prefix + token0 + tokens;     /* the last token's keys: all any row sees */
     float max_score[MAX_ROWS], denominator[MAX_ROWS];
     float q_scaled[MAX_ROWS * MAX_HEAD_DIM] __attribute__((aligned(32)));
     float acc[MAX_ROWS * MAX_HEAD_DIM] __attribute__((aligned(32)));
     float scores[MAX_ROWS][KEY_BLOCK] __attribute__((aligned(32)));
     int64_t visible[MAX_ROWS], kv_offset[MAX_ROWS];
-    const float *q_first = q + token0 * token_stride;
     for (int64_t i = 0; i < rows; i++) {
-        for (int64_t d = 0; d < head_dim; d++) q_scaled[i * head_dim + d] = q_first[i * head_dim + d] * scale;
+        const float *q_row = q + (token0 + i / num_heads) * q_stride + (i % num_heads) * head_dim;
+        for (int64_t d = 0; d < head_dim; d++) q_scaled[i * head_dim + d] = q_row[d] * scale;
         kv_offset[i] = ((i % num_heads) / group) * head_dim;
         max_score[i] = -FLT_MAX;
         denominator[i] = 0.0f;
@@ -168,11 +170,16 @@ static void attend_item(const float *q, int64_t num_heads, int64_t group, int64_
     }
 }
 
-/* q, out: [T, H, D] contiguous, requests' tokens back to back (query_starts[b] = first token of b).
+/* Stores the new tokens' K/V into the pool, then attends.
+ * q: [T, H, D] rows `q_stride` floats apart (a view into the fused qkv projection's output is fine);
+ * k_new, v_new: [T, Hkv, D] rows `new_stride` floats apart, stored at slots new_slots[0 .. T);
+ * out: [T, H, D] contiguous; requests' tokens back to back (query_starts[b] = first token of b).
  * k_buffer, v_buffer: [slots, Hkv, D] contiguous. req_to_token: [rows, table_stride] int64.
- * Returns 0; 1 when head_dim or the GQA group is over the kernel's limits (the caller checks
+ * Returns 0; 1 when head_dim or the head counts are over the kernel's limits (the caller checks
  * first); 2 when out of memory for the work list. */
-int sgc_paged_attention_f32(const float *q, const float *k_buffer, const float *v_buffer,
+int sgc_paged_attention_f32(const float *q, int64_t q_stride, const float *k_new, const float *v_new,
+                            int64_t new_stride, const int64_t *new_slots, int64_t num_tokens,
+                            float *k_buffer, float *v_buffer,
                             const int64_t *req_to_token, int64_t table_stride, const int64_t *req_rows,
                             const int64_t *prefix_lens, const int64_t *extend_lens,
                             const int64_t *query_starts, int64_t batch, int64_t num_heads,
@@ -182,6 +189,11 @@ int sgc_paged_attention_f32(const float *q, const float *k_buffer, const float *
     const int64_t group = num_heads / num_kv_heads;
     const int64_t chunk_tokens = MAX_ROWS / num_heads; /* tokens per work item */
     const int64_t token_stride = num_heads * head_dim;
+    const int64_t kv_row = num_kv_heads * head_dim;
+    for (int64_t t = 0; t < num_tokens; t++) {
+        memcpy(k_buffer + new_slots[t] * kv_row, k_new + t * new_stride, sizeof(float) * (size_t)kv_row);
+        memcpy(v_buffer + new_slots[t] * kv_row, v_new + t * new_stride, sizeof(float) * (size_t)kv_row);
+    }
     /* work list: (request, first token of the chunk) */
     int64_t items = 0;
     for (int64_t b = 0; b < batch; b++) items += (extend_lens[b] + chunk_tokens - 1) / chunk_tokens;
@@ -204,8 +216,8 @@ int sgc_paged_attention_f32(const float *q, const float *k_buffer, const float *
         const int64_t b = item_req[item], token0 = item_token[item];
         const int64_t left = extend_lens[b] - token0;
         const int64_t first = query_starts[b];
-        attend_item(q + first * token_stride, num_heads, group, token0, left < chunk_tokens ? left : chunk_tokens,
-                    k_buffer, v_buffer, num_kv_heads * head_dim, req_to_token + req_rows[b] * table_stride,
+        attend_item(q + first * q_stride, q_stride, num_heads, group, token0, left < chunk_tokens ? left : chunk_tokens,
+                    k_buffer, v_buffer, kv_row, req_to_token + req_rows[b] * table_stride,
                     prefix_lens[b], head_dim, scale, out + first * token_stride);
     }
     free(item_req);
