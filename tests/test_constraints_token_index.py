@@ -408,3 +408,39 @@ def test_short_repetitions_share_rows_exactly(
     plain = token_index.build_token_index(dataclasses.replace(fsm.dfa, periods=()), vocab)
     for s in range(fsm.dfa.num_states):
         assert np.array_equal(hinted.allowed(s), plain.allowed(s)), s
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "array", "items": {"type": "string", "maxLength": 38}, "maxItems": 4},
+        {"type": "object", "properties": {"a": {"type": "string", "maxLength": 90}, "b": {"enum": ["x", "yy"]},
+                                          "c": {"type": "string", "pattern": "^[a-z?=#-]{0,70}$"}}},
+        {"type": "string", "pattern": '^[ a-z"#=?*-]{0,100}$'},
+        {"type": "array", "items": {"type": "integer", "maximum": 300}, "maxItems": 4},
+    ],
+)
+def test_long_tokens_walked_apart_give_the_same_rows(
+    vocab: Vocabulary, schema: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows built from short-token classes plus each row's long tokens (`_split_rows`) allow, state
+    by state, exactly the tokens of rows walked over the whole trie: strings near their bound are
+    where long tokens (`"----...----"`, runs of spaces) tell rows apart and short tokens do not."""
+    from compiler.constraints import token_index
+
+    split = token_index.token_split(vocab)
+    assert split is not None and 0 < len(split.long_ids) < 1000
+    assert split.short.depth == token_index.SHORT_TOKEN_BYTES
+    fsm = compile_json_schema(schema, vocab)
+    monkeypatch.setattr(token_index, "SPLIT_MIN_STATES", 0)
+    walked_apart = token_index.build_token_index(fsm.dfa, vocab)
+    monkeypatch.setattr(token_index, "SPLIT_MIN_STATES", 10**12)
+    whole = token_index.build_token_index(fsm.dfa, vocab)
+    for s in range(fsm.dfa.num_states):
+        assert np.array_equal(walked_apart.allowed(s), whole.allowed(s)), s
+
+
+def test_long_token_split_of_a_vocabulary_without_long_tokens_is_none() -> None:
+    from compiler.constraints import token_index
+
+    assert token_index.token_split(toy_vocab()) is None

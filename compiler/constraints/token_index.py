@@ -205,13 +205,146 @@ def build_token_index(dfa: DFA, vocab: Vocabulary) -> TokenIndex:
             np.zeros(2 if num_states else 1, np.int64),
             np.zeros(0, np.int32),
         )
-    state_row = token_row_classes(dfa, trie.depth, trie_level_bytes(trie))
+    split = token_split(vocab) if num_states >= SPLIT_MIN_STATES else None
+    levels = trie_level_bytes(trie) if split is None else suffix_level_bytes(trie)
+    state_row = token_row_classes(dfa, trie.depth, levels)
     num_rows = int(state_row.max()) + 1
     _, reps = np.unique(state_row, return_index=True)  # one representative state per row
     check_memory(num_rows * 64, "the token index")
     check_time()
-    rows = _rows_of(dfa, reps, trie, vocab_size)
+    if split is not None:
+        rows = _split_rows(dfa, state_row, reps, split, vocab_size)
+    else:
+        rows = _rows_of(dfa, reps, trie, vocab_size)
     return TokenIndex(vocab_size, state_row, *rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Short and long tokens walked apart
+
+SHORT_TOKEN_BYTES = 16  # tokens longer than this are walked apart (155 of SmolLM2's 49,152)
+SPLIT_MIN_STATES = 20_000  # smaller automata have few rows: one walk over the whole trie is cheap
+
+
+@dataclass(frozen=True, eq=False)
+class TokenSplit:
+    """The vocabulary as two tries: tokens of at most `SHORT_TOKEN_BYTES` bytes (real ids) and the
+    longer ones (local ids 0..K-1, `long_ids[k]` the real id of local k)."""
+
+    short: TokenTrie
+    long: TokenTrie
+    long_ids: np.ndarray  # int64[K]
+
+
+class _TokenSubset:
+    """What `TokenTrie.build` reads of a vocabulary: its tokens' bytes and how many ids there are."""
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray) -> None:
+        self.arrays = (flat, offsets)
+        self.size = len(offsets) - 1
+
+
+def token_split(vocab: Vocabulary) -> TokenSplit | None:
+    """The short/long split of `vocab` (cached on it), or None when no token is long."""
+    cached = vocab.__dict__.get("_sgc_split", False)
+    if cached is not False:
+        return cached
+    trie = vocabulary_trie(vocab)
+    split: TokenSplit | None = None
+    if trie.depth > SHORT_TOKEN_BYTES:
+        flat, offsets = vocab.arrays
+        lengths = np.diff(offsets)
+        is_long = lengths > SHORT_TOKEN_BYTES
+        short_flat = flat[np.repeat(~is_long, lengths)]
+        short_offsets = np.concatenate([[0], np.cumsum(np.where(is_long, 0, lengths))]).astype(np.int64)
+        long_ids = np.flatnonzero(is_long).astype(np.int64)
+        long_flat = flat[np.repeat(is_long, lengths)]
+        long_offsets = np.concatenate([[0], np.cumsum(lengths[long_ids])]).astype(np.int64)
+        short = TokenTrie.build(_TokenSubset(short_flat, short_offsets))  # type: ignore[arg-type]
+        long = TokenTrie.build(_TokenSubset(long_flat, long_offsets))  # type: ignore[arg-type]
+        split = TokenSplit(short, long, long_ids)
+    vocab._sgc_split = split  # type: ignore[attr-defined]
+    return split
+
+
+def _split_rows(
+    dfa: DFA, state_row: np.ndarray, reps: np.ndarray, split: TokenSplit, vocab_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_rows_of` for the rows `reps`, with the trie walked once per class of *short-token* rows.
+
+    Most rows of a large automaton differ only in long tokens: a string 40 characters from its
+    `maxLength` allows every token but `"----...----"` (64 bytes) and a few more. Rows are merged
+    into short-token classes by the positional refinement run on the rows' quotient (each row's
+    successors read as rows), the short-token trie (99.7% of the nodes) is walked once per class,
+    the long-token trie (155 tokens) once per row, and a row is its class's tokens plus its long
+    ones (the two sets are disjoint).
+
+    Exact when the rows were computed from `suffix_level_bytes`: then a row's states are alive on
+    the same strings whose byte i is any byte a token has at position i *or later*, so a successor
+    reached after m bytes of a token stands for its whole row on the rest of any token (whose byte
+    i is at position m + i). With `trie_level_bytes` it would not be: `?` is at position 3 of some
+    SmolLM2 tokens and at position 1 of none.
+    """
+    num_rows = len(reps)
+    ext = np.append(state_row.astype(np.int32), np.int32(-1))  # index -1: the dead state
+    quotient = ext[dfa.transitions[reps]]
+    cols = [np.unique(dfa.symbol_class[b]) for b in trie_level_bytes(split.short)]
+    short_class = _positional_classes(quotient, cols).astype(np.int64)
+    _, short_reps = np.unique(short_class, return_index=True)
+    check_time()
+    s_dense, s_masks, s_ptr, s_tokens = _rows_of(dfa, reps[short_reps], split.short, vocab_size)
+    long_alive = _long_rows(dfa, reps, split.long)  # bool[K, R]
+    # -- dense rows: the class's mask with the row's long tokens set (distinct pairs, distinct masks)
+    words = (vocab_size + 7) // 8
+    row_dense = s_dense[short_class]
+    dense_id = np.full(num_rows, -1, dtype=np.int32)
+    long_keys = np.packbits(long_alive.T, axis=1)
+    seen: dict[tuple[int, bytes], int] = {}
+    masks_out: list[np.ndarray] = []
+    for r in np.flatnonzero(row_dense >= 0).tolist():
+        key = (int(row_dense[r]), long_keys[r].tobytes())
+        idx = seen.get(key)
+        if idx is None:
+            mask = s_masks[key[0]].copy()
+            ids = split.long_ids[long_alive[:, r]]
+            np.bitwise_or.at(mask, ids >> 3, (1 << (ids & 7)).astype(np.uint8))
+            idx = seen[key] = len(masks_out)
+            masks_out.append(mask)
+            if len(masks_out) % 1024 == 0:
+                check_memory(len(masks_out) * words, "the token index's masks")
+        dense_id[r] = idx
+    dense_masks = np.stack(masks_out) if masks_out else np.zeros((0, words), dtype=np.uint8)
+    # -- sparse rows: the class's token list and the row's long tokens, sorted
+    sparse = np.flatnonzero(row_dense < 0)
+    cls = short_class[sparse]
+    counts = s_ptr[cls + 1] - s_ptr[cls]
+    base = np.cumsum(counts) - counts
+    gather = np.repeat(s_ptr[cls] - base, counts) + np.arange(int(counts.sum()))
+    k, pos = np.nonzero(long_alive[:, sparse])
+    pair_row = np.concatenate([np.repeat(sparse, counts), sparse[pos]])
+    pair_token = np.concatenate([s_tokens[gather].astype(np.int64), split.long_ids[k]])
+    order = np.lexsort((pair_token, pair_row))
+    pair_row, pair_token = pair_row[order], pair_token[order]
+    sparse_ptr = np.searchsorted(pair_row, np.arange(num_rows + 1)).astype(np.int64)
+    return dense_id, dense_masks, sparse_ptr, pair_token.astype(np.int32)
+
+
+def _long_rows(dfa: DFA, reps: np.ndarray, trie: TokenTrie) -> np.ndarray:
+    """bool[K, R]: which of the trie's K tokens (local ids) each state of `reps` allows."""
+    num_tokens = trie.vocab_size
+    out = np.zeros((num_tokens, len(reps)), dtype=bool)
+    if trie.num_nodes == 0 or len(reps) == 0:
+        return out
+    node_cls = dfa.symbol_class[trie.node_byte].astype(np.int32)
+    roots = np.arange(trie.level_start[0], trie.level_start[1])
+    widest = int(np.diff(trie.level_start).max())
+    step = max(1, _DENSE_WALK_BYTES // (widest * 12 + num_tokens))
+    flat_table = dfa.transitions.reshape(-1)
+    for lo in range(0, len(reps), step):
+        out[:, lo : lo + step] = _dense_walk(
+            reps[lo : lo + step], roots, trie, flat_table, node_cls, dfa.num_classes, num_tokens
+        )
+    return out
 
 
 def _rows_of(
@@ -439,6 +572,21 @@ def trie_level_bytes(trie: TokenTrie) -> list[np.ndarray]:
         ls = trie.level_start
         cached = [np.unique(trie.node_byte[ls[d] : ls[d + 1]]) for d in range(trie.depth)]
         object.__setattr__(trie, "_level_bytes", cached)
+    return cached
+
+
+def suffix_level_bytes(trie: TokenTrie) -> list[np.ndarray]:
+    """Per trie level d, the bytes some token has at position d or later (cached on the trie):
+    coarser than `trie_level_bytes`, and shrinking with d, which `_split_rows` needs."""
+    cached = trie.__dict__.get("_suffix_level_bytes")
+    if cached is None:
+        seen = np.zeros(256, dtype=bool)
+        cached = []
+        for level in reversed(trie_level_bytes(trie)):
+            seen[level] = True
+            cached.append(np.flatnonzero(seen))
+        cached.reverse()
+        object.__setattr__(trie, "_suffix_level_bytes", cached)
     return cached
 
 
