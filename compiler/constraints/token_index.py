@@ -731,10 +731,17 @@ def _period_representatives(dfa: DFA, depth: int) -> np.ndarray | None:
             inside = (src >= a) & (src < end)
             same = (dst == np.where(inside, src + w, src)).reshape(j1 - j0, -1).all(axis=1)
             ok_copy[j0:j1] = same
-            # copies a byte can jump forward (only copy j0 and the copies after a non-ok one can
-            # have jumps their predecessor lacks, but the block is read here anyway)
-            rows = np.arange(a + j0 * w, a + j1 * w)[:, None]
-            jumps = np.where(inside, (src - a) // w - (rows - a) // w, 0)
+            check_time()
+        # copies a byte can jump forward: a copy after an ok one jumps as that one does (or stays,
+        # where a shifted target leaves the block), so only copy 0 and the copies after a non-ok
+        # one are read
+        fresh = np.flatnonzero(np.concatenate([[True], ~ok_copy[:-1]]))
+        for f0 in range(0, len(fresh), step):
+            copies = fresh[f0 : f0 + step]
+            rows = (a + copies[:, None] * w + np.arange(w)[None, :]).reshape(-1)
+            src = table[rows]
+            inside = (src >= a) & (src < end)
+            jumps = np.where(inside, (src - a) // w - ((rows - a) // w)[:, None], 0)
             max_jump = max(max_jump, int(np.abs(jumps).max()) if jumps.size else 0)
             min_jump = min(min_jump, int(jumps.min()) if jumps.size else 0)
             check_time()
