@@ -680,7 +680,7 @@ def _positional_classes(table: np.ndarray, level_cols: list[np.ndarray]) -> np.n
     of level d's. Computed backwards, one vectorized pass per level.
     """
     n = table.shape[0]
-    label = np.zeros(n + 1, dtype=np.int64)
+    label = np.zeros(n + 1, dtype=np.int32)  # int32: half the bytes per gather
     label[n] = -1  # index -1: the dead state
     rows = np.arange(n)
     for cols in reversed(level_cols):
@@ -688,9 +688,7 @@ def _positional_classes(table: np.ndarray, level_cols: list[np.ndarray]) -> np.n
         keys = np.empty(n, dtype=np.uint64)
         for lo in range(0, n, _CHUNK):
             succ = label[table[lo : lo + _CHUNK][:, cols]] + 2  # dead: 1
-            keys[lo : lo + _CHUNK] = (succ.astype(np.uint64) * _MULTIPLIERS[: len(cols)]).sum(
-                axis=1, dtype=np.uint64
-            )
+            keys[lo : lo + _CHUNK] = succ.astype(np.uint64) @ _MULTIPLIERS[: len(cols)]
         _, group = np.unique(keys, return_inverse=True)
         group = _verify_split(
             group.reshape(-1).astype(np.int64), rows, lambda r, cols=cols: label[table[r][:, cols]]
@@ -822,11 +820,11 @@ def _moore_classes(table: np.ndarray, depth: int) -> np.ndarray:
     live_key = np.zeros(n, dtype=np.uint64)
     for lo in range(0, n, _CHUNK):
         live = table[lo : lo + _CHUNK] >= 0
-        live_key[lo : lo + _CHUNK] = (live.astype(np.uint64) * _MULTIPLIERS[:c]).sum(axis=1, dtype=np.uint64)
+        live_key[lo : lo + _CHUNK] = live.astype(np.uint64) @ _MULTIPLIERS[:c]
     _, first = np.unique(live_key, return_inverse=True)
     first = _verify_split(first.reshape(-1).astype(np.int64), np.arange(n), lambda rows: table[rows] >= 0)
     # label[n] = -1 stays the dead state's label, so label[table[rows]] needs no special case
-    label = np.append(first, -1)
+    label = np.append(first.astype(np.int32), np.int32(-1))  # int32: half the bytes per gather
     check_time()
     preds_ptr, preds = _predecessors(table)
     check_time()
@@ -855,7 +853,7 @@ def _signature_keys(table: np.ndarray, label: np.ndarray, rows: np.ndarray) -> n
     for lo in range(0, len(rows), _CHUNK):
         part = rows[lo : lo + _CHUNK]
         succ = label[table[part]] + 2  # dead: index -1 -> label -1 -> 1
-        k = (succ.astype(np.uint64) * _MULTIPLIERS[1 : c + 1]).sum(axis=1, dtype=np.uint64)
+        k = succ.astype(np.uint64) @ _MULTIPLIERS[1 : c + 1]  # (wraps mod 2^64, one pass, no temporary)
         keys[lo : lo + _CHUNK] = k + (label[part] + 1).astype(np.uint64) * _MULTIPLIERS[0]
     return keys
 
@@ -873,7 +871,7 @@ def _refine(
     keys = _signature_keys(table, label, cand)
     _, group = np.unique(keys, return_inverse=True)
     group = group.reshape(-1).astype(np.int64)
-    group = _verify_split(group, cand, lambda rows: np.column_stack([label[rows], label[table[rows]]]))
+    group = _verify_split(group, cand, lambda rows: label[table[rows]], key=label[cand])
     num_groups = int(group.max()) + 1
     old = np.zeros(num_groups, dtype=np.int64)
     old[group] = label[cand]
@@ -903,23 +901,33 @@ def _refine(
 
 
 def _verify_split(
-    group: np.ndarray, rows: np.ndarray, signature: Callable[[np.ndarray], np.ndarray]
+    group: np.ndarray,
+    rows: np.ndarray,
+    signature: Callable[[np.ndarray], np.ndarray],
+    key: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Check that members of each hash group have equal signatures; split exactly if not (a 64-bit
-    collision: astronomically rare, but a wrong merge would be a wrong mask)."""
+    """Check that members of each hash group have equal signatures (`signature` of their rows, and
+    `key`, one value per row, when given); split exactly if not (a 64-bit collision: astronomically
+    rare, but a wrong merge would be a wrong mask). Only members other than their group's first
+    are read (often most rows are alone in their group or are its first)."""
     num_groups = int(group.max()) + 1 if len(group) else 0
     rep_pos = np.full(num_groups, -1, dtype=np.int64)
     rep_pos[group[::-1]] = np.arange(len(group))[::-1]  # first member of each group
-    bad = np.zeros(len(group), dtype=bool)
-    for lo in range(0, len(rows), _CHUNK):
-        mine = signature(rows[lo : lo + _CHUNK])
-        theirs = signature(rows[rep_pos[group[lo : lo + _CHUNK]]])
-        bad[lo : lo + _CHUNK] = (mine != theirs).reshape(len(mine), -1).any(axis=1)
+    their_pos = rep_pos[group]
+    bad = np.zeros(len(group), dtype=bool) if key is None else key != key[their_pos]
+    members = np.flatnonzero(their_pos != np.arange(len(group)))
+    for lo in range(0, len(members), _CHUNK):
+        idx = members[lo : lo + _CHUNK]
+        mine = signature(rows[idx])
+        theirs = signature(rows[their_pos[idx]])
+        bad[idx] |= (mine != theirs).reshape(len(idx), -1).any(axis=1)
     if not bad.any():
         return group
     # exact grouping by the full signature (rows are small for the states involved)
-    sig = signature(rows)
-    _, exact = np.unique(np.column_stack([group, sig.reshape(len(rows), -1)]), axis=0, return_inverse=True)
+    parts = [group[:, None], signature(rows).reshape(len(rows), -1)]
+    if key is not None:
+        parts.append(key[:, None])
+    _, exact = np.unique(np.hstack([p.astype(np.int64) for p in parts]), axis=0, return_inverse=True)
     return exact.reshape(-1).astype(np.int64)
 
 
