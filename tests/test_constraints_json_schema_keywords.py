@@ -986,6 +986,22 @@ def test_one_of_objects_told_apart_by_a_closed_object_or_a_required_value_type()
     }
     with pytest.raises(ConstraintError, match="may both match"):
         dfa_of(open_)
+    # both open: each is written with its listed names only, and each requires a name the other
+    # never writes, so no written value matches both (`schemastore-bitbucket-pipelines`' aws);
+    # {"a": "x", "b": "y"} matches both, and is never written
+    written = {
+        "oneOf": [
+            {"type": "object", "properties": {"a": {"type": "string"}, "k": {"type": "string"}},
+             "required": ["a", "k"]},
+            {"type": "object", "properties": {"b": {"type": "string"}}, "required": ["b"]},
+        ]
+    }
+    check(written, [{"a": "x", "k": "y"}, {"b": "y"}], [{"a": "x", "k": "y", "b": "z"}, {}, {"a": "x"}])
+    # one way only: {"c": "x"} of the closed branch matches the open one (it requires nothing)
+    one_way = {"oneOf": [open_["oneOf"][0], {"type": "object", "properties": {"c": {"type": "string"}},
+                                             "required": ["c"]}]}
+    with pytest.raises(ConstraintError, match="may both match"):
+        dfa_of(one_way)
     # a closed object with patternProperties may allow the name ({"t": 1} matches both): refused
     patterned = {"oneOf": [closed["oneOf"][0], {"type": "object", "properties": {"c": {"type": "string"}},
                                                 "patternProperties": {"^t": {}}, "additionalProperties": False}]}

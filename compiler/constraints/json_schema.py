@@ -904,12 +904,13 @@ class SchemaCompiler:
         return True
 
     def object_shape(self, view: View | None, ptr: str, refs: dict[str, int]) -> tuple:
-        """(required names, the names a closed object allows or None, {required name: the types
-        its value may have}) of a branch's object keywords, for `_exclusive`: a name one branch
-        requires and another's closed object does not allow, or a required value whose types
-        two branches keep disjoint, tells objects of the two apart."""
+        """(required names, the names a closed object allows or None, the names sgc writes for it
+        or None, {required name: the types its value may have}) of a branch's object keywords, for
+        `_exclusive`: a name one branch requires and another's closed object does not allow, names
+        each requires that the other is never written with, or a required value whose types two
+        branches keep disjoint, tells objects of the two apart."""
         if view is None:
-            return frozenset(), None, {}
+            return frozenset(), None, None, {}
         req_v = view.get("required", ([], ""))[0]
         required = frozenset(r for r in req_v if isinstance(r, str)) if isinstance(req_v, list) else frozenset()
         props = view.get("properties", ({}, ""))[0]
@@ -918,12 +919,24 @@ class SchemaCompiler:
         closed = None
         if extra is False and "patternProperties" not in view and "unevaluatedProperties" not in view:
             closed = frozenset(props)
+        written = None
+        if not _NAME_ADDING_KEYWORDS & view.keys():
+            # the open-object policy: an object that lists names is written with those names only
+            # (properties, required, dependency targets: compile_object's `order`); a map, listing
+            # none, takes any key. This bounds what sgc writes, not what the branch validates.
+            try:
+                deps = self.dependencies(view)
+            except ConstraintError:
+                deps = None
+            if deps is not None:
+                listed = frozenset(props) | required | frozenset(t for ts in deps.values() for t in ts)
+                written = listed or None
         value_types = {}
         for name in required & frozenset(props):
             types = self.value_types(props[name], join_pointer(ptr, name), dict(refs), 3)
             if types is not None:
                 value_types[name] = types
-        return required, closed, value_types
+        return required, closed, written, value_types
 
     def value_types(self, schema: Any, ptr: str, refs: dict[str, int], budget: int) -> frozenset[str] | None:
         """The JSON types a schema's values may have when its `type` keywords (through $ref, allOf,
@@ -1916,6 +1929,9 @@ _NOT_VALUES = "\0not-values"
 _NOT_REQUIRED = "\0not-required"
 _SPLIT = "\0split"  # a view already split by type (see split_types)
 _COND = "\0conditions"  # if/then/else triples, one per schema merged into the view
+# Keywords through which a branch's objects may get names its own view does not list (compile
+# resolves them after the view object_shape reads).
+_NAME_ADDING_KEYWORDS = frozenset({"if", "then", "else", "anyOf", "oneOf", "allOf", "not", "$ref", _COND})
 
 
 def _char_spellings(c: str) -> Node:
@@ -2116,8 +2132,12 @@ def _exclusive(a: tuple, b: tuple) -> bool:
         # required value whose types the two keep apart
         if any(name in disc_b and not (keys & disc_b[name]) for name, keys in disc_a.items()):
             return True
-        (req_a, closed_a, vt_a), (req_b, closed_b, vt_b) = shape_a, shape_b
+        (req_a, closed_a, written_a, vt_a), (req_b, closed_b, written_b, vt_b) = shape_a, shape_b
         if closed_b is not None and req_a - closed_b or closed_a is not None and req_b - closed_a:
+            return True
+        # what sgc writes for each lacks a name the other requires (the open-object policy): no
+        # written value of one matches the other, either way
+        if written_a is not None and req_b - written_a and written_b is not None and req_a - written_b:
             return True
         return any(name in vt_b and not _types_overlap(t, vt_b[name]) for name, t in vt_a.items())
     return False
