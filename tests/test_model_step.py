@@ -16,7 +16,15 @@ from executor.runtime.forward_batch import ForwardBatch, ForwardMode
 from executor.runtime.memory import KVPool, ReqToTokenPool
 from executor.runtime.model_runner import ModelRunner
 from models import ModelConfig, create_model
-from models.cpu_pack import PackedWeight, linear, mkl_packing_available, pack_linears, unpack_linears
+from models.cpu_pack import (
+    PACK_ROWS_HINT,
+    PAD_FROM_ROWS,
+    PackedWeight,
+    linear,
+    mkl_packing_available,
+    pack_linears,
+    unpack_linears,
+)
 
 needs_mkl = pytest.mark.skipif(not mkl_packing_available(), reason="torch built without MKL")
 
@@ -69,17 +77,23 @@ def test_extend_attention_matches_reference(prefix_lens, extend_lens):
 
 
 @needs_mkl
-@pytest.mark.parametrize("rows", [1, 5, 32, 100])
+@pytest.mark.parametrize("rows", [1, 4, 5, 12, 31, 32, 100])
 @pytest.mark.parametrize("bias", [False, True])
 def test_packed_linear_is_bit_identical_to_f_linear(rows, bias):
+    """Bit-identical to F.linear over the rows MKL is given: the input itself, or (PAD_FROM_ROWS ..
+    31 rows) the input zero-padded to 32 rows, which is within float rounding of the unpadded call."""
     gen = torch.Generator().manual_seed(rows)
-    weight = torch.randn(48, 40, generator=gen)
-    b = torch.randn(48, generator=gen) if bias else None
+    weight = torch.randn(2048, 40, generator=gen)  # wide enough for MKL's small-row path to differ
+    b = torch.randn(2048, generator=gen) if bias else None
     x = torch.randn(rows, 40, generator=gen)
     pack = PackedWeight.of(weight)
-    assert torch.equal(linear(x, weight, b, pack), F.linear(x, weight, b))
+    padded = PAD_FROM_ROWS <= rows < PACK_ROWS_HINT
+    given = torch.cat([x, x.new_zeros(PACK_ROWS_HINT - rows, 40)]) if padded else x
+    expected = F.linear(given, weight, b)[:rows]
+    assert torch.equal(linear(x, weight, b, pack), expected)
     strided = x.t().contiguous().t()
-    assert torch.equal(linear(strided, weight, b, pack), F.linear(strided, weight, b))
+    assert torch.equal(linear(strided, weight, b, pack), expected)
+    assert_close(linear(x, weight, b, pack), F.linear(x, weight, b))
 
 
 @needs_mkl
