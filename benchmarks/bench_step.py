@@ -7,9 +7,9 @@
 Measured in one process, so the ratios hold even on a shared machine:
 
 * **matmul bound**: `F.linear` on contiguous random weights of the model's shapes (every layer's
-  qkv, o, gate_up and down projections plus the LM head) at M = 1 / 32 / 64 rows: the fp32 speed
+  qkv, o, gate_up and down projections plus the LM head) at M = 1 / 8 / 32 / 64 rows: the fp32 speed
   limit of a decode step that reads all weights once, with no attention, norms or host work.
-* **decode step** at batch 1 / 32 / 64 over a ~128-token context: `ModelRunner.forward` + logits +
+* **decode step** at batch 1 / 8 / 32 / 64 over a ~128-token context: `ModelRunner.forward` + logits +
   greedy argmax, exactly what the engine's scheduler calls per step (no scheduling).
 * **prefill** of 32 x 128 tokens: one EXTEND forward plus the logits of each sequence's last token.
 * **raw batch**: `Engine.generate` on 32 prompts x 64 new tokens (the `sgc bench` batch workload's
@@ -186,6 +186,7 @@ def main() -> int:
     parser.add_argument("--no-hf", action="store_true", help="skip HF transformers' batched generate")
     parser.add_argument("--breakdown", action="store_true", help="also time each part of a step")
     parser.add_argument("--no-steps", action="store_true", help="skip the step timings (raw batch / HF only)")
+    parser.add_argument("--batches", default="1,8,32,64", help="decode batch sizes, comma-separated (each <= 64)")
     args = parser.parse_args()
 
     folder = resolve_model(args.model)
@@ -202,7 +203,7 @@ def time_steps(folder: Path, args: argparse.Namespace) -> None:
     print("\n| measurement | ms (min) | tok/s | vs bound at same M |")
     print("|---|---|---|---|")
     bounds = {}
-    for rows in (1, 32, 64):
+    for rows in parse_batches(args.batches):
         decode = harness.decode_batch(rows)
         best = race({"bound": matmul_bound_fn(cfg, rows), "step": lambda d=decode: harness.step(d)},
                     args.rounds)
@@ -220,6 +221,17 @@ def time_steps(folder: Path, args: argparse.Namespace) -> None:
 
         print()
         print(breakdown_table(harness, rounds=max(3, args.rounds // 2)))
+
+
+def parse_batches(text: str) -> list[int]:
+    """`--batches` as sizes; a clear error for anything but integers in 1..64 (the harness's rows)."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--batches: expected comma-separated integers, got {text!r}") from None
+    if not sizes or any(not 1 <= size <= 64 for size in sizes):
+        raise SystemExit(f"--batches: every size must be in 1..64, got {text!r}")
+    return sizes
 
 
 def run_batches(folder: Path, prompts: list[str], args: argparse.Namespace) -> int:

@@ -1,9 +1,10 @@
 """Where a model step's time goes on CPU: wall-clock per part, taken with module hooks.
 
 Used by `bench_step.py --breakdown`. CPU ops run synchronously, so timing each module call with
-perf_counter (hooks on the model's norm, rotary, embedding and projection modules, a wrapper around
-the runner's attention function and the KV write) attributes the step's time exactly; what no part
-claims (residual adds, SiLU-and-multiply, reshapes, Python glue) is reported as the rest.
+perf_counter (hooks on the model's norm, rotary, embedding and projection modules, wrappers around
+the decoder's rotary functions, the runner's attention function and the KV write) attributes the
+step's time exactly; what no part claims (residual adds, SiLU-and-multiply, reshapes, Python glue)
+is reported as the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from executor.runtime.forward_batch import ForwardMode
+from models import decoder
 from models.layers import Embedding, MergedLinear, RMSNorm, RotaryEmbedding
 
 PARTS = ("linears", "attention (kernel)", "KV write", "norms", "rope", "embedding", "LM head", "sampling",
@@ -77,6 +79,13 @@ def time_parts(harness, batch, rounds: int) -> dict[str, float]:
         return timer.timed("attention (kernel)", fn)
 
     runner._attention_for = attention_for
+    # The decoder gathers rotary angles once per forward and rotates with plain functions.
+    rotary_functions = {name: getattr(decoder, name) for name in ("rotate", "rotate_qk")}
+    for name, fn in rotary_functions.items():
+        setattr(decoder, name, timer.timed("rope", fn))
+    rotaries = {m for m in model.modules() if isinstance(m, RotaryEmbedding)}
+    for rotary in rotaries:
+        rotary.angles = timer.timed("rope", rotary.angles)
     harness.pool.write = timer.timed("KV write", original_write)
     runner.logits = timer.timed("LM head", original_logits)
     try:
@@ -89,11 +98,15 @@ def time_parts(harness, batch, rounds: int) -> dict[str, float]:
             if batch.mode is ForwardMode.EXTEND:
                 hidden = hidden[torch.cumsum(batch.extend_lens, 0) - 1]
             logits = runner.logits(hidden)
-            timer.timed("sampling", lambda: logits.max(dim=1).indices)()
+            timer.timed("sampling", lambda logits=logits: logits.max(dim=1).indices)()
             wall += time.perf_counter() - start
     finally:
         for h in handles:
             h.remove()
+        for name, fn in rotary_functions.items():
+            setattr(decoder, name, fn)
+        for rotary in rotaries:
+            del rotary.angles
         del runner._attention_for, runner.logits
         del harness.pool.write
     parts = {name: 1000 * t / rounds for name, t in timer.totals.items()}
@@ -106,12 +119,18 @@ def time_parts(harness, batch, rounds: int) -> dict[str, float]:
 
 
 def breakdown_table(harness, rounds: int = 3) -> str:
-    """A markdown table: ms and share of each part, decode at batch 32 and the 32 x 128 prefill."""
-    decode = time_parts(harness, harness.decode_batch(32), rounds)
-    prefill = time_parts(harness, harness.prefill_batch(), rounds)
-    lines = ["| part | decode b=32 ms | share | prefill 32x128 ms | share |", "|---|---|---|---|---|"]
+    """A markdown table: ms and share of each part, decode at batch 1 and 32 and the 32 x 128 prefill."""
+    columns = {
+        "decode b=1": time_parts(harness, harness.decode_batch(1), rounds),
+        "decode b=32": time_parts(harness, harness.decode_batch(32), rounds),
+        "prefill 32x128": time_parts(harness, harness.prefill_batch(), rounds),
+    }
+    header = "| part | " + " | ".join(f"{name} ms | share" for name in columns) + " |"
+    lines = [header, "|---|" + "---|---|" * len(columns)]
     for part in (*PARTS, "total"):
-        d, p = decode.get(part, 0.0), prefill.get(part, 0.0)
-        lines.append(f"| {part} | {d:.1f} | {100 * d / decode['total']:.0f}% | {p:.1f} | "
-                     f"{100 * p / prefill['total']:.0f}% |")
+        cells = []
+        for parts in columns.values():
+            ms = parts.get(part, 0.0)
+            cells.append(f"{ms:.1f} | {100 * ms / parts['total']:.0f}%")
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -20,7 +20,18 @@ from torch import nn
 from models import cpu_pack
 from models.attention import AttentionFn
 from models.config import ModelConfig
-from models.layers import Embedding, Linear, MergedLinear, QKVProjection, RMSNorm, RotaryEmbedding, SwiGLUMLP
+from models.layers import (
+    Embedding,
+    Linear,
+    MergedLinear,
+    QKVProjection,
+    RMSNorm,
+    RotaryAngles,
+    RotaryEmbedding,
+    SwiGLUMLP,
+    rotate,
+    rotate_qk,
+)
 
 
 @dataclass(frozen=True)
@@ -55,11 +66,18 @@ class DecoderAttention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, attention: AttentionFn) -> torch.Tensor:
-        q, k, v = self.qkv_proj(hidden)
+    def forward(
+        self, hidden: torch.Tensor, positions: torch.Tensor, attention: AttentionFn, angles: RotaryAngles | None
+    ) -> torch.Tensor:
+        qk, v = self.qkv_proj(hidden)
+        num_heads = self.qkv_proj.num_heads
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+            q, k = self.q_norm(qk[:, :num_heads]), self.k_norm(qk[:, num_heads:])
+            q, k = (rotate(q, angles), rotate(k, angles)) if angles is not None else self.rotary(positions, q, k)
+        elif angles is not None:
+            q, k = rotate_qk(qk, num_heads, angles)
+        else:
+            q, k = self.rotary(positions, qk[:, :num_heads], qk[:, num_heads:])
         out = attention(self.layer_id, q, k, v)
         return self.o_proj(out.reshape(hidden.shape[0], -1))
 
@@ -74,9 +92,18 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLUMLP(config.hidden_size, config.intermediate_size)
 
-    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, attention: AttentionFn) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), positions, attention)
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        attention: AttentionFn,
+        angles: RotaryAngles | None = None,
+    ) -> torch.Tensor:
+        """`angles`: the forward pass's rotary factors (`RotaryEmbedding.angles`); None rotates
+        through the rotary module's own forward (the CUDA kernel)."""
+        # Residual adds go in place into the fresh projection outputs (a + b == b + a exactly).
+        hidden = self.self_attn(self.input_layernorm(hidden), positions, attention, angles).add_(hidden)
+        return self.mlp(self.post_attention_layernorm(hidden)).add_(hidden)
 
 
 class DecoderBody(nn.Module):
@@ -127,8 +154,9 @@ class DecoderForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Hidden states after the final norm, [T, hidden], for flattened tokens of any requests."""
         hidden = self.model.embed_tokens(input_ids)
+        angles = self.model.rotary.angles(positions, hidden)  # once, not once per layer
         for layer in self.model.layers:
-            hidden = layer(hidden, positions, attention)
+            hidden = layer(hidden, positions, attention, angles)
         return self.model.norm(hidden)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ separate tensors through `load_shard`.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,13 @@ from models.config import RopeScaling
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm, computed in float32 like HF so half-precision models match it."""
+    """Root-mean-square norm, computed in float32 like HF so half-precision models match it.
+
+    In float32 this is torch's `F.rms_norm`: one call that runs the same ATen ops in the same order
+    (x * rsqrt(mean(x^2) + eps) * weight), so the result is bit-identical to the formula below
+    (tests/test_layers.py checks it) at a fraction of the Python and dispatch cost per call. Other
+    dtypes keep HF's formula, which rounds to the activation dtype before the weight multiply.
+    """
 
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -28,6 +35,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -56,12 +65,27 @@ def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling |
     return torch.where(in_band, smoothed, scaled)
 
 
+class RotaryAngles(NamedTuple):
+    """One forward pass's rotation factors, gathered once and shared by every layer.
+
+    `cos` is [T, 1, D] (each half's cosines twice) and `sin` is [T, 1, D] with the first half
+    negated, so rotating x is `x * cos + swap_halves(x) * sin`: the same per-element products and
+    sums as HF's `x * cos + rotate_half(x) * sin` (negating is exact), hence bit-identical.
+    """
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding with a precomputed cos/sin table indexed by position ids.
 
     Uses HF's rotate_half layout (the two halves of a head are the pair coordinates). The table is
     a plain attribute, not a buffer: it is derived data, so it must survive building the model on
     the meta device and is moved to the input's device and dtype lazily on first use.
+
+    The decoder gathers a forward pass's angles once (`angles`) and rotates each layer's q and k
+    with `rotate_qk`; `forward(positions, q, k)` does both for callers with one pair to rotate.
     """
 
     def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: RopeScaling | None) -> None:
@@ -83,21 +107,54 @@ class RotaryEmbedding(nn.Module):
             )
         return self._table
 
+    def angles(self, positions: torch.Tensor, like: torch.Tensor) -> RotaryAngles | None:
+        """The rotation factors of `positions` [T] in `like`'s dtype and device, for `rotate_qk`.
+
+        None when a subclass rotates its own way (overrides `forward`, as the CUDA kernel swap in
+        executor/kernels/fused_layers.py does): the layers then call `forward` instead.
+        """
+        if type(self).forward is not RotaryEmbedding.forward:
+            return None
+        return self._gather_angles(positions, like)
+
+    def _gather_angles(self, positions: torch.Tensor, like: torch.Tensor) -> RotaryAngles:
+        cos, sin = self._cos_sin(like)
+        cos = cos[positions].unsqueeze(1)  # [T, 1, D/2]
+        sin = sin[positions].unsqueeze(1)
+        return RotaryAngles(torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1))
+
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate q [T, Hq, D] and k [T, Hkv, D] by the angles of `positions` [T]."""
-        cos, sin = self._cos_sin(q)
-        cos = cos[positions].unsqueeze(1)  # [T, 1, D/2]
-        sin = sin[positions].unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        angles = self._gather_angles(positions, q)
+        return rotate(q, angles), rotate(k, angles)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # Same per-element products as HF's `x * cos + rotate_half(x) * sin`, without duplicating cos/sin.
+def rotate(x: torch.Tensor, angles: RotaryAngles) -> torch.Tensor:
+    """x [T, H, D] rotated: a new contiguous tensor (see `RotaryAngles` for why it equals HF's)."""
+    swapped = _swap_halves(x).mul_(angles.sin)
+    return swapped.add_(x * angles.cos)
+
+
+def rotate_qk(qk: torch.Tensor, num_q_heads: int, angles: RotaryAngles) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate queries and keys lying side by side ([T, Hq + Hkv, D], as `QKVProjection` leaves them)
+    in one pass; returns contiguous q [T, Hq, D] and k [T, Hkv, D].
+
+    One pass over both instead of one each halves the per-op overhead, which is most of rotary's
+    cost at decode batch sizes.
+    """
+    swapped = _swap_halves(qk).mul_(angles.sin)
+    scaled = qk * angles.cos
+    q = torch.add(scaled[:, :num_q_heads], swapped[:, :num_q_heads])
+    k = torch.add(scaled[:, num_q_heads:], swapped[:, num_q_heads:])
+    return q, k
+
+
+def _swap_halves(x: torch.Tensor) -> torch.Tensor:
+    """(x2, x1) for x = (x1, x2) along the last dim: a new contiguous tensor (rotate_half unsigned)."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return x.unflatten(-1, (2, half)).flip(-2).flatten(-2)
 
 
 class Linear(nn.Linear):
@@ -187,7 +244,9 @@ def _contiguous_span(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Ten
 
 
 class QKVProjection(MergedLinear):
-    """The fused q/k/v projection; returns q [T, Hq, D], k and v [T, Hkv, D]."""
+    """The fused q/k/v projection; returns qk [T, Hq + Hkv, D] (the query heads, then the key
+    heads) and v [T, Hkv, D], both views of the one matmul output, so rotary turns q and k in one
+    pass (`rotate_qk`)."""
 
     def __init__(
         self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, bias: bool
@@ -202,14 +261,16 @@ class QKVProjection(MergedLinear):
             bias,
         )
         self.head_dim = head_dim
+        self.num_heads = num_heads
+        self._qk_width = (num_heads + num_kv_heads) * head_dim
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q, k, v = super().forward(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = cpu_pack.linear(x, self.weight, self.bias, self.weight_pack)
         num_tokens = x.shape[0]
+        width = self._qk_width
         return (
-            q.view(num_tokens, -1, self.head_dim),
-            k.view(num_tokens, -1, self.head_dim),
-            v.view(num_tokens, -1, self.head_dim),
+            out[:, :width].view(num_tokens, -1, self.head_dim),
+            out[:, width:].view(num_tokens, -1, self.head_dim),
         )
 
 
@@ -225,4 +286,4 @@ class SwiGLUMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(gate).mul_(up))  # one temporary, not two
