@@ -223,7 +223,7 @@ def build_token_index(dfa: DFA, vocab: Vocabulary) -> TokenIndex:
 # Short and long tokens walked apart
 
 SHORT_TOKEN_BYTES = 16  # tokens longer than this are walked apart (155 of SmolLM2's 49,152)
-SPLIT_MIN_STATES = 20_000  # smaller automata have few rows: one walk over the whole trie is cheap
+SPLIT_MIN_STATES = 4_000  # smaller automata have few rows: one walk over the whole trie is cheap
 
 
 @dataclass(frozen=True, eq=False)
@@ -936,14 +936,20 @@ def _predecessors(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = table.shape[0]
     srcs: list[np.ndarray] = []
     dsts: list[np.ndarray] = []
+    total = 0
     for lo in range(0, n, _CHUNK):
-        part = table[lo : lo + _CHUNK]
-        s, k = np.nonzero(part >= 0)
+        # one edge per (source, target): a string body's dozens of classes lead to a few states
+        part = np.sort(table[lo : lo + _CHUNK], axis=1)
+        keep = part >= 0
+        keep[:, 1:] &= part[:, 1:] != part[:, :-1]
+        s, k = np.nonzero(keep)
+        total += len(s)
+        check_memory(12 * total, "the automaton's predecessor lists")
         srcs.append((s + lo).astype(np.int32))
         dsts.append(part[s, k])
+        check_time()
     src = np.concatenate(srcs) if srcs else np.zeros(0, np.int32)
     dst = np.concatenate(dsts) if dsts else np.zeros(0, np.int32)
-    check_memory(12 * len(src), "the automaton's predecessor lists")
     order = np.argsort(dst, kind="stable")  # nearly sorted for tiled automata: timsort runs
     ptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(dst, minlength=n), out=ptr[1:])
