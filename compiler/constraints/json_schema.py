@@ -68,7 +68,7 @@ from .regex_ast import (
     size,
     to_regex,
 )
-from .regex_parser import Alternative, parse_regex
+from .regex_parser import Alternative, disputed_chars, parse_regex
 
 # ---------------------------------------------------------------------------------------------
 # Options
@@ -857,9 +857,77 @@ class SchemaCompiler:
                 )
                 for i, b in enumerate(branches)
             ]
-        elif key == "oneOf" and not self.check_exclusive(branches, kptr, refs):
-            return EMPTY
+        elif key == "oneOf":
+            try:
+                exclusive = self.check_exclusive(branches, kptr, refs)
+            except ConstraintError:
+                strings = self.one_of_strings(branches, kptr, refs, depth)
+                if strings is None:
+                    raise
+                return strings
+            if not exclusive:
+                return EMPTY
         return alt(*(self.compile(b, refs, depth + 1) for b in branches))
+
+    def one_of_strings(self, branches: list[_Sub], ptr: str, refs: dict[str, int], depth: int) -> Node | None:
+        """oneOf of overlapping string branches (patterns, formats, lengths, enums), exactly: the
+        strings exactly one branch takes, as a difference of automata. None when some branch
+        constrains more than strings, or exactly one branch takes every non-string (then those
+        would be valid too).
+
+        Every value is compared in one spelling (raw characters, escapes only where JSON needs
+        them, `encode_chars`'s), which each branch's automaton accepts for every string it takes
+        (the completeness the tests check), so a string outside another branch's automaton in that
+        spelling is outside its language. A branch's automaton holds what both readings of its
+        patterns (ECMA's, Python's) take, so the strings are kept to those on which the readings
+        agree (`disputed_chars`: no Unicode digit where a pattern has \\d, no final newline where
+        it has `$`, ...). Formats are out: sgc enforces subsets of them."""
+        untyped = 0
+        disputed = CharSet.nothing()
+        final_newline = False
+        for b in branches:
+            try:
+                views = [v for schema, p in b.parts for v in self.flatten(schema, p, dict(refs))]
+            except _Cut:
+                return None
+            if any(v is None for v in views):
+                continue  # matches nothing
+            view = self.merge(views, ptr) if len(views) > 1 else views[0]
+            if view is None or any(isinstance(v, _Conflict) for v, _ in view.values()):
+                continue
+            if not set(view) - ANNOTATIONS <= _STRING_BRANCH_KEYWORDS:
+                return None
+            if "pattern" in view:
+                v, p = view["pattern"]
+                for pat, _ in v.items if isinstance(v, _Patterns) else [(v, p)]:
+                    if not isinstance(pat, str):
+                        return None
+                    chars_, newline = disputed_chars(pat)
+                    disputed, final_newline = disputed | chars_, final_newline or newline
+            if "type" not in view:
+                untyped += 1
+            elif set(_type_list(*view["type"])) != {"string"}:
+                return None
+        if untyped == 1:
+            return None
+        ms = self.options.max_states
+        as_string = (_View({"type": ("string", ptr)}), ptr)
+        langs = [byte_dfa(self.compile(_Sub(b.parts + (as_string,)), refs, depth + 1), ms) for b in branches]
+        agreed = _ANY_CHAR - disputed
+        body = repeat(encode_node(chars(agreed)), 0, None)
+        if final_newline:
+            body = alt(EPSILON, concat(body, encode_node(chars(agreed - CharSet.of("\n")))))
+        one_spelling = concat(literal('"'), body, literal('"'))
+        canonical = byte_dfa(one_spelling, ms)
+        exactly_one: list[Node] = []
+        for i, lang in enumerate(langs):
+            dfa = intersect(lang, canonical, ms)
+            for j, other in enumerate(langs):
+                if j != i and not dfa.is_empty():
+                    dfa = difference(dfa, other, ms)
+            if not dfa.is_empty():
+                exactly_one.append(Automaton(dfa, _no_regex))
+        return alt(*exactly_one) if exactly_one else EMPTY
 
     def check_exclusive(self, branches: list[_Sub], ptr: str, refs: dict[str, int]) -> bool:
         """Raise unless the branches are provably exclusive. False: no value matches exactly one
@@ -1929,6 +1997,8 @@ _NOT_VALUES = "\0not-values"
 _NOT_REQUIRED = "\0not-required"
 _SPLIT = "\0split"  # a view already split by type (see split_types)
 _COND = "\0conditions"  # if/then/else triples, one per schema merged into the view
+# The keywords of a oneOf branch that one_of_strings decides exactly.
+_STRING_BRANCH_KEYWORDS = (STRING_KEYWORDS - {"format"}) | {"type", "enum", "const", _NOT_VALUES, _NOT_TYPES, _SPLIT}
 # Keywords through which a branch's objects may get names its own view does not list (compile
 # resolves them after the view object_shape reads).
 _NAME_ADDING_KEYWORDS = frozenset({"if", "then", "else", "anyOf", "oneOf", "allOf", "not", "$ref", _COND})

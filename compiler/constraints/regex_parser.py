@@ -122,6 +122,31 @@ def parse_regex(pattern: str, ecma_dot: bool = False, lookaheads: bool = False) 
     ]
 
 
+def disputed_chars(pattern: str) -> tuple[CharSet, bool]:
+    """The characters on which ECMA-262's and Python's readings of a JSON Schema pattern may
+    disagree (those of the shorthands it uses, and CR/U+2028/U+2029 where it has a `.`), and
+    whether a final newline may (Python's `$` also matches before one). On a text without them
+    every reading matches alike: what a difference of two patterns' languages needs."""
+    out = CharSet.nothing()
+    final_newline = False
+    i, n = 0, len(pattern)
+    while i < n:  # `.` and `$` count inside classes too: over-counting only narrows the texts
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            kind = pattern[i + 1].lower()
+            if kind in "dws":
+                ecma, python = _ECMA_SHORTHAND[kind], _python_shorthand(kind)
+                out = out | (ecma - python) | (python - ecma)
+            i += 2
+            continue
+        if c == ".":
+            out = out | CharSet.of("\r\u2028\u2029")
+        elif c == "$":
+            final_newline = True
+        i += 1
+    return out, final_newline
+
+
 def parse_fullmatch_node(pattern: str) -> Node:
     """The syntax tree of `pattern` under `re.fullmatch` (anchors at the ends are no-ops there)."""
     return alt(*(a.node for a in parse_regex(pattern)))
