@@ -305,6 +305,9 @@ def test_all_of_with_a_closed_branch_that_has_pattern_properties() -> None:
         # AWS tag values: [\s\S] is every character under both readings, U+001E (a space in
         # Python's \s only) and U+FEFF (in ECMA's only) included (cfn-aws-eventsv2-eventbus)
         (r"^(\S([\s\S]*\S)?)?(?![\s\S])", ["", "a", "a\x1eb", "a\ufeff b", "\u00e9"], [" a", "a ", "a\n"]),
+        # a ^ (a $) in a group that only repeats the regex's own anchor (cfn-aws-config-conformancepack)
+        (r"^([$]LATEST|[$]DEFAULT|^[1-9][0-9]*$)$", ["$LATEST", "12", "$DEFAULT"], ["012", "x12", "12x", "$LATESTx"]),
+        (r"^(?:(?:^a)|b)c", ["ac", "bcx"], ["xac", "c"]),
     ],
 )
 def test_top_level_lookaheads(pattern: str, valid: list[str], invalid: list[str]) -> None:

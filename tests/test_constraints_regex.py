@@ -155,6 +155,9 @@ def test_space_shorthand_is_the_spaces_both_readings_share() -> None:
         (r"(?P<x>a)(?P=x)", 8, "named backreference"),
         (r"\p{L}", 0, "Unicode property"),
         (r"(^a|b)", 1, "anchor ^"),
+        (r"^(^a)*", 2, "anchor ^"),  # a repeated group: the second ^ is not at the start
+        (r"^a(^b)", 3, "anchor ^"),
+        (r"^(a$|b)c$", 3, "anchor $"),
         (r"a$b", 1, "anchor $"),
         (r"a\Z", 1, "anchor \\Z"),
         (r"[a-", 0, "unterminated character class"),

@@ -24,6 +24,7 @@ all ECMA line terminators (\\n, \\r, U+2028, U+2029), else only \\n as in Python
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -200,6 +201,63 @@ def _group_end(pattern: str, i: int, n: int) -> int:
     return next((j for j, c, depth in _structure(pattern, i, n) if c == ")" and depth == 1), -1)
 
 
+_PLAIN_GROUP_PREFIX = re.compile(r"\?:|\?P?<[A-Za-z_][A-Za-z0-9_]*>")
+
+
+def _redundant_anchor(pattern: str, lo: int, hi: int, i: int, at_end: bool) -> bool:
+    """Whether the `^` (or, `at_end`, `$`) at `i` inside groups of the alternative `pattern[lo:hi]`
+    only repeats that alternative's own anchor: nothing can come before it (after it) but group
+    openings (closings) and alternative starts (ends) of groups that are not repeated, up to the
+    alternative's `^` (its final `$`). `^([$]L|^[1-9]+$)$` reads as `^([$]L|[1-9]+)$`."""
+    tokens = {j: (c, d) for j, c, d in _structure(pattern, lo, hi)}
+    anchored = tokens.get(hi - 1, ("",))[0] == "$" if at_end else pattern.startswith("^", lo)
+    if not anchored:
+        return False
+    start, end = lo + 1, hi - 1  # just after the alternative's ^; its final $
+
+    def body_start(o: int) -> int | None:  # where a plain group's first alternative begins
+        if pattern.startswith("?", o + 1):
+            m = _PLAIN_GROUP_PREFIX.match(pattern, o + 1)
+            return m.end() if m else None
+        return o + 1
+
+    def plain_once(o: int) -> bool:  # a capturing/non-capturing group taken at most once
+        close = _group_end(pattern, o, hi)
+        return body_start(o) is not None and close >= 0 and pattern[close + 1 : close + 2] not in ("*", "+", "{")
+
+    k = i
+    while True:
+        if not at_end:
+            if k == start:
+                return True
+            prev = tokens.get(k - 1)
+            if prev is not None and prev[0] == "|":
+                opener = max((o for o, (c, d) in tokens.items() if o < k - 1 and c == "(" and d == prev[1] - 1), default=-1)
+            else:
+                opener = max((o for o, (c, _) in tokens.items() if o < k and c == "("), default=-1)
+                if opener < 0 or body_start(opener) != k:
+                    return False
+            if opener < 0 or not plain_once(opener):
+                return False
+            k = opener
+        else:
+            nxt = k + 1
+            if nxt == end:
+                return True
+            token = tokens.get(nxt)
+            if token is None or token[0] not in ")|":
+                return False
+            if token[0] == "|":
+                nxt = min((j for j, (c, d) in tokens.items() if j > nxt and c == ")" and d == token[1]), default=-1)
+                if nxt < 0:
+                    return False
+            depth = tokens[nxt][1]
+            opener = max((o for o, (c, d) in tokens.items() if o < nxt and c == "(" and d == depth - 1), default=-1)
+            if opener < 0 or not plain_once(opener):
+                return False
+            k = nxt
+
+
 class _Scanner:
     def __init__(
         self, pattern: str, lo: int, hi: int, ecma_dot: bool, lookaheads: bool = False, inverted: bool = False
@@ -263,10 +321,15 @@ class _Scanner:
             elif c in "*+?}" and i + 1 < n and p[i + 1] == "+":
                 raise self.unsupported("possessive quantifier", i + 1)
             elif c == "^":
-                raise self.unsupported("anchor ^ other than at the start of the regex", i)
+                if not _redundant_anchor(p, self.lo, n, i, at_end=False):
+                    raise self.unsupported("anchor ^ other than at the start of the regex", i)
+                i += 1  # it repeats the alternative's own ^
             elif c == "$":
                 if i != n - 1:
-                    raise self.unsupported("anchor $ other than at the end of the regex", i)
+                    if not _redundant_anchor(p, self.lo, n, i, at_end=True):
+                        raise self.unsupported("anchor $ other than at the end of the regex", i)
+                    i += 1  # it repeats the alternative's own final $
+                    continue
                 anchored_end = True
                 i += 1
             elif c == ".":
