@@ -308,6 +308,11 @@ def test_all_of_with_a_closed_branch_that_has_pattern_properties() -> None:
         # a ^ (a $) in a group that only repeats the regex's own anchor (cfn-aws-config-conformancepack)
         (r"^([$]LATEST|[$]DEFAULT|^[1-9][0-9]*$)$", ["$LATEST", "12", "$DEFAULT"], ["012", "x12", "12x", "$LATESTx"]),
         (r"^(?:(?:^a)|b)c", ["ac", "bcx"], ["xac", "c"]),
+        # \b between fixed neighbors, a word character on one side only: always a boundary
+        # (cfn-aws-cloudformation-changeset)
+        (r"^([a-zA-Z][-a-zA-Z0-9]*)|(arn:\b(aws|aws-us-gov|aws-cn)\b:[-a-zA-Z0-9:/._+]*)$",
+         ["abc", "a!", "arn:aws:x", "1arn:aws-cn:a/b"], ["1", "", "1arn:aws", "1arn:awsx:"]),
+        (r"^\bab\b$", ["ab"], ["a", "abc"]),
     ],
 )
 def test_top_level_lookaheads(pattern: str, valid: list[str], invalid: list[str]) -> None:

@@ -149,6 +149,9 @@ def test_space_shorthand_is_the_spaces_both_readings_share() -> None:
         (r"(?<=a)b", 0, "lookbehind"),
         (r"(?<!a)b", 0, "negative lookbehind"),
         (r"ab\bc", 2, "word boundary"),
+        (r"a\b(b|c)?", 1, "word boundary"),  # the next piece may be skipped
+        ("x\\b\u00e9", 1, "word boundary"),  # é is a word character for Python only
+        (r"a\B:", 1, "word boundary \\B"),
         (r"(?i)abc", 0, "inline flags"),
         (r"a*+", 2, "possessive"),
         (r"(?>ab)", 0, "atomic group"),

@@ -258,6 +258,84 @@ def _redundant_anchor(pattern: str, lo: int, hi: int, i: int, at_end: bool) -> b
             k = nxt
 
 
+def _is_word(c: str) -> bool | None:
+    """Whether `c` is a word character for \\b under both readings (ECMA's ASCII one, Python's
+    Unicode one); None where they disagree."""
+    ecma = c.isascii() and (c.isalnum() or c == "_")
+    python = c.isalnum() or c == "_"
+    return ecma if ecma == python else None
+
+
+def _literal_at(pattern: str, j: int, lo: int, hi: int) -> str | None:
+    """The character the pattern matches at `j` when it is a plain literal (or an escaped
+    punctuation character), else None."""
+    if not lo <= j < hi:
+        return None
+    slashes = 0
+    while j - 1 - slashes >= lo and pattern[j - 1 - slashes] == "\\":
+        slashes += 1
+    c = pattern[j]
+    if slashes % 2:
+        return c if not c.isalnum() and c != "\\" else None
+    return None if c in _LITERAL_SPECIAL else c
+
+
+def _boundary_neighbors(pattern: str, lo: int, hi: int, i: int, after: bool) -> set[str] | None:
+    """The characters that can sit just before (or, `after`, just after) the `\\b` at `i`, when
+    the pattern fixes them (a literal, or each alternative's last (first) literal of an adjacent
+    plain group; "" is the start or end of the text); None when it does not."""
+    tokens = {j: (c, d) for j, c, d in _structure(pattern, lo, hi)}
+    if not after:
+        if i == lo + 1 and pattern.startswith("^", lo):
+            return {""}
+        if tokens.get(i - 1, ("",))[0] == ")":
+            depth = tokens[i - 1][1]
+            opener = max((o for o, (c, d) in tokens.items() if o < i - 1 and c == "(" and d == depth - 1), default=-1)
+            if opener < 0 or pattern.startswith("?", opener + 1):
+                return None
+            ends = [j - 1 for j, (c, d) in tokens.items() if opener < j <= i - 1 and c in "|)" and d == depth]
+            found = {_literal_at(pattern, j, opener + 1, i - 1) for j in ends}
+            return None if None in found else found  # type: ignore[return-value]
+        c = _literal_at(pattern, i - 1, lo, hi)
+        return None if c is None else {c}
+    j = i + 2
+    if j == hi - 1 and tokens.get(j, ("",))[0] == "$":
+        return {""}
+    if pattern[j + 1 : j + 2] in ("?", "*", "{"):
+        return None  # the next piece may be skipped
+    if tokens.get(j, ("",))[0] == "(":
+        if pattern.startswith("?", j + 1):
+            return None
+        close = _group_end(pattern, j, hi)
+        if close < 0 or pattern[close + 1 : close + 2] in ("?", "*", "{"):
+            return None
+        depth = tokens[j][1] + 1
+        starts = [j + 1] + [k + 1 for k, (c, d) in tokens.items() if j < k < close and c == "|" and d == depth]
+        found = set()
+        for k in starts:
+            if pattern[k + 1 : k + 2] in ("?", "*", "{"):
+                return None
+            found.add(_literal_at(pattern, k, j + 1, close))
+        return None if None in found else found  # type: ignore[return-value]
+    c = _literal_at(pattern, j, lo, hi)
+    return None if c is None else {c}
+
+
+def _boundary_is_redundant(pattern: str, lo: int, hi: int, i: int) -> bool:
+    """Whether the `\\b` (`\\B`) at `i` always holds: its neighbors are fixed characters, word
+    on one side and not on the other (`\\B`: alike on both), under both readings."""
+    before = _boundary_neighbors(pattern, lo, hi, i, after=False)
+    after_ = _boundary_neighbors(pattern, lo, hi, i, after=True)
+    if not before or not after_:
+        return False
+    words_before = {_is_word(c) if c else False for c in before}
+    words_after = {_is_word(c) if c else False for c in after_}
+    if None in words_before | words_after or len(words_before) != 1 or len(words_after) != 1:
+        return False
+    differ = words_before != words_after
+    return differ if pattern[i + 1] == "b" else not differ
+
+
 class _Scanner:
     def __init__(
         self, pattern: str, lo: int, hi: int, ecma_dot: bool, lookaheads: bool = False, inverted: bool = False
@@ -380,6 +458,8 @@ class _Scanner:
         if e == "k":
             raise self.unsupported("named backreference \\k", i)
         if e in "bB":
+            if _boundary_is_redundant(p, self.lo, self.n, i):
+                return i + 2  # its neighbors are fixed and always (\\B: never) a word boundary
             raise self.unsupported(f"word boundary \\{e}", i)
         if e in "AZzG":
             raise self.unsupported(f"anchor \\{e}", i)
