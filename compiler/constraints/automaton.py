@@ -147,19 +147,41 @@ def embed_dfa(dfa: DFA, nfa: NFA, start: int, end: int) -> None:
     for _ in range(dfa.num_states):
         nfa.state()
     check_time()  # a repetition may splice the same large automaton hundreds of times
+    rows, accepting = _nfa_edges(dfa)
+    edges = nfa.edges
+    for s, row in enumerate(rows):
+        if s & 4095 == 4095:
+            check_time()
+        edges[base + s] = [(m, base + t) for m, t in row]
+    for s in accepting:
+        nfa.eps[base + s].append(end)
+    nfa.eps[start].append(base + dfa.initial)
+
+
+_EDGES_CACHE_MAX_STATES = 50_000  # larger automata are not kept as Python edge lists
+
+
+def _nfa_edges(dfa: DFA) -> tuple[list[list[tuple[int, int]]], list[int]]:
+    """Per state, its edges as (byte mask, target), and the accepting states: what `embed_dfa`
+    splices, cached on the DFA (a schema splices one leaf automaton into many places; grouping 70
+    classes by target per state, in Python, was most of the cost)."""
+    cached = dfa.__dict__.get("_nfa_edges")
+    if cached is not None:
+        return cached
     masks = dfa.class_masks()
-    table = dfa.transitions.tolist()
-    for s, row in enumerate(table):
+    rows: list[list[tuple[int, int]]] = []
+    for s, row in enumerate(dfa.transitions.tolist()):
         if s & 4095 == 4095:
             check_time()
         by_target: dict[int, int] = {}
         for c, t in enumerate(row):
             if t >= 0:
                 by_target[t] = by_target.get(t, 0) | masks[c]
-        nfa.edges[base + s] = [(m, base + t) for t, m in by_target.items()]
-        if dfa.accepting[s]:
-            nfa.eps[base + s].append(end)
-    nfa.eps[start].append(base + dfa.initial)
+        rows.append([(m, t) for t, m in by_target.items()])
+    out = (rows, np.flatnonzero(dfa.accepting).tolist())
+    if dfa.num_states <= _EDGES_CACHE_MAX_STATES:
+        object.__setattr__(dfa, "_nfa_edges", out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
