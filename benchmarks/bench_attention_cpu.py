@@ -94,7 +94,7 @@ def main() -> int:
           f"load avg {os.getloadavg()[0]:.1f}")
     print("\n| attention, 30 layers | native ms | SDPA ms | speedup |")
     print("|---|---|---|---|")
-    cases = [(b, ctx, 1) for b in (1, 8, 32) for ctx in (128, 512, 2048)] + [(8, 400, 4), (8, 400, 8), (8, 400, 16)]
+    cases = [(b, ctx, 1) for b in (1, 8, 32) for ctx in (128, 512, 2048)] + [(8, 400, 2), (8, 400, 4), (8, 400, 8), (8, 400, 16)]
     for batch, prefix, extend in cases:
         best = attention_case(batch, prefix, extend, args.rounds)
         kind = "decode" if extend == 1 else f"extend {extend}"

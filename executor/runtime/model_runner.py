@@ -31,9 +31,10 @@ from executor.runtime.kv_manager import KVManager
 from executor.runtime.memory import KVPool, ReqToTokenPool
 from models.cpu_pack import pack_linears
 
-# Up to this many new tokens per request, the native kernel beats SDPA over gathered KV (measured:
-# decode 3-9x, 8-token extends 1.3x); beyond it SDPA's blocked matmuls win (32 tokens: 2x).
-NATIVE_MAX_EXTEND = 12
+# Up to this many new tokens per request, the native kernel beats SDPA over gathered KV (CPU time,
+# one thread, 8 requests over 400 cached tokens: decode 1.75x, 2-token extends 1.55x, 4 tokens even,
+# 8 tokens 0.88x; benchmarks/bench_attention_cpu.py); beyond it SDPA's blocked matmuls win.
+NATIVE_MAX_EXTEND = 4
 
 
 class ModelRunner:
