@@ -1042,3 +1042,37 @@ def test_one_of_overlapping_string_branches_is_the_strings_exactly_one_takes() -
     # overlapping object branches stay refused
     with pytest.raises(ConstraintError, match="may both match"):
         dfa_of({"oneOf": [{"type": "object", "properties": {"a": {}}}, {"type": "object", "maxProperties": 1}]})
+
+
+def test_not_of_not_any_of_and_contains() -> None:
+    """`not` of `not` (double negation), of `anyOf` (each branch negated) and of `contains` (every
+    item fails) reduce to the exact negations (`schemastore-gitlab-ci`, `schemastore-readthedocs`)."""
+    check({"not": {"not": {"type": "string", "maxLength": 2}}}, ["", "ab"], ["abc", 1, None, [], {}])
+    check({"not": {"anyOf": [{"type": "boolean"}, {"const": "x"}]}}, [2, None, [], {}, "y"], ["x", True, False])
+    check(
+        {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 5}, "not": {"contains": {"const": 3}}},
+        [[], [1, 2], [5, 5, 0]],
+        [[3], [1, 3], "x"],
+    )
+    # gitlab-ci: then applies when `type` is absent
+    gitlab = {
+        "type": "object",
+        "properties": {"type": {"enum": ["string", "number"]}, "default": {}},
+        "if": {"not": {"required": ["type"]}},
+        "then": {"properties": {"default": {"type": ["string", "null"]}}},
+    }
+    check(gitlab, [{"default": "x"}, {"type": "number", "default": 1}, {}], [{"default": 1}])
+    # readthedocs: an install list with a uv item has exactly one item
+    readthedocs = {
+        "type": "array",
+        "items": {"type": "object", "properties": {"method": {"enum": ["uv", "pip"]}}, "required": ["method"],
+                  "additionalProperties": False},
+        "allOf": [{"if": {"contains": {"type": "object", "properties": {"method": {"const": "uv"}},
+                                       "required": ["method"]}},
+                   "then": {"minItems": 1, "maxItems": 1}}],
+    }
+    check(readthedocs, [[{"method": "uv"}], [{"method": "pip"}, {"method": "pip"}], []],
+          [[{"method": "uv"}, {"method": "pip"}], [{"method": "pip"}, {"method": "uv"}]])
+    with pytest.raises(ConstraintError, match="not with contains") as e:
+        dfa_of({"type": "array", "not": {"contains": {"const": 1}, "minContains": 2}})
+    assert e.value.pointer == "/not/contains"

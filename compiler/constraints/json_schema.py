@@ -741,7 +741,8 @@ class SchemaCompiler:
 
     def compile_not(self, view: View, ptr: str, refs: dict[str, int], depth: int) -> Node:
         """`not` of the forms whose negation is finite: type, const, enum, required (several
-        keywords: De Morgan, one branch per keyword)."""
+        keywords: De Morgan, one branch per keyword); `not` (double negation), `anyOf` (each
+        branch negated) and `contains` (every item fails) reduce to those."""
         neg, nptr = view["not"]
         rest = {k: v for k, v in view.items() if k != "not"}
         if isinstance(neg, _Nots):
@@ -789,9 +790,48 @@ class SchemaCompiler:
                     if merged is not None:
                         branches.append(merged)
                 continue
+            elif k == "not":
+                # not not A = A (several: not (not A and not B) = A or B)
+                for inner, ip in v.items if isinstance(v, _Nots) else ((v, kp),):
+                    try:
+                        views = self.flatten(inner, ip, dict(refs))
+                    except _Cut:
+                        raise ConstraintError("not not with a recursive $ref is not supported", pointer=ip) from None
+                    merged = None if any(x is None for x in views) else self.merge([rest, *views], ptr)
+                    if merged is not None:
+                        branches.append(merged)
+                continue
+            elif k == "anyOf":
+                # not (A or B) = not A and not B: one branch, each negation exact or refused
+                if not isinstance(v, list) or not v:
+                    raise ConstraintError("anyOf must be a non-empty array", pointer=kp)
+                nots: list[View] = [{"not": (a, join_pointer(kp, i))} for i, a in enumerate(v)]
+                merged = self.merge([rest, *nots], ptr)
+                if merged is not None:
+                    branches.append(merged)
+                continue
+            elif k == "contains":
+                # not (some item matches C) = not an array, or an array whose every item fails C
+                items = rest.get("items", (True, kp))[0]
+                if "prefixItems" in rest or isinstance(items, list) or {"minContains", "maxContains"} & nview.keys():
+                    raise ConstraintError(
+                        "not with contains is supported only without prefixItems, tuple items and "
+                        "min/maxContains",
+                        pointer=kp,
+                    )
+                not_array = dict(rest)
+                old = not_array.get(_NOT_TYPES, (frozenset(), kp))[0]
+                not_array[_NOT_TYPES] = (old | frozenset({"array"}), kp)
+                branches.append(not_array)
+                every_fails: View = {"type": (["array"], kp), "items": (_View({"not": (v, kp)}), kp)}
+                merged = self.merge([rest, every_fails], ptr)
+                if merged is not None:
+                    branches.append(merged)
+                continue
             else:
                 raise ConstraintError(
-                    f"not with {k!r} is not supported (only type, const, enum and required negate exactly)",
+                    f"not with {k!r} is not supported (only type, const, enum, required, properties, not, "
+                    "anyOf and contains of those negate exactly)",
                     pointer=kp,
                 )
             branches.append(branch)
@@ -2454,8 +2494,10 @@ KEYWORD_NOTES: dict[str, tuple[str, str]] = {
     "not": (
         "partly",
         "finite forms: `type`, `const`, `enum` (of null, boolean, integer, string values), `required` "
-        "(objects that list properties), `properties` whose values negate so; several keywords by De "
-        "Morgan; several `not`s each apply; a bare `not` is every other value",
+        "(objects that list properties), `properties` whose values negate so; `not` (double negation), "
+        "`anyOf` (every branch negated) and `contains` (every item fails; no prefixItems or "
+        "min/maxContains) of those; several keywords by De Morgan; several `not`s each apply; a bare "
+        "`not` is every other value",
     ),
     "minLength": ("yes", "code points; escapes count as one"),
     "maxLength": ("yes", "code points; escapes count as one"),
