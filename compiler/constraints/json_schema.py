@@ -2435,10 +2435,12 @@ KEYWORD_NOTES: dict[str, tuple[str, str]] = {
     "oneOf": (
         "yes",
         "only when branches are provably exclusive (types, literals, const/enum discriminator, a "
-        "required name another closed branch does not allow, a required name with disjoint value "
+        "required name another closed branch does not allow, names each branch requires that the "
+        "other is never written with, a required name with disjoint value "
         "types), decided "
         "type by type (two branches that both take every value of a type exclude it); branches that "
-        "only list `required`: exactly one list complete",
+        "only list `required`: exactly one list complete; overlapping string branches (pattern, "
+        "length, enum; no format): the strings exactly one takes, on automata",
     ),
     "if": (
         "yes",
