@@ -80,7 +80,7 @@ def time_parts(harness, batch, rounds: int) -> dict[str, float]:
 
     runner._attention_for = attention_for
     # The decoder gathers rotary angles once per forward and rotates with plain functions.
-    rotary_functions = {name: getattr(decoder, name) for name in ("rotate", "rotate_qk")}
+    rotary_functions = {"rotate_": decoder.rotate_}
     for name, fn in rotary_functions.items():
         setattr(decoder, name, timer.timed("rope", fn))
     rotaries = {m for m in model.modules() if isinstance(m, RotaryEmbedding)}

@@ -29,8 +29,7 @@ from models.layers import (
     RotaryAngles,
     RotaryEmbedding,
     SwiGLUMLP,
-    rotate,
-    rotate_qk,
+    rotate_,
 )
 
 
@@ -69,13 +68,14 @@ class DecoderAttention(nn.Module):
     def forward(
         self, hidden: torch.Tensor, positions: torch.Tensor, attention: AttentionFn, angles: RotaryAngles | None
     ) -> torch.Tensor:
-        qk, v = self.qkv_proj(hidden)
+        qk, v = self.qkv_proj(hidden)  # views of one fresh matmul output: ours to overwrite
         num_heads = self.qkv_proj.num_heads
         if self.q_norm is not None:
-            q, k = self.q_norm(qk[:, :num_heads]), self.k_norm(qk[:, num_heads:])
-            q, k = (rotate(q, angles), rotate(k, angles)) if angles is not None else self.rotary(positions, q, k)
-        elif angles is not None:
-            q, k = rotate_qk(qk, num_heads, angles)
+            qk[:, :num_heads] = self.q_norm(qk[:, :num_heads])
+            qk[:, num_heads:] = self.k_norm(qk[:, num_heads:])
+        if angles is not None:
+            rotate_(qk, angles)
+            q, k = qk[:, :num_heads], qk[:, num_heads:]
         else:
             q, k = self.rotary(positions, qk[:, :num_heads], qk[:, num_heads:])
         out = attention(self.layer_id, q, k, v)

@@ -85,7 +85,7 @@ class RotaryEmbedding(nn.Module):
     the meta device and is moved to the input's device and dtype lazily on first use.
 
     The decoder gathers a forward pass's angles once (`angles`) and rotates each layer's q and k
-    with `rotate_qk`; `forward(positions, q, k)` does both for callers with one pair to rotate.
+    in place with `rotate_`; `forward(positions, q, k)` does both for callers with one pair to rotate.
     """
 
     def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: RopeScaling | None) -> None:
@@ -108,7 +108,7 @@ class RotaryEmbedding(nn.Module):
         return self._table
 
     def angles(self, positions: torch.Tensor, like: torch.Tensor) -> RotaryAngles | None:
-        """The rotation factors of `positions` [T] in `like`'s dtype and device, for `rotate_qk`.
+        """The rotation factors of `positions` [T] in `like`'s dtype and device, for `rotate_`.
 
         None when a subclass rotates its own way (overrides `forward`, as the CUDA kernel swap in
         executor/kernels/fused_layers.py does): the layers then call `forward` instead.
@@ -132,23 +132,20 @@ class RotaryEmbedding(nn.Module):
 
 
 def rotate(x: torch.Tensor, angles: RotaryAngles) -> torch.Tensor:
-    """x [T, H, D] rotated: a new contiguous tensor (see `RotaryAngles` for why it equals HF's)."""
+    """x [T, H, D] rotated into a new contiguous tensor (see `RotaryAngles` for why it equals HF's)."""
     swapped = _swap_halves(x).mul_(angles.sin)
     return swapped.add_(x * angles.cos)
 
 
-def rotate_qk(qk: torch.Tensor, num_q_heads: int, angles: RotaryAngles) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate queries and keys lying side by side ([T, Hq + Hkv, D], as `QKVProjection` leaves them)
-    in one pass; returns contiguous q [T, Hq, D] and k [T, Hkv, D].
+def rotate_(x: torch.Tensor, angles: RotaryAngles) -> torch.Tensor:
+    """Rotate x [T, H, D] in place and return it; any token stride, so the decoder rotates queries
+    and keys together where the fused qkv projection left them ([T, Hq + Hkv, D] of its output).
 
-    One pass over both instead of one each halves the per-op overhead, which is most of rotary's
-    cost at decode batch sizes.
+    Four ops and one temporary per layer instead of fourteen ops over q and k apart, and q, k and
+    v keep one token stride: the native attention kernel reads all three in place.
     """
-    swapped = _swap_halves(qk).mul_(angles.sin)
-    scaled = qk * angles.cos
-    q = torch.add(scaled[:, :num_q_heads], swapped[:, :num_q_heads])
-    k = torch.add(scaled[:, num_q_heads:], swapped[:, num_q_heads:])
-    return q, k
+    swapped = _swap_halves(x).mul_(angles.sin)
+    return x.mul_(angles.cos).add_(swapped)
 
 
 def _swap_halves(x: torch.Tensor) -> torch.Tensor:
@@ -246,7 +243,7 @@ def _contiguous_span(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Ten
 class QKVProjection(MergedLinear):
     """The fused q/k/v projection; returns qk [T, Hq + Hkv, D] (the query heads, then the key
     heads) and v [T, Hkv, D], both views of the one matmul output, so rotary turns q and k in one
-    pass (`rotate_qk`)."""
+    pass (`rotate_`)."""
 
     def __init__(
         self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, bias: bool

@@ -15,7 +15,7 @@ from executor.kernels.fused_layers import use_fused_layers
 from executor.kernels.norm_ref import rmsnorm_ref
 from executor.kernels.rotary_ref import rotary_embedding_ref
 from models import ModelConfig, create_model
-from models.layers import RMSNorm, RotaryEmbedding, rotate, rotate_qk
+from models.layers import RMSNorm, RotaryEmbedding, rotate, rotate_
 
 
 def norm(size: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> RMSNorm:
@@ -47,21 +47,26 @@ def qkv_output(tokens: int, num_q: int, num_kv: int, head_dim: int, dtype: torch
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("tokens,num_q,num_kv", [(1, 9, 3), (5, 4, 4), (40, 6, 2)])
-def test_rotate_qk_equals_the_per_tensor_reference(dtype, tokens, num_q, num_kv):
+def test_in_place_rotation_of_q_and_k_together_equals_the_per_tensor_reference(dtype, tokens, num_q, num_kv):
     head_dim = 16
     rotary = RotaryEmbedding(head_dim, 256, 10000.0, None)
     out = qkv_output(tokens, num_q, num_kv, head_dim, dtype)
-    # q and k as the fused projection leaves them: strided views of one matmul output.
-    qk = out[:, : (num_q + num_kv) * head_dim].view(tokens, -1, head_dim)
+    before = out.clone()
+    # q and k as the fused projection leaves them: a strided view of one matmul output.
+    width = (num_q + num_kv) * head_dim
+    qk = out[:, :width].view(tokens, -1, head_dim)
     positions = torch.randint(0, 256, (tokens,), generator=torch.Generator().manual_seed(7))
+    ref_qk = before[:, :width].view(tokens, -1, head_dim)
+    ref_q, ref_k = rotary_embedding_ref(positions, ref_qk[:, :num_q], ref_qk[:, num_q:], *rotary._cos_sin(qk))
+    module_q, module_k = rotary(positions, ref_qk[:, :num_q], ref_qk[:, num_q:])
+    assert torch.equal(module_q, ref_q) and torch.equal(module_k, ref_k)
+    assert torch.equal(before, out)  # the module path leaves its inputs alone
+
     angles = rotary.angles(positions, qk)
-    q, k = rotate_qk(qk, num_q, angles)
-    ref_q, ref_k = rotary_embedding_ref(positions, qk[:, :num_q], qk[:, num_q:], *rotary._cos_sin(qk))
-    assert torch.equal(q, ref_q) and torch.equal(k, ref_k)
-    assert q.is_contiguous() and k.is_contiguous()  # attention kernels may rely on it
-    assert torch.equal(rotate(qk[:, num_q:], angles), ref_k)
-    assert torch.equal(qk, out[:, : (num_q + num_kv) * head_dim].view(tokens, -1, head_dim))  # input untouched
-    assert all(torch.equal(a, b) for a, b in zip(rotary(positions, qk[:, :num_q], qk[:, num_q:]), (ref_q, ref_k)))
+    assert rotate_(qk, angles) is qk
+    assert torch.equal(qk[:, :num_q], ref_q) and torch.equal(qk[:, num_q:], ref_k)
+    assert torch.equal(out[:, width:], before[:, width:])  # v untouched
+    assert torch.equal(rotate(ref_qk[:, num_q:], angles), ref_k)
 
 
 def test_a_rotary_subclass_with_its_own_forward_gets_no_angles():
