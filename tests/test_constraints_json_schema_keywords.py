@@ -1076,3 +1076,45 @@ def test_not_of_not_any_of_and_contains() -> None:
     with pytest.raises(ConstraintError, match="not with contains") as e:
         dfa_of({"type": "array", "not": {"contains": {"const": 1}, "minContains": 2}})
     assert e.value.pointer == "/not/contains"
+
+
+# RFC 3986 relative-ref and URI, written from the RFC's ABNF (independently of formats.py)
+_RFC_U = r"[A-Za-z0-9\-._~]|%[0-9A-Fa-f]{2}|[!$&'()*+,;=]"
+_RFC_PCHAR = rf"(?:{_RFC_U}|[:@])"
+_RFC_AUTHORITY = rf"(?:(?:{_RFC_U}|:)*@)?(?:\[[0-9A-Fa-f:.]+\]|(?:{_RFC_U})*)(?::[0-9]*)?"
+_RFC_TAIL = rf"(?:\?(?:{_RFC_PCHAR}|[/?])*)?(?:#(?:{_RFC_PCHAR}|[/?])*)?"
+RFC3986_URI_REFERENCE = re.compile(
+    rf"(?:[A-Za-z][A-Za-z0-9+\-.]*:(?://{_RFC_AUTHORITY}(?:/{_RFC_PCHAR}*)*|/(?:{_RFC_PCHAR}+(?:/{_RFC_PCHAR}*)*)?"
+    rf"|{_RFC_PCHAR}+(?:/{_RFC_PCHAR}*)*|)"
+    rf"|//{_RFC_AUTHORITY}(?:/{_RFC_PCHAR}*)*|/(?:{_RFC_PCHAR}+(?:/{_RFC_PCHAR}*)*)?"
+    rf"|(?:{_RFC_U}|@)+(?:/{_RFC_PCHAR}*)*|){_RFC_TAIL}"
+)
+
+
+@pytest.mark.parametrize(
+    "fmt, valid, invalid, holds",
+    [
+        ("uri-reference", ["http://a.b/c?d#e", "#frag", "", "a/b:c", "../x", "//host:80/p", "/p?q"],
+         ["a b", "a:b c", ":x", "%zz", "http://a b"], lambda s: RFC3986_URI_REFERENCE.fullmatch(s)),
+        ("json-pointer", ["", "/a", "/a~0b/~1/", "//"], ["a", "/~2", "/~"],
+         lambda s: re.fullmatch(r"(/([^~/]|~[01])*)*", s)),
+        ("relative-json-pointer", ["0", "1#", "2/a/b", "10/"], ["", "01", "-1", "#", "/a"],
+         lambda s: re.fullmatch(r"(0|[1-9][0-9]*)(#|(/([^~/]|~[01])*)*)", s)),
+        ("regex", ["", "^a$", "^[a-z0-9_\\-]+$", r"\d{3,}?", "(?:ab|c)*x", "a|^b$", "[^.]"],
+         ["(", "a**", "[z-a]", "a{3,1}", "^*", "[]", "(?<=a)b"], lambda s: re.compile(s) is not None),
+    ],
+)
+def test_formats_uri_reference_json_pointers_and_regex(fmt: str, valid: list[str], invalid: list[str], holds: Any) -> None:
+    """Each format's automaton takes only strings valid for it (a subset for uri-reference and
+    regex; checked on samples of the automaton with an independent check), and these."""
+    schema = {"type": "string", "format": fmt}
+    dfa = dfa_of(schema)
+    for v in valid:
+        assert holds(v) and dfa.accepts(spell(v)), v
+    for v in invalid:
+        assert not dfa.accepts(spell(v)), v
+    rng = random.Random(0)
+    dist = distance_to_accept(dfa)
+    for _ in range(200):
+        text = json.loads(sample(dfa, rng, dist).decode("utf-8"))
+        assert holds(text), text

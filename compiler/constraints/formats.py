@@ -15,8 +15,19 @@ impractical), so generated values always pass a strict checker:
 * `uri`: RFC 3986 `scheme://host[:port]/path?query#fragment` with a registered-name host (no user
   info, no IP literal); percent-escapes are `%` + two hex digits.
 * `ipv4`: dotted quad, no leading zeros.
+* `uri-reference`: a `uri` as above, or an RFC 3986 relative reference of the same parts
+  (`//host[:port]/path`, `/path`, `path` whose first segment has no colon, or empty; then
+  `?query`, `#fragment`).
+* `json-pointer`: RFC 6901, exactly. `relative-json-pointer`: a non-negative integer, then `#` or
+  a JSON pointer (no index manipulation).
+* `regex`: regexes that ECMA-262 and Python's `re` both compile: top-level alternatives with their
+  own `^`/`$`; pieces are a literal, an escaped special character or shorthand (`\\d`, `\\.`, ...),
+  `.`, a class of literals, escapes and the ranges `a-z`, `A-Z`, `0-9` (`^` to negate), or a group
+  (plain or `(?:`) of such pieces and alternatives, one level deep; a quantifier `*`, `+`, `?`,
+  `{n}` or `{n,}` (up to 3 digits), optionally lazy.
 
-Unknown formats are rejected by the schema compiler.
+The schema compiler rejects a format some JSON Schema draft defines that is not listed here (fail
+closed: a schema that names it means it); any other `format` value is an annotation.
 """
 
 from __future__ import annotations
@@ -47,6 +58,27 @@ URI = (
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
 
+# uri-reference: a relative reference (RFC 3986 section 4.2) of the parts `URI` allows
+_SEGMENT_NC = rf"(?:{_UNRESERVED_SUB}|@|{_PCT})"  # a segment character other than ':'
+_RELATIVE_PART = (
+    rf"(?://(?:{_UNRESERVED_SUB}|{_PCT})*(?::[0-9]*)?(?:/{_PCHAR}*)*"
+    rf"|/(?:{_PCHAR}+(?:/{_PCHAR}*)*)?"
+    rf"|{_SEGMENT_NC}+(?:/{_PCHAR}*)*)?"
+)
+URI_REFERENCE = rf"(?:{URI}|{_RELATIVE_PART}(?:\?(?:{_PCHAR}|[/?])*)?(?:#(?:{_PCHAR}|[/?])*)?)"
+JSON_POINTER = r"(?:/(?:[^~/]|~[01])*)*"
+RELATIVE_JSON_POINTER = rf"(?:0|[1-9][0-9]*)(?:#|{JSON_POINTER})"
+# regex: see the module docstring
+_RE_LITERAL = r"[^\\.^$*+?()\[\]{}|]"
+_RE_ESCAPE = r"\\[\\.^$*+?()\[\]{}|/\-dDwWsSnrtf]"
+_RE_CLASS = rf"\[\^?(?:[^\\\]\[\-^&~|]|{_RE_ESCAPE}|a-z|A-Z|0-9)+\]"
+_RE_ATOM = rf"(?:{_RE_LITERAL}|{_RE_ESCAPE}|\.|{_RE_CLASS})"
+_RE_QUANTIFIER = r"(?:[*+?]|\{[0-9]{1,3},?\})\??"
+_RE_FLAT = rf"(?:{_RE_ATOM}(?:{_RE_QUANTIFIER})?)*"
+_RE_GROUP = rf"\((?:\?:)?{_RE_FLAT}(?:\|{_RE_FLAT})*\)"
+_RE_BRANCH = rf"\^?(?:(?:{_RE_ATOM}|{_RE_GROUP})(?:{_RE_QUANTIFIER})?)*\$?"
+REGEX = rf"{_RE_BRANCH}(?:\|{_RE_BRANCH})*"
+
 FORMATS: dict[str, str] = {
     "date": DATE,
     "time": TIME,
@@ -55,4 +87,8 @@ FORMATS: dict[str, str] = {
     "email": EMAIL,
     "uri": URI,
     "ipv4": IPV4,
+    "uri-reference": URI_REFERENCE,
+    "json-pointer": JSON_POINTER,
+    "relative-json-pointer": RELATIVE_JSON_POINTER,
+    "regex": REGEX,
 }
