@@ -187,8 +187,13 @@ def main() -> int:
     parser.add_argument("--breakdown", action="store_true", help="also time each part of a step")
     parser.add_argument("--no-steps", action="store_true", help="skip the step timings (raw batch / HF only)")
     parser.add_argument("--batches", default="1,8,32,64", help="decode batch sizes, comma-separated (each <= 64)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     args = parser.parse_args()
 
+    if args.threads < 0:
+        raise SystemExit(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     folder = resolve_model(args.model)
     print(f"# bench_step: {folder.name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cpus, load avg {os.getloadavg()[0]:.1f}")
