@@ -1,12 +1,19 @@
-"""Weights packed once for MKL's packed GEMM: the CPU float32 fast path of every projection.
+"""Weights re-laid-out once for the fastest CPU float32 matmul of each projection.
 
-A plain `F.linear` call with few rows (a decode step has one per request) spends much of its time
-re-packing the whole weight into MKL's internal blocked layout, on every call. `cblas_sgemm_pack`
-does that once at load: the packed GEMM then only streams the prepacked panels. Measured on this
-project's 2-core AVX2 machine at 32 rows, the model's projections run ~1.4-1.9x faster (bench_step,
-docs/performance.md "Model step on CPU"), and the results are bit-identical to `F.linear`'s on the
-same rows (MKL computes the same blocked products). Inputs of 5-31 rows are zero-padded to 32
-first (see PAD_FROM_ROWS): MKL's small-row kernel is 2x slower there and rounds differently (~1e-6).
+`F.linear(x, W)` hands MKL a transposed operand (`x @ W.T`), and for few rows (a decode step has
+one per request) MKL's kernels for that case are slow: below 32 rows they re-read the weight for
+every few rows. Measured on this project's 2-core machine (one thread, CPU time, the default
+model's shapes; docs/performance.md "Linear layouts on CPU"), the same products cost:
+
+* layer projections: `x @ W_t` with `W_t = W.T` stored contiguous once (plain NN sgemm) is the
+  fastest at every row count: 2.4x `F.linear` at 8 rows, 1.5x at 16, 1.25x at 48, even at 32 and
+  in prefills (512-2048 rows);
+* the LM head (vocab x hidden, 85x wider than tall): oneDNN's prepacked linear is fastest up to a
+  few hundred rows (11.5 ms vs 32 ms for `F.linear` at 8 rows, 19.4 vs 28.2 at 32); beyond that
+  every layout costs the same, so large inputs use `F.linear`.
+
+The results equal `F.linear`'s up to float rounding (~1e-6 relative: another blocking of the same
+dot products), so greedy output matches HF transformers as before (tests/test_engine_parity.py).
 
 A pack remembers which tensor it was made from (storage pointer and version counter): if the weight
 is replaced or written in place afterwards, the pack is stale and the layer quietly goes back to
@@ -21,37 +28,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The row count MKL is told to expect. Any row count computes the same result; this one is the
-# decode batch the packing was measured at. (Passing the call's own row count instead would send
-# other sizes down a different, non-bit-identical path.)
-PACK_ROWS_HINT = 32
-
-# Below 16 rows MKL's sgemm switches to a kernel that re-reads the weight for every few rows: the
-# LM head (49152 x 576) costs ~8 ms CPU at 1 row, ~30 at 8, ~41 at 12, but ~19 at 32 (measured on
-# the 2-core dev machine, one thread, `time.thread_time`). A decode step at those batch sizes is
-# weight-streaming bound, so inputs of PAD_FROM_ROWS .. PACK_ROWS_HINT - 1 rows are zero-padded to
-# PACK_ROWS_HINT rows: the real rows then take the 32-row path, whose results equal F.linear's at
-# 16 or more rows (the small-row path rounds differently, ~1e-6).
-PAD_FROM_ROWS = 5
+# A weight at least this many times wider (out) than tall (in), with at least WIDE_MIN_OUT outputs,
+# is an LM head: oneDNN's layout for it, at most ONEDNN_MAX_ROWS input rows.
+WIDE_RATIO = 8
+WIDE_MIN_OUT = 16384
+ONEDNN_MAX_ROWS = 256
 
 
-def mkl_packing_available() -> bool:
-    """Whether this torch build has MKL's packed linear ops (x86 CPU builds do)."""
-    return bool(torch.backends.mkl.is_available()) and hasattr(torch.ops.mkl, "_mkl_linear")
+def onednn_available() -> bool:
+    """Whether this torch build has oneDNN's prepacked linear ops (x86 CPU builds do)."""
+    return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def is_wide(weight: torch.Tensor) -> bool:
+    out_features, in_features = weight.shape
+    return out_features >= WIDE_MIN_OUT and out_features >= WIDE_RATIO * in_features
 
 
 @dataclass(frozen=True)
 class PackedWeight:
-    """A weight in MKL's packed layout, tied to the exact tensor it was packed from."""
+    """A copy of a weight in the layout its fast kernel reads, tied to the exact tensor it came from.
 
-    packed: torch.Tensor
+    kind "transposed": `data` is W.T contiguous, used as `x @ data`. kind "onednn": `data` is
+    oneDNN's prepacked weight, used for inputs of at most ONEDNN_MAX_ROWS rows.
+    """
+
+    kind: str
+    data: torch.Tensor
     source_ptr: int
     source_version: int
 
     @classmethod
     def of(cls, weight: torch.Tensor) -> PackedWeight:
-        return cls(torch.ops.mkl._mkl_reorder_linear_weight(weight.detach(), PACK_ROWS_HINT),
-                   weight.data_ptr(), weight._version)
+        detached = weight.detach()
+        if is_wide(detached) and onednn_available():
+            data, kind = torch.ops.mkldnn._reorder_linear_weight(detached, None), "onednn"
+        else:
+            data, kind = detached.t().contiguous(), "transposed"
+        return cls(kind, data, weight.data_ptr(), weight._version)
 
     def matches(self, weight: torch.Tensor) -> bool:
         return weight.data_ptr() == self.source_ptr and weight._version == self.source_version
@@ -62,22 +76,19 @@ def can_pack(weight: torch.Tensor | None) -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pack: PackedWeight | None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, through the pack when it is current and x is a CPU float32 tensor."""
-    if pack is not None and x.dtype == torch.float32 and x.device.type == "cpu" and pack.matches(weight):
-        rows = x.shape[0]
-        if x.dim() == 2 and PAD_FROM_ROWS <= rows < PACK_ROWS_HINT:
-            padded = x.new_zeros((PACK_ROWS_HINT, x.shape[1]))
-            padded[:rows] = x
-            return torch.ops.mkl._mkl_linear(padded, pack.packed, weight, bias, PACK_ROWS_HINT)[:rows]
-        return torch.ops.mkl._mkl_linear(x, pack.packed, weight, bias, PACK_ROWS_HINT)
+    """`F.linear(x, weight, bias)`, through the pack when it is current and x is a 2-D CPU float32 tensor."""
+    if pack is None or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 or not pack.matches(weight):
+        return F.linear(x, weight, bias)
+    if pack.kind == "transposed":
+        return torch.mm(x, pack.data) if bias is None else torch.addmm(bias, x, pack.data)
+    if x.shape[0] <= ONEDNN_MAX_ROWS:
+        return torch.ops.mkldnn._linear_pointwise(x, pack.data, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 
 def pack_linears(model: nn.Module) -> int:
     """Pack the weight of every module that takes a pack (has a `weight_pack` attribute); returns how
-    many were packed. Idempotent: current packs are kept. Does nothing without MKL or off CPU fp32."""
-    if not mkl_packing_available():
-        return 0
+    many were packed. Idempotent: current packs are kept. Does nothing off CPU float32."""
     count = 0
     for module in model.modules():
         if not hasattr(module, "weight_pack"):
