@@ -9,8 +9,8 @@ On CPU the attention of decode steps and short extends (at most NATIVE_MAX_EXTEN
 request) is a native kernel that reads K/V in place from the pool (`executor/kernels/csrc/`,
 built at first use by `executor/kernels/cpu_native.py`); longer extends and machines without a C
 compiler use torch's fused SDPA over the gathered KV (`executor/kernels/attention_cpu.py`; the
-references stay the oracle). The model's projections are packed once for MKL's packed GEMM
-(`models/cpu_pack.py`). Those are the largest parts of a CPU step (docs/performance.md, "Model
+references stay the oracle). The model's projection weights are re-laid-out once for the
+fastest CPU matmul of their shape (`models/cpu_pack.py`). Those are the largest parts of a CPU step (docs/performance.md, "Model
 step on CPU"). On CUDA the runner also swaps the model's norm and rotary modules for fused kernels and, once
 `capture_cuda_graphs` has run, replays decode steps from CUDA graphs (`executor/runtime/cuda_graph.py`).
 """
