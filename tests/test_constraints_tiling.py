@@ -165,3 +165,35 @@ def test_repetitions_of_items_that_are_not_prefix_free_tile_exactly() -> None:
     # the joint overlaps: no tiling (the subset construction decides)
     assert dfa_ops.repeat_dfa(regex_to_byte_dfa("(a+)"), 0, 3) is None
     assert dfa_ops.repeat_dfa(regex_to_byte_dfa("([0-9]+x?)"), 1, 3) is None
+
+
+def test_equal_small_subtrees_share_one_automaton_per_compile(monkeypatch) -> None:
+    """Within one compile, equal small subtrees are determinized once and the automaton is shared;
+    a shared automaton's table is never grown in place by a concatenation (it is not the caller's
+    own), so the result equals the one built without sharing, and the shared part is unchanged."""
+    from compiler.constraints.charset import CharSet
+    from compiler.constraints.limits import compiling
+    from compiler.constraints.regex_ast import Chars, Repeat, concat
+
+    monkeypatch.setattr(dfa_ops, "SMALL_POSITIONS", 4200)
+
+    def letters(lo: str, hi: str) -> Repeat:  # 4,101 states: a table concat_dfas could grow in place
+        return Repeat(Chars(CharSet.range(lo, hi)), 0, 4100)
+
+    node = concat(letters("a", "z"), letters("0", "9"))
+    with compiling("test"):
+        first = dfa_ops.byte_dfa(letters("a", "z"))
+        shape = first.transitions.shape
+        shared = dfa_ops.byte_dfa(node)
+        again = dfa_ops.byte_dfa(letters("a", "z"))
+        # what the large-tree builder gets: the shared automaton, never as its own to grow
+        assert dfa_ops._build(letters("a", "z"), None) == (first, False)
+    assert again is first and first.transitions.shape == shape and shape[0] > 4096
+    monkeypatch.setattr(dfa_ops, "_MEMO_MAX_ENTRIES", 0)
+    with compiling("test"):
+        alone = dfa_ops.byte_dfa(node)
+    assert np.array_equal(shared.transitions, alone.transitions)
+    assert np.array_equal(shared.accepting, alone.accepting)
+    for text in ["", "ab", "x" * 4100 + "7" * 4100, "9"]:
+        assert shared.accepts(text.encode())
+    assert not shared.accepts(b"x" * 4101) and not shared.accepts(b"1a")

@@ -41,8 +41,8 @@ from .automaton import (
     union,
     utf8_leaf,
 )
-from .limits import check_memory, check_positions, check_states, check_time
-from .regex_ast import Alt, Automaton, Chars, Concat, Node, Repeat, concat, size
+from .limits import check_memory, check_positions, check_states, check_time, compile_memo
+from .regex_ast import Alt, Automaton, Chars, Concat, Epsilon, Node, Repeat, concat, size
 
 
 def _table_bytes(states: int, classes: int) -> int:
@@ -389,7 +389,8 @@ def _build(node: Node, max_states: int | None) -> tuple[DFA, bool]:
     """The DFA of `node`, and whether its table is this call's own (not shared with a node)."""
     check_time()
     if size(node) <= SMALL_POSITIONS:
-        return small_byte_dfa(node, max_states), True
+        dfa, shared = _small_shared(node, max_states, None)
+        return dfa, not shared
     if isinstance(node, Automaton):
         return node.dfa, False
     if isinstance(node, Repeat):
@@ -483,4 +484,44 @@ def byte_dfa(node: Node, max_states: int | None = DEFAULT_MAX_STATES, minimized:
     check_positions(positions)
     if positions > SMALL_POSITIONS:
         return large_byte_dfa(node, max_states)
-    return small_byte_dfa(node, max_states, minimized)
+    return _small_shared(node, max_states, minimized)[0]
+
+
+_MEMO_MAX_ENTRIES = 4096
+
+
+def _small_shared(node: Node, max_states: int | None, minimized: bool | None) -> tuple[DFA, bool]:
+    """`small_byte_dfa`, shared within one compile between equal subtrees (a schema writes one
+    `$ref`'d definition, one member block, into many places: `schemastore-codecov` builds 135 small
+    automata of 75 distinct trees); True when the DFA is in the memo (others may hold it: callers
+    must not grow its table in place, see `concat_dfas`'s `owned`)."""
+    memo = compile_memo()
+    if memo is None:
+        return small_byte_dfa(node, max_states, minimized), False
+    key = ("small_byte_dfa", max_states, minimized, _structure_key(node))
+    hit = memo.get(key)
+    if hit is not None:
+        return hit[0], True
+    dfa = small_byte_dfa(node, max_states, minimized)
+    if len(memo) < _MEMO_MAX_ENTRIES:
+        memo[key] = (dfa, node)  # the node keeps its spliced automata alive: their ids stay theirs
+        return dfa, True
+    return dfa, False
+
+
+def _structure_key(node: Node) -> object:
+    """Equal keys for equal syntax trees (a spliced automaton by identity), which compile to equal
+    automata (the construction is deterministic)."""
+    if isinstance(node, Chars):
+        return ("c", node.charset.ranges)
+    if isinstance(node, Concat):
+        return ("+", *(_structure_key(p) for p in node.parts))
+    if isinstance(node, Alt):
+        return ("|", *(_structure_key(o) for o in node.options))
+    if isinstance(node, Repeat):
+        return ("*", node.min, node.max, _structure_key(node.node))
+    if isinstance(node, Automaton):
+        return ("a", id(node.dfa))
+    if isinstance(node, Epsilon):
+        return ("e",)
+    return ("0", type(node).__name__)

@@ -17,7 +17,8 @@ import contextlib
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from compiler import budgets
 
@@ -29,6 +30,14 @@ class _Scope:
     what: str  # "regex '...'" or "JSON schema": the subject of every budget message
     deadline: float | None  # time.monotonic() value after which the compile is over budget
     started: float
+    memo: dict[Any, Any] = field(default_factory=dict)  # results shared within this compile
+
+
+def compile_memo() -> dict[Any, Any] | None:
+    """A dict that lives as long as the outermost `compiling` scope (None outside one): for results
+    that equal inputs give again within one compile (`dfa_ops` keeps small automata there)."""
+    scope = _SCOPE.get()
+    return scope.memo if scope is not None else None
 
 
 _SCOPE: ContextVar[_Scope | None] = ContextVar("sgc_constraint_scope", default=None)
