@@ -312,6 +312,7 @@ def _split_rows(
             masks_out.append(mask)
             if len(masks_out) % 1024 == 0:
                 check_memory(len(masks_out) * words, "the token index's masks")
+                check_time()
         dense_id[r] = idx
     dense_masks = np.stack(masks_out) if masks_out else np.zeros((0, words), dtype=np.uint8)
     # -- sparse rows: the class's token list and the row's long tokens, sorted
@@ -344,6 +345,7 @@ def _long_rows(dfa: DFA, reps: np.ndarray, trie: TokenTrie) -> np.ndarray:
         out[:, lo : lo + step] = _dense_walk(
             reps[lo : lo + step], roots, trie, flat_table, node_cls, dfa.num_classes, num_tokens
         )
+        check_time()
     return out
 
 
