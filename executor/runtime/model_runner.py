@@ -24,6 +24,7 @@ from torch import nn
 
 from executor import kernels
 from executor.kernels.attention_cpu import NativePagedAttention, decode_attention_cpu, extend_attention_cpu
+from executor.kernels.cpu_native import library as native_kernels
 from executor.runtime.cpu_process import tune_cpu_process
 from executor.runtime.cuda_graph import CudaGraphRunner
 from executor.runtime.forward_batch import ForwardBatch, ForwardMode
@@ -54,6 +55,7 @@ class ModelRunner:
         elif self.on_cpu:
             tune_cpu_process()  # before the engine thread starts: it then shares the main malloc arena
             pack_linears(model)
+            native_kernels()  # built (once per machine, ~1 s) at start-up rather than in the first step
 
     def capture_cuda_graphs(self, batch_sizes: Sequence[int], kv: KVManager) -> None:
         """Record the decode step for these batch sizes; later decode batches replay them. `kv`
