@@ -488,6 +488,7 @@ def byte_dfa(node: Node, max_states: int | None = DEFAULT_MAX_STATES, minimized:
 
 
 _MEMO_MAX_ENTRIES = 4096
+_MEMO_MAX_BYTES = 64 << 20  # tables the memo keeps alive past their use, per compile
 
 
 def _small_shared(node: Node, max_states: int | None, minimized: bool | None) -> tuple[DFA, bool]:
@@ -503,7 +504,9 @@ def _small_shared(node: Node, max_states: int | None, minimized: bool | None) ->
     if hit is not None:
         return hit[0], True
     dfa = small_byte_dfa(node, max_states, minimized)
-    if len(memo) < _MEMO_MAX_ENTRIES:
+    held = memo.get("small_byte_dfa bytes", 0) + dfa.transitions.nbytes
+    if len(memo) < _MEMO_MAX_ENTRIES and held <= _MEMO_MAX_BYTES:
+        memo["small_byte_dfa bytes"] = held
         memo[key] = (dfa, node)  # the node keeps its spliced automata alive: their ids stay theirs
         return dfa, True
     return dfa, False
