@@ -1118,3 +1118,15 @@ def test_formats_uri_reference_json_pointers_and_regex(fmt: str, valid: list[str
     for _ in range(200):
         text = json.loads(sample(dfa, rng, dist).decode("utf-8"))
         assert holds(text), text
+
+
+def test_a_conflict_merged_again_is_still_a_conflict() -> None:
+    """allOf with conflicting types (or consts) merged with a third schema is unsatisfiable: a
+    ConstraintError naming it, never a TypeError from merging the conflict marker."""
+    for schema in (
+        {"allOf": [{"type": "string"}, {"type": "integer"}, {"type": "string"}]},
+        {"allOf": [{"const": 1}, {"const": 2}, {"const": 1}]},
+        {"allOf": [{"type": "string"}, {"type": "integer"}], "oneOf": [{"type": "string"}, {"minLength": 2}]},
+    ):
+        with pytest.raises(ConstraintError, match="no instance"):
+            dfa_of(schema)

@@ -592,6 +592,8 @@ class SchemaCompiler:
         return out
 
     def merge_keyword(self, k: str, a: Any, b: Any, ptr: str) -> Any:
+        if isinstance(a, _Conflict) or isinstance(b, _Conflict):
+            return a if isinstance(a, _Conflict) else b  # nothing matched already: still nothing
         if k == "type":
             ta = {a} if isinstance(a, str) else set(a)
             tb = {b} if isinstance(b, str) else set(b)
