@@ -6,8 +6,9 @@ text; Python's `re`, which `jsonschema` uses, reads the classes as Unicode ones,
 and lets `$` match before a final newline. A string such as "洏" is valid for `^\\w+$` under
 Python's reading only. sgc enforces what is valid under both (see
 `compiler/constraints/regex_parser.py`), so a corpus instance counts as valid only when it is valid
-under Python's reading and under the ECMA-like one here (`re.ASCII`, where `\\s` is the six ASCII
-spaces: stricter than ECMA's `\\s`, never looser; `.` without line terminators; `$` as `\\Z`).
+under Python's reading and under the ECMA-like one here (`re.ASCII` for `\\w`/`\\d`, ECMA's spaces for
+`\\s`/`\\S` (except `\\S` inside a class, left at re.ASCII's), `.` without line terminators, `$` as
+`\\Z`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ SCHEMA_VALUES = {
 
 
 _DOT = "[^\\n\\r\\u2028\\u2029]"
+_ECMA_SPACES = "\\t\\n\\v\\f\\r \\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
 
 
 def ecma_like(pattern: str) -> str:
@@ -49,7 +51,12 @@ def ecma_like(pattern: str) -> str:
     while i < len(pattern):
         c = pattern[i]
         if c == "\\":
-            out.append(pattern[i : i + 2])
+            escape = pattern[i : i + 2]
+            if escape == "\\s":  # ECMA's spaces (re.ASCII's are the six ASCII ones)
+                escape = _ECMA_SPACES if in_class else f"[{_ECMA_SPACES}]"
+            elif escape == "\\S" and not in_class:  # inside a class it stays re.ASCII's (looser)
+                escape = f"[^{_ECMA_SPACES}]"
+            out.append(escape)
             i += 2
             continue
         if in_class:

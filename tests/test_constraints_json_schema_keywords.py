@@ -1130,3 +1130,29 @@ def test_a_conflict_merged_again_is_still_a_conflict() -> None:
     ):
         with pytest.raises(ConstraintError, match="no instance"):
             dfa_of(schema)
+
+
+_PATTERN_PAIRS = [
+    ("^\\d+$", "^1"), ("^\\w+$", "a"), ("^.+$", "^a"), ("\\s", "^a"), ("^[a-z]*$", "b$"), ("^\\S+$", "x"),
+]
+
+
+@pytest.mark.parametrize("first, second", _PATTERN_PAIRS)
+def test_one_of_string_branches_sound_under_both_readings(first: str, second: str) -> None:
+    """Every string the oneOf automaton takes matches exactly one branch under Python's reading
+    and under ECMA's (ASCII classes, `.` without CR, `$` only at the end): samples checked with both."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "regex_readings.py"
+    spec = importlib.util.spec_from_file_location("regex_readings", path)
+    readings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readings)
+    schema = {"type": "string", "oneOf": [{"pattern": first}, {"pattern": second, "maxLength": 4}]}
+    both = readings.BothReadings(schema)
+    dfa = dfa_of(schema)
+    rng = random.Random(1)
+    dist = distance_to_accept(dfa)
+    for _ in range(150):
+        text = json.loads(sample(dfa, rng, dist).decode("utf-8"))
+        assert both.is_valid(text), (schema, text)

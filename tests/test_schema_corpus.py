@@ -156,3 +156,13 @@ def test_harness_labels_names_an_open_object_does_not_list() -> None:
     assert bench.names_unlisted({"extra": 1}, schema, schema)
     # a map (no names listed) takes any key
     assert not bench.names_unlisted({"a": 1}, {"type": "object", "additionalProperties": {}}, {})
+
+
+def test_ecma_reading_of_spaces() -> None:
+    """ECMA's \\s takes NBSP, U+202F and U+FEFF (re.ASCII's only the six ASCII spaces); \\S not."""
+    readings = _load(READINGS, "regex_readings")
+    space = readings.BothReadings({"type": "string", "pattern": r"^\s$"})
+    assert space.ascii.is_valid("\u202f") and space.ascii.is_valid("\ufeff") and not space.ascii.is_valid("\x1c")
+    other = readings.BothReadings({"type": "string", "pattern": r"^\S+$"})
+    assert not other.ascii.is_valid("a\u202fb") and other.ascii.is_valid("a\x1cb")
+    assert not other.unicode.is_valid("a\x1cb")  # U+001C is a space for Python only
