@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from executor.kernels import cpu_native
-from executor.kernels.attention_cpu import NativePagedAttention
+from executor.kernels.attention_cpu import NativePagedAttention, fresh_prefill_attention_cpu
 from executor.kernels.attention_ref import extend_attention_ref
 from executor.runtime.forward_batch import ForwardBatch, ForwardMode
 from executor.runtime.memory import KVPool, ReqToTokenPool
@@ -90,6 +90,28 @@ def test_native_attention_refuses_what_it_cannot_take():
         native(torch.zeros(3, 2, 8), torch.zeros(3, 1, 8), torch.zeros(3, 1, 8), pool, pool.clone())
     with pytest.raises(ValueError, match="k/v of shape"):
         native(torch.zeros(2, 2, 8), torch.zeros(2, 2, 8), torch.zeros(2, 2, 8), pool, pool.clone())
+
+
+@pytest.mark.parametrize("extends,num_heads,num_kv_heads", [([12, 1, 30], 6, 2), ([7], 4, 4), ([5, 5], 9, 3)])
+def test_fresh_prefill_attention_matches_reference(extends, num_heads, num_kv_heads):
+    """Nothing cached: attention straight from the projection's q/k/v views equals the reference
+    over the pool the same K/V were written to."""
+    gen = torch.Generator().manual_seed(len(extends))
+    head_dim, tokens = 16, sum(extends)
+    widths = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
+    q, k, v = (part.view(tokens, -1, head_dim) for part in torch.randn(tokens, sum(widths), generator=gen).split(widths, -1))
+    table = torch.zeros(len(extends), max(extends), dtype=torch.int64)
+    start = 1
+    for row, length in enumerate(extends):
+        table[row, :length] = torch.arange(start, start + length)
+        start += length
+    k_pool = torch.zeros(tokens + 1, num_kv_heads, head_dim)
+    v_pool = torch.zeros(tokens + 1, num_kv_heads, head_dim)
+    k_pool[1:], v_pool[1:] = k, v
+    rows = torch.arange(len(extends))
+    ref = extend_attention_ref(q, k_pool, v_pool, table, rows, torch.zeros(len(extends), dtype=torch.long),
+                               torch.tensor(extends), 0.3)
+    assert _close(fresh_prefill_attention_cpu(q, k, v, extends, 0.3), ref)
 
 
 def _tiny_runner(native: bool) -> tuple[ModelRunner, ModelConfig]:

@@ -23,7 +23,12 @@ import torch
 from torch import nn
 
 from executor import kernels
-from executor.kernels.attention_cpu import NativePagedAttention, decode_attention_cpu, extend_attention_cpu
+from executor.kernels.attention_cpu import (
+    NativePagedAttention,
+    decode_attention_cpu,
+    extend_attention_cpu,
+    fresh_prefill_attention_cpu,
+)
 from executor.kernels.cpu_native import library as native_kernels
 from executor.runtime.cpu_process import tune_cpu_process
 from executor.runtime.cuda_graph import CudaGraphRunner
@@ -75,6 +80,13 @@ class ModelRunner:
 
             def attention(layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
                 return native(q, k, v, pool.k_buffer(layer_id), pool.v_buffer(layer_id))  # stores k, v too
+
+        elif self.on_cpu and batch.mode is ForwardMode.EXTEND and int(batch.prefix_lens.max()) == 0:
+            extend_lens = batch.extend_lens.tolist()
+
+            def attention(layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                pool.write(layer_id, batch.out_cache_loc, k, v)
+                return fresh_prefill_attention_cpu(q, k, v, extend_lens, scale)
 
         elif self.on_cpu and batch.mode is ForwardMode.EXTEND:
 
