@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_layer_ops.py                  # eager: reference vs model
     .venv/bin/python benchmarks/bench_layer_ops.py --compile        # also torch.compile (inductor)
+    .venv/bin/python benchmarks/bench_layer_ops.py --stack          # also the layers' per-step host cost
 
 Three ways to compute rotary, RMSNorm, SiLU*mul and the residual add at decode and prefill row
 counts, each timed in alternation with the others (minimum over rounds, so a shared machine's
@@ -12,9 +13,12 @@ load cancels out):
 * **model**: what `models/layers.py` runs now (angles gathered once, q and k rotated together in
   place, five-op norm, in-place SiLU*mul and residual add); bit-identical to the reference, checked;
 * **compiled** (`--compile`): the model's functions through `torch.compile(dynamic=True)`, with
-  the compile time of each, and the whole layer minus attention compiled as two regions per layer.
-  Inductor fuses the reduction differently, so its results differ from the reference by float
-  rounding; the largest difference is printed.
+  the compile time of each. Inductor fuses the reduction differently, so its results differ from
+  the reference by float rounding; the largest difference is printed.
+
+`--stack` also times a whole 30-layer decoder at tiny widths (hidden 64) with an attention that
+returns q: the matmuls cost almost nothing there, so its CPU time per forward is what the layers'
+Python, module calls and pointwise ops cost a step regardless of the model's size.
 """
 
 from __future__ import annotations
@@ -169,6 +173,64 @@ def compiled_table(rows: tuple[int, ...], rounds: int) -> str:
     return "\n".join(lines)
 
 
+def stack_table(rows: tuple[int, ...], rounds: int) -> str:
+    """CPU ms per forward of a 30-layer, hidden-64 decoder (trivial attention), as-is and with
+    `nn.Module.__call__` short-circuited to `forward` (what module-call overhead costs)."""
+    from torch import nn
+
+    from models import ModelConfig, create_model
+    from models.cpu_pack import pack_linears
+
+    config = ModelConfig(
+        architecture="LlamaForCausalLM", vocab_size=256, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        rms_norm_eps=1e-5, rope_theta=10000.0, rope_scaling=None, max_position_embeddings=512,
+        tie_word_embeddings=True, attention_bias=False, qk_norm=False, bos_token_id=None, eos_token_ids=(0,),
+    )
+    torch.manual_seed(0)
+    model = create_model(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.1)
+    pack_linears(model)
+
+    def attention(layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return q
+
+    def direct_call(self: nn.Module, *args: object, **kwargs: object) -> object:
+        return self.forward(*args, **kwargs)
+
+    lines = ["| rows | forward CPU ms | with Module.__call__ skipped |", "|---|---|---|"]
+    for n in rows:
+        ids, positions = torch.randint(0, 256, (n,)), torch.arange(n) + 3
+
+        def forward(ids: torch.Tensor = ids, positions: torch.Tensor = positions) -> object:
+            with torch.inference_mode():
+                return model(ids, positions, attention)
+
+        plain = _cpu_ms(forward, rounds)
+        original = nn.Module.__call__
+        nn.Module.__call__ = direct_call
+        try:
+            direct = _cpu_ms(forward, rounds)
+        finally:
+            nn.Module.__call__ = original
+        lines.append(f"| {n} | {plain:.2f} | {direct:.2f} |")
+    return "\n".join(lines)
+
+
+def _cpu_ms(fn: Callable[[], object], rounds: int, reps: int = 20) -> float:
+    """Minimum thread CPU ms per call (time descheduled does not count)."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.thread_time()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.thread_time() - start) / reps)
+    return 1000 * best
+
+
 def _tuple(x: object) -> tuple[torch.Tensor, ...]:
     return x if isinstance(x, tuple) else (x,)
 
@@ -178,6 +240,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: per-op overhead)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd versions")
+    parser.add_argument("--stack", action="store_true", help="also time a 30-layer tiny-width decoder")
     args = parser.parse_args()
     if args.threads < 1 or args.rounds < 1:
         raise SystemExit("--threads and --rounds must be >= 1")
@@ -188,6 +251,9 @@ def main() -> int:
         if args.compile:
             print()
             print(compiled_table(ROWS, args.rounds))
+    if args.stack:  # builds a model: not inside inference_mode (its packs track parameter versions)
+        print()
+        print(stack_table((1, 8, 32, 64), args.rounds))
     return 0
 
 
