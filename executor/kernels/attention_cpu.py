@@ -206,6 +206,7 @@ class NativePagedAttention:
             k_buffer.data_ptr(), v_buffer.data_ptr(), self._table.data_ptr(), self._table.stride(0),
             self._rows.data_ptr(), self._prefix.data_ptr(), self._extend.data_ptr(), self._starts.data_ptr(),
             self._rows.numel(), num_heads, num_kv_heads, head_dim, self._scale, out.data_ptr(),
+            torch.get_num_threads(),
         )
         if status != 0:
             raise ValueError(f"native attention refused the batch (status {status})")

@@ -94,5 +94,5 @@ def library() -> ctypes.CDLL | None:
     fn.restype = ctypes.c_int
     fn.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64,  # q, new k/v and their slots
                    _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR,  # pool, table, batch layout
-                   _I64, _I64, _I64, _I64, ctypes.c_float, _PTR]  # sizes, scale, out
+                   _I64, _I64, _I64, _I64, ctypes.c_float, _PTR, ctypes.c_int]  # sizes, scale, out, threads
     return lib

@@ -208,6 +208,8 @@ static void attend_item_dispatch(const float *q, int64_t q_stride, int64_t num_h
  * k_new, v_new: [T, Hkv, D] rows `new_stride` floats apart, stored at slots new_slots[0 .. T);
  * out: [T, H, D] contiguous; requests' tokens back to back (query_starts[b] = first token of b).
  * k_buffer, v_buffer: [slots, Hkv, D] contiguous. req_to_token: [rows, table_stride] int64.
+ * num_threads: torch's intra-op thread count (an OpenMP thread's own default would ignore
+ * torch.set_num_threads made on another thread).
  * Returns 0; 1 when head_dim or the head counts are over the kernel's limits (the caller checks
  * first); 2 when out of memory for the work list. */
 int sgc_paged_attention_f32(const float *q, int64_t q_stride, const float *k_new, const float *v_new,
@@ -216,7 +218,7 @@ int sgc_paged_attention_f32(const float *q, int64_t q_stride, const float *k_new
                             const int64_t *req_to_token, int64_t table_stride, const int64_t *req_rows,
                             const int64_t *prefix_lens, const int64_t *extend_lens,
                             const int64_t *query_starts, int64_t batch, int64_t num_heads,
-                            int64_t num_kv_heads, int64_t head_dim, float scale, float *out) {
+                            int64_t num_kv_heads, int64_t head_dim, float scale, float *out, int num_threads) {
     if (head_dim > MAX_HEAD_DIM || num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || num_heads > MAX_ROWS)
         return 1;
     const int64_t chunk_tokens = MAX_ROWS / num_heads; /* tokens per work item */
@@ -243,7 +245,7 @@ int sgc_paged_attention_f32(const float *q, int64_t q_stride, const float *k_new
             item_token[c] = token;
             c++;
         }
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads > 0 ? num_threads : 1)
     for (int64_t item = 0; item < items; item++) {
         const int64_t b = item_req[item], token0 = item_token[item];
         const int64_t left = extend_lens[b] - token0;
