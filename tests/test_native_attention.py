@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from executor.kernels import cpu_native
 from executor.kernels.attention_cpu import NativePagedAttention, fresh_prefill_attention_cpu
-from executor.kernels.attention_ref import extend_attention_ref
+from executor.kernels.attention_ref import decode_attention_ref, extend_attention_ref
+from executor.kernels.attention_shared_ref import SharedPrefix
 from executor.runtime.forward_batch import ForwardBatch, ForwardMode
 from executor.runtime.memory import KVPool, ReqToTokenPool
 from executor.runtime.model_runner import ModelRunner
@@ -90,6 +91,62 @@ def test_native_attention_refuses_what_it_cannot_take():
         native(torch.zeros(3, 2, 8), torch.zeros(3, 1, 8), torch.zeros(3, 1, 8), pool, pool.clone())
     with pytest.raises(ValueError, match="k/v of shape"):
         native(torch.zeros(2, 2, 8), torch.zeros(2, 2, 8), torch.zeros(2, 2, 8), pool, pool.clone())
+
+
+@st.composite
+def grouped_decodes(draw):
+    """A decode batch where some groups of requests share their first slots (a fork's branches)."""
+    num_kv_heads = draw(st.sampled_from([1, 2, 4]))
+    num_heads = num_kv_heads * draw(st.sampled_from([1, 3, 4]))
+    head_dim = draw(st.sampled_from([8, 12, 64]))
+    group_sizes = draw(st.lists(st.integers(1, 12), min_size=1, max_size=4))  # 1 = a request alone
+    shared = [draw(st.integers(0, 140)) for _ in group_sizes]
+    own = [[draw(st.integers(1, 70)) for _ in range(size)] for size in group_sizes]
+    return num_kv_heads, num_heads, head_dim, group_sizes, shared, own, draw(st.integers(0, 2**16))
+
+
+@needs_native
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(grouped_decodes())
+def test_native_grouped_decode_matches_reference(layout):
+    """Groups whose members share their first slots read those once; the result equals plain decode
+    over each request's own slot row (groups over the kernel's member limit are split)."""
+    num_kv_heads, num_heads, head_dim, group_sizes, shared, own, seed = layout
+    gen = torch.Generator().manual_seed(seed)
+    batch = sum(group_sizes)
+    context = max(prefix + max(lengths) for prefix, lengths in zip(shared, own))
+    table = torch.zeros(batch, context, dtype=torch.int64)
+    seq_lens, members, next_slot, b = [], [], 1, 0
+    for size, prefix, lengths in zip(group_sizes, shared, own):
+        prefix_slots = torch.arange(next_slot, next_slot + prefix)
+        next_slot += prefix
+        group = []
+        for length in lengths:
+            table[b, :prefix] = prefix_slots
+            table[b, prefix : prefix + length] = torch.arange(next_slot, next_slot + length)
+            next_slot += length
+            seq_lens.append(prefix + length)
+            group.append(b)
+            b += 1
+        members.append(group)
+    k_pool = torch.randn(next_slot, num_kv_heads, head_dim, generator=gen)
+    v_pool = torch.randn(next_slot, num_kv_heads, head_dim, generator=gen)
+    groups = [(m, p) for m, p in zip(members, shared) if len(m) > 1 and p > 0]
+    width = max((len(m) for m, _ in groups), default=1)
+    declared = SharedPrefix(torch.tensor([m + [-1] * (width - len(m)) for m, _ in groups] or [[-1]]),
+                            torch.tensor([p for _, p in groups] or [0])) if groups else None
+    lens = torch.tensor(seq_lens)
+    rows = torch.arange(batch)
+    new_slots = table[rows, lens - 1]
+    q = torch.randn(batch, num_heads, head_dim, generator=gen) * 2
+    k_new = k_pool[new_slots].clone()
+    v_new = v_pool[new_slots].clone()
+    ref = decode_attention_ref(q, k_pool, v_pool, table, rows, lens, head_dim**-0.5)
+    native = NativePagedAttention.create(table, rows, lens - 1, torch.ones(batch, dtype=torch.int64), new_slots,
+                                         head_dim**-0.5, head_dim, torch.float32, shared=declared,
+                                         num_heads=num_heads)
+    assert native is not None and (declared is None or native._groups is not None)
+    assert _close(native(q, k_new, v_new, k_pool, v_pool), ref)
 
 
 @pytest.mark.parametrize("extends,num_heads,num_kv_heads", [([12, 1, 30], 6, 2), ([7], 4, 4), ([5, 5], 9, 3)])

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from executor.kernels.attention_shared_ref import SharedPrefix
+
 
 def _gather(buffer: torch.Tensor, flat_slots: torch.Tensor, batch: int, length: int) -> torch.Tensor:
     """Rows of `buffer` [slots, Hkv, D] at `flat_slots` as a [batch, Hkv, length, D] view."""
@@ -160,8 +162,9 @@ class NativePagedAttention:
     MAX_HEAD_DIM = 256
     MAX_HEADS = 128
 
-    def __init__(self, lib, req_to_token, req_rows, prefix_lens, extend_lens, new_slots, scale: float) -> None:
-        self._fn = lib.sgc_paged_attention_f32
+    def __init__(self, lib, req_to_token, req_rows, prefix_lens, extend_lens, new_slots, scale: float,
+                 groups: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
+        self._lib = lib
         self._table = req_to_token
         self._rows = req_rows.to(torch.int64).contiguous()
         self._prefix = prefix_lens.to(torch.int64).contiguous()
@@ -172,10 +175,15 @@ class NativePagedAttention:
         if self._slots.numel() != self._num_tokens:
             raise ValueError(f"native attention: {self._slots.numel()} new slots for {self._num_tokens} tokens")
         self._scale = float(scale)
+        self._groups = groups  # (item_starts, members, item_shared): decode with shared prefixes
+        self._seq_lens = (self._prefix + self._extend).contiguous()
 
     @classmethod
     def create(cls, req_to_token, req_rows, prefix_lens, extend_lens, new_slots, scale: float, head_dim: int,
-               dtype: torch.dtype) -> NativePagedAttention | None:
+               dtype: torch.dtype, shared: SharedPrefix | None = None,
+               num_heads: int | None = None) -> NativePagedAttention | None:
+        """With `shared` (a decode batch's groups of requests over one prefix, and the model's
+        `num_heads`), each group's prefix K/V is read once for all of its members."""
         from executor.kernels.cpu_native import library
 
         if dtype != torch.float32 or head_dim > cls.MAX_HEAD_DIM or req_to_token.dtype != torch.int64:
@@ -183,7 +191,12 @@ class NativePagedAttention:
         if not req_to_token.is_contiguous() or req_to_token.device.type != "cpu":
             return None
         lib = library()
-        return None if lib is None else cls(lib, req_to_token, req_rows, prefix_lens, extend_lens, new_slots, scale)
+        if lib is None:
+            return None
+        groups = None
+        if shared is not None and num_heads is not None and bool((extend_lens == 1).all()):
+            groups = _decode_items(shared, len(req_rows), max(1, cls.MAX_HEADS // num_heads))
+        return cls(lib, req_to_token, req_rows, prefix_lens, extend_lens, new_slots, scale, groups)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor,
                  v_buffer: torch.Tensor) -> torch.Tensor:
@@ -201,16 +214,48 @@ class NativePagedAttention:
         if k.stride(0) != v.stride(0):
             k, v = k.contiguous(), v.contiguous()
         out = torch.empty((num_tokens, num_heads, head_dim), dtype=torch.float32)
-        status = self._fn(
-            q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), k.stride(0), self._slots.data_ptr(), num_tokens,
-            k_buffer.data_ptr(), v_buffer.data_ptr(), self._table.data_ptr(), self._table.stride(0),
-            self._rows.data_ptr(), self._prefix.data_ptr(), self._extend.data_ptr(), self._starts.data_ptr(),
-            self._rows.numel(), num_heads, num_kv_heads, head_dim, self._scale, out.data_ptr(),
-            torch.get_num_threads(),
-        )
+        if self._groups is None:
+            status = self._lib.sgc_paged_attention_f32(
+                q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), k.stride(0), self._slots.data_ptr(),
+                num_tokens, k_buffer.data_ptr(), v_buffer.data_ptr(), self._table.data_ptr(), self._table.stride(0),
+                self._rows.data_ptr(), self._prefix.data_ptr(), self._extend.data_ptr(), self._starts.data_ptr(),
+                self._rows.numel(), num_heads, num_kv_heads, head_dim, self._scale, out.data_ptr(),
+                torch.get_num_threads(),
+            )
+        else:
+            item_starts, members, item_shared = self._groups
+            status = self._lib.sgc_paged_decode_grouped_f32(
+                q.data_ptr(), q.stride(0), k.data_ptr(), v.data_ptr(), k.stride(0), self._slots.data_ptr(),
+                num_tokens, k_buffer.data_ptr(), v_buffer.data_ptr(), self._table.data_ptr(), self._table.stride(0),
+                self._rows.data_ptr(), self._seq_lens.data_ptr(), item_starts.data_ptr(), members.data_ptr(),
+                item_shared.data_ptr(), item_shared.numel(), num_heads, num_kv_heads, head_dim, self._scale,
+                out.data_ptr(), torch.get_num_threads(),
+            )
         if status != 0:
             raise ValueError(f"native attention refused the batch (status {status})")
         return out
+
+
+def _decode_items(shared: SharedPrefix, batch: int, max_members: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Work items of a grouped decode: each declared group (split into pieces of at most
+    `max_members`, which keep the group's shared length), then every other request alone."""
+    starts, members, shared_lens = [0], [], []
+    grouped = set()
+    for row, prefix in zip(shared.members.tolist(), shared.prefix_lens.tolist()):
+        real = [b for b in row if b >= 0]
+        grouped.update(real)
+        for i in range(0, len(real), max_members):
+            piece = real[i : i + max_members]
+            members.extend(piece)
+            starts.append(len(members))
+            shared_lens.append(prefix)
+    for b in range(batch):
+        if b not in grouped:
+            members.append(b)
+            starts.append(len(members))
+            shared_lens.append(0)
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.int64)  # noqa: E731
+    return as_tensor(starts), as_tensor(members), as_tensor(shared_lens)
 
 
 def _rows_in_place(x: torch.Tensor) -> torch.Tensor:

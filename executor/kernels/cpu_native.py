@@ -95,4 +95,10 @@ def library() -> ctypes.CDLL | None:
     fn.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64,  # q, new k/v and their slots
                    _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR,  # pool, table, batch layout
                    _I64, _I64, _I64, _I64, ctypes.c_float, _PTR, ctypes.c_int]  # sizes, scale, out, threads
+    grouped = lib.sgc_paged_decode_grouped_f32
+    grouped.restype = ctypes.c_int
+    grouped.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64,  # q, new k/v and their slots
+                        _PTR, _PTR, _PTR, _I64, _PTR, _PTR,  # pool, table, rows, seq_lens
+                        _PTR, _PTR, _PTR, _I64,  # work items: starts, members, shared lengths, count
+                        _I64, _I64, _I64, ctypes.c_float, _PTR, ctypes.c_int]  # sizes, scale, out, threads
     return lib

@@ -49,6 +49,7 @@ class ModelRunner:
         self.kv_pool = kv_pool
         self.req_to_token = req_to_token
         self.scale = head_dim**-0.5
+        self.num_heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
         self.num_forward_passes = 0
         self.cuda_graphs: CudaGraphRunner | None = None
         self.on_cpu = kv_pool.device.type == "cpu"
@@ -139,7 +140,8 @@ class ModelRunner:
             extend_lens = torch.ones_like(batch.seq_lens)
         return NativePagedAttention.create(
             self.req_to_token.req_to_token, batch.req_rows, prefix_lens, extend_lens, batch.out_cache_loc,
-            self.scale, self.kv_pool.head_dim, self.kv_pool.dtype,
+            self.scale, self.kv_pool.head_dim, self.kv_pool.dtype, shared=batch.shared_prefix,
+            num_heads=self.num_heads,
         )
 
     @torch.inference_mode()

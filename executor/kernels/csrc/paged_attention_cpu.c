@@ -112,6 +112,43 @@ static inline float softmax_block(float *scores, int64_t m, float *max_score, fl
     return correction;
 }
 
+/* One query row over one block of keys, all of which it sees: scores, the online softmax update,
+ * and the weighted values added into its accumulator. */
+static inline __attribute__((always_inline)) void attend_row_block(
+    const float *q_row, const float *const *k_rows, const float *const *v_rows, int64_t kv, int64_t m,
+    int64_t head_dim, int vector, float *scores, float *max_score, float *denominator, float *a) {
+    for (int64_t t = 0; t < m; t++) scores[t] = dot(q_row, k_rows[t] + kv, head_dim, vector);
+    const float correction = softmax_block(scores, m, max_score, denominator);
+    if (vector) { /* the row's accumulator in registers across the block's keys */
+        vf sum[MAX_HEAD_DIM / LANES];
+        for (int64_t c = 0; c < head_dim / LANES; c++) sum[c] = load_v(a + c * LANES) * correction;
+        for (int64_t t = 0; t < m; t++) {
+            const vf p = splat(scores[t]);
+            const float *v_row = v_rows[t] + kv;
+            for (int64_t c = 0; c < head_dim / LANES; c++) sum[c] += p * load_v(v_row + c * LANES);
+        }
+        for (int64_t c = 0; c < head_dim / LANES; c++) store_v(a + c * LANES, sum[c]);
+    } else {
+        for (int64_t d = 0; d < head_dim; d++) {
+            float sum = a[d] * correction;
+            for (int64_t t = 0; t < m; t++) sum += scores[t] * v_rows[t][kv + d];
+            a[d] = sum;
+        }
+    }
+}
+
+/* A block's key and value row pointers (all KV heads of a slot side by side), prefetched. */
+static inline void block_rows(const int64_t *slots, int64_t n, const float *k_buffer, const float *v_buffer,
+                              int64_t slot_stride, const float **k_rows, const float **v_rows) {
+    for (int64_t t = 0; t < n; t++) {
+        const int64_t slot = slots[t];
+        k_rows[t] = k_buffer + slot * slot_stride;
+        v_rows[t] = v_buffer + slot * slot_stride;
+        __builtin_prefetch(k_rows[t]);
+        __builtin_prefetch(v_rows[t]);
+    }
+}
+
 /* One work item: tokens [token0, token0 + tokens) of a request, all heads. Query row i is token
  * i / num_heads, head i % num_heads, which reads KV head (i % num_heads) / group. */
 static inline __attribute__((always_inline)) void attend_item(
@@ -136,41 +173,16 @@ static inline __attribute__((always_inline)) void attend_item(
     memset(acc, 0, sizeof(float) * (size_t)(rows * head_dim));
     for (int64_t start = 0; start < keys; start += KEY_BLOCK) {
         const int64_t n = keys - start < KEY_BLOCK ? keys - start : KEY_BLOCK;
-        for (int64_t t = 0; t < n; t++) {
-            const int64_t slot = slots[start + t];
-            k_rows[t] = k_buffer + slot * slot_stride;
-            v_rows[t] = v_buffer + slot * slot_stride;
-            __builtin_prefetch(k_rows[t]);
-            __builtin_prefetch(v_rows[t]);
-        }
+        block_rows(slots + start, n, k_buffer, v_buffer, slot_stride, k_rows, v_rows);
         for (int64_t h = 0; h < num_kv_heads; h++) {
-            const int64_t kv = h * head_dim;
             for (int64_t token = 0; token < tokens; token++) {
                 int64_t m = prefix + token0 + token - start + 1; /* keys start .. own position */
                 if (m <= 0) continue;
                 if (m > n) m = n;
                 for (int64_t g = 0; g < group; g++) {
                     const int64_t i = token * num_heads + h * group + g;
-                    const float *q_row = q_scaled + i * head_dim;
-                    for (int64_t t = 0; t < m; t++) scores[t] = dot(q_row, k_rows[t] + kv, head_dim, vector);
-                    const float correction = softmax_block(scores, m, &max_score[i], &denominator[i]);
-                    float *a = acc + i * head_dim;
-                    if (vector) { /* the row's accumulator in registers across the block's keys */
-                        vf sum[MAX_HEAD_DIM / LANES];
-                        for (int64_t c = 0; c < head_dim / LANES; c++) sum[c] = load_v(a + c * LANES) * correction;
-                        for (int64_t t = 0; t < m; t++) {
-                            const vf p = splat(scores[t]);
-                            const float *v_row = v_rows[t] + kv;
-                            for (int64_t c = 0; c < head_dim / LANES; c++) sum[c] += p * load_v(v_row + c * LANES);
-                        }
-                        for (int64_t c = 0; c < head_dim / LANES; c++) store_v(a + c * LANES, sum[c]);
-                    } else {
-                        for (int64_t d = 0; d < head_dim; d++) {
-                            float sum = a[d] * correction;
-                            for (int64_t t = 0; t < m; t++) sum += scores[t] * v_rows[t][kv + d];
-                            a[d] = sum;
-                        }
-                    }
+                    attend_row_block(q_scaled + i * head_dim, k_rows, v_rows, h * head_dim, m, head_dim, vector,
+                                     scores, &max_score[i], &denominator[i], acc + i * head_dim);
                 }
             }
         }
@@ -203,6 +215,83 @@ static void attend_item_dispatch(const float *q, int64_t q_stride, int64_t num_h
     }
 }
 
+/* Decode for `count` requests (one new token each, batch indices `members`) whose first `shared`
+ * keys are the same slots (a fork's branches over their common prefix): the shared keys are read
+ * once for the rows of every member, then each member's own keys for its rows only. Row i is member
+ * i / num_heads, head i % num_heads. `count` = 1 with shared = 0 is plain decode of one request. */
+static inline __attribute__((always_inline)) void attend_group(
+    const float *q, int64_t q_stride, int64_t num_heads, int64_t num_kv_heads, const int64_t *members,
+    int64_t count, int64_t shared, const int64_t *seq_lens, const int64_t *req_rows, const int64_t *req_to_token,
+    int64_t table_stride, const float *k_buffer, const float *v_buffer, int64_t slot_stride, int64_t head_dim,
+    float scale, float *out, int vector) {
+    const int64_t group = num_heads / num_kv_heads;
+    const int64_t rows = count * num_heads;
+    float max_score[MAX_ROWS], denominator[MAX_ROWS];
+    float q_scaled[MAX_ROWS * MAX_HEAD_DIM] __attribute__((aligned(64)));
+    float acc[MAX_ROWS * MAX_HEAD_DIM] __attribute__((aligned(64)));
+    float scores[KEY_BLOCK + LANES] __attribute__((aligned(64)));
+    const float *k_rows[KEY_BLOCK];
+    const float *v_rows[KEY_BLOCK];
+    for (int64_t i = 0; i < rows; i++) {
+        const float *q_row = q + members[i / num_heads] * q_stride + (i % num_heads) * head_dim;
+        for (int64_t d = 0; d < head_dim; d++) q_scaled[i * head_dim + d] = q_row[d] * scale;
+        max_score[i] = -FLT_MAX;
+        denominator[i] = 0.0f;
+    }
+    memset(acc, 0, sizeof(float) * (size_t)(rows * head_dim));
+    /* member -1 stands for the shared keys (every row); then each member's own keys (its rows) */
+    for (int64_t part = -1; part < count; part++) {
+        const int64_t owner = members[part < 0 ? 0 : part];
+        const int64_t *slots = req_to_token + req_rows[owner] * table_stride;
+        const int64_t begin = part < 0 ? 0 : shared, end = part < 0 ? shared : seq_lens[owner];
+        const int64_t first_row = part < 0 ? 0 : part * num_heads, last_row = part < 0 ? rows : first_row + num_heads;
+        for (int64_t start = begin; start < end; start += KEY_BLOCK) {
+            const int64_t n = end - start < KEY_BLOCK ? end - start : KEY_BLOCK;
+            block_rows(slots + start, n, k_buffer, v_buffer, slot_stride, k_rows, v_rows);
+            for (int64_t h = 0; h < num_kv_heads; h++)
+                for (int64_t r = first_row; r < last_row; r += num_heads)
+                    for (int64_t g = 0; g < group; g++) {
+                        const int64_t i = r + h * group + g;
+                        attend_row_block(q_scaled + i * head_dim, k_rows, v_rows, h * head_dim, n, head_dim, vector,
+                                         scores, &max_score[i], &denominator[i], acc + i * head_dim);
+                    }
+        }
+    }
+    for (int64_t i = 0; i < rows; i++) {
+        const float inv = 1.0f / denominator[i];
+        float *dst = out + members[i / num_heads] * num_heads * head_dim + (i % num_heads) * head_dim;
+        for (int64_t d = 0; d < head_dim; d++) dst[d] = acc[i * head_dim + d] * inv;
+    }
+}
+
+static void attend_group_dispatch(const float *q, int64_t q_stride, int64_t num_heads, int64_t num_kv_heads,
+                                  const int64_t *members, int64_t count, int64_t shared, const int64_t *seq_lens,
+                                  const int64_t *req_rows, const int64_t *req_to_token, int64_t table_stride,
+                                  const float *k_buffer, const float *v_buffer, int64_t slot_stride,
+                                  int64_t head_dim, float scale, float *out) {
+    switch (head_dim) {
+    case 64:
+        attend_group(q, q_stride, num_heads, num_kv_heads, members, count, shared, seq_lens, req_rows, req_to_token,
+                     table_stride, k_buffer, v_buffer, slot_stride, 64, scale, out, 1);
+        return;
+    case 128:
+        attend_group(q, q_stride, num_heads, num_kv_heads, members, count, shared, seq_lens, req_rows, req_to_token,
+                     table_stride, k_buffer, v_buffer, slot_stride, 128, scale, out, 1);
+        return;
+    default:
+        attend_group(q, q_stride, num_heads, num_kv_heads, members, count, shared, seq_lens, req_rows, req_to_token,
+                     table_stride, k_buffer, v_buffer, slot_stride, head_dim, scale, out, head_dim % LANES == 0);
+    }
+}
+
+static void store_new_kv(const float *k_new, const float *v_new, int64_t new_stride, const int64_t *new_slots,
+                         int64_t num_tokens, float *k_buffer, float *v_buffer, int64_t kv_row) {
+    for (int64_t t = 0; t < num_tokens; t++) {
+        memcpy(k_buffer + new_slots[t] * kv_row, k_new + t * new_stride, sizeof(float) * (size_t)kv_row);
+        memcpy(v_buffer + new_slots[t] * kv_row, v_new + t * new_stride, sizeof(float) * (size_t)kv_row);
+    }
+}
+
 /* Stores the new tokens' K/V into the pool, then attends.
  * q: [T, H, D] rows `q_stride` floats apart (a view into the fused qkv projection's output is fine);
  * k_new, v_new: [T, Hkv, D] rows `new_stride` floats apart, stored at slots new_slots[0 .. T);
@@ -224,10 +313,7 @@ int sgc_paged_attention_f32(const float *q, int64_t q_stride, const float *k_new
     const int64_t chunk_tokens = MAX_ROWS / num_heads; /* tokens per work item */
     const int64_t token_stride = num_heads * head_dim;
     const int64_t kv_row = num_kv_heads * head_dim;
-    for (int64_t t = 0; t < num_tokens; t++) {
-        memcpy(k_buffer + new_slots[t] * kv_row, k_new + t * new_stride, sizeof(float) * (size_t)kv_row);
-        memcpy(v_buffer + new_slots[t] * kv_row, v_new + t * new_stride, sizeof(float) * (size_t)kv_row);
-    }
+    store_new_kv(k_new, v_new, new_stride, new_slots, num_tokens, k_buffer, v_buffer, kv_row);
     /* work list: (request, first token of the chunk) */
     int64_t items = 0;
     for (int64_t b = 0; b < batch; b++) items += (extend_lens[b] + chunk_tokens - 1) / chunk_tokens;
@@ -257,5 +343,34 @@ int sgc_paged_attention_f32(const float *q, int64_t q_stride, const float *k_new
     }
     free(item_req);
     free(item_token);
+    return 0;
+}
+
+/* Decode (one new token per request) where groups of requests share a prefix of slots: stores the
+ * new K/V like sgc_paged_attention_f32, then runs one work item per group (`item_starts[g] ..
+ * item_starts[g + 1]` in `members`, batch indices; at most MAX_ROWS / num_heads members each) that
+ * reads the group's first item_shared[g] keys once for all of its members. Requests outside groups
+ * are items of one member with nothing shared. seq_lens[b]: request b's keys, its new token included.
+ * Returns 0, or 1 when the sizes are over the kernel's limits. */
+int sgc_paged_decode_grouped_f32(const float *q, int64_t q_stride, const float *k_new, const float *v_new,
+                                 int64_t new_stride, const int64_t *new_slots, int64_t batch, float *k_buffer,
+                                 float *v_buffer, const int64_t *req_to_token, int64_t table_stride,
+                                 const int64_t *req_rows, const int64_t *seq_lens, const int64_t *item_starts,
+                                 const int64_t *members, const int64_t *item_shared, int64_t items,
+                                 int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, float scale, float *out,
+                                 int num_threads) {
+    if (head_dim > MAX_HEAD_DIM || num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || num_heads > MAX_ROWS)
+        return 1;
+    for (int64_t g = 0; g < items; g++)
+        if (item_starts[g + 1] - item_starts[g] > MAX_ROWS / num_heads || item_starts[g + 1] <= item_starts[g])
+            return 1;
+    const int64_t kv_row = num_kv_heads * head_dim;
+    store_new_kv(k_new, v_new, new_stride, new_slots, batch, k_buffer, v_buffer, kv_row);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads > 0 ? num_threads : 1)
+    for (int64_t g = 0; g < items; g++) {
+        attend_group_dispatch(q, q_stride, num_heads, num_kv_heads, members + item_starts[g],
+                              item_starts[g + 1] - item_starts[g], item_shared[g], seq_lens, req_rows, req_to_token,
+                              table_stride, k_buffer, v_buffer, kv_row, head_dim, scale, out);
+    }
     return 0;
 }
