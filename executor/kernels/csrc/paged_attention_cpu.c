@@ -137,15 +137,30 @@ static inline __attribute__((always_inline)) void attend_row_block(
     }
 }
 
-/* A block's key and value row pointers (all KV heads of a slot side by side), prefetched. */
+/* A block's key and value row pointers (all KV heads of a slot side by side). */
 static inline void block_rows(const int64_t *slots, int64_t n, const float *k_buffer, const float *v_buffer,
                               int64_t slot_stride, const float **k_rows, const float **v_rows) {
     for (int64_t t = 0; t < n; t++) {
         const int64_t slot = slots[t];
         k_rows[t] = k_buffer + slot * slot_stride;
         v_rows[t] = v_buffer + slot * slot_stride;
-        __builtin_prefetch(k_rows[t]);
-        __builtin_prefetch(v_rows[t]);
+    }
+}
+
+/* Asks for every cache line of the next block's K and V rows while this block computes. A decode
+ * step's slots interleave across requests (one per request per step), so consecutive keys of one
+ * request are far apart and the hardware prefetcher cannot follow them: without this, attention
+ * inside a model step waits on DRAM for each row (measured: ~3x the time of the same call with
+ * the KV cache-resident). */
+static inline void prefetch_block(const int64_t *slots, int64_t n, const float *k_buffer, const float *v_buffer,
+                                  int64_t slot_stride) {
+    for (int64_t t = 0; t < n; t++) {
+        const char *k_row = (const char *)(k_buffer + slots[t] * slot_stride);
+        const char *v_row = (const char *)(v_buffer + slots[t] * slot_stride);
+        for (int64_t byte = 0; byte < slot_stride * (int64_t)sizeof(float); byte += 64) {
+            __builtin_prefetch(k_row + byte);
+            __builtin_prefetch(v_row + byte);
+        }
     }
 }
 
@@ -171,9 +186,12 @@ static inline __attribute__((always_inline)) void attend_item(
         denominator[i] = 0.0f;
     }
     memset(acc, 0, sizeof(float) * (size_t)(rows * head_dim));
+    prefetch_block(slots, keys < KEY_BLOCK ? keys : KEY_BLOCK, k_buffer, v_buffer, slot_stride);
     for (int64_t start = 0; start < keys; start += KEY_BLOCK) {
         const int64_t n = keys - start < KEY_BLOCK ? keys - start : KEY_BLOCK;
         block_rows(slots + start, n, k_buffer, v_buffer, slot_stride, k_rows, v_rows);
+        const int64_t next = keys - start - n < KEY_BLOCK ? keys - start - n : KEY_BLOCK;
+        prefetch_block(slots + start + n, next, k_buffer, v_buffer, slot_stride);
         for (int64_t h = 0; h < num_kv_heads; h++) {
             for (int64_t token = 0; token < tokens; token++) {
                 int64_t m = prefix + token0 + token - start + 1; /* keys start .. own position */
@@ -245,9 +263,13 @@ static inline __attribute__((always_inline)) void attend_group(
         const int64_t *slots = req_to_token + req_rows[owner] * table_stride;
         const int64_t begin = part < 0 ? 0 : shared, end = part < 0 ? shared : seq_lens[owner];
         const int64_t first_row = part < 0 ? 0 : part * num_heads, last_row = part < 0 ? rows : first_row + num_heads;
+        if (begin < end) prefetch_block(slots + begin, end - begin < KEY_BLOCK ? end - begin : KEY_BLOCK, k_buffer,
+                                        v_buffer, slot_stride);
         for (int64_t start = begin; start < end; start += KEY_BLOCK) {
             const int64_t n = end - start < KEY_BLOCK ? end - start : KEY_BLOCK;
             block_rows(slots + start, n, k_buffer, v_buffer, slot_stride, k_rows, v_rows);
+            const int64_t next = end - start - n < KEY_BLOCK ? end - start - n : KEY_BLOCK;
+            prefetch_block(slots + start + n, next, k_buffer, v_buffer, slot_stride);
             for (int64_t h = 0; h < num_kv_heads; h++)
                 for (int64_t r = first_row; r < last_row; r += num_heads)
                     for (int64_t g = 0; g < group; g++) {
