@@ -1,40 +1,44 @@
-"""Which weight layout makes a CPU float32 projection fastest, by row count (models/cpu_pack.py's choice).
+"""Which weight layout makes the CPU float32 projections fastest, by row count (models/cpu_pack.py's choice).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_linear_layouts.py     # ~2 min
-    .venv/bin/python benchmarks/bench_linear_layouts.py --threads 2
+    .venv/bin/python benchmarks/bench_linear_layouts.py              # ~1 min on 2 idle cores
+    .venv/bin/python benchmarks/bench_linear_layouts.py --threads 1
 
-For the default model's shapes (one layer's qkv, o, gate_up and down projections summed, and the
-tied LM head), the same product `x @ W.T` through four kernels:
+The product `x @ W.T` for the default model's shapes, as a decode step meets it: all 30 layers'
+qkv, o, gate_up and down projections, each a distinct weight, so every weight comes cold from DRAM
+(a step is weight-streaming bound at small row counts); and the LM head (49152 x 576) with the cache
+flushed before each call. Four kernels:
 
 * `F.linear` on the checkpoint's [out, in] weight (what HF transformers runs);
-* MKL's packed GEMM (`_mkl_reorder_linear_weight` with a 32-row hint; sgc's layout before);
-* `x @ W_t` with W.T stored contiguous once (plain NN sgemm);
+* `x @ W_t` with W.T stored contiguous once (MKL's NN sgemm);
+* MKL's packed GEMM (`_mkl_reorder_linear_weight`, 32-row hint);
 * oneDNN's prepacked linear (`mkldnn._reorder_linear_weight`).
 
-Timed as CPU time (`time.process_time`, all threads; minimum over rounds), which other processes on
-a shared machine disturb far less than wall time. The cheapest layout per row count is marked.
+Wall time, the minimum over rounds (other processes only add time); run it on an idle machine. The
+fastest layout per row count is in bold.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-LAYER = {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576), "down": (576, 1536)}
+LAYER_SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)]  # qkv, o, gate_up, down (out, in)
 HEAD = (49152, 576)
-ROWS = (1, 4, 8, 12, 16, 24, 32, 48, 64, 512)
+LAYERS = 30
+ROWS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, 128)
 
 
-def kernels(weight: torch.Tensor) -> dict[str, object]:
+def layouts(weight: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     transposed = weight.t().contiguous()
-    fns = {
+    fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "F.linear": lambda x: F.linear(x, weight),
         "x @ W_t": lambda x: torch.mm(x, transposed),
     }
-    if hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"):
+    if torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"):
         packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, 32)
         fns["MKL packed"] = lambda x: torch.ops.mkl._mkl_linear(x, packed, weight, None, 32)
     if torch.backends.mkldnn.is_available():
@@ -43,32 +47,20 @@ def kernels(weight: torch.Tensor) -> dict[str, object]:
     return fns
 
 
-def cpu_ms(fn, x: torch.Tensor, reps: int, rounds: int) -> float:
+def best_ms(run: Callable[[], object], rounds: int, before: Callable[[], object] = lambda: None) -> float:
     best = float("inf")
     for _ in range(rounds):
-        start = time.process_time()
-        for _ in range(reps):
-            fn(x)
-        best = min(best, (time.process_time() - start) / reps)
+        before()
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
     return best * 1000
 
 
-def table(title: str, shapes: dict[str, tuple[int, int]], rows: tuple[int, ...], rounds: int) -> None:
-    gen = torch.Generator().manual_seed(0)
-    per_shape = {name: kernels(torch.randn(*shape, generator=gen) * 0.02) for name, shape in shapes.items()}
-    names = list(next(iter(per_shape.values())))
-    print(f"\n| {title}: CPU ms | " + " | ".join(names) + " |")
-    print("|---" * (len(names) + 1) + "|")
-    for m in rows:
-        totals = dict.fromkeys(names, 0.0)
-        for shape_name, fns in per_shape.items():
-            x = torch.randn(m, shapes[shape_name][1], generator=gen)
-            reps = max(1, int(2e8 // (m * shapes[shape_name][0] * shapes[shape_name][1] + 1)))
-            for name, fn in fns.items():
-                totals[name] += cpu_ms(fn, x, min(reps, 50), rounds)
-        best = min(totals.values())
-        cells = [f"**{v:.2f}**" if v == best else f"{v:.2f}" for v in totals.values()]
-        print(f"| {m} rows | " + " | ".join(cells) + " |")
+def print_row(rows: int, times: dict[str, float]) -> None:
+    fastest = min(times.values())
+    cells = [f"**{t:.1f}**" if t == fastest else f"{t:.1f}" for t in times.values()]
+    print(f"| {rows} | " + " | ".join(cells) + " |")
 
 
 def main() -> int:
@@ -78,9 +70,29 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"# bench_linear_layouts: torch {torch.__version__}, {torch.get_num_threads()} threads")
-    table("one layer (qkv + o + gate_up + down)", LAYER, ROWS, args.rounds)
-    table("LM head 49152 x 576", {"head": HEAD}, ROWS, args.rounds)
+    gen = torch.Generator().manual_seed(0)
+    layers = [[layouts(torch.randn(*shape, generator=gen) * 0.02) for shape in LAYER_SHAPES] for _ in range(LAYERS)]
+    head = layouts(torch.randn(*HEAD, generator=gen) * 0.02)
+    flush = torch.empty(64 << 18)  # 64 MiB written before each LM head call: the head comes from DRAM
+    names = list(head)
+    print(f"# bench_linear_layouts: torch {torch.__version__}, {torch.get_num_threads()} threads, wall ms")
+    print(f"\n| rows: {LAYERS} layers' projections | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for rows in ROWS:
+        inputs = {k: torch.randn(rows, k, generator=gen) for k in {shape[1] for shape in LAYER_SHAPES}}
+
+        def step(name: str) -> None:
+            for layer in layers:
+                for shape, fns in zip(LAYER_SHAPES, layer):
+                    fns[name](inputs[shape[1]])
+
+        print_row(rows, {name: best_ms(lambda n=name: step(n), args.rounds) for name in names})
+    print(f"\n| rows: LM head {HEAD[0]} x {HEAD[1]}, cold | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for rows in ROWS + (256, 512):
+        x = torch.randn(rows, HEAD[1], generator=gen)
+        print_row(rows, {name: best_ms(lambda f=fn: f(x), args.rounds, lambda: flush.fill_(1.0))
+                         for name, fn in head.items()})
     return 0
 
 

@@ -1,19 +1,29 @@
-"""Weights re-laid-out once for the fastest CPU float32 matmul of each projection.
+"""Weights re-laid-out once for the fastest CPU float32 matmul at each row count.
 
-`F.linear(x, W)` hands MKL a transposed operand (`x @ W.T`), and for few rows (a decode step has
-one per request) MKL's kernels for that case are slow: below 32 rows they re-read the weight for
-every few rows. Measured on this project's 2-core machine (one thread, CPU time, the default
-model's shapes; docs/performance.md "Linear layouts on CPU"), the same products cost:
+A decode step multiplies a few rows (one per request) by every weight of the model, reading the
+weights from DRAM each step: it is weight-streaming bound. `F.linear` hands MKL the checkpoint's
+[out, in] weight, and for 3 to ~40 rows MKL's sgemm re-packs (copies) the weight on every call, so
+it streams each weight several times. Prepacked layouts avoid that. Measured on this project's
+2-core machine, 2 threads, wall time, the default model's 30 layers with every weight cold in
+cache as in a real step (benchmarks/bench_linear_layouts.py; docs/performance.md "Linear layouts
+on CPU, cold"):
 
-* layer projections: `x @ W_t` with `W_t = W.T` stored contiguous once (plain NN sgemm) is the
-  fastest at every row count: 2.4x `F.linear` at 8 rows, 1.5x at 16, 1.25x at 48, even at 32 and
-  in prefills (512-2048 rows);
-* the LM head (vocab x hidden, 85x wider than tall): oneDNN's prepacked linear is fastest up to a
-  few hundred rows (11.5 ms vs 32 ms for `F.linear` at 8 rows, 19.4 vs 28.2 at 32); beyond that
-  every layout costs the same, so large inputs use `F.linear`.
+| rows | F.linear | oneDNN prepacked | MKL packed (32-row hint) |
+|---|---|---|---|
+| 1 | 16.6 ms | 23.2 | 17.0 |
+| 8 | 36.2 | **28.2** | 37.4 |
+| 16 | 38.7 | **33.4** | 40.6 |
+| 32 | 46.5 | 43.2 | **38.7** |
+| 48 | **52.9** | 56.9 | 55.1 |
 
-The results equal `F.linear`'s up to float rounding (~1e-6 relative: another blocking of the same
-dot products), so greedy output matches HF transformers as before (tests/test_engine_parity.py).
+So a projection takes oneDNN's prepacked weight for ONEDNN_ROWS rows, MKL's packed weight around
+32 rows (MKL_ROWS, kept only for weights up to MKL_PACK_MAX_BYTES: a third copy of every weight is
+affordable for small models only), and `F.linear` on the checkpoint's weight otherwise (1-2 rows,
+where it streams best, and prefill-sized inputs, where every layout costs the same). The LM head
+(vocab x hidden) takes oneDNN from 3 to 256 rows (cold: 5.0 ms vs 8.2 for F.linear at 8 rows).
+
+Results equal `F.linear`'s up to float rounding (~1e-6 relative: another blocking of the same dot
+products); greedy output still matches HF transformers (tests/test_engine_parity.py).
 
 A pack remembers which tensor it was made from (storage pointer and version counter): if the weight
 is replaced or written in place afterwards, the pack is stale and the layer quietly goes back to
@@ -28,11 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# A weight at least this many times wider (out) than tall (in), with at least WIDE_MIN_OUT outputs,
-# is an LM head: oneDNN's layout for it, at most ONEDNN_MAX_ROWS input rows.
-WIDE_RATIO = 8
-WIDE_MIN_OUT = 16384
-ONEDNN_MAX_ROWS = 256
+ONEDNN_ROWS = range(3, 41)  # layer projections: oneDNN's prepacked weight for these row counts
+WIDE_ONEDNN_ROWS = range(3, 257)  # the LM head: the same, wider (it is 85x wider than tall)
+MKL_ROWS = range(29, 36)  # MKL's packed GEMM beats oneDNN around its 32-row hint
+MKL_ROWS_HINT = 32
+MKL_PACK_MAX_BYTES = 64 << 20  # the third copy (MKL's packed layout) only for weights up to this size
+WIDE_RATIO = 8  # a weight at least this many times wider (out) than tall (in) is an LM head
 
 
 def onednn_available() -> bool:
@@ -40,32 +51,33 @@ def onednn_available() -> bool:
     return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
-def is_wide(weight: torch.Tensor) -> bool:
-    out_features, in_features = weight.shape
-    return out_features >= WIDE_MIN_OUT and out_features >= WIDE_RATIO * in_features
+def _mkl_packing_available() -> bool:
+    return bool(torch.backends.mkl.is_available()) and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
 
 
 @dataclass(frozen=True)
 class PackedWeight:
-    """A copy of a weight in the layout its fast kernel reads, tied to the exact tensor it came from.
+    """Copies of a weight in the layouts its fast kernels read, tied to the exact tensor they came
+    from. `onednn`: oneDNN's prepacked weight (None without oneDNN); `mkl`: MKL's packed weight for
+    inputs of MKL_ROWS rows (None for LM heads and large weights); `rows`: the row counts `onednn`
+    serves."""
 
-    kind "transposed": `data` is W.T contiguous, used as `x @ data`. kind "onednn": `data` is
-    oneDNN's prepacked weight, used for inputs of at most ONEDNN_MAX_ROWS rows.
-    """
-
-    kind: str
-    data: torch.Tensor
+    onednn: torch.Tensor | None
+    mkl: torch.Tensor | None
+    rows: range
     source_ptr: int
     source_version: int
 
     @classmethod
     def of(cls, weight: torch.Tensor) -> PackedWeight:
         detached = weight.detach()
-        if is_wide(detached) and onednn_available():
-            data, kind = torch.ops.mkldnn._reorder_linear_weight(detached, None), "onednn"
-        else:
-            data, kind = detached.t().contiguous(), "transposed"
-        return cls(kind, data, weight.data_ptr(), weight._version)
+        out_features, in_features = detached.shape
+        wide = out_features >= WIDE_RATIO * in_features
+        onednn = torch.ops.mkldnn._reorder_linear_weight(detached, None) if onednn_available() else None
+        small = detached.numel() * detached.element_size() <= MKL_PACK_MAX_BYTES
+        mkl = (torch.ops.mkl._mkl_reorder_linear_weight(detached, MKL_ROWS_HINT)
+               if small and not wide and _mkl_packing_available() else None)
+        return cls(onednn, mkl, WIDE_ONEDNN_ROWS if wide else ONEDNN_ROWS, weight.data_ptr(), weight._version)
 
     def matches(self, weight: torch.Tensor) -> bool:
         return weight.data_ptr() == self.source_ptr and weight._version == self.source_version
@@ -76,13 +88,15 @@ def can_pack(weight: torch.Tensor | None) -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pack: PackedWeight | None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, through the pack when it is current and x is a 2-D CPU float32 tensor."""
+    """`F.linear(x, weight, bias)`, through the layout that is fastest for x's row count when the pack
+    is current and x is a 2-D CPU float32 tensor."""
     if pack is None or x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 or not pack.matches(weight):
         return F.linear(x, weight, bias)
-    if pack.kind == "transposed":
-        return torch.mm(x, pack.data) if bias is None else torch.addmm(bias, x, pack.data)
-    if x.shape[0] <= ONEDNN_MAX_ROWS:
-        return torch.ops.mkldnn._linear_pointwise(x, pack.data, bias, "none", [], "")
+    rows = x.shape[0]
+    if pack.mkl is not None and rows in MKL_ROWS:
+        return torch.ops.mkl._mkl_linear(x, pack.mkl, weight, bias, MKL_ROWS_HINT)
+    if pack.onednn is not None and rows in pack.rows:
+        return torch.ops.mkldnn._linear_pointwise(x, pack.onednn, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 

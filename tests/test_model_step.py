@@ -16,7 +16,16 @@ from executor.runtime.forward_batch import ForwardBatch, ForwardMode
 from executor.runtime.memory import KVPool, ReqToTokenPool
 from executor.runtime.model_runner import ModelRunner
 from models import ModelConfig, create_model
-from models.cpu_pack import ONEDNN_MAX_ROWS, PackedWeight, linear, onednn_available, pack_linears, unpack_linears
+from models.cpu_pack import (
+    MKL_ROWS,
+    ONEDNN_ROWS,
+    WIDE_ONEDNN_ROWS,
+    PackedWeight,
+    linear,
+    onednn_available,
+    pack_linears,
+    unpack_linears,
+)
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
 
@@ -68,35 +77,33 @@ def test_extend_attention_matches_reference(prefix_lens, extend_lens):
     assert_close(extend_attention_cpu(q, *args), extend_attention_ref(q, *args))
 
 
-@pytest.mark.parametrize("rows", [1, 4, 5, 12, 31, 32, 100])
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 31, 32, 48, 49, 100])
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("shape", [(48, 40), (20000, 40)])  # a layer projection; an LM head (oneDNN)
+@pytest.mark.parametrize("shape", [(48, 40), (20000, 40)])  # a layer projection; an LM head
 def test_packed_linear_matches_f_linear(rows, bias, shape):
-    """Within float rounding of F.linear for every row count, strided inputs too; the transposed
-    layout is exactly the NN matmul it claims to be."""
-    if shape[0] > 8 * shape[1] and not onednn_available():
-        pytest.skip("torch built without oneDNN")
+    """Within float rounding of F.linear for every row count (strided inputs too), and exactly
+    F.linear where the row count takes the checkpoint's own weight."""
     gen = torch.Generator().manual_seed(rows)
     weight = torch.randn(*shape, generator=gen)
     b = torch.randn(shape[0], generator=gen) if bias else None
     x = torch.randn(rows, shape[1], generator=gen)
     pack = PackedWeight.of(weight)
-    assert pack.kind == ("onednn" if shape[0] == 20000 else "transposed")
     expected = F.linear(x, weight, b)
     assert_close(linear(x, weight, b, pack), expected)
     strided = x.t().contiguous().t()
     assert_close(linear(strided, weight, b, pack), expected)
-    if pack.kind == "transposed":
-        exact = x @ weight.t().contiguous() if b is None else torch.addmm(b, x, weight.t().contiguous())
-        assert torch.equal(linear(x, weight, b, pack), exact)
+    if rows not in pack.rows and not (pack.mkl is not None and rows in MKL_ROWS):
+        assert torch.equal(linear(x, weight, b, pack), expected)
 
 
 @needs_onednn
-def test_wide_pack_hands_large_inputs_to_f_linear():
+def test_packs_hold_the_layouts_their_row_counts_use():
+    layer, head = PackedWeight.of(torch.randn(48, 40)), PackedWeight.of(torch.randn(20000, 40))
+    assert layer.onednn is not None and head.onednn is not None
+    assert head.mkl is None and head.rows == WIDE_ONEDNN_ROWS and layer.rows == ONEDNN_ROWS
+    x = torch.randn(WIDE_ONEDNN_ROWS.stop, 40)  # past the head's oneDNN rows: F.linear exactly
     weight = torch.randn(20000, 40)
-    pack = PackedWeight.of(weight)
-    x = torch.randn(ONEDNN_MAX_ROWS + 1, 40)
-    assert torch.equal(linear(x, weight, None, pack), F.linear(x, weight))
+    assert torch.equal(linear(x, weight, None, PackedWeight.of(weight)), F.linear(x, weight))
 
 
 def test_stale_pack_is_never_used():
