@@ -164,6 +164,39 @@ static inline void prefetch_block(const int64_t *slots, int64_t n, const float *
     }
 }
 
+/* A work item's query rows (row i: token i / num_heads, head i % num_heads) and their online-softmax
+ * state, plus the scratch of one block of keys. */
+typedef struct {
+    float max_score[MAX_ROWS], denominator[MAX_ROWS];
+    float q_scaled[MAX_ROWS * MAX_HEAD_DIM] __attribute__((aligned(64)));
+    float acc[MAX_ROWS * MAX_HEAD_DIM] __attribute__((aligned(64)));
+    float scores[KEY_BLOCK + LANES] __attribute__((aligned(64)));
+    const float *k_rows[KEY_BLOCK];
+    const float *v_rows[KEY_BLOCK];
+} item_rows;
+
+/* Loads every row's query, pre-scaled (token t's heads start at token_q[t]), and clears its state. */
+static inline void start_rows(item_rows *st, const float *const *token_q, int64_t rows, int64_t num_heads,
+                              int64_t head_dim, float scale) {
+    for (int64_t i = 0; i < rows; i++) {
+        const float *q_row = token_q[i / num_heads] + (i % num_heads) * head_dim;
+        for (int64_t d = 0; d < head_dim; d++) st->q_scaled[i * head_dim + d] = q_row[d] * scale;
+        st->max_score[i] = -FLT_MAX;
+        st->denominator[i] = 0.0f;
+    }
+    memset(st->acc, 0, sizeof(float) * (size_t)(rows * head_dim));
+}
+
+/* Writes every row's normalized output (token t's heads start at token_out[t]). */
+static inline void finish_rows(const item_rows *st, float *const *token_out, int64_t rows, int64_t num_heads,
+                               int64_t head_dim) {
+    for (int64_t i = 0; i < rows; i++) {
+        const float inv = 1.0f / st->denominator[i];
+        float *dst = token_out[i / num_heads] + (i % num_heads) * head_dim;
+        for (int64_t d = 0; d < head_dim; d++) dst[d] = st->acc[i * head_dim + d] * inv;
+    }
+}
+
 /* One work item: tokens [token0, token0 + tokens) of a request, all heads. Query row i is token
  * i / num_heads, head i % num_heads, which reads KV head (i % num_heads) / group. */
 static inline __attribute__((always_inline)) void attend_item(
@@ -173,23 +206,18 @@ static inline __attribute__((always_inline)) void attend_item(
     const int64_t group = num_heads / num_kv_heads;
     const int64_t rows = tokens * num_heads;
     const int64_t keys = prefix + token0 + tokens; /* the last token's keys: all any row sees */
-    float max_score[MAX_ROWS], denominator[MAX_ROWS];
-    float q_scaled[MAX_ROWS * MAX_HEAD_DIM] __attribute__((aligned(64)));
-    float acc[MAX_ROWS * MAX_HEAD_DIM] __attribute__((aligned(64)));
-    float scores[KEY_BLOCK + LANES] __attribute__((aligned(64)));
-    const float *k_rows[KEY_BLOCK];
-    const float *v_rows[KEY_BLOCK];
-    for (int64_t i = 0; i < rows; i++) {
-        const float *q_row = q + (token0 + i / num_heads) * q_stride + (i % num_heads) * head_dim;
-        for (int64_t d = 0; d < head_dim; d++) q_scaled[i * head_dim + d] = q_row[d] * scale;
-        max_score[i] = -FLT_MAX;
-        denominator[i] = 0.0f;
+    item_rows st;
+    const float *token_q[MAX_ROWS];
+    float *token_out[MAX_ROWS];
+    for (int64_t t = 0; t < tokens; t++) {
+        token_q[t] = q + (token0 + t) * q_stride;
+        token_out[t] = out + (token0 + t) * num_heads * head_dim; /* out rows are [T, H, D] */
     }
-    memset(acc, 0, sizeof(float) * (size_t)(rows * head_dim));
+    start_rows(&st, token_q, rows, num_heads, head_dim, scale);
     prefetch_block(slots, keys < KEY_BLOCK ? keys : KEY_BLOCK, k_buffer, v_buffer, slot_stride);
     for (int64_t start = 0; start < keys; start += KEY_BLOCK) {
         const int64_t n = keys - start < KEY_BLOCK ? keys - start : KEY_BLOCK;
-        block_rows(slots + start, n, k_buffer, v_buffer, slot_stride, k_rows, v_rows);
+        block_rows(slots + start, n, k_buffer, v_buffer, slot_stride, st.k_rows, st.v_rows);
         const int64_t next = keys - start - n < KEY_BLOCK ? keys - start - n : KEY_BLOCK;
         prefetch_block(slots + start + n, next, k_buffer, v_buffer, slot_stride);
         for (int64_t h = 0; h < num_kv_heads; h++) {
@@ -199,18 +227,14 @@ static inline __attribute__((always_inline)) void attend_item(
                 if (m > n) m = n;
                 for (int64_t g = 0; g < group; g++) {
                     const int64_t i = token * num_heads + h * group + g;
-                    attend_row_block(q_scaled + i * head_dim, k_rows, v_rows, h * head_dim, m, head_dim, vector,
-                                     scores, &max_score[i], &denominator[i], acc + i * head_dim);
+                    attend_row_block(st.q_scaled + i * head_dim, st.k_rows, st.v_rows, h * head_dim, m, head_dim,
+                                     vector, st.scores, &st.max_score[i], &st.denominator[i],
+                                     st.acc + i * head_dim);
                 }
             }
         }
     }
-    const int64_t token_stride = num_heads * head_dim; /* out rows are [T, H, D] */
-    float *out_first = out + token0 * token_stride;
-    for (int64_t i = 0; i < rows; i++) {
-        const float inv = 1.0f / denominator[i];
-        for (int64_t d = 0; d < head_dim; d++) out_first[i * head_dim + d] = acc[i * head_dim + d] * inv;
-    }
+    finish_rows(&st, token_out, rows, num_heads, head_dim);
 }
 
 /* attend_item with the head dim a compile-time constant for the common sizes (fully unrolled). */
@@ -244,19 +268,14 @@ static inline __attribute__((always_inline)) void attend_group(
     float scale, float *out, int vector) {
     const int64_t group = num_heads / num_kv_heads;
     const int64_t rows = count * num_heads;
-    float max_score[MAX_ROWS], denominator[MAX_ROWS];
-    float q_scaled[MAX_ROWS * MAX_HEAD_DIM] __attribute__((aligned(64)));
-    float acc[MAX_ROWS * MAX_HEAD_DIM] __attribute__((aligned(64)));
-    float scores[KEY_BLOCK + LANES] __attribute__((aligned(64)));
-    const float *k_rows[KEY_BLOCK];
-    const float *v_rows[KEY_BLOCK];
-    for (int64_t i = 0; i < rows; i++) {
-        const float *q_row = q + members[i / num_heads] * q_stride + (i % num_heads) * head_dim;
-        for (int64_t d = 0; d < head_dim; d++) q_scaled[i * head_dim + d] = q_row[d] * scale;
-        max_score[i] = -FLT_MAX;
-        denominator[i] = 0.0f;
+    item_rows st;
+    const float *token_q[MAX_ROWS];
+    float *token_out[MAX_ROWS];
+    for (int64_t j = 0; j < count; j++) {
+        token_q[j] = q + members[j] * q_stride;
+        token_out[j] = out + members[j] * num_heads * head_dim;
     }
-    memset(acc, 0, sizeof(float) * (size_t)(rows * head_dim));
+    start_rows(&st, token_q, rows, num_heads, head_dim, scale);
     /* member -1 stands for the shared keys (every row); then each member's own keys (its rows) */
     for (int64_t part = -1; part < count; part++) {
         const int64_t owner = members[part < 0 ? 0 : part];
@@ -267,23 +286,20 @@ static inline __attribute__((always_inline)) void attend_group(
                                         v_buffer, slot_stride);
         for (int64_t start = begin; start < end; start += KEY_BLOCK) {
             const int64_t n = end - start < KEY_BLOCK ? end - start : KEY_BLOCK;
-            block_rows(slots + start, n, k_buffer, v_buffer, slot_stride, k_rows, v_rows);
+            block_rows(slots + start, n, k_buffer, v_buffer, slot_stride, st.k_rows, st.v_rows);
             const int64_t next = end - start - n < KEY_BLOCK ? end - start - n : KEY_BLOCK;
             prefetch_block(slots + start + n, next, k_buffer, v_buffer, slot_stride);
             for (int64_t h = 0; h < num_kv_heads; h++)
                 for (int64_t r = first_row; r < last_row; r += num_heads)
                     for (int64_t g = 0; g < group; g++) {
                         const int64_t i = r + h * group + g;
-                        attend_row_block(q_scaled + i * head_dim, k_rows, v_rows, h * head_dim, n, head_dim, vector,
-                                         scores, &max_score[i], &denominator[i], acc + i * head_dim);
+                        attend_row_block(st.q_scaled + i * head_dim, st.k_rows, st.v_rows, h * head_dim, n, head_dim,
+                                         vector, st.scores, &st.max_score[i], &st.denominator[i],
+                                         st.acc + i * head_dim);
                     }
         }
     }
-    for (int64_t i = 0; i < rows; i++) {
-        const float inv = 1.0f / denominator[i];
-        float *dst = out + members[i / num_heads] * num_heads * head_dim + (i % num_heads) * head_dim;
-        for (int64_t d = 0; d < head_dim; d++) dst[d] = acc[i * head_dim + d] * inv;
-    }
+    finish_rows(&st, token_out, rows, num_heads, head_dim);
 }
 
 static void attend_group_dispatch(const float *q, int64_t q_stride, int64_t num_heads, int64_t num_kv_heads,
