@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from executor.runtime.kv_manager import KVManager, KVOwnershipError
+from executor.runtime.kv_manager import DECODE_RUN, KVManager, KVOwnershipError
 from executor.runtime.radix_cache import RadixNode
 from executor.runtime.request import Request, RequestKind
 from executor.runtime.sampling_params import SamplingParams
@@ -155,6 +155,49 @@ def test_eviction_makes_room_lru_first():
     assert kv.cached_len([1, 1, 1]) == 0 and kv.cached_len([3, 3, 3]) == 3
 
 
+def test_decode_slots_come_in_runs_and_go_back_with_the_request():
+    """Each request's consecutive decode positions get consecutive ascending slots (not slots
+    interleaved with the other requests'), its unused spares go back with it, and `reserve` drops
+    spares before it would fail."""
+    kv = KVManager.build(4 * DECODE_RUN + 8, 4, 64, CPU)
+    reqs = [request(f"r{i}", [1, 2, 3]) for i in range(2)]
+    for req in reqs:
+        kv.begin(req, max_cached=0)
+        compute(kv, req)
+    rows = torch.tensor([r.req_row for r in reqs])
+    taken = []
+    for step in range(3):
+        assert kv.reserve(len(reqs))
+        taken.append(kv.allocate_decode(rows, torch.tensor([3 + step] * 2)).tolist())
+        for req in reqs:
+            req.num_kv += 1
+    for i in range(2):
+        own = [slots[i] for slots in taken]
+        assert own == list(range(own[0], own[0] + 3))
+    assert kv.num_spare == 2 * (DECODE_RUN - 3)
+    kv.check_integrity(reqs)
+    kv.release(reqs[0], keep_in_cache=False)
+    assert kv.num_spare == DECODE_RUN - 3
+    kv.check_integrity(reqs[1:])
+    assert kv.reserve(kv.num_free_slots + DECODE_RUN - 3)  # only possible by dropping the spares
+    assert kv.num_spare == 0
+    kv.check_integrity(reqs[1:])
+
+
+def test_decode_falls_back_to_single_slots_when_runs_do_not_fit():
+    kv = KVManager.build(DECODE_RUN + 4, 3, 64, CPU)
+    reqs = [request(f"r{i}", [1]) for i in range(3)]
+    for req in reqs:
+        kv.begin(req, max_cached=0)
+        compute(kv, req)
+    assert kv.reserve(3)
+    slots = kv.allocate_decode(torch.tensor([r.req_row for r in reqs]), torch.tensor([1, 1, 1]))
+    assert len(set(slots.tolist())) == 3 and kv.num_spare == 0
+    for req in reqs:
+        req.num_kv += 1
+    kv.check_integrity(reqs)
+
+
 def test_check_integrity_finds_a_leak_and_a_double_owner():
     kv = KVManager.build(16, 4, 64, CPU)
     a = request("a", [1, 2, 3])
@@ -217,6 +260,24 @@ class KVManagerMachine(RuleBasedStateMachine):
         for slot, token in zip(slots, req.fill_ids[req.num_kv : req.num_kv + n], strict=True):
             self.written[slot] = token  # the forward pass writes this token's KV there
         req.num_kv += n
+
+    @precondition(lambda self: any(r.parent is None and r.output_ids and r.num_kv == r.seq_len - 1
+                                   for r in self.live))
+    @rule(data=st.data(), token=st.integers(0, ALPHABET - 1))
+    def decode(self, data: st.DataObject, token: int) -> None:
+        """A decode step for some of the requests whose KV covers all but their newest token: one
+        slot each through `allocate_decode` (runs of spare slots), then the next token sampled."""
+        ready = [r for r in self.live if r.parent is None and r.output_ids and r.num_kv == r.seq_len - 1]
+        batch = [r for r in ready if data.draw(st.booleans())] or ready[:1]
+        if not self.kv.reserve(len(batch)):
+            return
+        rows = torch.tensor([r.req_row for r in batch])
+        positions = torch.tensor([r.num_kv for r in batch])
+        slots = self.kv.allocate_decode(rows, positions).tolist()
+        for req, slot in zip(batch, slots, strict=True):
+            self.written[slot] = req.fill_ids[req.num_kv]
+            req.num_kv += 1
+            req.output_ids.append(token)
 
     @precondition(lambda self: any(r.parent is None for r in self.live))
     @rule(data=st.data())

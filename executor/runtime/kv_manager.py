@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from executor.runtime.memory import ReqToTokenPool, TokenSlotAllocator
@@ -23,6 +24,9 @@ from executor.runtime.radix_cache import RadixCache, RadixNode
 from executor.runtime.request import Request
 
 __all__ = ["KVManager", "KVOwnershipError"]
+
+
+DECODE_RUN = 16  # decode slots a request takes at a time (see KVManager._spare)
 
 
 class KVOwnershipError(AssertionError):
@@ -39,6 +43,14 @@ class KVManager:
         self.reserved_rows: set[int] = set()  # table rows no request owns (CUDA graph padding)
         # Evictions that dropped something: a cached length measured before a change here is stale.
         self.num_evictions = 0
+        # Decode slots handed to a request ahead of use, DECODE_RUN at a time, so its consecutive
+        # positions get consecutive slots: a decode step allocates one slot per request, and taken
+        # one by one from the free list the requests' slots interleave (request b's keys 32 slots
+        # apart at batch 32), which defeats the CPU's prefetcher when attention walks a request's
+        # keys. Spares are the request's own (freed with it) and always reclaimable: `reserve`
+        # drops them before it evicts the cache. table row -> slots, the next one last.
+        self._spare: dict[int, list[int]] = {}
+        self.num_spare = 0
 
     @classmethod
     def build(cls, num_slots: int, max_requests: int, context_len: int, device: torch.device,
@@ -70,9 +82,9 @@ class KVManager:
         return self.cache.cached_prefix_len(tokens)
 
     def available_slots(self) -> int:
-        """Free slots plus what eviction could free right now."""
+        """Free slots plus what eviction and dropping decode spares could free right now."""
         evictable = self.cache.evictable_size() if self.cache is not None else 0
-        return self.allocator.num_free + evictable
+        return self.allocator.num_free + evictable + self.num_spare
 
     def can_begin(self) -> bool:
         """Whether a request can get a table row now."""
@@ -96,7 +108,10 @@ class KVManager:
         req.num_kv = req.num_tree_owned = n
 
     def reserve(self, num_slots: int) -> bool:
-        """Make `num_slots` free, evicting unlocked cache entries if needed. True on success."""
+        """Make `num_slots` free, dropping decode spares and then evicting unlocked cache entries if
+        needed. True on success."""
+        if num_slots > self.allocator.num_free and self.num_spare:
+            self._drop_spares()
         shortfall = num_slots - self.allocator.num_free
         if shortfall > 0:
             self.evict(shortfall)
@@ -110,10 +125,39 @@ class KVManager:
 
     def allocate_decode(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One slot per decoding request (table row `rows[i]`, at `positions[i]`), recorded in the
-        table; returns the slots on the table's device. `reserve` first."""
-        slots = self.allocator.allocate(rows.numel()).to(self.table.device)
+        table; returns the slots on the table's device. `reserve(len(rows))` first.
+
+        Each request takes its slots from its own run of DECODE_RUN consecutive slots (a new run
+        when its spares are used up); when the free list cannot give every such request a whole
+        run, they get one slot each, as before."""
+        row_ids = rows.tolist()
+        needy = [row for row in row_ids if not self._spare.get(row)]
+        if needy:
+            runs = len(needy) * DECODE_RUN
+            if self.allocator.can_allocate(runs):
+                fresh = np.sort(self.allocator.allocate(runs).numpy()).reshape(len(needy), DECODE_RUN)
+                for row, run in zip(needy, fresh):
+                    self._spare[row] = run[::-1].tolist()  # pop() hands out the lowest slot first
+                self.num_spare += runs
+            else:
+                for row, slot in zip(needy, self.allocator.allocate(len(needy)).tolist()):
+                    self._spare[row] = [slot]
+                self.num_spare += len(needy)
+        slots = torch.tensor([self._spare[row].pop() for row in row_ids], dtype=torch.int64)
+        self.num_spare -= len(row_ids)
+        slots = slots.to(self.table.device)
         self.table[rows, positions] = slots
         return slots
+
+    def _free_spares_of(self, row: int) -> None:
+        spare = self._spare.pop(row, None)
+        if spare:
+            self.allocator.free(torch.tensor(spare, dtype=torch.int64))
+            self.num_spare -= len(spare)
+
+    def _drop_spares(self) -> None:
+        for row in list(self._spare):
+            self._free_spares_of(row)
 
     def truncate(self, req: Request, num_tokens: int) -> None:
         """Free the request's KV past its first `num_tokens` tokens (jump-forward replaced them).
@@ -161,6 +205,7 @@ class KVManager:
             self.allocator.free(row[owned_from : req.num_kv].clone())
         if self.cache is not None and req.last_node is not None:
             self.cache.unlock(req.last_node)
+        self._free_spares_of(req.req_row)
         self.req_to_token.free(req.req_row)
         req.req_row = None
         req.last_node = None
@@ -237,6 +282,9 @@ class KVManager:
             rows += 1
             start = max(req.num_tree_owned, req.num_borrowed)
             owned.append(self.table[req.req_row, start : req.num_kv].cpu())
+            owned.append(torch.tensor(self._spare.get(req.req_row, []), dtype=torch.int64))
+        if sum(len(spare) for spare in self._spare.values()) != self.num_spare:
+            raise KVOwnershipError("the count of decode spare slots does not match the spares held")
         mine = torch.cat(owned) if owned else torch.empty(0, dtype=torch.int64)
         if mine.numel():
             if int(mine.unique().numel()) != mine.numel():
