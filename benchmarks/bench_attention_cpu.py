@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
-
 from bench_step import StepHarness, race  # noqa: E402
+
 from executor.kernels.attention_cpu import NativePagedAttention, extend_attention_cpu  # noqa: E402
 from models import load_model, resolve_model  # noqa: E402
 
@@ -80,7 +80,7 @@ def whole_step(rounds: int, batches: list[int]) -> None:
     print("|---|---|---|---|")
     for rows in batches:
         batch = harness.decode_batch(rows)
-        best = race({"native": lambda: step(batch, True), "sdpa": lambda: step(batch, False)}, rounds)
+        best = race({"native": lambda b=batch: step(b, True), "sdpa": lambda b=batch: step(b, False)}, rounds)
         print(f"| batch {rows} | {1000 * best['native']:.1f} | {1000 * best['sdpa']:.1f} | "
               f"{best['sdpa'] / best['native']:.2f}x |")
 

@@ -81,7 +81,7 @@ def main() -> int:
     for rows in ROWS:
         inputs = {k: torch.randn(rows, k, generator=gen) for k in {shape[1] for shape in LAYER_SHAPES}}
 
-        def step(name: str) -> None:
+        def step(name: str, inputs: dict[int, torch.Tensor] = inputs) -> None:
             for layer in layers:
                 for shape, fns in zip(LAYER_SHAPES, layer):
                     fns[name](inputs[shape[1]])
@@ -91,7 +91,7 @@ def main() -> int:
     print("|---" * (len(names) + 1) + "|")
     for rows in ROWS + (256, 512):
         x = torch.randn(rows, HEAD[1], generator=gen)
-        print_row(rows, {name: best_ms(lambda f=fn: f(x), args.rounds, lambda: flush.fill_(1.0))
+        print_row(rows, {name: best_ms(lambda f=fn, x=x: f(x), args.rounds, lambda: flush.fill_(1.0))
                          for name, fn in head.items()})
     return 0
 

@@ -117,7 +117,7 @@ def test_native_grouped_decode_matches_reference(layout):
     context = max(prefix + max(lengths) for prefix, lengths in zip(shared, own))
     table = torch.zeros(batch, context, dtype=torch.int64)
     seq_lens, members, next_slot, b = [], [], 1, 0
-    for size, prefix, lengths in zip(group_sizes, shared, own):
+    for prefix, lengths in zip(shared, own):
         prefix_slots = torch.arange(next_slot, next_slot + prefix)
         next_slot += prefix
         group = []
