@@ -9,46 +9,39 @@ handles (the graph executor, a server) adds nothing to the step time.
 
 from __future__ import annotations
 
-import logging
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
+from executor.runtime.handle_events import HandleEvents
 from executor.runtime.kv_manager import KVManager
 from executor.runtime.request import Request, RequestKind
-from executor.runtime.runtime_client import EngineError, Listener
+from executor.runtime.runtime_client import EngineError
 
 __all__ = ["PrefixPin", "RequestHandle", "make_output"]
 
-logger = logging.getLogger("sgc.engine")
 
-
-class RequestHandle:
+class RequestHandle(HandleEvents):
     """A submitted request: wait for its result, iterate over its streamed text, or abort it
-    (the in-process implementation of `runtime_client.RequestHandle`)."""
+    (the in-process implementation of `runtime_client.RequestHandle`). Listeners run on the
+    engine thread, between forward passes."""
 
     def __init__(self, req: Request, stream: bool, follow_up: bool = False,
                  on_abort: Callable[[RequestHandle], None] | None = None,
                  on_finish: Callable[[str], None] | None = None):
+        super().__init__(stream)
         self.req = req
         self.follow_up = follow_up
         self._on_abort = on_abort
         # Called on the engine thread just before a follow_up request reports finished (the
         # engine's next step then waits for the client's answer; see runtime_client).
         self._on_finish = on_finish if follow_up else None
-        self._done = threading.Event()
-        self._deltas: queue.Queue | None = queue.Queue() if stream else None
-        self._error: BaseException | None = None
         self.abort_requested = False  # abort() was called (it takes effect on the engine thread)
         self.chained: RequestHandle | None = None  # the request chained after this one (GenerateRequest.then)
         self.aborted = False  # the engine aborted it at the client's request
         self.submitted_at = time.perf_counter()
         self.finished_at: float | None = None
-        # Listeners (add_listener) run on the engine thread; the lock orders registration and finish.
-        self._listeners: list[Listener] = []
-        self._listener_lock = threading.Lock()
 
     @property
     def rid(self) -> str:
@@ -73,10 +66,7 @@ class RequestHandle:
             self.finished_at = time.perf_counter()
             if self._on_finish is not None:
                 self._on_finish(self.rid)
-            with self._listener_lock:
-                self._done.set()
-            if self._deltas is not None:
-                self._deltas.put(None)
+            self._set_done()
         if delta or self.req.finished:
             self._notify(delta, self.req.finished)
 
@@ -84,55 +74,12 @@ class RequestHandle:
         self._error = error
         if self._on_finish is not None:
             self._on_finish(self.rid)
-        with self._listener_lock:
-            self._done.set()
-        if self._deltas is not None:
-            self._deltas.put(None)
+        self._set_done()
         self._notify("", True)
 
-    def _notify(self, delta: str, finished: bool) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(delta, finished)
-            except Exception:  # a listener's bug must not take the engine thread down
-                logger.exception("request %s: a listener raised", self.req.rid)
-
-    def add_listener(self, listener: Listener) -> None:
-        """Call `listener(delta, finished)` after each update of this request: `delta` is the newly
-        streamed text (always "" unless submitted with stream=True), `finished` is True once, at the
-        end (success or failure: `result()` then returns or raises without blocking).
-
-        Listeners run on the engine thread between forward passes: they must be quick and must not
-        block (put the event on a queue). Registered after the request finished, the listener is
-        called at once, on the caller's thread, with ("", True).
-        """
-        with self._listener_lock:
-            if not self._done.is_set():
-                self._listeners.append(listener)
-                return
-        listener("", True)
-
-    def done(self) -> bool:
-        return self._done.is_set()
-
     def result(self, timeout: float | None = None) -> dict:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"request {self.req.rid} did not finish within {timeout} s")
-        if self._error is not None:
-            raise self._error
+        self._wait(timeout)
         return make_output(self)
-
-    def stream(self) -> Iterator[dict]:
-        """Yields {"text": delta, "meta_info": ...}; the last chunk carries the final meta_info."""
-        if self._deltas is None:
-            raise ValueError("this request was not submitted with stream=True")
-        while True:
-            delta = self._deltas.get()
-            if delta is None:
-                break
-            yield {"text": delta, "meta_info": {"id": self.req.rid}}
-        final = self.result()
-        yield {"text": "", "meta_info": final["meta_info"]}
 
     def abort(self) -> None:
         """Stop this request if it has not finished (see `runtime_client.RequestHandle.abort`)."""

@@ -2,34 +2,29 @@
 thread of its own (an HTTP worker, a Ray poller) shares; `CollectingGroup`: their `RequestGroup`.
 
 The in-process engine finishes handles on its engine thread (`engine_handles.py`); a remote client
-learns of deltas and results on a worker thread and hands them over here. `result()` waits on an
-event, `stream()` reads a queue of text deltas (streaming requests only), and listeners hear each
-delta and the end once. Subclasses give the request id, `abort()`, and how a delta is passed on.
+learns of deltas and results on a worker thread and hands them over here; the waiting side
+(`result()`, `stream()`, listeners) is `handle_events.HandleEvents`, shared with the in-process
+handle. Subclasses give `abort()` and how a delta is passed on.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
+from executor.runtime.handle_events import HandleEvents
 from executor.runtime.runtime_client import ClientRequest, Listener
 
 __all__ = ["CollectingGroup", "ThreadedHandle"]
 
 
-class ThreadedHandle:
+class ThreadedHandle(HandleEvents):
     """A request handle finished from another thread (`runtime_client.RequestHandle`)."""
 
     def __init__(self, rid: str, stream: bool) -> None:
+        super().__init__(stream)
         self._rid = rid
-        self._done = threading.Event()
         self._result: dict[str, Any] | None = None
-        self._error: BaseException | None = None
-        self._listeners: list[Listener] = []
-        self._lock = threading.Lock()
-        self._deltas: queue.Queue | None = queue.Queue() if stream else None
 
     @property
     def rid(self) -> str:
@@ -40,33 +35,10 @@ class ThreadedHandle:
         """Never a chain: remote clients refuse `GenerateRequest.then` (their `info().chains` is False)."""
         return None
 
-    def done(self) -> bool:
-        return self._done.is_set()
-
     def result(self, timeout: float | None = None) -> dict[str, Any]:
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"request {self._rid} did not finish within {timeout} s")
-        if self._error is not None:
-            raise self._error
+        self._wait(timeout)
         assert self._result is not None
         return self._result
-
-    def stream(self) -> Iterator[dict[str, Any]]:
-        if self._deltas is None:
-            raise ValueError("this request was not sent with stream=True")
-        while True:
-            delta = self._deltas.get()
-            if delta is None:
-                break
-            yield {"text": delta, "meta_info": {"id": self._rid}}
-        yield {"text": "", "meta_info": self.result()["meta_info"]}
-
-    def add_listener(self, listener: Listener) -> None:
-        with self._lock:
-            if not self._done.is_set():
-                self._listeners.append(listener)
-                return
-        listener("", True)
 
     # -- on the client's worker thread ------------------------------------------------------------
     def _emit(self, delta: str) -> None:
@@ -77,21 +49,12 @@ class ThreadedHandle:
 
     def _finish(self, result: dict[str, Any] | None, error: BaseException | None = None) -> None:
         """The request ended with `result` or `error` (the first call wins)."""
-        with self._lock:
-            if self._done.is_set():
-                return
-            self._result, self._error = result, error
-            self._done.set()
-        if self._deltas is not None:
-            self._deltas.put(None)
-        self._notify("", True)
 
-    def _notify(self, delta: str, finished: bool) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(delta, finished)
-            except Exception:  # a listener's bug must not stop the thread that delivers results
-                pass
+        def settle() -> None:
+            self._result, self._error = result, error
+
+        if self._set_done(settle):
+            self._notify("", True)
 
 
 class CollectingGroup:
