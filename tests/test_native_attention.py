@@ -89,6 +89,8 @@ def test_native_attention_refuses_what_it_cannot_take():
     pool = torch.zeros(9, 1, 8)
     with pytest.raises(ValueError, match="query tokens"):
         native(torch.zeros(3, 2, 8), torch.zeros(3, 1, 8), torch.zeros(3, 1, 8), pool, pool.clone())
+    with pytest.raises(ValueError, match="query heads"):
+        native(torch.zeros(2, 130, 8), torch.zeros(2, 1, 8), torch.zeros(2, 1, 8), pool, pool.clone())
     with pytest.raises(ValueError, match="k/v of shape"):
         native(torch.zeros(2, 2, 8), torch.zeros(2, 2, 8), torch.zeros(2, 2, 8), pool, pool.clone())
 

@@ -203,8 +203,10 @@ class NativePagedAttention:
         """Store k, v [T, Hkv, D] at the batch's new slots, then attend: q [T, H, D] -> [T, H, D]."""
         num_tokens, num_heads, head_dim = q.shape
         num_kv_heads = k_buffer.shape[1]
-        if num_tokens != self._num_tokens or num_heads > self.MAX_HEADS:
+        if num_tokens != self._num_tokens:
             raise ValueError(f"native attention: batch has {self._num_tokens} query tokens, q has {num_tokens}")
+        if num_heads > self.MAX_HEADS:
+            raise ValueError(f"native attention: {num_heads} query heads, over the kernel's {self.MAX_HEADS}")
         if k.shape != (num_tokens, num_kv_heads, head_dim) or v.shape != k.shape:
             raise ValueError(f"native attention: k/v of shape {tuple(k.shape)}/{tuple(v.shape)}, expected "
                              f"{(num_tokens, num_kv_heads, head_dim)}")
