@@ -101,6 +101,10 @@ class RotaryEmbedding(nn.Module):
         self._table32 = (freqs.cos(), freqs.sin())
         self._table: tuple[torch.Tensor, torch.Tensor] = self._table32
 
+    def half_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The float32 cos and sin tables, [max_positions, head_dim/2] each, contiguous."""
+        return self._table32
+
     def _cos_sin(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self._table
         if cos.device != like.device or cos.dtype != like.dtype:
@@ -199,7 +203,11 @@ class MergedLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(sum(shard_sizes.values()))) if bias else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return cpu_pack.linear(x, self.weight, self.bias, self.weight_pack).split(self._split_sizes, dim=-1)
+        return self.forward_unsplit(x).split(self._split_sizes, dim=-1)
+
+    def forward_unsplit(self, x: torch.Tensor) -> torch.Tensor:
+        """The shards' outputs side by side, [T, sum of shard sizes]."""
+        return cpu_pack.linear(x, self.weight, self.bias, self.weight_pack)
 
     def load_shards(self, param_name: str, shards: dict[str, torch.Tensor], share_memory: bool) -> None:
         """Fill `weight` or `bias` from every shard's tensor.

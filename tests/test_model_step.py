@@ -16,6 +16,7 @@ from executor.runtime.forward_batch import ForwardBatch, ForwardMode
 from executor.runtime.memory import KVPool, ReqToTokenPool
 from executor.runtime.model_runner import ModelRunner
 from models import ModelConfig, create_model
+from executor.kernels.small_gemm_cpu import panel_packer
 from models.cpu_pack import (
     MKL_ROWS,
     ONEDNN_ROWS,
@@ -162,13 +163,15 @@ def test_runner_packs_projections_and_logits_do_not_change(tied):
     packs = [m for m in model.modules() if getattr(m, "weight_pack", None) is not None]
     # Per layer qkv, o, gate_up, down; plus the LM head (the tied model's own, or the lm_head Linear).
     assert len(packs) == 4 * config.num_hidden_layers + 1
-    assert pack_linears(model) == len(packs)  # idempotent
+    assert pack_linears(model, panel_packer()) == len(packs)  # idempotent
+    if panel_packer() is not None:  # the native panel layout, where the kernels build
+        assert all(m.weight_pack.panels is not None and m.weight_pack.onednn is None for m in packs)
     unpack_linears(model)
     model.weight_pack = None
     from executor.runtime import model_runner
 
     original = model_runner.pack_linears
-    model_runner.pack_linears = lambda m: 0
+    model_runner.pack_linears = lambda m, packer=None: 0
     try:
         with torch.inference_mode():
             plain_logits = run_steps(model, config)

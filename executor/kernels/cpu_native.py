@@ -27,7 +27,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "paged_attention_cpu.c"
+SOURCES = (
+    Path(__file__).with_name("csrc") / "paged_attention_cpu.c",
+    Path(__file__).with_name("csrc") / "layer_ops_cpu.c",
+    Path(__file__).with_name("csrc") / "small_gemm_cpu.c",
+)
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 BUILD_TIMEOUT_S = 120
 
@@ -60,11 +64,11 @@ def _build(compiler: str, target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
         result = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
+            [compiler, *FLAGS, *map(str, SOURCES), "-o", str(built), "-lm"],
             capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed on {SOURCE.name}:\n{result.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"{compiler} failed on {', '.join(s.name for s in SOURCES)}:\n{result.stderr.strip()[-2000:]}")
         os.replace(built, target)  # atomic: a concurrent builder sees the old file or the whole new one
 
 
@@ -80,7 +84,7 @@ def library() -> ctypes.CDLL | None:
     import torch  # noqa: F401  (torch's libgomp must be loaded first, so the kernels share it)
 
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), " ".join(FLAGS), compiler, _cpu_fingerprint()]).encode()
+        "\0".join([*(s.read_text() for s in SOURCES), " ".join(FLAGS), compiler, _cpu_fingerprint()]).encode()
     ).hexdigest()[:16]
     target = _cache_dir() / f"sgc_cpu_kernels-{key}.so"
     try:
@@ -101,4 +105,26 @@ def library() -> ctypes.CDLL | None:
                         _PTR, _PTR, _PTR, _I64, _PTR, _PTR,  # pool, table, rows, seq_lens
                         _PTR, _PTR, _PTR, _I64,  # work items: starts, members, shared lengths, count
                         _I64, _I64, _I64, ctypes.c_float, _PTR, ctypes.c_int]  # sizes, scale, out, threads
+    _declare_kernels(lib)
     return lib
+
+
+def _declare_kernels(lib: ctypes.CDLL) -> None:
+    """Signatures of `csrc/layer_ops_cpu.c` and `csrc/small_gemm_cpu.c` (0, or a nonzero status for
+    bad arguments)."""
+    f32, threads = ctypes.c_float, ctypes.c_int
+    signatures = {
+        "sgc_rmsnorm_f32": [_PTR, _I64, _PTR, _I64, _I64, f32, _PTR, _I64, threads],
+        "sgc_add_rmsnorm_f32": [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, f32, _PTR, _I64, threads],
+        "sgc_rope_f32": [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, threads],
+        "sgc_silu_mul_f32": [_PTR, _I64, _I64, _I64, _PTR, _I64, threads],
+        # csrc/small_gemm_cpu.c
+        "sgc_gemm_pack_f32": [_PTR, _I64, _I64, _I64, _PTR, threads],
+        "sgc_gemm_f32": [_PTR, _I64, _I64, _I64, _PTR, _I64, _PTR, _PTR, _I64, threads],
+    }
+    for name, argtypes in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = argtypes
+    lib.sgc_gemm_packed_floats.restype = _I64
+    lib.sgc_gemm_packed_floats.argtypes = [_I64, _I64]

@@ -30,6 +30,8 @@ from executor.kernels.attention_cpu import (
     fresh_prefill_attention_cpu,
 )
 from executor.kernels.cpu_native import library as native_kernels
+from executor.kernels.layer_ops_cpu import NativeLayerOps
+from executor.kernels.small_gemm_cpu import panel_packer
 from executor.runtime.cpu_process import tune_cpu_process
 from executor.runtime.cuda_graph import CudaGraphRunner
 from executor.runtime.forward_batch import ForwardBatch, ForwardMode
@@ -60,8 +62,20 @@ class ModelRunner:
             use_fused_layers(model)
         elif self.on_cpu:
             tune_cpu_process()  # before the engine thread starts: it then shares the main malloc arena
-            pack_linears(model)
             native_kernels()  # built (once per machine, ~1 s) at start-up rather than in the first step
+            pack_linears(model, panel_packer())
+            self.use_native_layer_ops(True)
+
+    def use_native_layer_ops(self, enabled: bool) -> bool:
+        """Switch the model's fused native element-wise ops (CPU, float32 decoders) on or off;
+        returns whether they are on. Benchmarks switch them off to measure the torch ops."""
+        if not hasattr(self.model, "layer_ops"):
+            return False
+        ops = None
+        if enabled and self.on_cpu and _float32_model(self.model):
+            ops = NativeLayerOps.load()
+        self.model.layer_ops = ops
+        return ops is not None
 
     def capture_cuda_graphs(self, batch_sizes: Sequence[int], kv: KVManager) -> None:
         """Record the decode step for these batch sizes; later decode batches replay them. `kv`
@@ -160,3 +174,7 @@ class ModelRunner:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits of the given hidden rows (callers pick only the rows they need)."""
         return self.model.compute_logits(hidden).float()
+
+
+def _float32_model(model: nn.Module) -> bool:
+    return all(p.dtype == torch.float32 for p in model.parameters())
