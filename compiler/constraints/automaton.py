@@ -215,6 +215,7 @@ def determinize(
         return k
 
     first = kernel(start)
+    disjoint_memo: dict[int, bool] = {}
     state_limit = limit_of_states(max_states)
     ids: dict[frozenset[int], int] = {first: 0}
     keys = [first]
@@ -224,15 +225,21 @@ def determinize(
         key = keys[i]
         i += 1
         check_time()  # every state: one state's subset can hold thousands of NFA states
-        by_mask: dict[int, set[int]] = {}
-        for q in key:
-            for m, t in edges[q]:
-                ts = by_mask.get(m)
-                if ts is None:
-                    by_mask[m] = {t}
-                else:
-                    ts.add(t)
-        regions = _disjoint_regions(by_mask)
+        regions: list[tuple[int, set[int]]] | list[tuple[int, tuple[int]]]
+        if len(key) == 1 and _disjoint_edges(next(iter(key)), edges, disjoint_memo):
+            # one NFA state whose edges read disjoint sets (a spliced DFA's state, a chain): its
+            # edges are the regions, in the order the general case below would give them
+            regions = [(m, (t,)) for m, t in edges[next(iter(key))]]
+        else:
+            by_mask: dict[int, set[int]] = {}
+            for q in key:
+                for m, t in edges[q]:
+                    ts = by_mask.get(m)
+                    if ts is None:
+                        by_mask[m] = {t}
+                    else:
+                        ts.add(t)
+            regions = _disjoint_regions(by_mask)
         row = []
         for m, ts in regions:
             if len(ts) == 1:
@@ -253,6 +260,21 @@ def determinize(
         rows.append(row)
     accepting = np.fromiter((final in k for k in keys), dtype=bool, count=len(keys))
     return _tabulate(rows, accepting, 0, num_symbols)
+
+
+def _disjoint_edges(q: int, edges: list[list[tuple[int, int]]], memo: dict[int, bool]) -> bool:
+    """Whether NFA state q's edges read pairwise disjoint, nonempty symbol sets (memoized)."""
+    ok = memo.get(q)
+    if ok is None:
+        seen = 0
+        ok = True
+        for m, _ in edges[q]:
+            if not m or seen & m:
+                ok = False
+                break
+            seen |= m
+        memo[q] = ok
+    return ok
 
 
 def _disjoint_regions(by_mask: dict[int, set[int]]) -> list[tuple[int, set[int]]]:
@@ -311,13 +333,22 @@ def _tabulate(
             low = x & -x
             symbol_class[low.bit_length() - 1] = ci
             x ^= low
-    members: dict[int, list[int]] = {}
-    for m in unique_masks:
-        members[m] = [ci for ci, c in enumerate(classes) if c & m]
+    # one vectorized scatter: edge e writes target t_e into the classes of its mask (a row's masks
+    # are disjoint, so no cell is written twice)
+    mask_index = {m: i for i, m in enumerate(unique_masks)}
+    members = [[ci for ci, c in enumerate(classes) if c & m] for m in unique_masks]
+    member_count = np.array([len(x) for x in members], dtype=np.int64)
+    member_flat = np.array([ci for x in members for ci in x], dtype=np.int64)
+    member_start = np.cumsum(member_count) - member_count
+    edge_state = np.array([s for s, row in enumerate(rows) for _ in row], dtype=np.int64)
+    edge_mask = np.array([mask_index[m] for row in rows for m, _ in row], dtype=np.int64)
+    edge_target = np.array([t for row in rows for _, t in row], dtype=np.int32)
+    counts = member_count[edge_mask]
+    base = np.repeat(member_start[edge_mask] - (np.cumsum(counts) - counts), counts)
     table = np.full((len(rows), len(classes)), -1, dtype=np.int32)
-    for s, row in enumerate(rows):
-        for m, t in row:
-            table[s, members[m]] = t
+    table[np.repeat(edge_state, counts), member_flat[base + np.arange(int(counts.sum()))]] = np.repeat(
+        edge_target, counts
+    )
     return trim(DFA(initial, accepting, table, symbol_class))
 
 
@@ -399,16 +430,47 @@ def trim(dfa: DFA) -> DFA:
 
 
 def compact_classes(dfa: DFA) -> DFA:
-    """Merge classes whose table columns are identical (after trimming some may have become so)."""
+    """Merge classes whose table columns are identical (after trimming some may have become so).
+
+    The columns are told apart by a 64-bit hash first (distinct hashes: distinct columns, the usual
+    case, done); columns with equal hashes are compared in full, and the merged classes come in the
+    order `np.unique(table.T, axis=0)` gives (lexicographic by signed entries), which costs 10-30x
+    more than hashing (it sorts structured rows of `num_states` fields)."""
     if dfa.num_states == 0:
         return dfa
-    cols, inverse = np.unique(dfa.transitions.T, axis=0, return_inverse=True)
-    if cols.shape[0] == dfa.num_classes:
+    table = dfa.transitions
+    _, first, inverse = np.unique(_column_hashes(table), return_index=True, return_inverse=True)
+    if len(first) == dfa.num_classes:
         return dfa
     inverse = inverse.reshape(-1)
-    return DFA(
-        dfa.initial, dfa.accepting, np.ascontiguousarray(cols.T), inverse[dfa.symbol_class].astype(np.int32)
-    )
+    if not np.array_equal(table, table[:, first[inverse]]):  # a hash collision: sort exactly
+        cols, inverse = np.unique(table.T, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        new_table = np.ascontiguousarray(cols.T)
+    else:
+        # big-endian, offset to unsigned: byte order is signed numeric order, column by column
+        sortable = (table[:, first].astype(np.int64) + 2**31).astype(">u4")
+        order = sorted(range(len(first)), key=lambda i: sortable[:, i].tobytes())
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[order] = np.arange(len(first))
+        new_table = np.ascontiguousarray(table[:, first[order]])
+        inverse = rank[inverse]
+    return DFA(dfa.initial, dfa.accepting, new_table, inverse[dfa.symbol_class].astype(np.int32))
+
+
+def _column_hashes(table: np.ndarray) -> np.ndarray:
+    """uint64 per column of an int table: sum over rows of entry * a per-row odd multiplier
+    (mod 2^64), in chunks of rows (bounded temporaries)."""
+    n, c = table.shape
+    keys = np.zeros(c, dtype=np.uint64)
+    for lo in range(0, n, 1 << 16):
+        rows = np.arange(lo, min(n, lo + (1 << 16)), dtype=np.uint64)
+        mult = (rows + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        mult ^= mult >> np.uint64(29)
+        mult *= np.uint64(0xBF58476D1CE4E5B9)
+        mult |= np.uint64(1)
+        keys += mult @ table[lo : lo + (1 << 16)].astype(np.uint64)
+    return keys
 
 
 # ---------------------------------------------------------------------------------------------
