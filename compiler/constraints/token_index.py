@@ -393,7 +393,7 @@ def _rows_of(
         )
         is_dense = np.add.reduce(masks.view(np.uint8), axis=0, dtype=np.int32) >= DENSE_MIN_TOKENS
         # packed along the token axis first: the columns are then picked and transposed 8x smaller
-        packed = np.packbits(masks, axis=0, bitorder="little")  # [ceil(V/8), G]
+        packed = _pack_token_axis(masks)  # [ceil(V/8), G]
         del masks
         if is_dense.any():
             dense_rows.append(members[is_dense])
@@ -434,6 +434,21 @@ def _rows_of(
     pair_token = np.concatenate(pair_tokens)
     sparse_ptr, sparse_tokens = _pairs_csr(pair_row, pair_token, num_rows, vocab_size)
     return dense_id, dense_masks, sparse_ptr, sparse_tokens
+
+
+def _pack_token_axis(masks: np.ndarray) -> np.ndarray:
+    """`np.packbits(masks, axis=0, bitorder="little")` of a bool[V, G], 8x faster: eight shifted
+    ORs of contiguous row blocks (numpy packs along a non-last axis one strided byte at a time)."""
+    v, g = masks.shape
+    words = (v + 7) // 8
+    u = masks.view(np.uint8)
+    if v % 8:
+        u = np.concatenate([u, np.zeros((words * 8 - v, g), dtype=np.uint8)])
+    u = u.reshape(words, 8, g)
+    out = u[:, 0, :].copy()
+    for k in range(1, 8):
+        out |= u[:, k, :] << np.uint8(k)
+    return out
 
 
 def _packed_nonzero(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
