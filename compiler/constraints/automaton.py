@@ -445,6 +445,8 @@ def compact_classes(dfa: DFA) -> DFA:
     inverse = inverse.reshape(-1)
     if not np.array_equal(table, table[:, first[inverse]]):  # a hash collision: sort exactly
         cols, inverse = np.unique(table.T, axis=0, return_inverse=True)
+        if cols.shape[0] == dfa.num_classes:
+            return dfa
         inverse = inverse.reshape(-1)
         new_table = np.ascontiguousarray(cols.T)
     else:

@@ -207,7 +207,11 @@ def build_token_index(dfa: DFA, vocab: Vocabulary) -> TokenIndex:
         )
     split = token_split(vocab) if num_states >= SPLIT_MIN_STATES else None
     levels = trie_level_bytes(trie) if split is None else suffix_level_bytes(trie)
-    state_row = token_row_classes(dfa, trie.depth, levels)
+    kind: list[str] = []
+    state_row = token_row_classes(dfa, trie.depth, levels, kind if split is not None else None)
+    if kind == ["moore"]:  # Moore's classes: the rows come from them directly (`_rows_from_moore`)
+        state_row, rows = _rows_from_moore(dfa, state_row, split, vocab_size)  # type: ignore[arg-type]
+        return TokenIndex(vocab_size, state_row, *rows)
     num_rows = int(state_row.max()) + 1
     _, reps = np.unique(state_row, return_index=True)  # one representative state per row
     check_memory(num_rows * 64, "the token index")
@@ -285,15 +289,62 @@ def _split_rows(
     i is at position m + i). With `trie_level_bytes` it would not be: `?` is at position 3 of some
     SmolLM2 tokens and at position 1 of none.
     """
-    num_rows = len(reps)
-    ext = np.append(state_row.astype(np.int32), np.int32(-1))  # index -1: the dead state
+    short_class = _short_classes(dfa, state_row, reps, split)
+    long_alive = _long_rows(dfa, reps, split.long)  # bool[K, R]
+    return _assemble_split(dfa, reps, short_class, long_alive, split, vocab_size)
+
+
+def _short_classes(dfa: DFA, labels: np.ndarray, reps: np.ndarray, split: TokenSplit) -> np.ndarray:
+    """int64 per class of `labels` (`reps[i]` a state of class i): equal values allow the same
+    short tokens (the positional refinement on the classes' quotient, the short trie's levels)."""
+    ext = np.append(labels.astype(np.int32), np.int32(-1))  # index -1: the dead state
     quotient = ext[dfa.transitions[reps]]
     cols = [np.unique(dfa.symbol_class[b]) for b in trie_level_bytes(split.short)]
-    short_class = _positional_classes(quotient, cols).astype(np.int64)
-    _, short_reps = np.unique(short_class, return_index=True)
+    return _positional_classes(quotient, cols).astype(np.int64)
+
+
+def _rows_from_moore(
+    dfa: DFA, moore: np.ndarray, split: TokenSplit, vocab_size: int
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """(state_row, rows) from Moore's classes (`trie.depth` rounds) of a large automaton: a row
+    per distinct (short-token class, long tokens allowed) pair of a class's representative.
+
+    Exact: Moore-equal states are alive on the same strings of up to `trie.depth` + 1 bytes, so
+    they allow the same long tokens (walked once per class) and their successors are Moore-equal
+    on the 16 bytes of a short token, which makes the short trie's positional classes on the
+    Moore quotient exact (`_positional_on_quotient`'s argument). This skips the positional pass
+    over all 81 levels on that quotient, which gave rows only to merge them again here."""
+    _, reps = np.unique(moore, return_index=True)  # one state per Moore class
+    check_time()
+    short_class = _short_classes(dfa, moore, reps, split)
+    long_alive = _long_rows(dfa, reps, split.long)  # bool[K, M]
+    check_time()
+    # a row per distinct pair: the class id and the long tokens' bits, as one byte string each
+    pair = np.concatenate(
+        [short_class[:, None].view(np.uint8).reshape(len(reps), 8), np.packbits(long_alive.T, axis=1)], axis=1
+    )
+    _, first, row_of_class = np.unique(
+        np.ascontiguousarray(pair).view(np.dtype((np.void, pair.shape[1]))).reshape(-1),
+        return_index=True, return_inverse=True,
+    )
+    row_of_class = row_of_class.reshape(-1)
+    check_memory(len(first) * 64, "the token index")
+    state_row = row_of_class[moore].astype(np.int32)
+    rows = _assemble_split(dfa, reps[first], short_class[first], long_alive[:, first], split, vocab_size)
+    return state_row, rows
+
+
+def _assemble_split(
+    dfa: DFA, reps: np.ndarray, short_class: np.ndarray, long_alive: np.ndarray, split: TokenSplit,
+    vocab_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows (row i: state `reps[i]`) from their short-token classes and long tokens: the short
+    trie walked once per class, a row the union of its class's tokens and its long ones."""
+    num_rows = len(reps)
+    _, short_reps, short_class = np.unique(short_class, return_index=True, return_inverse=True)
+    short_class = short_class.reshape(-1)  # renumbered 0..C-1: row i of the walk is class i
     check_time()
     s_dense, s_masks, s_ptr, s_tokens = _rows_of(dfa, reps[short_reps], split.short, vocab_size)
-    long_alive = _long_rows(dfa, reps, split.long)  # bool[K, R]
     # -- dense rows: the class's mask with the row's long tokens set (distinct pairs, distinct masks)
     words = (vocab_size + 7) // 8
     row_dense = s_dense[short_class]
@@ -651,7 +702,9 @@ def suffix_level_bytes(trie: TokenTrie) -> list[np.ndarray]:
     return cached
 
 
-def token_row_classes(dfa: DFA, depth: int, level_bytes: list[np.ndarray] | None = None) -> np.ndarray:
+def token_row_classes(
+    dfa: DFA, depth: int, level_bytes: list[np.ndarray] | None = None, kind: list[str] | None = None
+) -> np.ndarray:
     """int32[S] labels 0..R-1 such that states with equal labels allow exactly the same tokens.
 
     A token of at most `depth` bytes is allowed in s iff its path from s stays alive, so s and s'
@@ -663,13 +716,17 @@ def token_row_classes(dfa: DFA, depth: int, level_bytes: list[np.ndarray] | None
     Refinement is incremental: a round recomputes signatures only for predecessors of states whose
     label changed in the previous round (a class splits only if some member's successor moved), so
     the long uniform middle of a counted repetition costs nothing after the first round.
+
+    `kind` given: a large table's Moore classes are returned as they are (not merged by the
+    positional refinement on their quotient) and `kind` gets "moore"; they are finer than rows
+    need, and `_rows_from_moore` makes rows of them.
     """
     n = dfa.num_states
     if n == 0:
         return np.zeros(0, dtype=np.int32)
     rep = _period_representatives(dfa, depth)
     if rep is None:
-        return _row_classes(dfa.transitions, dfa.symbol_class, depth, level_bytes)
+        return _row_classes(dfa.transitions, dfa.symbol_class, depth, level_bytes, kind)
     # Moore on the quotient: each state stands for the states it represents (see below)
     keep = np.flatnonzero(rep == np.arange(n))
     new_id = np.full(n + 1, -1, dtype=np.int64)  # new_id[-1] = -1: the dead state
@@ -679,7 +736,7 @@ def token_row_classes(dfa: DFA, depth: int, level_bytes: list[np.ndarray] | None
         rows = dfa.transitions[keep[lo : lo + _CHUNK]]
         quotient[lo : lo + _CHUNK] = new_id[np.where(rows >= 0, rep[np.maximum(rows, 0)], -1)]
     check_time()
-    labels = _row_classes(quotient, dfa.symbol_class, depth, level_bytes)
+    labels = _row_classes(quotient, dfa.symbol_class, depth, level_bytes, kind)
     return labels[new_id[rep]]
 
 
@@ -693,7 +750,8 @@ _QUOTIENT_POSITIONAL_MAX_WORK = 60_000_000
 
 
 def _row_classes(
-    table: np.ndarray, symbol_class: np.ndarray, depth: int, level_bytes: list[np.ndarray] | None
+    table: np.ndarray, symbol_class: np.ndarray, depth: int, level_bytes: list[np.ndarray] | None,
+    kind: list[str] | None = None,
 ) -> np.ndarray:
     cols = None
     if level_bytes is not None and len(level_bytes) == depth:
@@ -701,6 +759,9 @@ def _row_classes(
         if table.shape[0] * sum(len(c) for c in cols) <= _POSITIONAL_MAX_WORK:
             return _positional_classes(table, cols)
     labels = _moore_classes(table, depth)
+    if kind is not None:
+        kind.append("moore")
+        return labels
     if cols is None:
         return labels
     return _positional_on_quotient(table, labels, cols)
