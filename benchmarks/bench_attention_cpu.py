@@ -32,7 +32,7 @@ from models import load_model, resolve_model  # noqa: E402
 LAYERS, HEADS, KV_HEADS, HEAD_DIM = 30, 9, 3, 64
 
 
-def attention_case(batch: int, prefix: int, extend: int, rounds: int) -> dict[str, float]:
+def attention_case(batch: int, prefix: int, extend: int, rounds: int, clock=None) -> dict[str, float]:
     """Seconds for LAYERS attention calls of one step, native vs SDPA."""
     gen = torch.Generator().manual_seed(0)
     total = prefix + extend
@@ -65,7 +65,9 @@ def attention_case(batch: int, prefix: int, extend: int, rounds: int) -> dict[st
             v.index_copy_(0, new_slots, new_v)
             extend_attention_cpu(q, k, v, table, rows, prefix_lens, extend_lens, scale)
 
-    return race({"native": run_native, "sdpa": run_sdpa}, rounds)
+    if clock is None:
+        return race({"native": run_native, "sdpa": run_sdpa}, rounds)
+    return race({"native": run_native, "sdpa": run_sdpa}, rounds, clock)
 
 
 def whole_step(rounds: int, batches: list[int]) -> None:
@@ -89,14 +91,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-step", action="store_true", help="skip the whole-step table (no model load)")
+    parser.add_argument("--only-extends", action="store_true", help="only the extend rows (where NATIVE_MAX_EXTEND is chosen)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="one torch thread, timed by the thread's CPU time (A/B on a busy machine)")
     args = parser.parse_args()
+    clock = None
+    if args.cpu_time:
+        import time
+
+        torch.set_num_threads(1)
+        clock = time.thread_time
     print(f"# bench_attention_cpu: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load avg {os.getloadavg()[0]:.1f}")
     print("\n| attention, 30 layers | native ms | SDPA ms | speedup |")
     print("|---|---|---|---|")
-    cases = [(b, ctx, 1) for b in (1, 8, 32) for ctx in (128, 512, 2048)] + [(8, 400, 2), (8, 400, 4), (8, 400, 8), (8, 400, 16)]
+    cases = [] if args.only_extends else [(b, ctx, 1) for b in (1, 8, 32) for ctx in (128, 512, 2048)]
+    cases += [(8, 400, n) for n in (2, 4, 8, 16, 32, 64, 128)]
     for batch, prefix, extend in cases:
-        best = attention_case(batch, prefix, extend, args.rounds)
+        best = attention_case(batch, prefix, extend, args.rounds, clock)
         kind = "decode" if extend == 1 else f"extend {extend}"
         print(f"| {kind}, batch {batch}, context {prefix} | {1000 * best['native']:.1f} | "
               f"{1000 * best['sdpa']:.1f} | {best['sdpa'] / best['native']:.2f}x |")

@@ -79,11 +79,21 @@ class StepHarness:
         self.table = ReqToTokenPool(max_batch + PREFILL[0], CONTEXT + PREFILL[1] + 8)
         self.runner = ModelRunner(model, self.pool, self.table, cfg.head_dim)
         self.vocab = cfg.vocab_size
-        # Decode sequences' slots interleave (each step allocates one slot per request), as in the engine.
-        for b in range(max_batch):
-            self.table.req_to_token[b, : CONTEXT + 1] = 1 + b + max_batch * torch.arange(CONTEXT + 1)
+        # Each sequence's context in one contiguous run of slots, as the engine lays it out: a prompt's
+        # prefill allocates its slots together and decode slots come in per-request runs of 16
+        # (`KVManager.allocate_decode`). `--interleaved` gives the old layout (one slot per request
+        # per step, requests interleaved), the worst case for attention's memory access.
+        self.layout(interleaved=False)
         self.max_batch = max_batch
         self._fill_kv()
+
+    def layout(self, interleaved: bool) -> None:
+        max_batch = self.table.req_to_token.shape[0] - PREFILL[0]
+        for b in range(max_batch):
+            if interleaved:
+                self.table.req_to_token[b, : CONTEXT + 1] = 1 + b + max_batch * torch.arange(CONTEXT + 1)
+            else:
+                self.table.req_to_token[b, : CONTEXT + 1] = 1 + b * (CONTEXT + 1) + torch.arange(CONTEXT + 1)
 
     def _fill_kv(self) -> None:
         """Finite, realistic-scale KV everywhere (the pool starts uninitialized)."""
@@ -194,6 +204,8 @@ def main() -> int:
     parser.add_argument("--no-steps", action="store_true", help="skip the step timings (raw batch / HF only)")
     parser.add_argument("--batches", default="1,8,32,64", help="decode batch sizes, comma-separated (each <= 64)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="decode contexts interleaved across requests (worst case) instead of the engine's runs")
     args = parser.parse_args()
 
     if args.threads < 0:
@@ -211,6 +223,8 @@ def main() -> int:
 def time_steps(folder: Path, args: argparse.Namespace) -> None:
     model, cfg = load_model(folder, "cpu", torch.float32)
     harness = StepHarness(model, cfg)
+    if args.interleaved:
+        harness.layout(interleaved=True)
     print("\n| measurement | ms (min) | tok/s | vs bound at same M |")
     print("|---|---|---|---|")
     bounds = {}

@@ -25,7 +25,9 @@ PARTS = ("linears", "attention (kernel)", "KV write", "norms", "rope", "embeddin
 
 
 def _category(module: nn.Module) -> str | None:
-    if isinstance(module, (MergedLinear, nn.Linear)):
+    """The part a module's forward hooks count (fused projections are timed by wrapping
+    `forward_unsplit` instead, which the decoder's fused path calls directly)."""
+    if isinstance(module, nn.Linear):
         return "linears"
     if isinstance(module, RMSNorm):
         return "norms"
@@ -50,6 +52,16 @@ class _Timer:
         return wrapper
 
 
+class _TimedLayerOps:
+    """The fused layer ops with their norm and rotary calls timed (SiLU*up stays in the rest)."""
+
+    def __init__(self, ops, timer: _Timer) -> None:
+        self.rmsnorm = timer.timed("norms", ops.rmsnorm)
+        self.add_rmsnorm_ = timer.timed("norms", ops.add_rmsnorm_)
+        self.rotate_ = timer.timed("rope", ops.rotate_)
+        self.silu_mul = ops.silu_mul
+
+
 def time_parts(harness, batch, rounds: int) -> dict[str, float]:
     """Mean ms per part of `harness.step(batch)` over `rounds` steps (after one warm-up)."""
     timer = _Timer()
@@ -70,6 +82,12 @@ def time_parts(harness, batch, rounds: int) -> dict[str, float]:
 
         handles.append(module.register_forward_pre_hook(pre))
         handles.append(module.register_forward_hook(post))
+    merged = [m for m in model.modules() if isinstance(m, MergedLinear)]
+    for module in merged:
+        module.forward_unsplit = timer.timed("linears", module.forward_unsplit)
+    layer_ops = getattr(model, "layer_ops", None)
+    if layer_ops is not None:  # the fused native path: its norms include the residual adds
+        model.layer_ops = _TimedLayerOps(layer_ops, timer)
     original_attention_for = runner._attention_for
     original_write = harness.pool.write
     original_logits = runner.logits
@@ -103,6 +121,10 @@ def time_parts(harness, batch, rounds: int) -> dict[str, float]:
     finally:
         for h in handles:
             h.remove()
+        for module in merged:
+            del module.forward_unsplit
+        if layer_ops is not None:
+            model.layer_ops = layer_ops
         for name, fn in rotary_functions.items():
             setattr(decoder, name, fn)
         for rotary in rotaries:

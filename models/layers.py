@@ -274,7 +274,7 @@ class QKVProjection(MergedLinear):
         self._qk_width = (num_heads + num_kv_heads) * head_dim
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = cpu_pack.linear(x, self.weight, self.bias, self.weight_pack)
+        out = self.forward_unsplit(x)
         num_tokens = x.shape[0]
         width = self._qk_width
         return (

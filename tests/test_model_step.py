@@ -182,6 +182,50 @@ def test_runner_packs_projections_and_logits_do_not_change(tied):
         assert torch.equal(ours.argmax(-1), plain.argmax(-1))
 
 
+def test_mixed_extend_batch_splits_between_native_and_sdpa():
+    """Decodes beside a long extend in one pass: the short requests go through the native kernel,
+    the long one through SDPA, and the hidden states equal the all-SDPA path's (float rounding)."""
+    from executor.runtime import model_runner
+
+    model, config = tiny_model(False)
+    pool = KVPool(96, config.num_hidden_layers, config.num_key_value_heads, config.head_dim)
+    table = ReqToTokenPool(4, 48)
+    runner = ModelRunner(model, pool, table, config.head_dim)
+    gen = torch.Generator().manual_seed(3)
+    prompt_lens = [6, 9, 4]
+    rows = torch.arange(3)
+    slot = 1
+    for row, length in enumerate(prompt_lens):
+        table.req_to_token[row, :length] = torch.arange(slot, slot + length)
+        slot += length
+    prefill = ForwardBatch(ForwardMode.EXTEND, torch.randint(1, 120, (sum(prompt_lens),), generator=gen),
+                           torch.cat([torch.arange(n) for n in prompt_lens]), torch.arange(1, slot), rows,
+                           prefix_lens=torch.zeros(3, dtype=torch.long), extend_lens=torch.tensor(prompt_lens))
+    extends = [1, model_runner.NATIVE_MAX_EXTEND + 5, 2]
+    new_slots = []
+    for row, (length, extra) in enumerate(zip(prompt_lens, extends)):
+        table.req_to_token[row, length : length + extra] = torch.arange(slot, slot + extra)
+        new_slots.append(torch.arange(slot, slot + extra))
+        slot += extra
+    mixed = ForwardBatch(ForwardMode.EXTEND, torch.randint(1, 120, (sum(extends),), generator=gen),
+                         torch.cat([torch.arange(p, p + n) for p, n in zip(prompt_lens, extends)]), torch.cat(new_slots),
+                         rows, prefix_lens=torch.tensor(prompt_lens), extend_lens=torch.tensor(extends))
+    outputs = []
+    for native in (True, False):
+        runner.native_attention = native
+        with torch.inference_mode():
+            runner.forward(prefill)
+            outputs.append(runner.forward(mixed))
+    assert runner._mixed_extend_attention_for(mixed) is not None or cpu_native_missing()
+    assert_close(outputs[0], outputs[1])
+
+
+def cpu_native_missing() -> bool:
+    from executor.kernels.cpu_native import library
+
+    return library() is None
+
+
 def test_bfloat16_model_is_not_packed_and_still_runs():
     model, config = tiny_model(True, torch.bfloat16)
     with torch.inference_mode():

@@ -238,6 +238,51 @@ class NativePagedAttention:
         return out
 
 
+class MixedExtendAttention:
+    """An extend batch split by request: the native kernel for the requests with few new tokens,
+    SDPA over gathered KV for the rest (each request attends only to its own keys, so the two
+    halves are independent). Built once per forward pass, called per layer."""
+
+    def __init__(self, pool, native: NativePagedAttention, table: torch.Tensor, short_tokens: torch.Tensor,
+                 long_tokens: torch.Tensor, long_slots: torch.Tensor, long_rows: torch.Tensor,
+                 long_prefix: torch.Tensor, long_extend: torch.Tensor, scale: float) -> None:
+        self._pool = pool
+        self._native = native
+        self._table = table
+        self._short_tokens, self._long_tokens = short_tokens, long_tokens
+        self._long_slots, self._long_rows = long_slots, long_rows
+        self._long_prefix, self._long_extend = long_prefix, long_extend
+        self._scale = scale
+
+    @classmethod
+    def create(cls, pool, table: torch.Tensor, req_rows: torch.Tensor, prefix_lens: torch.Tensor,
+               extend_lens: torch.Tensor, new_slots: torch.Tensor, short: torch.Tensor, scale: float,
+               num_heads: int | None) -> MixedExtendAttention | None:
+        """`short`: which requests take the native kernel. None when the kernel is unavailable."""
+        token_is_short = torch.repeat_interleave(short, extend_lens)
+        short_tokens = token_is_short.nonzero().view(-1)
+        long_tokens = (~token_is_short).nonzero().view(-1)
+        native = NativePagedAttention.create(table, req_rows[short], prefix_lens[short], extend_lens[short],
+                                             new_slots[short_tokens], scale, pool.head_dim, pool.dtype,
+                                             num_heads=num_heads)
+        if native is None:
+            return None
+        long = ~short
+        return cls(pool, native, table, short_tokens, long_tokens, new_slots[long_tokens], req_rows[long],
+                   prefix_lens[long], extend_lens[long], scale)
+
+    def __call__(self, layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store every new token's K/V and attend: q [T, H, D] -> [T, H, D]."""
+        k_buffer, v_buffer = self._pool.k_buffer(layer_id), self._pool.v_buffer(layer_id)
+        out = torch.empty(q.shape, dtype=q.dtype)
+        longs, shorts = self._long_tokens, self._short_tokens
+        self._pool.write(layer_id, self._long_slots, k[longs], v[longs])
+        out[longs] = extend_attention_cpu(q[longs], k_buffer, v_buffer, self._table, self._long_rows,
+                                          self._long_prefix, self._long_extend, self._scale)
+        out[shorts] = self._native(q[shorts], k[shorts], v[shorts], k_buffer, v_buffer)  # stores its k, v
+        return out
+
+
 def _decode_items(shared: SharedPrefix, batch: int, max_members: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Work items of a grouped decode: each declared group (split into pieces of at most
     `max_members`, which keep the group's shared length), then every other request alone."""

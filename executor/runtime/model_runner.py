@@ -24,6 +24,7 @@ from torch import nn
 
 from executor import kernels
 from executor.kernels.attention_cpu import (
+    MixedExtendAttention,
     NativePagedAttention,
     decode_attention_cpu,
     extend_attention_cpu,
@@ -40,9 +41,10 @@ from executor.runtime.memory import KVPool, ReqToTokenPool
 from models.cpu_pack import pack_linears
 
 # Up to this many new tokens per request, the native kernel beats SDPA over gathered KV (CPU time,
-# one thread, 8 requests over 400 cached tokens: decode 1.75x, 2-token extends 1.55x, 4 tokens even,
-# 8 tokens 0.88x; benchmarks/bench_attention_cpu.py); beyond it SDPA's blocked matmuls win.
-NATIVE_MAX_EXTEND = 4
+# one thread, 8 requests over 400 cached tokens: 2-token extends 3.4x, 4 tokens 2.4x, 8 tokens
+# 1.4x, 16 tokens 0.96x; `bench_attention_cpu.py --only-extends --cpu-time`); beyond it SDPA's
+# blocked matmuls win. In a batch that mixes both, each request takes its own side.
+NATIVE_MAX_EXTEND = 12
 
 
 class ModelRunner:
@@ -90,8 +92,14 @@ class ModelRunner:
         pool = self.kv_pool
         scale = self.scale
         native = self._native_attention_for(batch) if self.native_attention else None
+        mixed = self._mixed_extend_attention_for(batch) if native is None and self.native_attention else None
 
-        if native is not None:
+        if mixed is not None:
+
+            def attention(layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                return mixed(layer_id, q, k, v)
+
+        elif native is not None:
 
             def attention(layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
                 return native(q, k, v, pool.k_buffer(layer_id), pool.v_buffer(layer_id))  # stores k, v too
@@ -156,6 +164,20 @@ class ModelRunner:
             self.req_to_token.req_to_token, batch.req_rows, prefix_lens, extend_lens, batch.out_cache_loc,
             self.scale, self.kv_pool.head_dim, self.kv_pool.dtype, shared=batch.shared_prefix,
             num_heads=self.num_heads,
+        )
+
+    def _mixed_extend_attention_for(self, batch: ForwardBatch) -> MixedExtendAttention | None:
+        """For an extend batch where only some requests are longer than NATIVE_MAX_EXTEND (a mixed
+        step's decodes beside a chain's forced text or a new prompt): the native kernel for the
+        short requests and SDPA for the long ones, instead of SDPA over all of them."""
+        if not self.on_cpu or batch.mode is not ForwardMode.EXTEND or self.kv_pool.dtype != torch.float32:
+            return None
+        short = batch.extend_lens <= NATIVE_MAX_EXTEND
+        if not bool(short.any()) or bool(short.all()):
+            return None
+        return MixedExtendAttention.create(
+            self.kv_pool, self.req_to_token.req_to_token, batch.req_rows, batch.prefix_lens, batch.extend_lens,
+            batch.out_cache_loc, short, self.scale, self.num_heads,
         )
 
     @torch.inference_mode()

@@ -21,6 +21,7 @@
  */
 
 #include <float.h>
+#include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,13 +47,32 @@ static inline vf load_v(const float *p) {
 
 static inline void store_v(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
+/* The lanes' sum as a tree of halvings (4 shuffle+add steps at 16 lanes). A lane-by-lane scalar
+ * loop is one chain of 16 dependent adds (~64 cycles of latency per q.k dot): measured, it made a
+ * 32-request decode's attention compute-bound. */
 static inline float sum_v(vf v) {
-    float s = 0.0f;
-    for (int k = 0; k < LANES; k++) s += v[k];
-    return s;
+#if LANES == 16
+    return _mm512_reduce_add_ps((__m512)v);
+#else
+    const __m256 x = (__m256)v;
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+#endif
 }
 
 static inline vf splat(float x) { return (vf){0} + x; }
+
+/* *p in every lane as a broadcast load (a load-port uop; broadcasting a register competes with the
+ * second FMA unit for its port). */
+static inline vf broadcast(const float *p) {
+#if LANES == 16
+    return (vf)_mm512_set1_ps(*p);
+#else
+    return (vf)_mm256_broadcast_ss(p);
+#endif
+}
 
 /* exp(x) for x <= 0, all lanes: Cody-Waite reduction by ln 2 (round to nearest with the 1.5 * 2^23
  * trick), then a degree-6 polynomial; ~1 ulp on [-87, 0], clamped below (softmax weights that small
@@ -112,18 +132,17 @@ static inline float softmax_block(float *scores, int64_t m, float *max_score, fl
     return correction;
 }
 
-/* One query row over one block of keys, all of which it sees: scores, the online softmax update,
- * and the weighted values added into its accumulator. */
-static inline __attribute__((always_inline)) void attend_row_block(
-    const float *q_row, const float *const *k_rows, const float *const *v_rows, int64_t kv, int64_t m,
-    int64_t head_dim, int vector, float *scores, float *max_score, float *denominator, float *a) {
-    for (int64_t t = 0; t < m; t++) scores[t] = dot(q_row, k_rows[t] + kv, head_dim, vector);
+/* One query row over one block of keys whose scores[0 .. m) are computed: the online softmax
+ * update, and the weighted values added into its accumulator. */
+static inline __attribute__((always_inline)) void attend_row_scored(
+    const float *const *v_rows, int64_t kv, int64_t m, int64_t head_dim, int vector, float *scores,
+    float *max_score, float *denominator, float *a) {
     const float correction = softmax_block(scores, m, max_score, denominator);
     if (vector) { /* the row's accumulator in registers across the block's keys */
         vf sum[MAX_HEAD_DIM / LANES];
         for (int64_t c = 0; c < head_dim / LANES; c++) sum[c] = load_v(a + c * LANES) * correction;
         for (int64_t t = 0; t < m; t++) {
-            const vf p = splat(scores[t]);
+            const vf p = broadcast(scores + t);
             const float *v_row = v_rows[t] + kv;
             for (int64_t c = 0; c < head_dim / LANES; c++) sum[c] += p * load_v(v_row + c * LANES);
         }
@@ -136,6 +155,41 @@ static inline __attribute__((always_inline)) void attend_row_block(
         }
     }
 }
+
+/* One query row over one block of keys, all of which it sees: scores, then attend_row_scored. */
+static inline __attribute__((always_inline)) void attend_row_block(
+    const float *q_row, const float *const *k_rows, const float *const *v_rows, int64_t kv, int64_t m,
+    int64_t head_dim, int vector, float *scores, float *max_score, float *denominator, float *a) {
+    for (int64_t t = 0; t < m; t++) scores[t] = dot(q_row, k_rows[t] + kv, head_dim, vector);
+    attend_row_scored(v_rows, kv, m, head_dim, vector, scores, max_score, denominator, a);
+}
+
+/* One KV head's slice of a block's keys, transposed: kt[d * KEY_BLOCK + t] = k_rows[t][kv + d],
+ * keys past n zero. Rows that share the block (an extend's tokens x the GQA group) then score all
+ * its keys with broadcast FMAs, KEY_BLOCK / LANES vectors of keys per query value, instead of one
+ * dot product and one horizontal sum per (row, key). */
+static inline void transpose_keys(const float *const *k_rows, int64_t kv, int64_t n, int64_t head_dim, float *kt) {
+    for (int64_t t = 0; t < n; t++) {
+        const float *k = k_rows[t] + kv;
+        for (int64_t d = 0; d < head_dim; d++) kt[d * KEY_BLOCK + t] = k[d];
+    }
+    for (int64_t t = n; t < KEY_BLOCK; t++)
+        for (int64_t d = 0; d < head_dim; d++) kt[d * KEY_BLOCK + t] = 0.0f;
+}
+
+/* scores[0 .. KEY_BLOCK) = q_row . keys, from the transposed block. */
+static inline __attribute__((always_inline)) void score_transposed(const float *q_row, const float *kt,
+                                                                    int64_t head_dim, float *scores) {
+    vf acc[KEY_BLOCK / LANES] = {0};
+    for (int64_t d = 0; d < head_dim; d++) {
+        const vf qd = broadcast(q_row + d);
+        for (int c = 0; c < KEY_BLOCK / LANES; c++) acc[c] += qd * load_v(kt + d * KEY_BLOCK + c * LANES);
+    }
+    for (int c = 0; c < KEY_BLOCK / LANES; c++) store_v(scores + c * LANES, acc[c]);
+}
+
+/* Rows of one block and KV head from which the transposed scoring pays for its transpose. */
+#define TRANSPOSE_MIN_ROWS 8
 
 /* A block's key and value row pointers (all KV heads of a slot side by side). */
 static inline void block_rows(const int64_t *slots, int64_t n, const float *k_buffer, const float *v_buffer,
@@ -171,6 +225,7 @@ typedef struct {
     float q_scaled[MAX_ROWS * MAX_HEAD_DIM] __attribute__((aligned(64)));
     float acc[MAX_ROWS * MAX_HEAD_DIM] __attribute__((aligned(64)));
     float scores[KEY_BLOCK + LANES] __attribute__((aligned(64)));
+    float kt[MAX_HEAD_DIM * KEY_BLOCK] __attribute__((aligned(64))); /* transpose_keys' block */
     const float *k_rows[KEY_BLOCK];
     const float *v_rows[KEY_BLOCK];
 } item_rows;
@@ -220,16 +275,24 @@ static inline __attribute__((always_inline)) void attend_item(
         block_rows(slots + start, n, k_buffer, v_buffer, slot_stride, st.k_rows, st.v_rows);
         const int64_t next = keys - start - n < KEY_BLOCK ? keys - start - n : KEY_BLOCK;
         prefetch_block(slots + start + n, next, k_buffer, v_buffer, slot_stride);
+        const int transposed = vector && tokens * group >= TRANSPOSE_MIN_ROWS;
         for (int64_t h = 0; h < num_kv_heads; h++) {
+            if (transposed) transpose_keys(st.k_rows, h * head_dim, n, head_dim, st.kt);
             for (int64_t token = 0; token < tokens; token++) {
                 int64_t m = prefix + token0 + token - start + 1; /* keys start .. own position */
                 if (m <= 0) continue;
                 if (m > n) m = n;
                 for (int64_t g = 0; g < group; g++) {
                     const int64_t i = token * num_heads + h * group + g;
-                    attend_row_block(st.q_scaled + i * head_dim, st.k_rows, st.v_rows, h * head_dim, m, head_dim,
-                                     vector, st.scores, &st.max_score[i], &st.denominator[i],
-                                     st.acc + i * head_dim);
+                    if (transposed) {
+                        score_transposed(st.q_scaled + i * head_dim, st.kt, head_dim, st.scores);
+                        attend_row_scored(st.v_rows, h * head_dim, m, head_dim, vector, st.scores, &st.max_score[i],
+                                          &st.denominator[i], st.acc + i * head_dim);
+                    } else {
+                        attend_row_block(st.q_scaled + i * head_dim, st.k_rows, st.v_rows, h * head_dim, m,
+                                         head_dim, vector, st.scores, &st.max_score[i], &st.denominator[i],
+                                         st.acc + i * head_dim);
+                    }
                 }
             }
         }
