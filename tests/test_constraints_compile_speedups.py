@@ -185,3 +185,16 @@ def test_pairs_csr_sorts_tokens_within_rows() -> None:
     assert ptr[0] == 0 and ptr[-1] == 2000 and out.dtype == np.int32
     for r in range(60):
         assert out[ptr[r] : ptr[r + 1]].tolist() == sorted(tokens[rows == r].tolist())
+
+
+def test_long_rows_agree_whether_rows_are_dense_or_sparse(vocab: Vocabulary, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_long_rows` reads `_rows_of`'s sparse lists and its bitmasks alike (SmolLM2's 155 long
+    tokens never make a dense row, so one is forced here)."""
+    split = token_index.token_split(vocab)
+    fsm = compile_json_schema({"type": "string", "pattern": '^[ a-z"#=?*-]{0,100}$'}, vocab)
+    reps = np.arange(fsm.num_states)
+    sparse = token_index._long_rows(fsm.dfa, reps, split.long)
+    monkeypatch.setattr(token_index, "DENSE_MIN_TOKENS", 1)
+    monkeypatch.setattr(token_index, "_DENSE_WALK_MIN_NODES", 0)
+    dense = token_index._long_rows(fsm.dfa, reps, split.long)
+    assert sparse.any() and np.array_equal(sparse, dense)
