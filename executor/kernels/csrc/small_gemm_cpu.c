@@ -28,7 +28,10 @@
 #define LANES 8
 #define MR 4
 #endif
-#define NR (2 * LANES)
+#ifndef NV
+#define NV 2 /* vectors of output columns per tile */
+#endif
+#define NR (NV * LANES)
 
 typedef float vf __attribute__((vector_size(LANES * 4)));
 
@@ -80,8 +83,9 @@ int sgc_gemm_pack_f32(const float *w, int64_t w_stride, int64_t n, int64_t k, fl
 static inline __attribute__((always_inline)) void tile(const float *x, int64_t x_stride, int R, const float *panel,
                                                       int64_t k, const float *bias, float *y, int64_t y_stride,
                                                       int64_t cols, const char *prefetch, int64_t prefetch_lines) {
-    vf lo[MR], hi[MR];
-    for (int r = 0; r < R; r++) lo[r] = hi[r] = (vf){0};
+    vf acc[MR][NV];
+    for (int r = 0; r < R; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = (vf){0};
     int64_t fetched = 0, owed = 0; /* prefetch_lines spread evenly over the k loop */
 #pragma GCC unroll 4
     for (int64_t kk = 0; kk < k; kk++) {
@@ -90,31 +94,28 @@ static inline __attribute__((always_inline)) void tile(const float *x, int64_t x
             __builtin_prefetch(prefetch + 64 * fetched++, 0, 2);
             owed -= k;
         }
-        const vf b0 = load_v(panel + kk * NR), b1 = load_v(panel + kk * NR + LANES);
+        vf b[NV];
+        for (int v = 0; v < NV; v++) b[v] = load_v(panel + kk * NR + v * LANES);
         for (int r = 0; r < R; r++) {
             const vf a = broadcast(x + r * x_stride + kk);
-            lo[r] += a * b0;
-            hi[r] += a * b1;
+            for (int v = 0; v < NV; v++) acc[r][v] += a * b[v];
         }
     }
     if (bias) {
         float padded[NR] = {0};
         memcpy(padded, bias, (size_t)cols * sizeof(float));
-        const vf bias0 = load_v(padded), bias1 = load_v(padded + LANES);
-        for (int r = 0; r < R; r++) {
-            lo[r] += bias0;
-            hi[r] += bias1;
+        for (int v = 0; v < NV; v++) {
+            const vf bias_v = load_v(padded + v * LANES);
+            for (int r = 0; r < R; r++) acc[r][v] += bias_v;
         }
     }
     for (int r = 0; r < R; r++) {
         float *dst = y + r * y_stride;
         if (cols == NR) {
-            store_v(dst, lo[r]);
-            store_v(dst + LANES, hi[r]);
+            for (int v = 0; v < NV; v++) store_v(dst + v * LANES, acc[r][v]);
         } else {
             float row[NR];
-            store_v(row, lo[r]);
-            store_v(row + LANES, hi[r]);
+            for (int v = 0; v < NV; v++) store_v(row + v * LANES, acc[r][v]);
             memcpy(dst, row, (size_t)cols * sizeof(float));
         }
     }
