@@ -91,6 +91,8 @@ class NativeLayerOps:
 
 def _rows(x: torch.Tensor, name: str) -> tuple[int, int]:
     """(rows, width) of a [rows, width] float32 CPU tensor whose rows are contiguous."""
+    if x.dtype is torch.float32 and x.is_cpu and x.dim() == 2 and x.is_contiguous():
+        return x.shape  # the common case, checked in one pass (these calls run ~120 times a step)
     if x.dim() != 2 or x.dtype != torch.float32 or x.device.type != "cpu":
         raise ValueError(f"{name} must be a [rows, width] float32 CPU tensor, got {x.dtype} {tuple(x.shape)}")
     if x.stride(1) != 1 or (x.shape[0] > 1 and x.stride(0) < x.shape[1]):
@@ -99,6 +101,8 @@ def _rows(x: torch.Tensor, name: str) -> tuple[int, int]:
 
 
 def _vector(weight: torch.Tensor, size: int, name: str) -> None:
+    if weight.dtype is torch.float32 and weight.dim() == 1 and weight.shape[0] == size and weight.is_contiguous():
+        return
     if weight.shape != (size,) or weight.dtype != torch.float32 or not weight.is_contiguous():
         raise ValueError(f"{name} must be a contiguous float32 vector of {size}, got {tuple(weight.shape)}")
 

@@ -33,9 +33,9 @@ class PanelWeight:
 
     def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x [M, in] float32 -> x @ weight.T + bias, [M, out]."""
-        if x.dim() != 2 or x.shape[1] != self.in_features or x.dtype != torch.float32:
+        if x.dtype is not torch.float32 or x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"panel matmul: x of shape {tuple(x.shape)} for a weight with {self.in_features} inputs")
-        if x.stride(1) != 1 or (x.shape[0] > 1 and x.stride(0) < x.shape[1]):
+        if not x.is_contiguous():
             x = x.contiguous()
         bias_ptr = None
         if bias is not None:
@@ -45,7 +45,7 @@ class PanelWeight:
             bias_ptr = bias.data_ptr()
         rows = x.shape[0]
         y = torch.empty((rows, self.out_features), dtype=torch.float32)
-        status = self._lib.sgc_gemm_f32(x.data_ptr(), max(x.stride(0), self.in_features), rows, self.in_features,
+        status = self._lib.sgc_gemm_f32(x.data_ptr(), self.in_features, rows, self.in_features,
                                         self.packed.data_ptr(), self.out_features, bias_ptr, y.data_ptr(),
                                         self.out_features, torch.get_num_threads())
         if status != 0:
