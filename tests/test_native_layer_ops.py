@@ -7,6 +7,12 @@ are ValueErrors raised before any native code runs.
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -115,3 +121,17 @@ def test_panel_gemm_rejects_mismatched_inputs():
         packed.matmul(torch.randn(3, 8), torch.randn(15))
     with pytest.raises(ValueError, match="float32"):
         PanelWeight(library(), torch.randn(4, 4).double())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the AVX2 build is an x86 target")
+def test_the_avx2_build_passes_the_same_tests(tmp_path):
+    """The kernels have 16-lane (AVX-512) and 8-lane (AVX2) code paths and -march=native picks one:
+    build the other one here (`SGC_NATIVE_ARCH=haswell`, in its own cache) and run the kernel tests."""
+    env = {**os.environ, "SGC_NATIVE_ARCH": "haswell", "SGC_CACHE": str(tmp_path)}
+    tests = [str(Path(__file__).parent / name) for name in ("test_native_layer_ops.py", "test_native_attention.py")]
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", *tests],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    built = list((tmp_path / "kernels").glob("*.so"))
+    assert built, "the AVX2 build did not happen"
