@@ -220,6 +220,24 @@ def test_mixed_extend_batch_splits_between_native_and_sdpa():
     assert_close(outputs[0], outputs[1])
 
 
+def test_without_the_native_library_the_step_runs_on_torch_kernels(monkeypatch):
+    """No compiler (or SGC_NATIVE_KERNELS=0): no fused ops, oneDNN/MKL packs, SDPA attention, and the
+    same logits as with the native kernels, up to float rounding."""
+    from executor.kernels import cpu_native
+
+    model, config = tiny_model(False)
+    with torch.inference_mode():
+        native = run_steps(model, config)
+    monkeypatch.setattr(cpu_native, "library", lambda: None)
+    with torch.inference_mode():
+        plain = run_steps(model, config)
+    assert model.layer_ops is None
+    packs = [m.weight_pack for m in model.modules() if getattr(m, "weight_pack", None) is not None]
+    assert packs and all(p.panels is None for p in packs)
+    for ours, theirs in zip(native, plain):
+        assert_close(ours, theirs)
+
+
 def cpu_native_missing() -> bool:
     from executor.kernels.cpu_native import library
 

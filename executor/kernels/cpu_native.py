@@ -32,6 +32,7 @@ SOURCES = (
     Path(__file__).with_name("csrc") / "layer_ops_cpu.c",
     Path(__file__).with_name("csrc") / "small_gemm_cpu.c",
 )
+HEADERS = (Path(__file__).with_name("csrc") / "simd.h",)
 FLAGS = ("-O3", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 
 
@@ -89,14 +90,17 @@ def library() -> ctypes.CDLL | None:
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        log.warning("no C compiler found: CPU attention uses the torch path (slower at decode)")
+        log.warning("no C compiler found: the CPU step uses torch's kernels (slower at decode)")
         return None
     import torch  # noqa: F401  (torch's libgomp must be loaded first, so the kernels share it)
 
-    key = hashlib.sha256(
-        "\0".join([*(s.read_text() for s in SOURCES), " ".join(build_flags()), compiler, _cpu_fingerprint()]).encode()
-    ).hexdigest()[:16]
-    target = _cache_dir() / f"sgc_cpu_kernels-{key}.so"
+    try:
+        texts = [source.read_text() for source in (*SOURCES, *HEADERS)]
+    except OSError as exc:  # an install without the C sources
+        log.warning("native CPU kernel sources missing, using the torch path: %s", exc)
+        return None
+    key = hashlib.sha256("\0".join([*texts, " ".join(build_flags()), compiler, _cpu_fingerprint()]).encode())
+    target = _cache_dir() / f"sgc_cpu_kernels-{key.hexdigest()[:16]}.so"
     try:
         if not target.exists():
             _build(compiler, target)

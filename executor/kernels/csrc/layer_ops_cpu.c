@@ -16,31 +16,12 @@
 #pragma GCC optimize("fp-contract=off")
 
 #include <math.h>
-#include <stdint.h>
-#include <string.h>
 
-#if defined(__AVX512F__)
-#define LANES 16
-#else
-#define LANES 8
-#endif
-
-typedef float vf __attribute__((vector_size(LANES * 4)));
-typedef int32_t vi __attribute__((vector_size(LANES * 4)));
+#include "simd.h"
 
 /* Below this many floats a call runs on the calling thread: a parallel region's fork and join
  * (~5-20 us on two cores) is more than the work. */
 #define PARALLEL_MIN_FLOATS (64 * 1024)
-
-static inline vf load_v(const float *p) {
-    vf v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void store_v(float *p, vf v) { memcpy(p, &v, sizeof v); }
-
-static inline vf splat(float x) { return (vf){0} + x; }
 
 /* Sum of squares of one row, LANES x 2 partial sums then a fixed tree: deterministic for a given
  * row length, independent of the batch it came in (no row sees another's data). */
@@ -145,30 +126,6 @@ int sgc_rope_f32(float *x, int64_t token_stride, int64_t tokens, int64_t heads, 
         }
     }
     return bad ? 2 : 0;
-}
-
-/* exp(x) for all lanes: Cody-Waite reduction by ln 2, degree-6 polynomial, ~1 ulp; clamped to
- * [-87.3, 88.7] (beyond it float exp is 0 / inf in effect: SiLU's result is the same). */
-static inline vf exp_v(vf x) {
-    const vf lo = splat(-87.3f), hi = splat(88.7f);
-    const vi below = x < lo, above = x > hi; /* lanes of -1 where true */
-    x = (vf)(((vi)x & ~below) | ((vi)lo & below));
-    x = (vf)(((vi)x & ~above) | ((vi)hi & above));
-    const float round_magic = 12582912.0f; /* 1.5 * 2^23 */
-    vf n = (x * 1.44269504088896341f + round_magic) - round_magic;
-    vf r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    vf p = splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    /* 2^n in two halves, so n = 128 (x near 88.7) does not overflow the exponent field. */
-    const vi n_int = __builtin_convertvector(n, vi);
-    const vi n_lo = n_int >> 1, n_hi = n_int - (n_int >> 1);
-    return (p * (vf)((n_lo + 127) << 23)) * (vf)((n_hi + 127) << 23);
 }
 
 /* out[r] = silu(gate[r]) * up[r] where gate_up[r] = [gate | up], each `width` floats. */

@@ -21,82 +21,15 @@
  */
 
 #include <float.h>
-#include <immintrin.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
+
+#include "simd.h"
 
 #define KEY_BLOCK 64  /* keys scored before their softmax update */
 #define MAX_HEAD_DIM 256
 #define MAX_ROWS 128  /* query rows (tokens x heads) per work item */
 
-#if defined(__AVX512F__)
-#define LANES 16
-#else
-#define LANES 8
-#endif
-
-typedef float vf __attribute__((vector_size(LANES * 4)));
-typedef int32_t vi __attribute__((vector_size(LANES * 4)));
-
-static inline vf load_v(const float *p) {
-    vf v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void store_v(float *p, vf v) { memcpy(p, &v, sizeof v); }
-
-/* The lanes' sum as a tree of halvings (4 shuffle+add steps at 16 lanes). A lane-by-lane scalar
- * loop is one chain of 16 dependent adds (~64 cycles of latency per q.k dot): measured, it made a
- * 32-request decode's attention compute-bound. */
-static inline float sum_v(vf v) {
-#if LANES == 16
-    return _mm512_reduce_add_ps((__m512)v);
-#else
-    const __m256 x = (__m256)v;
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-#endif
-}
-
-static inline vf splat(float x) { return (vf){0} + x; }
-
-/* *p in every lane as a broadcast load (a load-port uop; broadcasting a register competes with the
- * second FMA unit for its port). */
-static inline vf broadcast(const float *p) {
-#if LANES == 16
-    return (vf)_mm512_set1_ps(*p);
-#else
-    return (vf)_mm256_broadcast_ss(p);
-#endif
-}
-
-/* exp(x) for x <= 0, all lanes: Cody-Waite reduction by ln 2 (round to nearest with the 1.5 * 2^23
- * trick), then a degree-6 polynomial; ~1 ulp on [-87, 0], clamped below (softmax weights that small
- * are 0 in float anyway). Plain arithmetic, so no libm call and no -ffast-math needed. */
-static inline vf exp_nonpositive(vf x) {
-    const vf lo = splat(-87.0f);
-    const vi below = x < lo; /* lanes of -1 where x < -87 */
-    x = (vf)(((vi)x & ~below) | ((vi)lo & below));
-    const float round_magic = 12582912.0f; /* 1.5 * 2^23 */
-    vf n = (x * 1.44269504088896341f + round_magic) - round_magic;
-    vf r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    vf p = splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
-    return p * (vf)bits;
-}
-
-static inline float exp1_nonpositive(float x) { return exp_nonpositive(splat(x))[0]; }
+static inline float exp1(float x) { return exp_v(splat(x))[0]; }
 
 /* q . k over head_dim floats; `vector` is the head dim's layout (a multiple of LANES or not). */
 static inline __attribute__((always_inline)) float dot(const float *q, const float *k, int64_t head_dim, int vector) {
@@ -116,13 +49,13 @@ static inline float softmax_block(float *scores, int64_t m, float *max_score, fl
     float block_max = scores[0];
     for (int64_t t = 1; t < m; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
     const float new_max = block_max > *max_score ? block_max : *max_score;
-    const float correction = exp1_nonpositive(*max_score - new_max);
+    const float correction = exp1(*max_score - new_max);
     vi lane;
     for (int k = 0; k < LANES; k++) lane[k] = k;
     vf sum = {0};
     for (int64_t t = 0; t < m; t += LANES) {
         const vi inside = (lane + (int32_t)t) < (int32_t)m; /* the last vector may run past m */
-        vf p = exp_nonpositive(load_v(scores + t) - new_max);
+        vf p = exp_v(load_v(scores + t) - new_max);
         p = (vf)((vi)p & inside);
         store_v(scores + t, p);
         sum += p;

@@ -17,41 +17,17 @@
  * depend on what else is in the batch).
  */
 
-#include <immintrin.h>
-#include <stdint.h>
-#include <string.h>
+#include "simd.h"
 
-#if defined(__AVX512F__)
-#define LANES 16
+#if LANES == 16
 #define MR 8
 #else
-#define LANES 8
 #define MR 4
 #endif
 #ifndef NV
 #define NV 2 /* vectors of output columns per tile */
 #endif
 #define NR (NV * LANES)
-
-typedef float vf __attribute__((vector_size(LANES * 4)));
-
-static inline vf load_v(const float *p) {
-    vf v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void store_v(float *p, vf v) { memcpy(p, &v, sizeof v); }
-
-/* *p in every lane, loaded as a broadcast from memory: a load-port uop. (Broadcasting a register,
- * which `(vf){0} + x` compiles to, takes the port of the second FMA unit: 1/3 slower tiles.) */
-static inline vf broadcast(const float *p) {
-#if LANES == 16
-    return (vf)_mm512_set1_ps(*p);
-#else
-    return (vf)_mm256_broadcast_ss(p);
-#endif
-}
 
 int64_t sgc_gemm_panel_width(void) { return NR; }
 
