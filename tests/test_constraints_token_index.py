@@ -423,7 +423,7 @@ def test_short_repetitions_share_rows_exactly(
 def test_long_tokens_walked_apart_give_the_same_rows(
     vocab: Vocabulary, schema: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Rows built from short-token classes plus each row's long tokens (`_split_rows`) allow, state
+    """Rows built from short-token classes plus each row's long tokens (`_rows_from_moore`) allow, state
     by state, exactly the tokens of rows walked over the whole trie: strings near their bound are
     where long tokens (`"----...----"`, runs of spaces) tell rows apart and short tokens do not."""
     from compiler.constraints import token_index

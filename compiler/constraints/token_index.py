@@ -206,20 +206,16 @@ def build_token_index(dfa: DFA, vocab: Vocabulary) -> TokenIndex:
             np.zeros(0, np.int32),
         )
     split = token_split(vocab) if num_states >= SPLIT_MIN_STATES else None
-    levels = trie_level_bytes(trie) if split is None else suffix_level_bytes(trie)
-    kind: list[str] = []
-    state_row = token_row_classes(dfa, trie.depth, levels, kind if split is not None else None)
-    if kind == ["moore"]:  # Moore's classes: the rows come from them directly (`_rows_from_moore`)
-        state_row, rows = _rows_from_moore(dfa, state_row, split, vocab_size)  # type: ignore[arg-type]
+    if split is not None:  # rows from Moore's classes, short and long tokens walked apart
+        moore = token_row_classes(dfa, trie.depth, moore_only=True)
+        state_row, rows = _rows_from_moore(dfa, moore, split, vocab_size)
         return TokenIndex(vocab_size, state_row, *rows)
+    state_row = token_row_classes(dfa, trie.depth, trie_level_bytes(trie))
     num_rows = int(state_row.max()) + 1
     _, reps = np.unique(state_row, return_index=True)  # one representative state per row
     check_memory(num_rows * 64, "the token index")
     check_time()
-    if split is not None:
-        rows = _split_rows(dfa, state_row, reps, split, vocab_size)
-    else:
-        rows = _rows_of(dfa, reps, trie, vocab_size)
+    rows = _rows_of(dfa, reps, trie, vocab_size)
     return TokenIndex(vocab_size, state_row, *rows)
 
 
@@ -271,29 +267,6 @@ def token_split(vocab: Vocabulary) -> TokenSplit | None:
     return split
 
 
-def _split_rows(
-    dfa: DFA, state_row: np.ndarray, reps: np.ndarray, split: TokenSplit, vocab_size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`_rows_of` for the rows `reps`, with the trie walked once per class of *short-token* rows.
-
-    Most rows of a large automaton differ only in long tokens: a string 40 characters from its
-    `maxLength` allows every token but `"----...----"` (64 bytes) and a few more. Rows are merged
-    into short-token classes by the positional refinement run on the rows' quotient (each row's
-    successors read as rows), the short-token trie (99.7% of the nodes) is walked once per class,
-    the long-token trie (155 tokens) once per row, and a row is its class's tokens plus its long
-    ones (the two sets are disjoint).
-
-    Exact when the rows were computed from `suffix_level_bytes`: then a row's states are alive on
-    the same strings whose byte i is any byte a token has at position i *or later*, so a successor
-    reached after m bytes of a token stands for its whole row on the rest of any token (whose byte
-    i is at position m + i). With `trie_level_bytes` it would not be: `?` is at position 3 of some
-    SmolLM2 tokens and at position 1 of none.
-    """
-    short_class = _short_classes(dfa, state_row, reps, split)
-    long_alive = _long_rows(dfa, reps, split.long)  # bool[K, R]
-    return _assemble_split(dfa, reps, short_class, long_alive, split, vocab_size)
-
-
 def _short_classes(dfa: DFA, labels: np.ndarray, reps: np.ndarray, split: TokenSplit) -> np.ndarray:
     """int64 per class of `labels` (`reps[i]` a state of class i): equal values allow the same
     short tokens (the positional refinement on the classes' quotient, the short trie's levels)."""
@@ -306,14 +279,20 @@ def _short_classes(dfa: DFA, labels: np.ndarray, reps: np.ndarray, split: TokenS
 def _rows_from_moore(
     dfa: DFA, moore: np.ndarray, split: TokenSplit, vocab_size: int
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """(state_row, rows) from Moore's classes (`trie.depth` rounds) of a large automaton: a row
+    """(state_row, rows) of a large automaton from its Moore classes (`trie.depth` rounds): a row
     per distinct (short-token class, long tokens allowed) pair of a class's representative.
 
+    Most rows of a large automaton differ only in long tokens: a string 40 characters from its
+    `maxLength` allows every token but `"----...----"` (64 bytes) and a few more. So the short
+    tokens' classes (the positional refinement on Moore's quotient, 16 levels) are walked over
+    the short-token trie (99.7% of the nodes) once each, the long-token trie (155 tokens) once
+    per Moore class, and a row is its short class's tokens plus its long ones (disjoint sets).
+
     Exact: Moore-equal states are alive on the same strings of up to `trie.depth` + 1 bytes, so
-    they allow the same long tokens (walked once per class) and their successors are Moore-equal
-    on the 16 bytes of a short token, which makes the short trie's positional classes on the
-    Moore quotient exact (`_positional_on_quotient`'s argument). This skips the positional pass
-    over all 81 levels on that quotient, which gave rows only to merge them again here."""
+    they allow the same long tokens, and their successors are Moore-equal on the 16 bytes of a
+    short token, which makes the short trie's positional classes on the Moore quotient exact
+    (`_positional_on_quotient`'s argument). Rows used to be the positional classes over all 81
+    levels first (rows 2-4x more, and that pass cost as much as Moore's)."""
     _, reps = np.unique(moore, return_index=True)  # one state per Moore class
     check_time()
     short_class = _short_classes(dfa, moore, reps, split)
@@ -688,7 +667,8 @@ def trie_level_bytes(trie: TokenTrie) -> list[np.ndarray]:
 
 def suffix_level_bytes(trie: TokenTrie) -> list[np.ndarray]:
     """Per trie level d, the bytes some token has at position d or later (cached on the trie):
-    coarser than `trie_level_bytes`, and shrinking with d, which `_split_rows` needs."""
+    coarser than `trie_level_bytes`, and shrinking with d (rows split by them were what the
+    short/long split walk needed before it took Moore's classes)."""
     cached = trie.__dict__.get("_suffix_level_bytes")
     if cached is None:
         seen = np.zeros(256, dtype=bool)
@@ -702,7 +682,7 @@ def suffix_level_bytes(trie: TokenTrie) -> list[np.ndarray]:
 
 
 def token_row_classes(
-    dfa: DFA, depth: int, level_bytes: list[np.ndarray] | None = None, kind: list[str] | None = None
+    dfa: DFA, depth: int, level_bytes: list[np.ndarray] | None = None, moore_only: bool = False
 ) -> np.ndarray:
     """int32[S] labels 0..R-1 such that states with equal labels allow exactly the same tokens.
 
@@ -716,16 +696,17 @@ def token_row_classes(
     label changed in the previous round (a class splits only if some member's successor moved), so
     the long uniform middle of a counted repetition costs nothing after the first round.
 
-    `kind` given: a large table's Moore classes are returned as they are (not merged by the
-    positional refinement on their quotient) and `kind` gets "moore"; they are finer than rows
-    need, and `_rows_from_moore` makes rows of them.
+    `moore_only` (the split walk): Moore's classes as they are, whatever the size (not merged by
+    the positional refinement on their quotient); finer than rows need, `_rows_from_moore` makes
+    rows of them (30-40% less than the positional pass over every level on 4-10k-state corpus
+    automata).
     """
     n = dfa.num_states
     if n == 0:
         return np.zeros(0, dtype=np.int32)
     rep = _period_representatives(dfa, depth)
     if rep is None:
-        return _row_classes(dfa.transitions, dfa.symbol_class, depth, level_bytes, kind)
+        return _row_classes(dfa.transitions, dfa.symbol_class, depth, level_bytes, moore_only)
     # Moore on the quotient: each state stands for the states it represents (see below)
     keep = np.flatnonzero(rep == np.arange(n))
     new_id = np.full(n + 1, -1, dtype=np.int64)  # new_id[-1] = -1: the dead state
@@ -735,7 +716,7 @@ def token_row_classes(
         rows = dfa.transitions[keep[lo : lo + _CHUNK]]
         quotient[lo : lo + _CHUNK] = new_id[np.where(rows >= 0, rep[np.maximum(rows, 0)], -1)]
     check_time()
-    labels = _row_classes(quotient, dfa.symbol_class, depth, level_bytes, kind)
+    labels = _row_classes(quotient, dfa.symbol_class, depth, level_bytes, moore_only)
     return labels[new_id[rep]]
 
 
@@ -750,17 +731,16 @@ _QUOTIENT_POSITIONAL_MAX_WORK = 60_000_000
 
 def _row_classes(
     table: np.ndarray, symbol_class: np.ndarray, depth: int, level_bytes: list[np.ndarray] | None,
-    kind: list[str] | None = None,
+    moore_only: bool = False,
 ) -> np.ndarray:
+    if moore_only:
+        return _moore_classes(table, depth)
     cols = None
     if level_bytes is not None and len(level_bytes) == depth:
         cols = [np.unique(symbol_class[b]) for b in level_bytes]
         if table.shape[0] * sum(len(c) for c in cols) <= _POSITIONAL_MAX_WORK:
             return _positional_classes(table, cols)
     labels = _moore_classes(table, depth)
-    if kind is not None:
-        kind.append("moore")
-        return labels
     if cols is None:
         return labels
     return _positional_on_quotient(table, labels, cols)
