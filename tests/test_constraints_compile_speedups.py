@@ -198,3 +198,27 @@ def test_long_rows_agree_whether_rows_are_dense_or_sparse(vocab: Vocabulary, mon
     monkeypatch.setattr(token_index, "_DENSE_WALK_MIN_NODES", 0)
     dense = token_index._long_rows(fsm.dfa, reps, split.long)
     assert sparse.any() and np.array_equal(sparse, dense)
+
+
+def test_jump_forward_tables_match_their_boolean_definitions() -> None:
+    """`forced_bytes` and `mid_character` (float32 products) against the plain boolean reading."""
+    from compiler.constraints.jump_forward import forced_bytes, mid_character
+
+    rng = np.random.default_rng(11)
+    for _ in range(100):
+        n, c = int(rng.integers(1, 40)), int(rng.integers(1, 9))
+        table = np.where(rng.random((n, c)) < 0.7, -1, rng.integers(0, n, size=(n, c))).astype(np.int32)
+        symbol_class = rng.integers(0, c, size=256).astype(np.int32)
+        symbol_class[rng.permutation(256)[:c]] = np.arange(c)
+        dfa = DFA(0, rng.random(n) < 0.2, table, symbol_class)
+        live = table >= 0
+        live_bytes = np.array([sum(int((symbol_class == k).sum()) for k in np.flatnonzero(row)) for row in live])
+        want_forced = np.full(n, -1)
+        for s in np.flatnonzero((live_bytes == 1) & ~dfa.accepting):
+            want_forced[s] = int(np.flatnonzero(symbol_class == np.flatnonzero(live[s])[0])[0])
+        assert np.array_equal(forced_bytes(dfa), want_forced)
+        cont = np.zeros(256, dtype=bool)
+        cont[0x80:0xC0] = True
+        cont_only = np.array([bool(cont[symbol_class == k].all()) for k in range(c)])
+        want_mid = live.any(axis=1) & ~(live & ~cont_only).any(axis=1) & ~dfa.accepting
+        assert np.array_equal(mid_character(dfa), want_mid)

@@ -27,7 +27,9 @@ def forced_bytes(dfa: DFA) -> np.ndarray:
     # bytes that keep each state alive, by chunks (a table can have millions of rows)
     live_bytes = np.empty(n, dtype=np.int64)
     for lo in range(0, n, 1 << 16):
-        live_bytes[lo : lo + (1 << 16)] = (dfa.transitions[lo : lo + (1 << 16)] >= 0) @ class_size
+        # float32 matrix-vector product (BLAS): exact, the sums are at most 256
+        live = (dfa.transitions[lo : lo + (1 << 16)] >= 0).astype(np.float32)
+        live_bytes[lo : lo + (1 << 16)] = live @ class_size.astype(np.float32)
     candidates = np.flatnonzero((live_bytes == 1) & ~dfa.accepting)
     if len(candidates):
         # the one live class of each candidate has exactly one byte
@@ -46,9 +48,12 @@ def mid_character(dfa: DFA) -> np.ndarray:
     cont_only[dfa.symbol_class[np.r_[0:0x80, 0xC0:0x100]]] = False
     n = dfa.num_states
     out = np.empty(n, dtype=bool)
+    # per state: live classes, and live classes with a byte outside 0x80..0xBF (float32 BLAS
+    # products of a 0/1 matrix: exact counts, one pass each instead of boolean temporaries)
+    weights = np.stack([np.ones(dfa.num_classes), ~cont_only], axis=1).astype(np.float32)
     for lo in range(0, n, 1 << 16):  # by chunks (a table can have millions of rows)
-        live = dfa.transitions[lo : lo + (1 << 16)] >= 0
-        out[lo : lo + (1 << 16)] = live.any(axis=1) & ~(live & ~cont_only[None, :]).any(axis=1)
+        counts = (dfa.transitions[lo : lo + (1 << 16)] >= 0).astype(np.float32) @ weights
+        out[lo : lo + (1 << 16)] = (counts[:, 0] > 0) & (counts[:, 1] == 0)
     return out & ~dfa.accepting
 
 

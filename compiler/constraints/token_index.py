@@ -296,7 +296,8 @@ def _rows_from_moore(
     _, reps = np.unique(moore, return_index=True)  # one state per Moore class
     check_time()
     short_class = _short_classes(dfa, moore, reps, split)
-    long_alive = _long_rows(dfa, reps, split.long)  # bool[K, M]
+    walk = _walk_table(dfa)  # shared by the two walks (a copy of the table)
+    long_alive = _long_rows(dfa, reps, split.long, walk)  # bool[K, M]
     check_time()
     # a row per distinct pair: the class id and the long tokens' bits, as one byte string each
     pair = np.concatenate(
@@ -309,13 +310,13 @@ def _rows_from_moore(
     row_of_class = row_of_class.reshape(-1)
     check_memory(len(first) * 64, "the token index")
     state_row = row_of_class[moore].astype(np.int32)
-    rows = _assemble_split(dfa, reps[first], short_class[first], long_alive[:, first], split, vocab_size)
+    rows = _assemble_split(dfa, reps[first], short_class[first], long_alive[:, first], split, vocab_size, walk)
     return state_row, rows
 
 
 def _assemble_split(
     dfa: DFA, reps: np.ndarray, short_class: np.ndarray, long_alive: np.ndarray, split: TokenSplit,
-    vocab_size: int,
+    vocab_size: int, walk: tuple[np.ndarray, bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rows (row i: state `reps[i]`) from their short-token classes and long tokens: the short
     trie walked once per class, a row the union of its class's tokens and its long ones."""
@@ -323,7 +324,7 @@ def _assemble_split(
     _, short_reps, short_class = np.unique(short_class, return_index=True, return_inverse=True)
     short_class = short_class.reshape(-1)  # renumbered 0..C-1: row i of the walk is class i
     check_time()
-    s_dense, s_masks, s_ptr, s_tokens = _rows_of(dfa, reps[short_reps], split.short, vocab_size)
+    s_dense, s_masks, s_ptr, s_tokens = _rows_of(dfa, reps[short_reps], split.short, vocab_size, walk)
     # -- dense rows: the class's mask with the row's long tokens set (distinct pairs, distinct masks)
     words = (vocab_size + 7) // 8
     row_dense = s_dense[short_class]
@@ -371,7 +372,9 @@ def _pairs_csr(
     return ptr, (key - row * vocab_size).astype(np.int32)
 
 
-def _long_rows(dfa: DFA, reps: np.ndarray, trie: TokenTrie) -> np.ndarray:
+def _long_rows(
+    dfa: DFA, reps: np.ndarray, trie: TokenTrie, walk: tuple[np.ndarray, bool] | None = None
+) -> np.ndarray:
     """bool[K, R]: which of the trie's K tokens (local ids) each state of `reps` allows.
 
     Through `_rows_of`, whose frontier walk follows only live (state, node) pairs: most states
@@ -381,7 +384,7 @@ def _long_rows(dfa: DFA, reps: np.ndarray, trie: TokenTrie) -> np.ndarray:
     out = np.zeros((num_tokens, len(reps)), dtype=bool)
     if trie.num_nodes == 0 or len(reps) == 0:
         return out
-    dense_id, masks, ptr, tokens = _rows_of(dfa, reps, trie, num_tokens)
+    dense_id, masks, ptr, tokens = _rows_of(dfa, reps, trie, num_tokens, walk)
     out[tokens, np.repeat(np.arange(len(reps)), np.diff(ptr))] = True
     dense = np.flatnonzero(dense_id >= 0)
     if len(dense):
@@ -390,12 +393,13 @@ def _long_rows(dfa: DFA, reps: np.ndarray, trie: TokenTrie) -> np.ndarray:
 
 
 def _rows_of(
-    dfa: DFA, reps: np.ndarray, trie: TokenTrie, vocab_size: int
+    dfa: DFA, reps: np.ndarray, trie: TokenTrie, vocab_size: int, walk: tuple[np.ndarray, bool] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(dense_id, dense_masks, sparse_ptr, sparse_tokens) for the states `reps`, row i = reps[i]."""
+    """(dense_id, dense_masks, sparse_ptr, sparse_tokens) for the states `reps`, row i = reps[i]
+    (`walk`: the table as `_walk_table` gives it, when the caller has it already)."""
     num_rows = len(reps)
     num_classes = dfa.num_classes
-    flat_table, dead_row = _walk_table(dfa)  # -1 is the dead state
+    flat_table, dead_row = _walk_table(dfa) if walk is None else walk  # -1 is the dead state
     node_cls = dfa.symbol_class[trie.node_byte].astype(np.int32)
     roots = np.arange(trie.level_start[0], trie.level_start[1])
     first = dfa.transitions[reps][:, node_cls[roots]]  # [R, num_roots]
@@ -712,9 +716,9 @@ def token_row_classes(
     new_id = np.full(n + 1, -1, dtype=np.int64)  # new_id[-1] = -1: the dead state
     new_id[keep] = np.arange(len(keep))
     quotient = np.empty((len(keep), dfa.num_classes), dtype=np.int32)
+    target_id = np.append(new_id[rep], -1).astype(np.int32)  # a target's new id; index -1: dead
     for lo in range(0, len(keep), _CHUNK):
-        rows = dfa.transitions[keep[lo : lo + _CHUNK]]
-        quotient[lo : lo + _CHUNK] = new_id[np.where(rows >= 0, rep[np.maximum(rows, 0)], -1)]
+        quotient[lo : lo + _CHUNK] = target_id[dfa.transitions[keep[lo : lo + _CHUNK]]]
     check_time()
     labels = _row_classes(quotient, dfa.symbol_class, depth, level_bytes, moore_only)
     return labels[new_id[rep]]
