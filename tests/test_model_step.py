@@ -118,11 +118,13 @@ def test_stale_pack_is_never_used():
     assert torch.equal(linear(x, other, None, pack), F.linear(x, other))
 
 
-def tiny_model(tied: bool, dtype: torch.dtype = torch.float32):
+def tiny_model(tied: bool, dtype: torch.dtype = torch.float32, architecture: str = "LlamaForCausalLM",
+               attention_bias: bool = False, qk_norm: bool = False):
     config = ModelConfig(
-        architecture="LlamaForCausalLM", vocab_size=120, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        architecture=architecture, vocab_size=120, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5, rope_theta=10000.0,
-        rope_scaling=None, max_position_embeddings=64, tie_word_embeddings=tied, attention_bias=False, qk_norm=False,
+        rope_scaling=None, max_position_embeddings=64, tie_word_embeddings=tied, attention_bias=attention_bias,
+        qk_norm=qk_norm,
         bos_token_id=None, eos_token_ids=(0,),
     )
     torch.manual_seed(0)
@@ -242,6 +244,30 @@ def cpu_native_missing() -> bool:
     from executor.kernels.cpu_native import library
 
     return library() is None
+
+
+@pytest.mark.parametrize(("architecture", "bias", "qk_norm"),
+                         [("LlamaForCausalLM", False, False), ("Qwen2ForCausalLM", True, False),
+                          ("Qwen3ForCausalLM", False, True)])
+def test_fused_native_layer_ops_give_the_torch_layers_logits(monkeypatch, architecture, bias, qk_norm):
+    """The decoder's fused path (native add+norm, rotary, SiLU*up; the whole forward in one call
+    where it applies) against its torch ops: float rounding only, the same greedy tokens."""
+    from executor.kernels.layer_ops_cpu import NativeLayerOps
+    from executor.runtime import model_runner
+
+    if NativeLayerOps.load() is None:
+        pytest.skip("no C compiler: the native kernels are not built")
+    model, config = tiny_model(False, architecture=architecture, attention_bias=bias, qk_norm=qk_norm)
+    with torch.inference_mode():
+        fused = run_steps(model, config)
+    assert model.layer_ops is not None
+    monkeypatch.setattr(model_runner.NativeLayerOps, "load", classmethod(lambda cls: None))
+    with torch.inference_mode():
+        plain = run_steps(model, config)
+    assert model.layer_ops is None
+    for ours, theirs in zip(fused, plain):
+        assert_close(ours, theirs)
+        assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
 
 
 def test_bfloat16_model_is_not_packed_and_still_runs():

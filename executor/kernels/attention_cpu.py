@@ -198,6 +198,27 @@ class NativePagedAttention:
             groups = _decode_items(shared, len(req_rows), max(1, cls.MAX_HEADS // num_heads))
         return cls(lib, req_to_token, req_rows, prefix_lens, extend_lens, new_slots, scale, groups)
 
+    @property
+    def num_tokens(self) -> int:
+        return self._num_tokens
+
+    def layout_args(self) -> dict[str, int | float]:
+        """The batch layout as the native decoder forward takes it (`decoder_cpu.DecoderArgs`'
+        attention fields: addresses of this object's index tensors, which outlive the call)."""
+        args = {
+            "new_slots": self._slots.data_ptr(), "req_to_token": self._table.data_ptr(),
+            "table_stride": self._table.stride(0), "req_rows": self._rows.data_ptr(),
+            "prefix_lens": self._prefix.data_ptr(), "extend_lens": self._extend.data_ptr(),
+            "query_starts": self._starts.data_ptr(), "seq_lens": self._seq_lens.data_ptr(),
+            "batch": self._rows.numel(), "scale": self._scale,
+            "item_starts": 0, "members": 0, "item_shared": 0, "items": 0,
+        }
+        if self._groups is not None:
+            item_starts, members, item_shared = self._groups
+            args.update(item_starts=item_starts.data_ptr(), members=members.data_ptr(),
+                        item_shared=item_shared.data_ptr(), items=item_shared.numel())
+        return args
+
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_buffer: torch.Tensor,
                  v_buffer: torch.Tensor) -> torch.Tensor:
         """Store k, v [T, Hkv, D] at the batch's new slots, then attend: q [T, H, D] -> [T, H, D]."""

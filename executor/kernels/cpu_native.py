@@ -31,6 +31,7 @@ SOURCES = (
     Path(__file__).with_name("csrc") / "paged_attention_cpu.c",
     Path(__file__).with_name("csrc") / "layer_ops_cpu.c",
     Path(__file__).with_name("csrc") / "small_gemm_cpu.c",
+    Path(__file__).with_name("csrc") / "decoder_cpu.c",
 )
 HEADERS = (Path(__file__).with_name("csrc") / "simd.h",)
 FLAGS = ("-O3", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=c11")

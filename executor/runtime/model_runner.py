@@ -31,6 +31,7 @@ from executor.kernels.attention_cpu import (
     fresh_prefill_attention_cpu,
 )
 from executor.kernels.cpu_native import library as native_kernels
+from executor.kernels.decoder_cpu import NativeDecoderForward
 from executor.kernels.layer_ops_cpu import NativeLayerOps
 from executor.kernels.small_gemm_cpu import panel_packer
 from executor.runtime.cpu_process import tune_cpu_process
@@ -58,6 +59,8 @@ class ModelRunner:
         self.cuda_graphs: CudaGraphRunner | None = None
         self.on_cpu = kv_pool.device.type == "cpu"
         self.native_attention = self.on_cpu  # benchmarks switch it off to measure the SDPA path
+        # The whole forward in one native call (CPU float32 decoders, steps the native attention takes).
+        self.native_forward: NativeDecoderForward | None = None
         if kv_pool.device.type == "cuda":
             from executor.kernels.fused_layers import use_fused_layers
 
@@ -77,6 +80,9 @@ class ModelRunner:
         if enabled and self.on_cpu and _float32_model(self.model):
             ops = NativeLayerOps.load()
         self.model.layer_ops = ops
+        self.native_forward = None
+        if ops is not None:
+            self.native_forward = NativeDecoderForward.create(self.model, self.kv_pool)
         return ops is not None
 
     def capture_cuda_graphs(self, batch_sizes: Sequence[int], kv: KVManager) -> None:
@@ -190,6 +196,13 @@ class ModelRunner:
 
     def forward_eager(self, batch: ForwardBatch) -> torch.Tensor:
         """`forward` without CUDA graphs (what the graphs record)."""
+        if self.native_forward is not None and self.native_attention:
+            tokens = int(batch.input_ids.shape[0])
+            native = self._native_attention_for(batch) if self.native_forward.can_run(tokens) else None
+            if native is not None:
+                hidden = self.native_forward(batch.input_ids, batch.positions, native)
+                if hidden is not None:
+                    return hidden
         return self.model(batch.input_ids, batch.positions, self._attention_for(batch))
 
     @torch.inference_mode()
