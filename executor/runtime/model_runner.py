@@ -41,11 +41,13 @@ from executor.runtime.kv_manager import KVManager
 from executor.runtime.memory import KVPool, ReqToTokenPool
 from models.cpu_pack import pack_linears
 
-# Up to this many new tokens per request, the native kernel beats SDPA over gathered KV (CPU time,
-# one thread, 8 requests over 400 cached tokens: 2-token extends 3.4x, 4 tokens 2.4x, 8 tokens
-# 1.4x, 16 tokens 0.96x; `bench_attention_cpu.py --only-extends --cpu-time`); beyond it SDPA's
-# blocked matmuls win. In a batch that mixes both, each request takes its own side.
-NATIVE_MAX_EXTEND = 12
+# Up to this many new tokens per request, the native kernel beats SDPA over gathered KV or comes
+# close (CPU time, one thread, 8 requests over 400 cached tokens: 2-token extends 3.4x, 4 tokens
+# 2.4x, 8 tokens 1.4x, 16 tokens 0.96x; 12 requests over 100: 16 tokens 1.16x;
+# `bench_attention_cpu.py --only-extends --cpu-time`), and such a step runs as one native call for
+# the whole model (`NativeDecoderForward`), which saves more than the attention loses at 16.
+# Beyond it SDPA's blocked matmuls win. In a batch that mixes both, each request takes its side.
+NATIVE_MAX_EXTEND = 16
 
 
 class ModelRunner:
