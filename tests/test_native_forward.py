@@ -121,3 +121,18 @@ def test_bad_positions_and_token_counts_are_value_errors():
         with pytest.raises(ValueError, match="tokens"):
             runner.native_forward(batch.input_ids[:-1], batch.positions[:-1], native)
     assert isinstance(runner.native_forward, NativeDecoderForward)
+
+
+def test_slots_outside_the_pool_are_refused_before_the_native_code_runs():
+    model, config = tiny_model(False)
+    runner, table = make_runner(model, config)
+    gen = torch.Generator().manual_seed(4)
+    batch = prompt_batch(table, gen)
+    batch.out_cache_loc = batch.out_cache_loc.clone()
+    batch.out_cache_loc[-1] = 10_000  # a new token's slot past the pool
+    with torch.inference_mode(), pytest.raises(ValueError, match="new slot outside the KV pool"):
+        runner.forward(batch)
+    batch = prompt_batch(table, gen)
+    table.req_to_token[0, 0] = -3  # a cached slot the table points outside the pool
+    with torch.inference_mode(), pytest.raises(ValueError, match="table slot outside the KV pool"):
+        runner.forward(batch)

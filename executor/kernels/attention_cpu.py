@@ -177,6 +177,27 @@ class NativePagedAttention:
         self._scale = float(scale)
         self._groups = groups  # (item_starts, members, item_shared): decode with shared prefixes
         self._seq_lens = (self._prefix + self._extend).contiguous()
+        self._checked_slots = -1  # the pool size `check_bounds` last passed for
+
+    def check_bounds(self, num_slots: int) -> None:
+        """Raise ValueError unless every slot the kernel will read or write lies in a pool of
+        `num_slots` rows and every table row and length lies in the table (the C code trusts
+        them). Checked once per pool size: the layout does not change after construction."""
+        if self._checked_slots == num_slots:
+            return
+        table = self._table
+        rows, lengths = self._rows, self._seq_lens
+        if rows.numel():
+            if int(rows.min()) < 0 or int(rows.max()) >= table.shape[0]:
+                raise ValueError(f"native attention: a request row outside the table's {table.shape[0]} rows")
+            if int(lengths.min()) < 1 or int(lengths.max()) > table.shape[1]:
+                raise ValueError(f"native attention: a sequence longer than the table's {table.shape[1]} columns")
+            read = table[rows, : int(lengths.max())]
+            read = read[torch.arange(read.shape[1])[None, :] < lengths[:, None]]
+            for name, slots in (("table", read), ("new", self._slots)):
+                if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= num_slots):
+                    raise ValueError(f"native attention: a {name} slot outside the KV pool's {num_slots} slots")
+        self._checked_slots = num_slots
 
     @classmethod
     def create(cls, req_to_token, req_rows, prefix_lens, extend_lens, new_slots, scale: float, head_dim: int,
@@ -233,6 +254,9 @@ class NativePagedAttention:
                              f"{(num_tokens, num_kv_heads, head_dim)}")
         if not (k_buffer.is_contiguous() and v_buffer.is_contiguous()) or k_buffer.dtype != torch.float32:
             raise ValueError("native attention: the KV pool's buffers must be contiguous float32")
+        if v_buffer.shape != k_buffer.shape:
+            raise ValueError("native attention: the K and V buffers differ in shape")
+        self.check_bounds(k_buffer.shape[0])
         q, k, v = _rows_in_place(q), _rows_in_place(k), _rows_in_place(v)
         if k.stride(0) != v.stride(0):
             k, v = k.contiguous(), v.contiguous()

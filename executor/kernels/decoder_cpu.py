@@ -81,6 +81,9 @@ class NativeDecoderForward:
         norms = [body.norm] + [n for layer in body.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
         if any(layer.self_attn.q_norm is not None for layer in body.layers):
             return None
+        if (kv_pool.num_layers, kv_pool.num_kv_heads, kv_pool.head_dim) != (
+                config.num_hidden_layers, config.num_key_value_heads, config.head_dim):
+            return None
         if any(float(n.eps) != float(config.rms_norm_eps) for n in norms):
             return None
         forward = cls(lib, model, kv_pool)
@@ -125,6 +128,7 @@ class NativeDecoderForward:
         tokens = int(input_ids.shape[0])
         if not self.can_run(tokens) or attention.num_tokens != tokens:
             raise ValueError(f"native forward: {tokens} tokens for an attention layout of {attention.num_tokens}")
+        attention.check_bounds(self._pool.k_buffer(0).shape[0])
         positions = positions.to(torch.int64).contiguous()
         if int(positions.min()) < 0 or int(positions.max()) >= self._cos.shape[0]:
             raise ValueError(f"native forward: a position is outside the rotary table of {self._cos.shape[0]}")
