@@ -6,12 +6,13 @@
 The product `x @ W.T` for the default model's shapes, as a decode step meets it: all 30 layers'
 qkv, o, gate_up and down projections, each a distinct weight, so every weight comes cold from DRAM
 (a step is weight-streaming bound at small row counts); and the LM head (49152 x 576) with the cache
-flushed before each call. Four kernels:
+flushed before each call. Five kernels:
 
 * `F.linear` on the checkpoint's [out, in] weight (what HF transformers runs);
 * `x @ W_t` with W.T stored contiguous once (MKL's NN sgemm);
 * MKL's packed GEMM (`_mkl_reorder_linear_weight`, 32-row hint);
-* oneDNN's prepacked linear (`mkldnn._reorder_linear_weight`).
+* oneDNN's prepacked linear (`mkldnn._reorder_linear_weight`);
+* sgc's native panel GEMM (`executor/kernels/small_gemm_cpu.py`), when the native kernels build.
 
 Wall time, the minimum over rounds (other processes only add time); run it on an idle machine. The
 fastest layout per row count is in bold.
@@ -23,13 +24,19 @@ import argparse
 import time
 from collections.abc import Callable
 
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from executor.kernels.small_gemm_cpu import panel_packer  # noqa: E402
 
 LAYER_SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)]  # qkv, o, gate_up, down (out, in)
 HEAD = (49152, 576)
 LAYERS = 30
-ROWS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, 128)
+ROWS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, 128, 256, 512)
 
 
 def layouts(weight: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -44,6 +51,10 @@ def layouts(weight: torch.Tensor) -> dict[str, Callable[[torch.Tensor], torch.Te
     if torch.backends.mkldnn.is_available():
         onednn = torch.ops.mkldnn._reorder_linear_weight(weight, None)
         fns["oneDNN"] = lambda x: torch.ops.mkldnn._linear_pointwise(x, onednn, None, "none", [], "")
+    packer = panel_packer()
+    if packer is not None:
+        panels = packer(weight)
+        fns["panels"] = lambda x: panels.matmul(x, None)
     return fns
 
 
@@ -89,7 +100,7 @@ def main() -> int:
         print_row(rows, {name: best_ms(lambda n=name: step(n), args.rounds) for name in names})
     print(f"\n| rows: LM head {HEAD[0]} x {HEAD[1]}, cold | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
-    for rows in ROWS + (256, 512):
+    for rows in ROWS:
         x = torch.randn(rows, HEAD[1], generator=gen)
         print_row(rows, {name: best_ms(lambda f=fn, x=x: f(x), args.rounds, lambda: flush.fill_(1.0))
                          for name, fn in head.items()})
