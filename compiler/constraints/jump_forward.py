@@ -48,12 +48,9 @@ def mid_character(dfa: DFA) -> np.ndarray:
     cont_only[dfa.symbol_class[np.r_[0:0x80, 0xC0:0x100]]] = False
     n = dfa.num_states
     out = np.empty(n, dtype=bool)
-    # per state: live classes, and live classes with a byte outside 0x80..0xBF (float32 BLAS
-    # products of a 0/1 matrix: exact counts, one pass each instead of boolean temporaries)
-    weights = np.stack([np.ones(dfa.num_classes), ~cont_only], axis=1).astype(np.float32)
     for lo in range(0, n, 1 << 16):  # by chunks (a table can have millions of rows)
-        counts = (dfa.transitions[lo : lo + (1 << 16)] >= 0).astype(np.float32) @ weights
-        out[lo : lo + (1 << 16)] = (counts[:, 0] > 0) & (counts[:, 1] == 0)
+        live = dfa.transitions[lo : lo + (1 << 16)] >= 0
+        out[lo : lo + (1 << 16)] = live.any(axis=1) & ~(live & ~cont_only[None, :]).any(axis=1)
     return out & ~dfa.accepting
 
 
