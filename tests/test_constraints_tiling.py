@@ -197,3 +197,24 @@ def test_equal_small_subtrees_share_one_automaton_per_compile(monkeypatch) -> No
     for text in ["", "ab", "x" * 4100 + "7" * 4100, "9"]:
         assert shared.accepts(text.encode())
     assert not shared.accepts(b"x" * 4101) and not shared.accepts(b"1a")
+
+
+def test_place_copies_columns_and_shifts_states_keeping_dead_cells() -> None:
+    """`place` (chunked copy, then `(t + offset) | (t >> 31)`) equals its definition, across chunk
+    boundaries, for identity and widened column maps, int32 and int64 sources, offset 0 or not."""
+    rng = np.random.default_rng(7)
+    chunk_rows = dfa_ops._PLACE_CHUNK_CELLS // 40
+    for trial in range(24):
+        n = [0, 1, chunk_rows - 1, chunk_rows, 2 * chunk_rows + 3][trial % 5]
+        c = int(rng.integers(1, 40))
+        dtype = np.int64 if trial % 4 == 3 else np.int32
+        table = rng.integers(0, 2**31 - 2**21, size=(n, c)).astype(dtype)
+        table[rng.random((n, c)) < 0.4] = -1
+        extra = rng.integers(0, c, size=40 - c) if trial % 3 else np.zeros(0, np.int64)
+        cols = np.sort(np.concatenate([np.arange(c), extra])).astype(np.intp)
+        offset = int(rng.integers(1, 2**20)) if trial % 2 else 0
+        want = table[:, cols].astype(np.int64)
+        want[want >= 0] += offset
+        block = np.full((n, len(cols)), 7, dtype=np.int32)
+        dfa_ops.place(block, table, cols, offset)
+        assert np.array_equal(block, want), (trial, n, c, offset)
