@@ -444,3 +444,18 @@ def test_long_token_split_of_a_vocabulary_without_long_tokens_is_none() -> None:
     from compiler.constraints import token_index
 
     assert token_index.token_split(toy_vocab()) is None
+
+
+def test_blocked_row_hash_equals_the_widened_product() -> None:
+    """`_hash_rows` (a block of rows at a time through a reused 64-bit buffer) equals
+    `(succ + 2) @ multipliers` mod 2^64 on one widened copy, dead (-1) cells included, for row
+    counts around the block size."""
+    from compiler.constraints import token_index as ti
+
+    rng = np.random.default_rng(3)
+    for n in [0, 1, ti._HASH_BLOCK_ROWS - 1, ti._HASH_BLOCK_ROWS, 2 * ti._HASH_BLOCK_ROWS + 5]:
+        c = int(rng.integers(1, 70))
+        succ = rng.integers(-1, 2**31 - 1, size=(n, c)).astype(np.int32)
+        mult = ti._MULTIPLIERS[1 : c + 1]
+        want = (succ.astype(np.int64) + 2).astype(np.uint64) @ mult
+        assert np.array_equal(ti._hash_rows(succ, mult), want)

@@ -967,11 +967,27 @@ def _moore_classes(table: np.ndarray, depth: int) -> np.ndarray:
 _WHOLE_PASS_CELLS = 1 << 24
 
 
+# Rows per block of `_hash_rows` (a 64-bit copy of ~1000 rows stays in cache)
+_HASH_BLOCK_ROWS = 1024
+
+
 def _hash_rows(succ: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
     """`(succ + 2) @ multipliers` mod 2^64 (the keys the chunked passes compute; dead, -1, counts
-    as 1) without the shifted copy: the shift adds 2 * sum(multipliers) to every key."""
+    as 1) without the shifted copy: the shift adds 2 * sum(multipliers) to every key.
+
+    A block of rows at a time through one reused 64-bit buffer: widening the whole matrix first
+    wrote and re-read 8 bytes per cell from memory (3x slower on a 140k x 64 round)."""
     shift = np.add.reduce(multipliers * np.uint64(2), dtype=np.uint64)  # array ops: wrap, no warning
-    return succ.astype(np.uint64) @ multipliers + shift
+    n = len(succ)
+    keys = np.empty(n, dtype=np.uint64)
+    wide = np.empty((min(n, _HASH_BLOCK_ROWS), succ.shape[1]), dtype=np.uint64)
+    for lo in range(0, n, _HASH_BLOCK_ROWS):
+        part = succ[lo : lo + _HASH_BLOCK_ROWS]
+        block = wide[: len(part)]
+        block[...] = part  # int32 -> uint64: -1 wraps to 2^64 - 1, as astype did
+        np.matmul(block, multipliers, out=keys[lo : lo + _HASH_BLOCK_ROWS])
+    keys += shift
+    return keys
 
 
 def _signature_keys(table: np.ndarray, label: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -998,7 +1014,7 @@ def _refine(
     """
     cand_label = label[cand]
     if len(cand) * table.shape[1] <= _WHOLE_PASS_CELLS:  # the matrix kept for the collision check
-        succ = label[table[cand]]
+        succ = label[table if len(cand) == len(table) else table[cand]]  # round 1: no copy
         keys = _hash_rows(succ, _MULTIPLIERS[1 : table.shape[1] + 1])
         keys += (cand_label + 1).astype(np.uint64) * _MULTIPLIERS[0]
         _, group = np.unique(keys, return_inverse=True)
