@@ -211,3 +211,16 @@ def test_utf8_sequences_encode_exactly_the_set(ranges: list[tuple[int, int]]) ->
             len(seq) == len(enc) and all(a <= b <= z for (a, z), b in zip(seq, enc)) for seq in seqs
         )
         assert matched == (c in cs), hex(c)
+
+
+def test_python_shorthand_sets_are_the_str_methods_over_every_code_point() -> None:
+    """Python's reading of \\d, \\w, \\s (found by `re` over all code points) is exactly
+    str.isdecimal, isalnum-or-underscore and isspace, code point by code point."""
+    import sys
+
+    from compiler.constraints import regex_parser
+
+    tests = {"d": str.isdecimal, "w": lambda c: c.isalnum() or c == "_", "s": str.isspace}
+    for kind, test in tests.items():
+        want = CharSet.from_ranges((c, c) for c in range(sys.maxunicode + 1) if test(chr(c)))
+        assert regex_parser._python_shorthand.__wrapped__(kind) == want, kind
