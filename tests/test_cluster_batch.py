@@ -264,6 +264,40 @@ def _expected(batch_dir: Path, model: Path, rows) -> list[dict]:
         return [{"index": r.index, **result_record(s)} for r, s in zip(rows, states)]
 
 
+class _KillOnFirstWait:
+    """The `ray` module, except that the driver's first `wait` (its first chunks are in flight, none
+    collected) kills `actor` and returns only once it is dead. Killing from a record callback was
+    racy: a fast replica could finish every row it held before the kill took effect, and then no
+    death was seen at all."""
+
+    def __init__(self, ray_module, actor) -> None:
+        self._ray, self._actor, self.killed = ray_module, actor, False
+
+    def __getattr__(self, name: str):
+        return getattr(self._ray, name)
+
+    def wait(self, *args, **kwargs):
+        if not self.killed:
+            self.killed = True
+            self._ray.kill(self._actor)
+            _wait_until_dead(self._ray, self._actor)
+        return self._ray.wait(*args, **kwargs)
+
+
+def _wait_until_dead(ray_api, actor, timeout_s: float = 20.0) -> None:
+    """Block until calls to `actor` fail (it has died), at most `timeout_s`."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray_api.get(actor.ping.remote(), timeout=2.0)
+        except Exception:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the killed replica still answers")
+
+
 @pytest.mark.slow
 def test_a_replica_killed_mid_run_loses_and_repeats_no_row(ray_local, batch_dir, tiny_model_dirs):  # noqa: F811
     import functools
@@ -275,17 +309,10 @@ def test_a_replica_killed_mid_run_loses_and_repeats_no_row(ray_local, batch_dir,
     model = tiny_model_dirs["llama"]
     job, rows, keys = _load_job(batch_dir, model)
     actors = start_replicas(2, functools.partial(Runtime, str(model), device="cpu"))
-    killed = []
-
-    def kill_after_the_first(index: int, record: dict) -> None:
-        if not killed:
-            killed.append(index)
-            ray_local.kill(actors[1])
-
+    ray_api = _KillOnFirstWait(ray_local, actors[1])
     out = batch_dir / "killed.jsonl"
     try:
-        summary = run_on_replicas(job, rows, out, actors, keys, chunk=2, max_in_flight=6,
-                                  on_record=kill_after_the_first)
+        summary = run_on_replicas(job, rows, out, actors, keys, chunk=2, max_in_flight=6, ray_api=ray_api)
     finally:
         for a in actors:
             ray_local.kill(a)
