@@ -813,6 +813,12 @@ def _positional_classes(table: np.ndarray, level_cols: list[np.ndarray]) -> np.n
     return label[:n].astype(np.int32)
 
 
+# Rows per block of the period check (whole copies, at least one) and of the predecessor lists:
+# their temporaries per block stay in cache (blocks of 65536 rows were 1.7x slower for the period
+# check on the 300k-state cfn Tags automata, 1.25x for the predecessors on a 140k-state one)
+_CACHE_BLOCK_ROWS = 8192
+
+
 def _period_representatives(dfa: DFA, depth: int) -> np.ndarray | None:
     """int64[S] mapping each state to a state no string of at most `depth` + 1 bytes can tell
     apart from it (itself for most), or None when the DFA's period hints do not help.
@@ -837,7 +843,7 @@ def _period_representatives(dfa: DFA, depth: int) -> np.ndarray | None:
         ok_copy = np.ones(count - 1, dtype=bool)  # copy j ok: every state of j behaves as in j+1
         max_jump = 0
         min_jump = 0
-        step = max(1, _CHUNK // w)
+        step = max(1, _CACHE_BLOCK_ROWS // w)
         for j0 in range(0, count - 1, step):
             j1 = min(count - 1, j0 + step)
             src = table[a + j0 * w : a + j1 * w]
@@ -1099,9 +1105,9 @@ def _predecessors(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     srcs: list[np.ndarray] = []
     dsts: list[np.ndarray] = []
     total = 0
-    for lo in range(0, n, _CHUNK):
+    for lo in range(0, n, _CACHE_BLOCK_ROWS):
         # one edge per (source, target): a string body's dozens of classes lead to a few states
-        part = np.sort(table[lo : lo + _CHUNK], axis=1)
+        part = np.sort(table[lo : lo + _CACHE_BLOCK_ROWS], axis=1)
         keep = part >= 0
         keep[:, 1:] &= part[:, 1:] != part[:, :-1]
         s, k = np.nonzero(keep)
