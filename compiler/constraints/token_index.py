@@ -942,7 +942,7 @@ def _moore_classes(table: np.ndarray, depth: int) -> np.ndarray:
     live_key = np.zeros(n, dtype=np.uint64)
     for lo in range(0, n, _CHUNK):
         live = table[lo : lo + _CHUNK] >= 0
-        live_key[lo : lo + _CHUNK] = live.astype(np.uint64) @ _MULTIPLIERS[:c]
+        live_key[lo : lo + _CHUNK] = _row_products(live, _MULTIPLIERS[:c])
     _, first = np.unique(live_key, return_inverse=True)
     first = _verify_split(first.reshape(-1).astype(np.int64), np.arange(n), lambda rows: table[rows] >= 0)
     # label[n] = -1 stays the dead state's label, so label[table[rows]] needs no special case
@@ -977,21 +977,26 @@ _WHOLE_PASS_CELLS = 1 << 24
 _HASH_BLOCK_ROWS = 1024
 
 
+def _row_products(matrix: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
+    """`matrix @ multipliers` mod 2^64 (entries read as uint64: -1 wraps to 2^64 - 1), a block of
+    rows at a time through one reused 64-bit buffer: widening the whole matrix first wrote and
+    re-read 8 bytes per cell from memory (3x slower on a 140k x 64 round)."""
+    n = len(matrix)
+    keys = np.empty(n, dtype=np.uint64)
+    wide = np.empty((min(n, _HASH_BLOCK_ROWS), matrix.shape[1]), dtype=np.uint64)
+    for lo in range(0, n, _HASH_BLOCK_ROWS):
+        part = matrix[lo : lo + _HASH_BLOCK_ROWS]
+        block = wide[: len(part)]
+        block[...] = part
+        np.matmul(block, multipliers, out=keys[lo : lo + _HASH_BLOCK_ROWS])
+    return keys
+
+
 def _hash_rows(succ: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
     """`(succ + 2) @ multipliers` mod 2^64 (the keys the chunked passes compute; dead, -1, counts
-    as 1) without the shifted copy: the shift adds 2 * sum(multipliers) to every key.
-
-    A block of rows at a time through one reused 64-bit buffer: widening the whole matrix first
-    wrote and re-read 8 bytes per cell from memory (3x slower on a 140k x 64 round)."""
+    as 1) without the shifted copy: the shift adds 2 * sum(multipliers) to every key."""
     shift = np.add.reduce(multipliers * np.uint64(2), dtype=np.uint64)  # array ops: wrap, no warning
-    n = len(succ)
-    keys = np.empty(n, dtype=np.uint64)
-    wide = np.empty((min(n, _HASH_BLOCK_ROWS), succ.shape[1]), dtype=np.uint64)
-    for lo in range(0, n, _HASH_BLOCK_ROWS):
-        part = succ[lo : lo + _HASH_BLOCK_ROWS]
-        block = wide[: len(part)]
-        block[...] = part  # int32 -> uint64: -1 wraps to 2^64 - 1, as astype did
-        np.matmul(block, multipliers, out=keys[lo : lo + _HASH_BLOCK_ROWS])
+    keys = _row_products(succ, multipliers)
     keys += shift
     return keys
 
@@ -1084,8 +1089,8 @@ def _verify_split(
     their_pos = rep_pos[group]
     bad = np.zeros(len(group), dtype=bool) if key is None else key != key[their_pos]
     members = np.flatnonzero(their_pos != np.arange(len(group)))
-    for lo in range(0, len(members), _CHUNK):
-        idx = members[lo : lo + _CHUNK]
+    for lo in range(0, len(members), _CACHE_BLOCK_ROWS):
+        idx = members[lo : lo + _CACHE_BLOCK_ROWS]
         mine = signature_at(idx)
         theirs = signature_at(their_pos[idx])
         bad[idx] |= (mine != theirs).reshape(len(idx), -1).any(axis=1)
