@@ -74,8 +74,10 @@ class ModelRunner:
             self.use_native_layer_ops(True)
 
     def use_native_layer_ops(self, enabled: bool) -> bool:
-        """Switch the model's fused native element-wise ops (CPU, float32 decoders) on or off;
-        returns whether they are on. Benchmarks switch them off to measure the torch ops."""
+        """Switch the native layer path on or off (CPU, float32 decoders): the model's fused
+        element-wise ops and, on top of them, the whole forward as one native call
+        (`native_forward`). Returns whether the ops are on. Benchmarks switch them off to measure
+        the torch ops."""
         if not hasattr(self.model, "layer_ops"):
             return False
         ops = None
