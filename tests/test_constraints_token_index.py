@@ -459,3 +459,15 @@ def test_blocked_row_hash_equals_the_widened_product() -> None:
         mult = ti._MULTIPLIERS[1 : c + 1]
         want = (succ.astype(np.int64) + 2).astype(np.uint64) @ mult
         assert np.array_equal(ti._hash_rows(succ, mult), want)
+
+
+def test_column_popcounts_on_the_packing_equal_the_bool_sums() -> None:
+    """`_column_popcounts` (bit counts of the token-axis packing) equals the per-column sum of the
+    bool masks, for token counts that are and are not multiples of 8."""
+    from compiler.constraints import token_index as ti
+
+    rng = np.random.default_rng(5)
+    for v, g in [(1, 1), (7, 3), (8, 5), (49_153, 17)]:
+        masks = rng.random((v, g)) < rng.random()
+        want = masks.sum(axis=0)
+        assert np.array_equal(ti._column_popcounts(ti._pack_token_axis(masks), masks), want)

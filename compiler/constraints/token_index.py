@@ -424,9 +424,9 @@ def _rows_of(
         masks = _dense_walk(
             reps[members], roots[start], trie, flat_table, node_cls, num_classes, vocab_size, dead_row
         )
-        is_dense = np.add.reduce(masks.view(np.uint8), axis=0, dtype=np.int32) >= DENSE_MIN_TOKENS
         # packed along the token axis first: the columns are then picked and transposed 8x smaller
         packed = _pack_token_axis(masks)  # [ceil(V/8), G]
+        is_dense = _column_popcounts(packed, masks) >= DENSE_MIN_TOKENS
         del masks
         if is_dense.any():
             dense_rows.append(members[is_dense])
@@ -467,6 +467,14 @@ def _rows_of(
     pair_token = np.concatenate(pair_tokens)
     sparse_ptr, sparse_tokens = _pairs_csr(pair_row, pair_token, num_rows, vocab_size)
     return dense_id, dense_masks, sparse_ptr, sparse_tokens
+
+
+def _column_popcounts(packed: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """int32[G]: tokens per column of `masks` (bool[V, G]), counted on its packing `packed` (8x
+    fewer bytes: 6x less than summing the bools) where numpy has `bitwise_count` (2.0+)."""
+    if hasattr(np, "bitwise_count"):
+        return np.add.reduce(np.bitwise_count(packed), axis=0, dtype=np.int32)
+    return np.add.reduce(masks.view(np.uint8), axis=0, dtype=np.int32)
 
 
 def _pack_token_axis(masks: np.ndarray) -> np.ndarray:
