@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 
-def worker(root: str, timeout: float) -> None:
+def worker(root: str, timeout: float, warm: list[str]) -> None:
     sys.path[:0] = [root, root + "/tests", root + "/benchmarks"]
     import bench_schemas as bench
     from constraint_schemas import SMOLLM2_EOS, load_smollm2_tokenizer
@@ -31,6 +31,11 @@ def worker(root: str, timeout: float) -> None:
 
     vocab = Vocabulary.from_tokenizer(load_smollm2_tokenizer(), eos_token_id=SMOLLM2_EOS)
     compile_json_schema({"type": "string"}, vocab)  # the vocabulary trie, once
+    for doc in bench.load_corpus(warm, 0, 0) if warm else []:  # untimed: caches as a corpus run has them
+        try:
+            compile_json_schema(doc["schema"], vocab)
+        except ConstraintError:
+            pass
     print("ready", flush=True)
     for line in sys.stdin:
         doc = bench.load_corpus([line.strip()], 0, 0)[0]
@@ -58,14 +63,21 @@ def main() -> None:
     ap.add_argument("new", nargs="?")
     ap.add_argument("names", nargs="?", type=Path, help="a file of schema names (whitespace separated)")
     ap.add_argument("--timeout", type=float, default=10.0)
+    ap.add_argument(
+        "--warm", type=Path, help="a file of schema names each worker compiles first, untimed: the shared "
+        "leaf automata, the token split and first-use tables are then built, as in a corpus run that "
+        "compiled other schemas before (a fresh worker pays them in its first timed compiles)",
+    )
     ap.add_argument("--out", type=Path, default=Path("compile_ab.json"))
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.timeout)
+        worker(args.worker, args.timeout, args.warm.read_text().split() if args.warm else [])
         return
     procs = {}
     for tag, root in (("before", args.base), ("after", args.new)):
         cmd = [sys.executable, __file__, "--worker", str(Path(root).resolve()), "--timeout", str(args.timeout)]
+        if args.warm:
+            cmd += ["--warm", str(args.warm.resolve())]
         p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if p.stdout.readline().strip() != "ready":
             sys.exit(f"the {tag} worker did not start")
