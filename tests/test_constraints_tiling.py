@@ -218,3 +218,17 @@ def test_place_copies_columns_and_shifts_states_keeping_dead_cells() -> None:
         block = np.full((n, len(cols)), 7, dtype=np.int32)
         dfa_ops.place(block, table, cols, offset)
         assert np.array_equal(block, want), (trial, n, c, offset)
+
+
+def test_tile_writes_shifted_copies_keeping_dead_cells() -> None:
+    """`_tile` (blocks of copies, each `(t + j * step) | (t >> 31)`) equals the broadcast
+    definition, for one wide copy, many narrow ones (several per block) and a single cell."""
+    rng = np.random.default_rng(11)
+    for width, copies, classes in [(3000, 5, 30), (2, 50_000, 5), (1, 3, 1)]:
+        rel = rng.integers(-1, width + 1, size=(width, classes)).astype(np.int64)
+        rel[rng.random(rel.shape) < 0.5] = -1
+        want = rel[None] + (np.arange(copies) * width)[:, None, None]
+        want[:, rel < 0] = -1
+        body = np.full((copies, width, classes), 7, dtype=np.int32)
+        dfa_ops._tile(body, rel, width)
+        assert np.array_equal(body, want)

@@ -129,6 +129,20 @@ def _shifted(parts: Sequence[DFA], offsets: np.ndarray) -> tuple[tuple[int, int,
     return tuple((a + int(off), w, k) for p, off in zip(parts, offsets) for a, w, k in p.periods)
 
 
+def _tile(body: np.ndarray, rel: np.ndarray, step: int) -> None:
+    """`body[j] = rel + j * step` for every copy j, -1 (dead) staying -1: a cache-sized block of
+    copies at a time, shifted as `place` does ((t + shift) | (t >> 31)); a broadcast add then a
+    masked copy of -1 over all copies was 7x slower (the 300k-state string bodies of cfn Tags)."""
+    rel32 = rel.astype(np.int32)
+    dead = np.right_shift(rel32, 31)[None]  # -1 where dead, else 0
+    per_block = max(1, _PLACE_CHUNK_CELLS // max(1, rel32.size))
+    for j0 in range(0, len(body), per_block):
+        part = body[j0 : j0 + per_block]
+        shifts = (np.arange(j0, j0 + len(part), dtype=np.int64) * step).astype(np.int32)
+        np.add(rel32[None], shifts[:, None, None], out=part)
+        np.bitwise_or(part, dead, out=part)
+
+
 def optional_dfa(x: DFA) -> DFA:
     """`X?`: X with a start state that also accepts."""
     x = _fresh_initial(x)
@@ -160,13 +174,7 @@ def repeat_dfa(x: DFA, lo: int, hi: int | None, max_states: int | None = None) -
     check_time()
     table = np.empty((total, x.num_classes), dtype=np.int32)
     body = table[: copies * width].reshape(copies, width, x.num_classes)
-    np.add(
-        rel[None, :, :],
-        (np.arange(copies, dtype=np.int64) * width)[:, None, None],
-        out=body,
-        casting="unsafe",
-    )
-    np.copyto(body, np.int32(-1), where=(rel < 0)[None])  # (a boolean index: 2x slower)
+    _tile(body, rel, width)
     accepting = np.zeros(total, dtype=bool)
     if hi is None:
         last = lo * width  # the looping copy: its accepting transitions return to its own start
@@ -207,8 +215,7 @@ def _repeat_joined(x: DFA, lo: int, hi: int | None, max_states: int | None = Non
     check_time()
     table = np.empty((total, k), dtype=np.int32)
     body = table.reshape(copies, n, k)
-    np.add(t[None, :, :], (np.arange(copies, dtype=np.int64) * n)[:, None, None], out=body, casting="unsafe")
-    np.copyto(body, np.int32(-1), where=(t < 0)[None])
+    _tile(body, t, n)
     joined = np.arange(copies if hi is None else copies - 1)  # copies whose ends lead on
     nxt = joined + 1
     if hi is None:
