@@ -33,7 +33,7 @@ SOURCES = (
     Path(__file__).with_name("csrc") / "small_gemm_cpu.c",
     Path(__file__).with_name("csrc") / "decoder_cpu.c",
 )
-HEADERS = (Path(__file__).with_name("csrc") / "simd.h",)
+HEADERS = (Path(__file__).with_name("csrc") / "simd.h", Path(__file__).with_name("csrc") / "kernels.h")
 FLAGS = ("-O3", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 
 

@@ -17,6 +17,7 @@
 
 #include <math.h>
 
+#include "kernels.h"
 #include "simd.h"
 
 /* Below this many floats a call runs on the calling thread: a parallel region's fork and join

@@ -23,6 +23,7 @@
 #include <float.h>
 #include <stdlib.h>
 
+#include "kernels.h"
 #include "simd.h"
 
 #define KEY_BLOCK 64  /* keys scored before their softmax update */

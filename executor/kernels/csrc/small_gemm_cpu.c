@@ -17,6 +17,7 @@
  * depend on what else is in the batch).
  */
 
+#include "kernels.h"
 #include "simd.h"
 
 #if LANES == 16
