@@ -133,3 +133,26 @@ def test_docs_worked_example() -> None:
     assert fsm.jump_forward(s)[0] == '"ok":'
     s = fsm.walk_bytes(s, b'"ok":t')
     assert fsm.forced_string(s) == "rue}"
+
+
+def test_forced_bytes_is_the_single_live_byte_per_state() -> None:
+    """`forced_bytes` (live classes counted in blocks of rows) equals its definition, byte by
+    byte, on random tables longer than a block with one-byte and wider classes."""
+    from compiler.constraints import jump_forward as jf
+
+    rng = np.random.default_rng(9)
+    for n in [1, jf._BLOCK_ROWS + 37]:
+        symbol_class = rng.integers(0, 12, size=256).astype(np.int32)
+        symbol_class[rng.choice(256, 6, replace=False)] = np.arange(12, 18)  # six one-byte classes
+        table = np.full((n, 18), -1, dtype=np.int32)
+        for s in range(n):
+            live = rng.choice(18, size=int(rng.integers(0, 3)), replace=False)
+            table[s, live] = rng.integers(0, n, size=len(live))
+        accepting = rng.random(n) < 0.2
+        dfa = DFA(0, accepting, table, symbol_class)
+        want = np.full(n, -1, dtype=np.int16)
+        for s in range(n):
+            live_bytes = np.flatnonzero(table[s, symbol_class] >= 0)
+            if len(live_bytes) == 1 and not accepting[s]:
+                want[s] = live_bytes[0]
+        assert np.array_equal(jf.forced_bytes(dfa), want)
