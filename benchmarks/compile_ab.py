@@ -7,7 +7,10 @@ One script starts a long-lived worker process per tree (`--worker ROOT`: it impo
 compiler, warms the vocabulary once, then compiles the schemas named on stdin, compile only, under a
 `constraint_seconds` budget) and feeds both the same schema in turn, alternating which goes first,
 so that both see the same machine load (the development machine is shared). Prints one line per
-schema and writes the rows as JSON; refusals count at the time they took.
+schema and writes the rows as JSON (wall and CPU seconds); refusals count at the time they took.
+`--warm NAMES` has each worker compile other schemas first, untimed: a fresh worker otherwise pays
+the shared leaf automata and per-vocabulary tables in its first timed compiles, which a corpus
+run has mostly built already.
 """
 
 from __future__ import annotations
