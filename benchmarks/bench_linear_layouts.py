@@ -21,10 +21,9 @@ fastest layout per row count is in bold.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
-
-import sys
 from pathlib import Path
 
 import torch

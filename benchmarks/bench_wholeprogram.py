@@ -285,12 +285,12 @@ def bench_pinning(model: str, reps: int, mode: str) -> dict[str, Any]:
             programs = {budget: compiled_program(rt, fn, "compiled") for budget in (0.5, 0.0)}
             for budget, program in programs.items():
                 program.executor.pin_budget = budget
-            for budget, program in programs.items():
+            for program in programs.values():
                 program.run_batch(fn.name, rows[:1], defaults)  # warm-up
             for budget, program in programs.items():
                 walls, rates = [], []
                 for _ in range(reps):
-                    wall, _, st = timed(rt, lambda p=program: [s.text() for s in p.run_batch(fn.name, rows, defaults)])
+                    wall, _, st = timed(rt, lambda p=program, f=fn, d=defaults: [s.text() for s in p.run_batch(f.name, rows, d)])
                     walls.append(wall)
                     rates.append(st["num_cached_prompt_tokens"] / max(st["num_prompt_tokens"], 1))
                 entry[f"pins_{budget}"] = {"wall_s": min(walls), "cache_hit_rate": max(rates),

@@ -35,6 +35,15 @@ PERSON = {
     "required": ["name", "age", "email", "address"],
 }
 
+# Schemas whose automata tell states apart only 17-100 bytes before a bound: what the token index's
+# split walk (short tokens by class, long tokens by row) and its shortcuts are checked on.
+BOUNDED_STRING_SCHEMAS = [
+    {"type": "array", "items": {"type": "string", "maxLength": 38}, "maxItems": 4},
+    {"type": "object", "properties": {"a": {"type": "string", "maxLength": 90}, "b": {"enum": ["x", "yy"]},
+                                      "c": {"type": "string", "pattern": "^[a-z?=#-]{0,70}$"}}},
+    {"type": "string", "pattern": '^[ a-z"#=?*-]{0,100}$'},
+]
+
 TREE = {
     "$defs": {
         "node": {

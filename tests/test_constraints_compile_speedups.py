@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from constraint_schemas import SMOLLM2_EOS, load_smollm2_tokenizer
+from constraint_schemas import BOUNDED_STRING_SCHEMAS, SMOLLM2_EOS, load_smollm2_tokenizer
 
 from compiler.constraints import Vocabulary, automaton, compile_json_schema, compile_regex, token_index
 from compiler.constraints.dfa import DFA
@@ -37,15 +37,7 @@ def _same_tokens(a: token_index.TokenIndex, b: token_index.TokenIndex) -> None:
     assert not bad, f"{len(bad)} states differ, first {bad[:5]}"
 
 
-@pytest.mark.parametrize(
-    "schema",
-    [
-        {"type": "array", "items": {"type": "string", "maxLength": 38}, "maxItems": 4},
-        {"type": "object", "properties": {"a": {"type": "string", "maxLength": 90}, "b": {"enum": ["x", "yy"]},
-                                          "c": {"type": "string", "pattern": "^[a-z?=#-]{0,70}$"}}},
-        {"type": "string", "pattern": '^[ a-z"#=?*-]{0,100}$'},
-    ],
-)
+@pytest.mark.parametrize("schema", BOUNDED_STRING_SCHEMAS)
 def test_rows_from_moore_classes_allow_the_same_tokens(
     vocab: Vocabulary, schema: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pytest
-from constraint_schemas import PERSON, SMOLLM2_EOS, FSMWalker, load_smollm2_tokenizer
+from constraint_schemas import BOUNDED_STRING_SCHEMAS, PERSON, SMOLLM2_EOS, FSMWalker, load_smollm2_tokenizer
 
 from compiler.constraints import (
     ConstraintError,
@@ -411,14 +411,7 @@ def test_short_repetitions_share_rows_exactly(
 
 
 @pytest.mark.parametrize(
-    "schema",
-    [
-        {"type": "array", "items": {"type": "string", "maxLength": 38}, "maxItems": 4},
-        {"type": "object", "properties": {"a": {"type": "string", "maxLength": 90}, "b": {"enum": ["x", "yy"]},
-                                          "c": {"type": "string", "pattern": "^[a-z?=#-]{0,70}$"}}},
-        {"type": "string", "pattern": '^[ a-z"#=?*-]{0,100}$'},
-        {"type": "array", "items": {"type": "integer", "maximum": 300}, "maxItems": 4},
-    ],
+    "schema", [*BOUNDED_STRING_SCHEMAS, {"type": "array", "items": {"type": "integer", "maximum": 300}, "maxItems": 4}]
 )
 def test_long_tokens_walked_apart_give_the_same_rows(
     vocab: Vocabulary, schema: dict, monkeypatch: pytest.MonkeyPatch

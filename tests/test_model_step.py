@@ -11,12 +11,12 @@ import torch.nn.functional as F
 
 from executor.kernels.attention_cpu import decode_attention_cpu, extend_attention_cpu
 from executor.kernels.attention_ref import decode_attention_ref, extend_attention_ref
+from executor.kernels.small_gemm_cpu import panel_packer
 from executor.runtime.cpu_process import tune_cpu_process
 from executor.runtime.forward_batch import ForwardBatch, ForwardMode
 from executor.runtime.memory import KVPool, ReqToTokenPool
 from executor.runtime.model_runner import ModelRunner
 from models import ModelConfig, create_model
-from executor.kernels.small_gemm_cpu import panel_packer
 from models.cpu_pack import (
     MKL_ROWS,
     ONEDNN_ROWS,
