@@ -5,6 +5,11 @@ perf_counter (hooks on the model's norm, rotary, embedding and projection module
 the decoder's rotary functions, the runner's attention function and the KV write) attributes the
 step's time exactly; what no part claims (residual adds, SiLU-and-multiply, reshapes, Python glue)
 is reported as the rest.
+
+The parts are those of the Python-driven path (`DecoderForCausalLM.forward`, with the fused native
+ops where the runner set them): the whole-forward native call (`NativeDecoderForward`) that the
+runner takes for most CPU steps is one opaque call, so it is switched off while parts are timed;
+`bench_step.py`'s step timings measure it.
 """
 
 from __future__ import annotations
