@@ -45,6 +45,8 @@ def target_arch() -> str:
 
 def build_flags() -> tuple[str, ...]:
     return (*FLAGS, f"-march={target_arch()}")
+
+
 BUILD_TIMEOUT_S = 120
 
 _I64 = ctypes.c_int64
@@ -109,37 +111,38 @@ def library() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         log.warning("native CPU kernels unavailable, using the torch path: %s", exc)
         return None
-    fn = lib.sgc_paged_attention_f32
-    fn.restype = ctypes.c_int
-    fn.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64,  # q, new k/v and their slots
-                   _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR,  # pool, table, batch layout
-                   _I64, _I64, _I64, _I64, ctypes.c_float, _PTR, ctypes.c_int]  # sizes, scale, out, threads
-    grouped = lib.sgc_paged_decode_grouped_f32
-    grouped.restype = ctypes.c_int
-    grouped.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64,  # q, new k/v and their slots
-                        _PTR, _PTR, _PTR, _I64, _PTR, _PTR,  # pool, table, rows, seq_lens
-                        _PTR, _PTR, _PTR, _I64,  # work items: starts, members, shared lengths, count
-                        _I64, _I64, _I64, ctypes.c_float, _PTR, ctypes.c_int]  # sizes, scale, out, threads
     _declare_kernels(lib)
     return lib
 
 
 def _declare_kernels(lib: ctypes.CDLL) -> None:
-    """Signatures of `csrc/layer_ops_cpu.c` and `csrc/small_gemm_cpu.c` (0, or a nonzero status for
-    bad arguments)."""
-    f32, threads = ctypes.c_float, ctypes.c_int
+    """ctypes signatures of every function `csrc/kernels.h` exports (each returns 0, or a nonzero
+    status for arguments it refuses), in one table, so a signature lives in one place here."""
+    f32, threads, status = ctypes.c_float, ctypes.c_int, ctypes.c_int
     signatures = {
-        "sgc_rmsnorm_f32": [_PTR, _I64, _PTR, _I64, _I64, f32, _PTR, _I64, threads],
-        "sgc_add_rmsnorm_f32": [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, f32, _PTR, _I64, threads],
-        "sgc_rope_f32": [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, threads],
-        "sgc_silu_mul_f32": [_PTR, _I64, _I64, _I64, _PTR, _I64, threads],
+        # csrc/paged_attention_cpu.c
+        "sgc_paged_attention_f32": (status, [
+            _PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64,  # q, new k/v and their slots
+            _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR,  # pool, table, batch layout
+            _I64, _I64, _I64, _I64, f32, _PTR, threads]),  # sizes, scale, out, threads
+        "sgc_paged_decode_grouped_f32": (status, [
+            _PTR, _I64, _PTR, _PTR, _I64, _PTR, _I64,  # q, new k/v and their slots
+            _PTR, _PTR, _PTR, _I64, _PTR, _PTR,  # pool, table, rows, seq_lens
+            _PTR, _PTR, _PTR, _I64,  # work items: starts, members, shared lengths, count
+            _I64, _I64, _I64, f32, _PTR, threads]),  # sizes, scale, out, threads
+        # csrc/layer_ops_cpu.c
+        "sgc_rmsnorm_f32": (status, [_PTR, _I64, _PTR, _I64, _I64, f32, _PTR, _I64, threads]),
+        "sgc_add_rmsnorm_f32": (status, [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, f32, _PTR, _I64, threads]),
+        "sgc_rope_f32": (status, [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, threads]),
+        "sgc_silu_mul_f32": (status, [_PTR, _I64, _I64, _I64, _PTR, _I64, threads]),
         # csrc/small_gemm_cpu.c
-        "sgc_gemm_pack_f32": [_PTR, _I64, _I64, _I64, _PTR, threads],
-        "sgc_gemm_f32": [_PTR, _I64, _I64, _I64, _PTR, _I64, _PTR, _PTR, _I64, threads],
+        "sgc_gemm_packed_floats": (_I64, [_I64, _I64]),
+        "sgc_gemm_pack_f32": (status, [_PTR, _I64, _I64, _I64, _PTR, threads]),
+        "sgc_gemm_f32": (status, [_PTR, _I64, _I64, _I64, _PTR, _I64, _PTR, _PTR, _I64, threads]),
+        # csrc/decoder_cpu.c: the address of a `decoder_cpu.DecoderArgs`, hidden, normed
+        "sgc_decoder_forward_f32": (status, [_PTR, _PTR, _PTR]),
     }
-    for name, argtypes in signatures.items():
+    for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
-        fn.restype = ctypes.c_int
+        fn.restype = restype
         fn.argtypes = argtypes
-    lib.sgc_gemm_packed_floats.restype = _I64
-    lib.sgc_gemm_packed_floats.argtypes = [_I64, _I64]

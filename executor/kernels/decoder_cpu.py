@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from executor.kernels.attention_cpu import NativePagedAttention
+from models.cpu_pack import PANEL_ROWS
 
-MAX_TOKENS = 256  # the panel GEMM's row range (`cpu_pack.PANEL_ROWS`); larger passes are prefills
+MAX_TOKENS = PANEL_ROWS.stop - 1  # the panel GEMM's rows (the C forward has no other); larger passes are prefills
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -53,8 +54,6 @@ class NativeDecoderForward:
 
     def __init__(self, lib: ctypes.CDLL, model: nn.Module, kv_pool) -> None:
         self._lib = lib
-        lib.sgc_decoder_forward_f32.restype = ctypes.c_int
-        lib.sgc_decoder_forward_f32.argtypes = [ctypes.POINTER(DecoderArgs), _P, _P]
         self._model = model
         self._pool = kv_pool
         body = model.model
@@ -150,7 +149,7 @@ class NativeDecoderForward:
             threads=torch.get_num_threads(), **{name: t.data_ptr() for name, t in scratch.items()},
             **attention.layout_args(),
         )
-        status = self._lib.sgc_decoder_forward_f32(ctypes.byref(args), hidden.data_ptr(), normed.data_ptr())
+        status = self._lib.sgc_decoder_forward_f32(ctypes.addressof(args), hidden.data_ptr(), normed.data_ptr())
         if status != 0:
             step, code = divmod(status, 100)
             raise ValueError(f"native forward failed in the {_STEPS.get(step, step)} (status {code})")

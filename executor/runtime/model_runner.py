@@ -105,9 +105,7 @@ class ModelRunner:
         mixed = self._mixed_extend_attention_for(batch) if native is None and self.native_attention else None
 
         if mixed is not None:
-
-            def attention(layer_id: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                return mixed(layer_id, q, k, v)
+            attention = mixed  # same signature: (layer_id, q, k, v) -> out, storing k and v
 
         elif native is not None:
 

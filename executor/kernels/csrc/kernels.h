@@ -9,7 +9,6 @@
 #include <stdint.h>
 
 /* small_gemm_cpu.c */
-int64_t sgc_gemm_panel_width(void);
 int64_t sgc_gemm_packed_floats(int64_t n, int64_t k);
 int sgc_gemm_pack_f32(const float *w, int64_t w_stride, int64_t n, int64_t k, float *packed, int threads);
 int sgc_gemm_f32(const float *x, int64_t x_stride, int64_t m, int64_t k, const float *packed, int64_t n,

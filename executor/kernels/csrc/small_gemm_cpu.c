@@ -30,8 +30,6 @@
 #endif
 #define NR (NV * LANES)
 
-int64_t sgc_gemm_panel_width(void) { return NR; }
-
 /* Floats of the packed form of an [n, k] weight. */
 int64_t sgc_gemm_packed_floats(int64_t n, int64_t k) { return ((n + NR - 1) / NR) * k * NR; }
 
