@@ -243,3 +243,31 @@ def test_a_failing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path, cap
         assert not list((tmp_path / "kernels").glob("*.so"))  # no half-built library left behind
     finally:
         cpu_native.library.cache_clear()
+
+
+def test_a_bad_target_arch_falls_back_with_the_compilers_message(monkeypatch, tmp_path, caplog):
+    """`SGC_NATIVE_ARCH` is passed to the compiler as `-march=`: a value it rejects (or one that
+    tries to smuggle another flag in) is a failed build, never an exception or a stray library."""
+    monkeypatch.setenv("SGC_CACHE", str(tmp_path))
+    for arch in ("no-such-cpu", "native -o /tmp/evil.so"):
+        monkeypatch.setenv("SGC_NATIVE_ARCH", arch)
+        cpu_native.library.cache_clear()
+        try:
+            with caplog.at_level(logging.WARNING, logger="executor.kernels.cpu_native"):
+                assert cpu_native.library() is None
+            assert "native CPU kernels unavailable" in caplog.text
+            assert not list((tmp_path / "kernels").glob("*.so"))
+        finally:
+            cpu_native.library.cache_clear()
+
+
+def test_missing_kernel_sources_fall_back_with_a_warning(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("SGC_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_native, "HEADERS", (*cpu_native.HEADERS, tmp_path / "gone.h"))
+    cpu_native.library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="executor.kernels.cpu_native"):
+            assert cpu_native.library() is None
+        assert "sources missing" in caplog.text
+    finally:
+        cpu_native.library.cache_clear()
