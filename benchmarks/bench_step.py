@@ -204,6 +204,8 @@ def main() -> int:
     parser.add_argument("--no-steps", action="store_true", help="skip the step timings (raw batch / HF only)")
     parser.add_argument("--batches", default="1,8,32,64", help="decode batch sizes, comma-separated (each <= 64)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--python-path", action="store_true",
+                        help="also time each decode step with its layers driven from Python (no whole-forward call)")
     parser.add_argument("--interleaved", action="store_true",
                         help="decode contexts interleaved across requests (worst case) instead of the engine's runs")
     args = parser.parse_args()
@@ -230,12 +232,17 @@ def time_steps(folder: Path, args: argparse.Namespace) -> None:
     bounds = {}
     for rows in parse_batches(args.batches):
         decode = harness.decode_batch(rows)
-        best = race({"bound": matmul_bound_fn(cfg, rows), "step": lambda d=decode: harness.step(d)},
-                    args.rounds)
+        fns = {"bound": matmul_bound_fn(cfg, rows), "step": lambda d=decode: harness.step(d)}
+        if args.python_path:
+            fns["python"] = lambda d=decode: python_driven_step(harness, d)
+        best = race(fns, args.rounds)
         bounds[rows] = best["bound"]
         print(f"| matmul bound M={rows} | {1000 * best['bound']:.1f} | {rows / best['bound']:.0f} | 1.00 |")
         print(f"| decode step batch {rows} | {1000 * best['step']:.1f} | {rows / best['step']:.0f} | "
               f"{best['bound'] / best['step']:.2f} |")
+        if args.python_path:
+            print(f"| decode step batch {rows}, Python-driven layers | {1000 * best['python']:.1f} | "
+                  f"{rows / best['python']:.0f} | {best['bound'] / best['python']:.2f} |")
     prefill = harness.prefill_batch()
     seqs, length = PREFILL
     best = race({"prefill": lambda: harness.step(prefill)}, max(2, args.rounds // 2))
@@ -246,6 +253,17 @@ def time_steps(folder: Path, args: argparse.Namespace) -> None:
 
         print()
         print(breakdown_table(harness, rounds=max(3, args.rounds // 2)))
+
+
+def python_driven_step(harness: StepHarness, batch: ForwardBatch) -> torch.Tensor:
+    """`harness.step` with the whole-forward native call off: the same native kernels, driven layer
+    by layer from Python (what the one-call forward saves is the difference)."""
+    runner = harness.runner
+    native_forward, runner.native_forward = runner.native_forward, None
+    try:
+        return harness.step(batch)
+    finally:
+        runner.native_forward = native_forward
 
 
 def parse_batches(text: str) -> list[int]:
