@@ -89,6 +89,13 @@ def check_time() -> None:
             raise over("constraint_seconds", now - scope.started, "compile time")
 
 
+def current_deadline() -> float | None:
+    """The compile's `time.monotonic()` deadline (None outside a scope): for native code that
+    checks the clock itself."""
+    scope = _SCOPE.get()
+    return scope.deadline if scope is not None else None
+
+
 def max_states(override: int | None = None) -> int:
     return int(override) if override is not None else int(budgets.value("constraint_states"))
 

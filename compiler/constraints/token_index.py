@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import native
 from .automaton import DFA
 from .limits import check_memory, check_time
 from .vocabulary import Vocabulary
@@ -781,6 +782,15 @@ def _positional_on_quotient(table: np.ndarray, labels: np.ndarray, cols: list[np
 
 
 def _positional_classes(table: np.ndarray, level_cols: list[np.ndarray]) -> np.ndarray:
+    """`_positional_classes_numpy` (below, which says what it computes), by the C version in
+    `native` when it is built; labels by first occurrence either way."""
+    labels = native.positional_classes(table, level_cols)
+    if labels is not None:
+        return labels
+    return native.first_occurrence_labels(_positional_classes_numpy(table, level_cols))
+
+
+def _positional_classes_numpy(table: np.ndarray, level_cols: list[np.ndarray]) -> np.ndarray:
     """int32[S] labels such that states with equal labels allow the same tokens, from the bytes
     tokens have at each position (`level_cols[d]`: the DFA classes of the bytes at position d).
 
@@ -945,6 +955,13 @@ def _copy_crossing_bytes(table: np.ndarray, a: int, w: int, m: int, limit: int) 
 
 
 def _moore_classes(table: np.ndarray, depth: int) -> np.ndarray:
+    """Moore's `depth` rounds from the live-columns partition; labels by first occurrence (the C
+    version in `native` when it is built, else the numpy passes below)."""
+    labels = native.moore_classes(table, depth)
+    return labels if labels is not None else native.first_occurrence_labels(_moore_classes_numpy(table, depth))
+
+
+def _moore_classes_numpy(table: np.ndarray, depth: int) -> np.ndarray:
     n, c = table.shape
     # Round 0: the set of live classes (which bytes keep the state alive).
     live_key = np.zeros(n, dtype=np.uint64)

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
 import os
-import platform
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
+
+from compiler.native_build import build_library, c_compiler, native_enabled
 
 log = logging.getLogger(__name__)
 
@@ -47,67 +45,26 @@ def build_flags() -> tuple[str, ...]:
     return (*FLAGS, f"-march={target_arch()}")
 
 
-BUILD_TIMEOUT_S = 120
-
 _I64 = ctypes.c_int64
 _PTR = ctypes.c_void_p
-
-
-def native_kernels_enabled() -> bool:
-    return os.environ.get("SGC_NATIVE_KERNELS", "1") not in ("0", "", "false", "no")
-
-
-def _cpu_fingerprint() -> str:
-    """The CPU's model and feature flags: what -march=native compiles for."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return platform.processor() or platform.machine()
-    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(lines)))
-
-
-def _cache_dir() -> Path:
-    from models.hub import cache_root  # the one place the sgc cache location is decided
-
-    return cache_root() / "kernels"
-
-
-def _build(compiler: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        built = Path(scratch) / target.name
-        result = subprocess.run(
-            [compiler, *build_flags(), *map(str, SOURCES), "-o", str(built), "-lm"],
-            capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed on {', '.join(s.name for s in SOURCES)}:\n{result.stderr.strip()[-2000:]}")
-        os.replace(built, target)  # atomic: a concurrent builder sees the old file or the whole new one
 
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded native kernel library, building it on first use; None when unavailable."""
-    if not native_kernels_enabled() or platform.system() != "Linux":
+    if not native_enabled():
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = c_compiler()
     if compiler is None:
         log.warning("no C compiler found: the CPU step uses torch's kernels (slower at decode)")
         return None
     import torch  # noqa: F401  (torch's libgomp must be loaded first, so the kernels share it)
 
     try:
-        texts = [source.read_text() for source in (*SOURCES, *HEADERS)]
-    except OSError as exc:  # an install without the C sources
+        lib = build_library("sgc_cpu_kernels", compiler, SOURCES, HEADERS, build_flags())
+    except FileNotFoundError as exc:  # an install without the C sources
         log.warning("native CPU kernel sources missing, using the torch path: %s", exc)
         return None
-    key = hashlib.sha256("\0".join([*texts, " ".join(build_flags()), compiler, _cpu_fingerprint()]).encode())
-    target = _cache_dir() / f"sgc_cpu_kernels-{key.hexdigest()[:16]}.so"
-    try:
-        if not target.exists():
-            _build(compiler, target)
-        lib = ctypes.CDLL(str(target))
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         log.warning("native CPU kernels unavailable, using the torch path: %s", exc)
         return None

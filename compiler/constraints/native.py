@@ -1,0 +1,119 @@
+"""The token index's partition refinements in C (`csrc/automata.c`), with the numpy code as fallback.
+
+Moore's refinement and the positional refinement are most of the token index's time on large
+schemas (0.1-0.3 s each on 80-140k-state automata in numpy, where every round is a dozen array
+passes); the C loops group states in one pass per round. The C library is built on first use like
+the runtime's kernels (`compiler.native_build`); without a compiler, with `SGC_NATIVE_KERNELS=0`,
+or when the C code refuses its input, these functions return None and `token_index` runs its numpy
+code, which numbers labels the same way (by first occurrence), so both paths give identical
+indexes.
+
+The C code checks the compile's deadline (`constraint_seconds`) between rounds, and the caller
+checks the memory it will take against `constraint_memory_bytes` before it runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from compiler.native_build import build_library, c_compiler, native_enabled
+
+from .limits import check_memory, check_time, current_deadline
+
+log = logging.getLogger(__name__)
+
+SOURCES = (Path(__file__).with_name("csrc") / "automata.c",)
+FLAGS = ("-O3", "-fPIC", "-shared", "-std=c11")
+
+_ERR_MEMORY, _ERR_DEADLINE, _ERR_TABLE = -1, -2, -3
+_I64, _PTR, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded automaton library, built on first use; None when unavailable (logged once)."""
+    if not native_enabled():
+        return None
+    compiler = c_compiler()
+    if compiler is None:
+        log.info("no C compiler found: the token index uses its numpy path")
+        return None
+    try:
+        lib = build_library("sgc_automata", compiler, SOURCES, (), FLAGS)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        log.warning("native automaton passes unavailable, using numpy: %s", exc)
+        return None
+    lib.sgc_moore_classes.restype = _I64
+    lib.sgc_moore_classes.argtypes = [_PTR, _I64, _I64, _I64, _F64, _PTR]
+    lib.sgc_positional_classes.restype = _I64
+    lib.sgc_positional_classes.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _I64, _F64, _PTR]
+    return lib
+
+
+def _deadline() -> float:
+    """The compile's deadline as a CLOCK_MONOTONIC time (0: none), what `time.monotonic()` reads."""
+    deadline = current_deadline()
+    return 0.0 if deadline is None else max(deadline, time.monotonic() + 1e-6)
+
+
+def _table(table: np.ndarray) -> np.ndarray | None:
+    if table.ndim != 2 or table.shape[0] >= 2**31 - 1:
+        return None
+    return np.ascontiguousarray(table, dtype=np.int32)
+
+
+def _result(status: int, out: np.ndarray, what: str) -> np.ndarray | None:
+    if status >= 0:
+        return out
+    if status == _ERR_DEADLINE:
+        check_time()  # raises: the compile is over its time budget
+    log.warning("native %s refused its input (status %d); using numpy", what, status)
+    return None
+
+
+def moore_classes(table: np.ndarray, rounds: int) -> np.ndarray | None:
+    """`token_index._moore_classes` in C: int32 labels by first occurrence, or None (use numpy)."""
+    lib = library()
+    t = _table(table)
+    if lib is None or t is None:
+        return None
+    n, c = t.shape
+    check_memory(t.size * 4 + n * 100, "the automaton's Moore classes")
+    out = np.empty(n, dtype=np.int32)
+    status = lib.sgc_moore_classes(t.ctypes.data, n, c, int(rounds), _deadline(), out.ctypes.data)
+    return _result(int(status), out, "Moore refinement")
+
+
+def positional_classes(table: np.ndarray, level_cols: list[np.ndarray]) -> np.ndarray | None:
+    """`token_index._positional_classes` in C: int32 labels by first occurrence, or None."""
+    lib = library()
+    t = _table(table)
+    if lib is None or t is None:
+        return None
+    n, c = t.shape
+    check_memory(n * 32, "the automaton's positional classes")
+    cols = np.concatenate([np.asarray(x, dtype=np.int32) for x in level_cols]) if level_cols else np.zeros(0, np.int32)
+    ptr = np.zeros(len(level_cols) + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in level_cols], out=ptr[1:])
+    out = np.empty(n, dtype=np.int32)
+    status = lib.sgc_positional_classes(
+        t.ctypes.data, n, c, cols.ctypes.data, ptr.ctypes.data, len(level_cols), _deadline(), out.ctypes.data
+    )
+    return _result(int(status), out, "positional refinement")
+
+
+def first_occurrence_labels(labels: np.ndarray) -> np.ndarray:
+    """The same partition, labels renumbered in order of first occurrence (int32)."""
+    if len(labels) == 0:
+        return labels.astype(np.int32)
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int32)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first), dtype=np.int32)
+    return rank[inverse.reshape(-1)]
