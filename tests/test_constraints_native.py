@@ -13,9 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compiler.budgets import budget_overrides
-from compiler.constraints import ConstraintError, Vocabulary, compile_json_schema, native
+from compiler.constraints import ConstraintError, Vocabulary, automaton, compile_json_schema, native
 from compiler.constraints import token_index as ti
+from compiler.constraints.dfa import DFA
 from compiler.constraints.limits import compiling
+from compiler.constraints.regex_dfa import regex_to_byte_dfa
 
 needs_library = pytest.mark.skipif(native.library() is None, reason="no C compiler: numpy path only")
 
@@ -106,3 +108,66 @@ def test_the_index_without_the_library_is_identical(monkeypatch: pytest.MonkeyPa
     assert (without.num_states >= ti.SPLIT_MIN_STATES) == split  # which path of build_token_index ran
     for field in ("state_row", "dense_id", "dense_masks", "sparse_ptr", "sparse_tokens"):
         np.testing.assert_array_equal(getattr(with_native.index, field), getattr(without.index, field))
+
+
+PRODUCT_PATTERNS = ["[a-c]{0,5}", "a+b*", "(ab|ba)*c?", "[0-9]{2,4}", "x|y|z", "[a-z]*q[a-z]*", "(a|b)(c|d)*",
+                    "[^a]{0,3}", "é+|[α-ω]{1,3}"]
+
+
+@needs_library
+@pytest.mark.parametrize("operation", [automaton.union, automaton.intersect, automaton.difference],
+                         ids=["union", "intersect", "difference"])
+def test_products_in_c_equal_the_numpy_search(monkeypatch: pytest.MonkeyPatch, operation) -> None:
+    dfas = [regex_to_byte_dfa(p) for p in PRODUCT_PATTERNS]
+    with_native = [operation(a, b) for a in dfas for b in dfas]
+    monkeypatch.setattr(native, "library", lambda: None)
+    without = [operation(a, b) for a in dfas for b in dfas]
+    for x, y in zip(with_native, without):
+        assert (x.initial, x.num_states) == (y.initial, y.num_states)
+        for field in ("transitions", "accepting", "symbol_class"):
+            np.testing.assert_array_equal(getattr(x, field), getattr(y, field))
+
+
+def test_a_product_over_its_state_budget_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = regex_to_byte_dfa("[a-z]{0,30}"), regex_to_byte_dfa("[a-y]*z?[a-z]{0,3}")
+    messages = []
+    for use_native in (True, False):
+        if not use_native:
+            monkeypatch.setattr(native, "library", lambda: None)
+        with pytest.raises(ConstraintError) as info:
+            automaton.intersect(a, b, max_states=20)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "20 states" in messages[0]
+
+
+@needs_library
+def test_the_dense_walk_refuses_states_or_targets_outside_the_table(caplog: pytest.LogCaptureFixture) -> None:
+    vocab = Vocabulary.from_tokenizer(load_smollm2_tokenizer(), eos_token_id=SMOLLM2_EOS)
+    trie = ti.vocabulary_trie(vocab)
+    table = np.zeros((3, 1), dtype=np.int32)  # every byte loops in its state
+    node_cls = np.zeros(trie.num_nodes, dtype=np.int32)
+    roots = np.arange(trie.level_start[0], trie.level_start[1])
+    masks, counts = native.dense_walk(table, node_cls, trie, roots, np.array([0, 2]))
+    assert (counts == vocab.size - len(vocab.special_ids)).all()  # every non-special token allowed
+    with caplog.at_level(logging.WARNING, logger="compiler.constraints.native"):
+        assert native.dense_walk(table, node_cls, trie, roots, np.array([3])) is None  # no state 3
+        assert native.dense_walk(np.full((3, 1), 7, np.int32), node_cls, trie, roots, np.array([0])) is None
+        assert native.dense_walk(table, node_cls + 1, trie, roots, np.array([0])) is None  # no class 1
+    assert "refused its input" in caplog.text
+
+
+@needs_library
+@settings(max_examples=300, deadline=None)
+@given(tables(), st.data())
+def test_trim_in_c_keeps_the_states_numpy_keeps(table: np.ndarray, data: st.DataObject) -> None:
+    n = table.shape[0]
+    accepting = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    initial = data.draw(st.integers(0, n - 1))
+    dfa = DFA(initial, accepting, table, np.zeros(256, np.int32))
+    expected = automaton._trim_keep_numpy(dfa)
+    got = native.trim_keep(table, accepting, initial)
+    assert got is not None
+    if expected is None:
+        assert not got.any()
+    else:
+        np.testing.assert_array_equal(got, expected)

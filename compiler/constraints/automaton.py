@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import native
 from .charset import CharSet, utf8_sequences
 from .dfa import DFA
 from .errors import ConstraintError
@@ -406,6 +407,23 @@ def trim(dfa: DFA) -> DFA:
         return dfa
     table = dfa.transitions
     check_time()
+    keep = native.trim_keep(table, dfa.accepting, dfa.initial)
+    if keep is None:
+        keep = _trim_keep_numpy(dfa)
+    if keep is None or not keep[dfa.initial]:  # the initial state cannot accept anything
+        return DFA(0, np.zeros(0, bool), np.zeros((0, dfa.num_classes), np.int32), dfa.symbol_class)
+    if keep.all():
+        return dfa
+    new_id = np.full(n + 1, -1, dtype=np.int32)  # index n maps dead (-1) to -1
+    new_id[np.flatnonzero(keep)] = np.arange(int(keep.sum()), dtype=np.int32)
+    new_table = new_id[table[keep]]
+    return DFA(int(new_id[dfa.initial]), dfa.accepting[keep].copy(), new_table, dfa.symbol_class)
+
+
+def _trim_keep_numpy(dfa: DFA) -> np.ndarray | None:
+    """bool[n]: the states `trim` keeps, or None when the initial state cannot accept anything."""
+    n = dfa.num_states
+    table = dfa.transitions
     src, cls = np.nonzero(table >= 0)
     dst = table[src, cls].astype(np.int64)
     # one edge per (source, target) pair: a string body's dozens of classes lead to one state
@@ -417,16 +435,10 @@ def trim(dfa: DFA) -> DFA:
     back_ptr = np.searchsorted(dst[order], np.arange(n + 1))
     alive = _reach(back_ptr, src[order], np.flatnonzero(dfa.accepting))
     if not alive[dfa.initial]:
-        return DFA(0, np.zeros(0, bool), np.zeros((0, dfa.num_classes), np.int32), dfa.symbol_class)
+        return None
     # Forward reachability through alive states (src is sorted: np.nonzero is row-major).
     fwd_ptr = np.searchsorted(src, np.arange(n + 1))
-    keep = _reach(fwd_ptr, dst, np.array([dfa.initial]), alive)
-    if keep.all():
-        return dfa
-    new_id = np.full(n + 1, -1, dtype=np.int32)  # index n maps dead (-1) to -1
-    new_id[np.flatnonzero(keep)] = np.arange(int(keep.sum()), dtype=np.int32)
-    new_table = new_id[table[keep]]
-    return DFA(int(new_id[dfa.initial]), dfa.accepting[keep].copy(), new_table, dfa.symbol_class)
+    return _reach(fwd_ptr, dst, np.array([dfa.initial]), alive)
 
 
 def compact_classes(dfa: DFA) -> DFA:
@@ -605,6 +617,10 @@ def _product(a: DFA, b: DFA, max_states: int | None, mode: str) -> DFA:
     acc_b = np.append(False, b.accepting)
     width = np.int64(b.num_states + 1)
     start = (a.initial + 1) * int(width) + (b.initial + 1)
+    built = native.product(ta, tb, start, mode, limit_of_states(max_states))
+    if built is not None:  # the same search in C (one pass per level, no numpy temporaries)
+        rows_c, key = built
+        return _product_dfa(rows_c, key, width, acc_a, acc_b, symbol_class, mode)
     space = int(width) * (a.num_states + 1)
     # pair -> state id: a dense array when the pair space is small enough, else a dict
     dense = np.full(space, -1, dtype=np.int32) if space <= _DENSE_PAIR_IDS else None
@@ -645,10 +661,18 @@ def _product(a: DFA, b: DFA, max_states: int | None, mode: str) -> DFA:
             keys.append(new)
         rows.append(row)
         frontier = new
-    key = np.concatenate(keys)
+    return _product_dfa(np.concatenate(rows).reshape(count, len(pairs)), np.concatenate(keys), width,
+                        acc_a, acc_b, symbol_class, mode)
+
+
+def _product_dfa(
+    table: np.ndarray, key: np.ndarray, width: np.int64, acc_a: np.ndarray, acc_b: np.ndarray,
+    symbol_class: np.ndarray, mode: str,
+) -> DFA:
+    """The product's DFA from its table and its states' pair keys."""
     ka, kb = acc_a[key // width], acc_b[key % width]
     accepting = {"and": ka & kb, "or": ka | kb, "minus": ka & ~kb}[mode]
-    out = DFA(0, accepting, np.concatenate(rows).reshape(count, len(pairs)), symbol_class)
+    out = DFA(0, accepting, table, symbol_class)
     # A union of trimmed automata is trimmed: every pair was reached, and its live side still
     # reaches acceptance (the other may die on the way: that is a pair too).
     return out if mode == "or" else trim(out)

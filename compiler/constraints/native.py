@@ -20,12 +20,16 @@ import logging
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from compiler.native_build import build_library, c_compiler, native_enabled
 
-from .limits import check_memory, check_time, current_deadline
+from .limits import check_memory, check_states, check_time, current_deadline
+
+if TYPE_CHECKING:
+    from .token_index import TokenTrie
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,17 @@ def library() -> ctypes.CDLL | None:
     lib.sgc_moore_classes.argtypes = [_PTR, _I64, _I64, _I64, _F64, _PTR]
     lib.sgc_positional_classes.restype = _I64
     lib.sgc_positional_classes.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _I64, _F64, _PTR]
+    lib.sgc_product.restype = _PTR
+    lib.sgc_product.argtypes = [_PTR, _I64, _PTR, _I64, _I64, _I64, ctypes.c_int32, _I64, _F64, _PTR, _PTR]
+    lib.sgc_product_copy.restype = _I64
+    lib.sgc_product_copy.argtypes = [_PTR, _PTR, _PTR, _I64]
+    lib.sgc_product_free.restype = None
+    lib.sgc_product_free.argtypes = [_PTR]
+    lib.sgc_trim.restype = _I64
+    lib.sgc_trim.argtypes = [_PTR, _I64, _I64, _PTR, _I64, _F64, _PTR]
+    lib.sgc_dense_walk.restype = _I64
+    lib.sgc_dense_walk.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _PTR, _I64,
+                                   _PTR, _I64, _I64, _PTR, _PTR, _F64]
     return lib
 
 
@@ -107,6 +122,89 @@ def positional_classes(table: np.ndarray, level_cols: list[np.ndarray]) -> np.nd
         t.ctypes.data, n, c, cols.ctypes.data, ptr.ctypes.data, len(level_cols), _deadline(), out.ctypes.data
     )
     return _result(int(status), out, "positional refinement")
+
+
+def _int64(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def dense_walk(
+    table: np.ndarray, node_cls: np.ndarray, trie: TokenTrie, start_nodes: np.ndarray, states: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """`token_index._dense_walk` in C, packed: (uint8[G, ceil(V/8)] rows of allowed-token bits,
+    little-endian, one per state of `states`; int64[G] tokens per row), or None (use numpy)."""
+    lib = library()
+    t = _table(table)
+    if lib is None or t is None:
+        return None
+    n, c = t.shape
+    g, vocab = len(states), trie.vocab_size
+    words = (vocab + 7) // 8
+    check_memory(g * words, "the token index's dense walk")
+    masks = np.zeros((g, words), dtype=np.uint8)
+    counts = np.empty(g, dtype=np.int64)
+    cls = np.ascontiguousarray(node_cls, dtype=np.int32)
+    keep = (cls, _int64(trie.child_lo), _int64(trie.child_hi), _int64(trie.end_ptr), _int64(trie.end_tokens),
+            _int64(start_nodes), _int64(states))
+    status = lib.sgc_dense_walk(
+        t.ctypes.data, n, c, *(a.ctypes.data for a in keep[:5]), trie.num_nodes, trie.depth,
+        keep[5].ctypes.data, len(start_nodes), keep[6].ctypes.data, g, vocab,
+        masks.ctypes.data, counts.ctypes.data, _deadline(),
+    )
+    if _result(int(status), masks, "dense trie walk") is None:
+        return None
+    return masks, counts
+
+
+def trim_keep(table: np.ndarray, accepting: np.ndarray, initial: int) -> np.ndarray | None:
+    """`automaton.trim`'s searches in C: bool[n], the states it keeps (all False when the initial
+    state cannot accept), or None (use numpy, which says None for that case)."""
+    lib = library()
+    t = _table(table)
+    if lib is None or t is None:
+        return None
+    n, c = t.shape
+    check_memory(t.size * 4 + n * 40, "the automaton's trim")
+    acc = np.ascontiguousarray(accepting, dtype=np.uint8)
+    keep = np.empty(n, dtype=np.uint8)
+    status = lib.sgc_trim(t.ctypes.data, n, c, acc.ctypes.data, int(initial), _deadline(), keep.ctypes.data)
+    return None if _result(int(status), keep, "trim") is None else keep.view(bool)
+
+
+_PRODUCT_MODES = {"and": 0, "or": 1, "minus": 2}
+_ERR_STATES = -4
+
+
+def product(
+    ta: np.ndarray, tb: np.ndarray, start: int, mode: str, max_states: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """`automaton._product`'s breadth-first search in C: (rows int32[S, k], pair keys int64[S]),
+    numbered as the numpy code numbers them, or None (use numpy). `ta` / `tb`: the two tables on
+    the joint classes with a dead row 0 and targets shifted by one. Raises the `constraint_states`
+    error when the product has more than `max_states` states."""
+    lib = library()
+    if lib is None or ta.ndim != 2 or tb.ndim != 2 or ta.shape[1] != tb.shape[1]:
+        return None
+    a = np.ascontiguousarray(ta, dtype=np.int32)
+    b = np.ascontiguousarray(tb, dtype=np.int32)
+    k = a.shape[1]
+    status, count = ctypes.c_int64(0), ctypes.c_int64(0)
+    handle = lib.sgc_product(a.ctypes.data, len(a) - 1, b.ctypes.data, len(b) - 1, k, int(start),
+                             _PRODUCT_MODES[mode], int(max_states), _deadline(),
+                             ctypes.byref(status), ctypes.byref(count))
+    if not handle:
+        if status.value == _ERR_STATES:
+            check_states(int(count.value), max_states)
+        return _result(int(status.value), np.empty(0), "product construction")
+    try:
+        n = int(status.value)
+        check_memory(n * k * 4, "the product automaton's table")
+        rows = np.empty((n, k), dtype=np.int32)
+        keys = np.empty(n, dtype=np.int64)
+        lib.sgc_product_copy(handle, rows.ctypes.data, keys.ctypes.data, k)
+    finally:
+        lib.sgc_product_free(handle)
+    return rows, keys
 
 
 def first_occurrence_labels(labels: np.ndarray) -> np.ndarray:

@@ -422,6 +422,19 @@ def _rows_of(
         (m[i : i + max_columns], st) for m, st in batches for i in range(0, len(m), max_columns)
     ):
         check_memory(vocab_size * len(members), "the token index's dense walk")
+        walked = native.dense_walk(dfa.transitions, node_cls, trie, roots[start], reps[members])
+        if walked is not None:  # rows of packed bits, one per state
+            rows_packed, counts = walked
+            is_dense = counts >= DENSE_MIN_TOKENS
+            if is_dense.any():
+                dense_rows.append(members[is_dense])
+                dense_packed.append(rows_packed if is_dense.all() else rows_packed[is_dense])
+            if not is_dense.all():
+                col, tok = _packed_nonzero(np.ascontiguousarray(rows_packed[~is_dense].T))
+                pair_rows.append(members[~is_dense][col])
+                pair_tokens.append(tok)
+            check_time()
+            continue
         masks = _dense_walk(
             reps[members], roots[start], trie, flat_table, node_cls, num_classes, vocab_size, dead_row
         )

@@ -349,3 +349,333 @@ done:
     free(label), free(group), free(slots);
     return status;
 }
+
+/* The token index's dense walk (`token_index._dense_walk`): which tokens of a vocabulary trie each
+ * of `g` states allows, as bit-packed rows (`masks`, [g, ceil(vocab/8)], zeroed by the caller;
+ * bit t of row i: token t's bytes stay alive from states[i]) and per-row token counts.
+ *
+ * The trie is walked once, depth first, for all the states together: a node's bytes are read
+ * once per batch, and only the states still alive at a node go on into its subtree (kept as a
+ * compact list per depth). Every index is checked before it is used: the trie's arrays once per
+ * call, each transition as it is read (the table is not scanned whole: a batch reads a corner). */
+typedef struct {
+    const int32_t *table;
+    int64_t n, c;
+    const int32_t *node_cls;
+    const int64_t *child_lo, *child_hi, *end_ptr, *end_tokens;
+    uint8_t *masks;
+    int64_t words;
+    int64_t *counts;
+    int64_t **idx, **st;  /* per depth: the alive states' row indices and current states */
+    int64_t max_depth;
+    int64_t visits;
+    double deadline;
+    int status;
+} walk;
+
+static void visit(walk *w, int64_t node, int64_t depth, const int64_t *idx, const int64_t *st, int64_t m) {
+    if (w->status) return;
+    if (depth >= w->max_depth) {  /* deeper than the trie says it is: refuse, never overrun */
+        w->status = ERR_TABLE;
+        return;
+    }
+    if ((++w->visits & 4095) == 0 && past(w->deadline)) {
+        w->status = ERR_DEADLINE;
+        return;
+    }
+    int64_t *nidx = w->idx[depth], *nst = w->st[depth];
+    int64_t cls = w->node_cls[node], alive = 0;
+    for (int64_t k = 0; k < m; k++) {
+        int32_t t = w->table[st[k] * w->c + cls];
+        if (t >= w->n) {
+            w->status = ERR_TABLE;
+            return;
+        }
+        if (t >= 0) {
+            nidx[alive] = idx[k];
+            nst[alive++] = t;
+        }
+    }
+    if (alive == 0) return;
+    for (int64_t e = w->end_ptr[node]; e < w->end_ptr[node + 1]; e++) {
+        int64_t token = w->end_tokens[e];
+        for (int64_t k = 0; k < alive; k++) {
+            w->masks[nidx[k] * w->words + (token >> 3)] |= (uint8_t)(1u << (token & 7));
+            w->counts[nidx[k]]++;
+        }
+    }
+    for (int64_t child = w->child_lo[node]; child < w->child_hi[node]; child++)
+        visit(w, child, depth + 1, nidx, nst, alive);
+}
+
+int64_t sgc_dense_walk(const int32_t *table, int64_t n, int64_t c, const int32_t *node_cls,
+                       const int64_t *child_lo, const int64_t *child_hi, const int64_t *end_ptr,
+                       const int64_t *end_tokens, int64_t num_nodes, int64_t depth,
+                       const int64_t *start_nodes, int64_t num_start, const int64_t *states, int64_t g,
+                       int64_t vocab_size, uint8_t *masks, int64_t *counts, double deadline) {
+    if (g <= 0) return 0;
+    if (c < 1 || depth < 0 || end_ptr[0] != 0) return ERR_TABLE;
+    for (int64_t i = 0; i < g; i++)
+        if (states[i] < 0 || states[i] >= n) return ERR_TABLE;
+    for (int64_t i = 0; i < num_start; i++)
+        if (start_nodes[i] < 0 || start_nodes[i] >= num_nodes) return ERR_TABLE;
+    for (int64_t v = 0; v < num_nodes; v++) {
+        if (node_cls[v] < 0 || node_cls[v] >= c || child_lo[v] < 0 || child_lo[v] > child_hi[v]
+            || child_hi[v] > num_nodes || end_ptr[v + 1] < end_ptr[v])
+            return ERR_TABLE;
+    }
+    for (int64_t e = 0; e < end_ptr[num_nodes]; e++)
+        if (end_tokens[e] < 0 || end_tokens[e] >= vocab_size) return ERR_TABLE;
+    walk w = {table, n, c, node_cls, child_lo, child_hi, end_ptr, end_tokens, masks, (vocab_size + 7) / 8,
+              counts, NULL, NULL, depth + 1, 0, deadline, 0};
+    int64_t status = ERR_MEMORY;
+    int64_t *rows = malloc(sizeof(int64_t) * (size_t)g);
+    w.idx = calloc((size_t)w.max_depth, sizeof(int64_t *));
+    w.st = calloc((size_t)w.max_depth, sizeof(int64_t *));
+    if (!rows || !w.idx || !w.st) goto done;
+    for (int64_t d = 0; d < w.max_depth; d++) {
+        w.idx[d] = malloc(sizeof(int64_t) * (size_t)g);
+        w.st[d] = malloc(sizeof(int64_t) * (size_t)g);
+        if (!w.idx[d] || !w.st[d]) goto done;
+    }
+    for (int64_t i = 0; i < g; i++) rows[i] = i, counts[i] = 0;
+    for (int64_t r = 0; r < num_start && !w.status; r++) visit(&w, start_nodes[r], 0, rows, states, g);
+    status = w.status ? w.status : g;
+done:
+    if (w.idx)
+        for (int64_t d = 0; d < w.max_depth; d++) free(w.idx[d]);
+    if (w.st)
+        for (int64_t d = 0; d < w.max_depth; d++) free(w.st[d]);
+    free(w.idx), free(w.st), free(rows);
+    return status;
+}
+
+/* The product construction of `automaton._product`, breadth first, numbering pairs exactly as
+ * the numpy code does: level by level, each level's new pairs in increasing key order. A pair is
+ * the key `ia * wb + ib` of rows of `ta` / `tb` ([na + 1, k] and [nb + 1, k], row 0 the dead state,
+ * targets shifted by one: 0 is dead). `mode` 0: both alive ("and"), 1: either ("or"), 2: `a` alive
+ * ("minus"). The result stays in a `product` until the caller copies it out and frees it. */
+typedef struct {
+    int32_t *rows;  /* [count, k]: target ids, -1 dead */
+    int64_t *keys;  /* [count] */
+    int64_t count, cap;
+} product;
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* open addressing map from pair key to state id (or -1 while a level's new pairs are collected) */
+typedef struct {
+    int64_t *key;
+    int32_t *id;
+    int64_t size, used;
+} pair_map;
+
+static int64_t *map_slot(pair_map *m, int64_t key) {
+    uint64_t h = finish((uint64_t)key * 0x9E3779B97F4A7C15ull);
+    int64_t j = (int64_t)(h & (uint64_t)(m->size - 1));
+    while (m->key[j] != -1 && m->key[j] != key) j = (j + 1) & (m->size - 1);
+    return &m->key[j];
+}
+
+static int map_grow(pair_map *m) {
+    pair_map bigger = {malloc(sizeof(int64_t) * (size_t)(2 * m->size)), malloc(sizeof(int32_t) * (size_t)(2 * m->size)),
+                       2 * m->size, m->used};
+    if (!bigger.key || !bigger.id) {
+        free(bigger.key), free(bigger.id);
+        return 0;
+    }
+    for (int64_t j = 0; j < bigger.size; j++) bigger.key[j] = -1;
+    for (int64_t j = 0; j < m->size; j++)
+        if (m->key[j] != -1) {
+            int64_t *slot = map_slot(&bigger, m->key[j]);
+            *slot = m->key[j];
+            bigger.id[slot - bigger.key] = m->id[j];
+        }
+    free(m->key), free(m->id);
+    *m = bigger;
+    return 1;
+}
+
+void sgc_product_free(product *p) {
+    if (p) free(p->rows), free(p->keys), free(p);
+}
+
+int64_t sgc_product_copy(const product *p, int32_t *rows, int64_t *keys, int64_t k) {
+    memcpy(rows, p->rows, sizeof(int32_t) * (size_t)(p->count * k));
+    memcpy(keys, p->keys, sizeof(int64_t) * (size_t)p->count);
+    return p->count;
+}
+
+/* Returns the product (its `count` states), or NULL with `*status` set: ERR_MEMORY, ERR_DEADLINE,
+ * ERR_TABLE (a target outside its table), or -4 (more than `max_states` states; `*status_count`
+ * says how many the next level would make, for the caller's error message). */
+product *sgc_product(const int32_t *ta, int64_t na, const int32_t *tb, int64_t nb, int64_t k, int64_t start,
+                     int32_t mode, int64_t max_states, double deadline, int64_t *status, int64_t *status_count) {
+    int64_t wb = nb + 1;
+    product *p = calloc(1, sizeof(product));
+    pair_map m = {NULL, NULL, 1024, 0};
+    int64_t *fresh = NULL;
+    int64_t nfresh = 0, fresh_cap = 1024;
+    *status = ERR_MEMORY;
+    m.key = malloc(sizeof(int64_t) * (size_t)m.size);
+    m.id = malloc(sizeof(int32_t) * (size_t)m.size);
+    fresh = malloc(sizeof(int64_t) * (size_t)fresh_cap);
+    if (!p || !m.key || !m.id || !fresh) goto fail;
+    for (int64_t j = 0; j < m.size; j++) m.key[j] = -1;
+    for (int64_t i = 0; i < (na + 1) * k; i++)
+        if (ta[i] < 0 || ta[i] > na) goto bad_table;
+    for (int64_t i = 0; i < (nb + 1) * k; i++)
+        if (tb[i] < 0 || tb[i] > nb) goto bad_table;
+    if (start < 0 || start >= (na + 1) * wb) goto bad_table;
+    p->cap = 1024;
+    p->rows = malloc(sizeof(int32_t) * (size_t)(p->cap * k));
+    p->keys = malloc(sizeof(int64_t) * (size_t)p->cap);
+    if (!p->rows || !p->keys) goto fail;
+    int64_t *slot = map_slot(&m, start);
+    *slot = start;
+    m.id[slot - m.key] = 0;
+    m.used = 1;
+    p->keys[0] = start;
+    p->count = 1;
+    int64_t level_start = 0;  /* the frontier: states level_start .. count - 1 (keys in p->keys) */
+    while (level_start < p->count) {
+        if (past(deadline)) {
+            *status = ERR_DEADLINE;
+            goto fail;
+        }
+        int64_t level_end = p->count;
+        nfresh = 0;
+        /* pass 1: the level's successors not seen before, each once */
+        for (int64_t s = level_start; s < level_end; s++) {
+            int64_t key = p->keys[s], ia = key / wb, ib = key % wb;
+            for (int64_t j = 0; j < k; j++) {
+                int64_t xa = ta[ia * k + j], xb = tb[ib * k + j];
+                int live = mode == 0 ? (xa > 0 && xb > 0) : mode == 1 ? (xa > 0 || xb > 0) : xa > 0;
+                if (!live) continue;
+                int64_t succ = xa * wb + xb;
+                if (2 * (m.used + 1) > m.size && !map_grow(&m)) goto fail;
+                int64_t *sl = map_slot(&m, succ);
+                if (*sl == -1) {
+                    *sl = succ;
+                    m.id[sl - m.key] = -1;
+                    m.used++;
+                    if (nfresh == fresh_cap) {
+                        int64_t *grown = realloc(fresh, sizeof(int64_t) * (size_t)(2 * fresh_cap));
+                        if (!grown) goto fail;
+                        fresh = grown, fresh_cap *= 2;
+                    }
+                    fresh[nfresh++] = succ;
+                }
+            }
+        }
+        if (nfresh) {
+            if (p->count + nfresh > max_states) {
+                *status = -4;
+                *status_count = p->count + nfresh;
+                goto fail_quiet;
+            }
+            qsort(fresh, (size_t)nfresh, sizeof(int64_t), cmp_i64);
+            if (p->count + nfresh > p->cap) {
+                int64_t cap = p->cap;
+                while (cap < p->count + nfresh) cap *= 2;
+                int32_t *rows = realloc(p->rows, sizeof(int32_t) * (size_t)(cap * k));
+                if (!rows) goto fail;
+                p->rows = rows;
+                int64_t *keys = realloc(p->keys, sizeof(int64_t) * (size_t)cap);
+                if (!keys) goto fail;
+                p->keys = keys, p->cap = cap;
+            }
+            for (int64_t i = 0; i < nfresh; i++) {
+                m.id[map_slot(&m, fresh[i]) - m.key] = (int32_t)(p->count + i);
+                p->keys[p->count + i] = fresh[i];
+            }
+        }
+        /* pass 2: the level's rows, every successor now numbered */
+        for (int64_t s = level_start; s < level_end; s++) {
+            int64_t key = p->keys[s], ia = key / wb, ib = key % wb;
+            int32_t *row = p->rows + s * k;
+            for (int64_t j = 0; j < k; j++) {
+                int64_t xa = ta[ia * k + j], xb = tb[ib * k + j];
+                int live = mode == 0 ? (xa > 0 && xb > 0) : mode == 1 ? (xa > 0 || xb > 0) : xa > 0;
+                row[j] = live ? m.id[map_slot(&m, xa * wb + xb) - m.key] : -1;
+            }
+        }
+        p->count += nfresh;
+        level_start = level_end;
+    }
+    free(m.key), free(m.id), free(fresh);
+    *status = p->count;
+    return p;
+bad_table:
+    *status = ERR_TABLE;
+    goto fail_quiet;
+fail:
+fail_quiet:
+    free(m.key), free(m.id), free(fresh);
+    sgc_product_free(p);
+    return NULL;
+}
+
+/* `automaton.trim`'s two searches: `keep[s]` = 1 iff s is reachable from `initial` through states
+ * that can reach an accepting state (the rest is the caller's renumbering). Returns how many
+ * states are kept (0 when the initial state cannot accept anything). */
+int64_t sgc_trim(const int32_t *table, int64_t n, int64_t c, const uint8_t *accepting, int64_t initial,
+                 double deadline, uint8_t *keep) {
+    if (n <= 0) return 0;
+    if (c < 0 || initial < 0 || initial >= n || !table_ok(table, n, c)) return ERR_TABLE;
+    int64_t status = ERR_MEMORY;
+    int64_t *ptr = calloc((size_t)n + 1, sizeof(int64_t));
+    int64_t *stamp = malloc(sizeof(int64_t) * (size_t)n);
+    int64_t *queue = malloc(sizeof(int64_t) * (size_t)n);
+    uint8_t *alive = calloc((size_t)n, 1);
+    int32_t *preds = NULL;
+    if (!ptr || !stamp || !queue || !alive) goto done;
+    for (int64_t s = 0; s < n; s++) stamp[s] = -1;
+    for (int64_t s = 0; s < n; s++)
+        for (int64_t k = 0; k < c; k++) {
+            int32_t t = table[s * c + k];
+            if (t >= 0 && stamp[t] != s) stamp[t] = s, ptr[t + 1]++;
+        }
+    for (int64_t t = 0; t < n; t++) ptr[t + 1] += ptr[t];
+    preds = malloc(sizeof(int32_t) * (size_t)(ptr[n] > 0 ? ptr[n] : 1));
+    if (!preds) goto done;
+    for (int64_t t = 0; t < n; t++) queue[t] = ptr[t], stamp[t] = -1;  /* queue: fill positions */
+    for (int64_t s = 0; s < n; s++)
+        for (int64_t k = 0; k < c; k++) {
+            int32_t t = table[s * c + k];
+            if (t >= 0 && stamp[t] != s) stamp[t] = s, preds[queue[t]++] = (int32_t)s;
+        }
+    if (past(deadline)) {
+        status = ERR_DEADLINE;
+        goto done;
+    }
+    /* backward from the accepting states */
+    int64_t head = 0, tail = 0;
+    for (int64_t s = 0; s < n; s++)
+        if (accepting[s]) alive[s] = 1, queue[tail++] = s;
+    while (head < tail) {
+        int64_t t = queue[head++];
+        for (int64_t e = ptr[t]; e < ptr[t + 1]; e++)
+            if (!alive[preds[e]]) alive[preds[e]] = 1, queue[tail++] = preds[e];
+    }
+    memset(keep, 0, (size_t)n);
+    int64_t kept = 0;
+    if (alive[initial]) {  /* forward from the initial state, through alive states */
+        head = tail = 0;
+        keep[initial] = 1, queue[tail++] = initial, kept = 1;
+        while (head < tail) {
+            int64_t s = queue[head++];
+            for (int64_t k = 0; k < c; k++) {
+                int32_t t = table[s * c + k];
+                if (t >= 0 && alive[t] && !keep[t]) keep[t] = 1, queue[tail++] = t, kept++;
+            }
+        }
+    }
+    status = kept;
+done:
+    free(ptr), free(stamp), free(queue), free(alive), free(preds);
+    return status;
+}
