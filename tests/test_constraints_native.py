@@ -5,6 +5,7 @@ the index is built by numpy and is identical."""
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compiler.budgets import budget_overrides
-from compiler.constraints import ConstraintError, Vocabulary, automaton, compile_json_schema, native
+from compiler.constraints import ConstraintError, Vocabulary, automaton, compile_json_schema, dfa_ops, native
 from compiler.constraints import token_index as ti
 from compiler.constraints.dfa import DFA
 from compiler.constraints.limits import compiling
@@ -171,3 +172,20 @@ def test_trim_in_c_keeps_the_states_numpy_keeps(table: np.ndarray, data: st.Data
         assert not got.any()
     else:
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_large_dfa_tables_ask_for_small_pages() -> None:
+    table = dfa_ops.new_table(300_000, 40)  # 48 MB: over the small-pages threshold
+    assert table.shape == (300_000, 40) and table.dtype == np.int32
+    inside = (table.ctypes.data + 4095) & ~4095
+    flags = None
+    current = None
+    for line in open("/proc/self/smaps").read().splitlines():
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            current = lo <= inside < hi
+        elif line.startswith("VmFlags:") and current:
+            flags = line.split()[1:]
+    assert flags is not None and "nh" in flags

@@ -25,7 +25,10 @@ allocated.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ctypes
+import functools
+import sys
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -47,6 +50,37 @@ from .regex_ast import Alt, Automaton, Chars, Concat, Epsilon, Node, Repeat, con
 
 def _table_bytes(states: int, classes: int) -> int:
     return 4 * states * max(classes, 1)
+
+
+_SMALL_PAGES_MIN_BYTES = 32 << 20
+_MADV_NOHUGEPAGE = 15
+
+
+@functools.cache
+def _madvise() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def new_table(states: int, classes: int) -> np.ndarray:
+    """An uninitialized int32 [states, classes] table. A large one asks the kernel for small pages:
+    numpy advises huge pages for every large array, and on a VM a fresh 2 MiB page costs far more
+    than 512 small ones (a 140 MB table written once: 0.36 s against 0.05 s), while the walks over
+    these tables gain little from them."""
+    table = np.empty((states, classes), dtype=np.int32)
+    if table.nbytes >= _SMALL_PAGES_MIN_BYTES and sys.platform.startswith("linux"):
+        madvise = _madvise()
+        if madvise is not None:
+            start = table.ctypes.data
+            aligned = (start + 4095) & ~4095  # the whole pages inside the buffer (untouched yet)
+            madvise(aligned, (start + table.nbytes - aligned) & ~4095, _MADV_NOHUGEPAGE)
+    return table
 
 
 def joint_classes(dfas: Sequence[DFA]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -172,7 +206,7 @@ def repeat_dfa(x: DFA, lo: int, hi: int | None, max_states: int | None = None) -
     check_states(total, max_states)
     check_memory(_table_bytes(total, x.num_classes), "the repetition's transition table")
     check_time()
-    table = np.empty((total, x.num_classes), dtype=np.int32)
+    table = new_table(total, x.num_classes)
     body = table[: copies * width].reshape(copies, width, x.num_classes)
     _tile(body, rel, width)
     accepting = np.zeros(total, dtype=bool)
@@ -213,7 +247,7 @@ def _repeat_joined(x: DFA, lo: int, hi: int | None, max_states: int | None = Non
     check_states(total, max_states)
     check_memory(_table_bytes(total, k), "the repetition's transition table")
     check_time()
-    table = np.empty((total, k), dtype=np.int32)
+    table = new_table(total, k)
     body = table.reshape(copies, n, k)
     _tile(body, t, n)
     joined = np.arange(copies if hi is None else copies - 1)  # copies whose ends lead on
@@ -300,7 +334,7 @@ def concat_dfas(
     check_memory(_table_bytes(total, num_classes), "the concatenation's transition table")
     check_time()
     if reuse is None:
-        table = np.empty((total, num_classes), dtype=np.int32)
+        table = new_table(total, num_classes)
     else:
         table = parts[reuse].transitions
         # realloc: a large block is remapped, not copied; the part's DFA is not used again
@@ -337,7 +371,7 @@ def union_dfas(options: Sequence[DFA], max_states: int | None = None) -> DFA | N
     total = int(offsets[-1])
     check_states(total, max_states)
     check_memory(_table_bytes(total, num_classes), "the alternation's transition table")
-    table = np.empty((total, num_classes), dtype=np.int32)
+    table = new_table(total, num_classes)
     accepting = np.zeros(total, dtype=bool)
     table[0] = start
     accepting[0] = any(bool(o.accepting[o.initial]) for o in options)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .automaton import DFA
-from .dfa_ops import joint_classes, place
+from .dfa_ops import joint_classes, new_table, place
 from .limits import check_memory, check_states, check_time
 
 
@@ -60,7 +60,7 @@ def link(
     total = int(offsets[-1]) + 1  # + the initial state
     check_states(total, max_states)
     check_memory(4 * total * num_classes, "the linked automaton's transition table")
-    table = np.empty((total, num_classes), dtype=np.int32)
+    table = new_table(total, num_classes)
     accepting = np.zeros(total, dtype=bool)
     starts: list[np.ndarray] = []
     for j, comp in enumerate(components):

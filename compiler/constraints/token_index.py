@@ -524,9 +524,10 @@ def _walk_table(dfa: DFA) -> tuple[np.ndarray, bool]:
     """The flat transition table the trie walks read, `num_classes` cells longer than the table
     (all -1: the dead state's row) when the table is small enough to copy: then a target of -1
     reads, by numpy's negative indexing, the dead row and stays dead, and the dense walk needs no
-    clamp and no re-kill per level (a third of its time on mid-size automata)."""
+    clamp and no re-kill per level (a third of its time on mid-size automata). Only the numpy
+    dense walk reads the dead row: with the C walk (`native.dense_walk`) the table is not copied."""
     flat = dfa.transitions.reshape(-1)
-    if flat.size > _DEAD_ROW_MAX_CELLS:
+    if flat.size > _DEAD_ROW_MAX_CELLS or native.library() is not None:  # (the C walk needs no copy)
         return flat, False
     out = np.empty(flat.size + dfa.num_classes, dtype=flat.dtype)
     out[: flat.size] = flat
