@@ -189,3 +189,23 @@ def test_large_dfa_tables_ask_for_small_pages() -> None:
         elif line.startswith("VmFlags:") and current:
             flags = line.split()[1:]
     assert flags is not None and "nh" in flags
+
+
+def test_a_product_over_the_states_budget_names_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = regex_to_byte_dfa("[a-z]{0,30}"), regex_to_byte_dfa("[a-y]*z?[a-z]{0,3}")
+    messages = []
+    for use_native in (True, False):
+        if not use_native:
+            monkeypatch.setattr(native, "library", lambda: None)
+        with budget_overrides(constraint_states=20), pytest.raises(ConstraintError) as info:
+            automaton.intersect(a, b, max_states=None)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "constraint_states" in messages[0]
+
+
+@needs_library
+def test_moore_classes_over_the_memory_budget_raise_before_allocating() -> None:
+    table = np.tile(np.arange(64, dtype=np.int32), (4096, 1)) % 4096  # 64 distinct targets per row
+    with budget_overrides(constraint_memory_bytes=1_000_000), pytest.raises(ConstraintError, match="constraint_memory"):
+        native.moore_classes(table, 5)  # 4096 states x 148 B fit; their 262k edges do not
+    assert native.moore_classes(table, 5) is not None

@@ -617,7 +617,7 @@ def _product(a: DFA, b: DFA, max_states: int | None, mode: str) -> DFA:
     acc_b = np.append(False, b.accepting)
     width = np.int64(b.num_states + 1)
     start = (a.initial + 1) * int(width) + (b.initial + 1)
-    built = native.product(ta, tb, start, mode, limit_of_states(max_states))
+    built = native.product(ta, tb, start, mode, max_states)
     if built is not None:  # the same search in C (one pass per level, no numpy temporaries)
         rows_c, key = built
         return _product_dfa(rows_c, key, width, acc_a, acc_b, symbol_class, mode)

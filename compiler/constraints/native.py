@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from compiler import budgets
 from compiler.native_build import build_library, c_compiler, native_enabled
 
 from .limits import check_memory, check_states, check_time, current_deadline
+from .limits import max_states as limit_of_states
 
 if TYPE_CHECKING:
     from .token_index import TokenTrie
@@ -36,7 +38,8 @@ log = logging.getLogger(__name__)
 SOURCES = (Path(__file__).with_name("csrc") / "automata.c",)
 FLAGS = ("-O3", "-fPIC", "-shared", "-std=c11")
 
-_ERR_MEMORY, _ERR_DEADLINE, _ERR_TABLE = -1, -2, -3
+_ERR_MEMORY, _ERR_DEADLINE, _ERR_TABLE, _ERR_BUDGET = -1, -2, -3, -5
+_MOORE_BYTES_PER_STATE = 148  # csrc/automata.c's arrays per state (predecessor lists counted there)
 _I64, _PTR, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 
 
@@ -55,7 +58,7 @@ def library() -> ctypes.CDLL | None:
         log.warning("native automaton passes unavailable, using numpy: %s", exc)
         return None
     lib.sgc_moore_classes.restype = _I64
-    lib.sgc_moore_classes.argtypes = [_PTR, _I64, _I64, _I64, _F64, _PTR]
+    lib.sgc_moore_classes.argtypes = [_PTR, _I64, _I64, _I64, _F64, _I64, _PTR, _PTR]
     lib.sgc_positional_classes.restype = _I64
     lib.sgc_positional_classes.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _I64, _F64, _PTR]
     lib.sgc_product.restype = _PTR
@@ -100,9 +103,15 @@ def moore_classes(table: np.ndarray, rounds: int) -> np.ndarray | None:
     if lib is None or t is None:
         return None
     n, c = t.shape
-    check_memory(t.size * 4 + n * 100, "the automaton's Moore classes")
+    what = "the automaton's Moore classes"
+    check_memory(n * _MOORE_BYTES_PER_STATE, what)  # before the C code counts the edges too
     out = np.empty(n, dtype=np.int32)
-    status = lib.sgc_moore_classes(t.ctypes.data, n, c, int(rounds), _deadline(), out.ctypes.data)
+    needed = ctypes.c_int64(0)
+    status = lib.sgc_moore_classes(t.ctypes.data, n, c, int(rounds), _deadline(),
+                                   int(budgets.value("constraint_memory_bytes")), ctypes.byref(needed),
+                                   out.ctypes.data)
+    if status == _ERR_BUDGET:
+        check_memory(int(needed.value), what)  # raises
     return _result(int(status), out, "Moore refinement")
 
 
@@ -113,7 +122,7 @@ def positional_classes(table: np.ndarray, level_cols: list[np.ndarray]) -> np.nd
     if lib is None or t is None:
         return None
     n, c = t.shape
-    check_memory(n * 32, "the automaton's positional classes")
+    check_memory(n * 48, "the automaton's positional classes")
     cols = np.concatenate([np.asarray(x, dtype=np.int32) for x in level_cols]) if level_cols else np.zeros(0, np.int32)
     ptr = np.zeros(len(level_cols) + 1, dtype=np.int64)
     np.cumsum([len(x) for x in level_cols], out=ptr[1:])
@@ -176,12 +185,13 @@ _ERR_STATES = -4
 
 
 def product(
-    ta: np.ndarray, tb: np.ndarray, start: int, mode: str, max_states: int
+    ta: np.ndarray, tb: np.ndarray, start: int, mode: str, max_states: int | None
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """`automaton._product`'s breadth-first search in C: (rows int32[S, k], pair keys int64[S]),
     numbered as the numpy code numbers them, or None (use numpy). `ta` / `tb`: the two tables on
-    the joint classes with a dead row 0 and targets shifted by one. Raises the `constraint_states`
-    error when the product has more than `max_states` states."""
+    the joint classes with a dead row 0 and targets shifted by one. Raises the error
+    `limits.check_states` raises when the product has more than `max_states` states (None: the
+    `constraint_states` budget)."""
     lib = library()
     if lib is None or ta.ndim != 2 or tb.ndim != 2 or ta.shape[1] != tb.shape[1]:
         return None
@@ -190,7 +200,7 @@ def product(
     k = a.shape[1]
     status, count = ctypes.c_int64(0), ctypes.c_int64(0)
     handle = lib.sgc_product(a.ctypes.data, len(a) - 1, b.ctypes.data, len(b) - 1, k, int(start),
-                             _PRODUCT_MODES[mode], int(max_states), _deadline(),
+                             _PRODUCT_MODES[mode], limit_of_states(max_states), _deadline(),
                              ctypes.byref(status), ctypes.byref(count))
     if not handle:
         if status.value == _ERR_STATES:

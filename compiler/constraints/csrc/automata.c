@@ -12,7 +12,8 @@
  *
  * Every function returns the number of labels (>= 0) or a negative status:
  *   -1  out of memory;  -2  past the deadline (CLOCK_MONOTONIC seconds; <= 0: none);
- *   -3  a table entry outside [-1, n) or a column outside [0, c) (the table is not read past it).
+ *   -3  a table entry outside [-1, n) or a column outside [0, c) (the table is not read past it);
+ *   -5  the memory it needs (written to `*needed`) is over `memory_budget` bytes.
  */
 #define _POSIX_C_SOURCE 199309L
 #include <stdint.h>
@@ -23,6 +24,8 @@
 #define ERR_MEMORY (-1)
 #define ERR_DEADLINE (-2)
 #define ERR_TABLE (-3)
+#define ERR_BUDGET (-5)
+#define MOORE_BYTES_PER_STATE 148  /* the arrays below, per state (hash slots: up to 4 per state) */
 
 static int past(double deadline) {
     if (deadline <= 0) return 0;
@@ -183,7 +186,7 @@ static int64_t renumber(int32_t *label, int64_t n, int64_t num_labels, int32_t *
  * class made only of candidates, the largest group keeps the label, so an unsplit class moves no
  * state; every other group gets a fresh label. */
 int64_t sgc_moore_classes(const int32_t *table, int64_t n, int64_t c, int64_t rounds, double deadline,
-                          int32_t *out) {
+                          int64_t memory_budget, int64_t *needed, int32_t *out) {
     if (n <= 0) return 0;
     if (c < 0 || c > MAX_COLUMNS - 1 || !table_ok(table, n, c)) return ERR_TABLE;
     init_multipliers();
@@ -223,6 +226,11 @@ int64_t sgc_moore_classes(const int32_t *table, int64_t n, int64_t c, int64_t ro
             }
         }
     for (int64_t t = 0; t < n; t++) preds_ptr[t + 1] += preds_ptr[t];
+    *needed = MOORE_BYTES_PER_STATE * n + 4 * preds_ptr[n];
+    if (*needed > memory_budget) {
+        status = ERR_BUDGET;
+        goto done;
+    }
     preds = malloc(sizeof(int32_t) * (size_t)(preds_ptr[n] > 0 ? preds_ptr[n] : 1));
     group_size = malloc(sizeof(int64_t) * (size_t)n);
     group_label = malloc(sizeof(int64_t) * (size_t)n);
