@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SOURCES = (Path(__file__).with_name("csrc") / "automata.c",)
-FLAGS = ("-O3", "-fPIC", "-shared", "-std=c11")
+FLAGS = ("-O3", "-funroll-loops", "-fPIC", "-shared", "-std=c11")
 
 _ERR_MEMORY, _ERR_DEADLINE, _ERR_TABLE, _ERR_BUDGET = -1, -2, -3, -5
 _MOORE_BYTES_PER_STATE = 148  # csrc/automata.c's arrays per state (predecessor lists counted there)

@@ -507,6 +507,38 @@ static int map_grow(pair_map *m) {
     return 1;
 }
 
+/* Pair key -> state id: a dense array when the pair space is small (one load per lookup), else
+ * the hash map. A cell is ABSENT, or SEEN (a new pair of the current level, not numbered yet), or
+ * the pair's id. */
+#define DENSE_PAIR_IDS (1 << 24)
+#define ABSENT (-2)
+#define SEEN (-1)
+
+typedef struct {
+    int32_t *dense;  /* [space] or NULL */
+    pair_map map;
+} pair_ids;
+
+/* The id cell of `key`, inserted (as SEEN, `*fresh` = 1) if absent; NULL when out of memory. */
+static int32_t *ids_cell(pair_ids *ids, int64_t key, int *fresh) {
+    *fresh = 0;
+    if (ids->dense) {
+        int32_t *cell = &ids->dense[key];
+        if (*cell == ABSENT) *cell = SEEN, *fresh = 1;
+        return cell;
+    }
+    pair_map *m = &ids->map;
+    int64_t *slot = map_slot(m, key);
+    if (*slot == -1) {  /* absent: make room first (only an insert grows the map) */
+        if (2 * (m->used + 1) > m->size) {
+            if (!map_grow(m)) return NULL;
+            slot = map_slot(m, key);
+        }
+        *slot = key, m->id[slot - m->key] = SEEN, m->used++, *fresh = 1;
+    }
+    return &m->id[slot - m->key];
+}
+
 void sgc_product_free(product *p) {
     if (p) free(p->rows), free(p->keys), free(p);
 }
@@ -524,28 +556,36 @@ product *sgc_product(const int32_t *ta, int64_t na, const int32_t *tb, int64_t n
                      int32_t mode, int64_t max_states, double deadline, int64_t *status, int64_t *status_count) {
     int64_t wb = nb + 1;
     product *p = calloc(1, sizeof(product));
-    pair_map m = {NULL, NULL, 1024, 0};
+    pair_ids ids = {NULL, {NULL, NULL, 1024, 0}};
     int64_t *fresh = NULL;
     int64_t nfresh = 0, fresh_cap = 1024;
+    int is_new;
     *status = ERR_MEMORY;
-    m.key = malloc(sizeof(int64_t) * (size_t)m.size);
-    m.id = malloc(sizeof(int32_t) * (size_t)m.size);
     fresh = malloc(sizeof(int64_t) * (size_t)fresh_cap);
-    if (!p || !m.key || !m.id || !fresh) goto fail;
-    for (int64_t j = 0; j < m.size; j++) m.key[j] = -1;
+    if (!p || !fresh) goto fail;
     for (int64_t i = 0; i < (na + 1) * k; i++)
         if (ta[i] < 0 || ta[i] > na) goto bad_table;
     for (int64_t i = 0; i < (nb + 1) * k; i++)
         if (tb[i] < 0 || tb[i] > nb) goto bad_table;
-    if (start < 0 || start >= (na + 1) * wb) goto bad_table;
+    int64_t space = (na + 1) * wb;
+    if (start < 0 || start >= space) goto bad_table;
+    if (space <= DENSE_PAIR_IDS) {
+        ids.dense = malloc(sizeof(int32_t) * (size_t)space);
+        if (!ids.dense) goto fail;
+        for (int64_t i = 0; i < space; i++) ids.dense[i] = ABSENT;
+    } else {
+        ids.map.key = malloc(sizeof(int64_t) * (size_t)ids.map.size);
+        ids.map.id = malloc(sizeof(int32_t) * (size_t)ids.map.size);
+        if (!ids.map.key || !ids.map.id) goto fail;
+        for (int64_t j = 0; j < ids.map.size; j++) ids.map.key[j] = -1;
+    }
     p->cap = 1024;
     p->rows = malloc(sizeof(int32_t) * (size_t)(p->cap * k));
     p->keys = malloc(sizeof(int64_t) * (size_t)p->cap);
     if (!p->rows || !p->keys) goto fail;
-    int64_t *slot = map_slot(&m, start);
-    *slot = start;
-    m.id[slot - m.key] = 0;
-    m.used = 1;
+    int32_t *cell = ids_cell(&ids, start, &is_new);
+    if (!cell) goto fail;
+    *cell = 0;
     p->keys[0] = start;
     p->count = 1;
     int64_t level_start = 0;  /* the frontier: states level_start .. count - 1 (keys in p->keys) */
@@ -558,18 +598,16 @@ product *sgc_product(const int32_t *ta, int64_t na, const int32_t *tb, int64_t n
         nfresh = 0;
         /* pass 1: the level's successors not seen before, each once */
         for (int64_t s = level_start; s < level_end; s++) {
-            int64_t key = p->keys[s], ia = key / wb, ib = key % wb;
+            int64_t key = p->keys[s], ia = key / wb, ib = key % wb, last = -1;
             for (int64_t j = 0; j < k; j++) {
                 int64_t xa = ta[ia * k + j], xb = tb[ib * k + j];
                 int live = mode == 0 ? (xa > 0 && xb > 0) : mode == 1 ? (xa > 0 || xb > 0) : xa > 0;
                 if (!live) continue;
                 int64_t succ = xa * wb + xb;
-                if (2 * (m.used + 1) > m.size && !map_grow(&m)) goto fail;
-                int64_t *sl = map_slot(&m, succ);
-                if (*sl == -1) {
-                    *sl = succ;
-                    m.id[sl - m.key] = -1;
-                    m.used++;
+                if (succ == last) continue;  /* (a row's classes mostly lead to a few pairs) */
+                last = succ;
+                if (!ids_cell(&ids, succ, &is_new)) goto fail;
+                if (is_new) {
                     if (nfresh == fresh_cap) {
                         int64_t *grown = realloc(fresh, sizeof(int64_t) * (size_t)(2 * fresh_cap));
                         if (!grown) goto fail;
@@ -597,7 +635,7 @@ product *sgc_product(const int32_t *ta, int64_t na, const int32_t *tb, int64_t n
                 p->keys = keys, p->cap = cap;
             }
             for (int64_t i = 0; i < nfresh; i++) {
-                m.id[map_slot(&m, fresh[i]) - m.key] = (int32_t)(p->count + i);
+                *ids_cell(&ids, fresh[i], &is_new) = (int32_t)(p->count + i);  /* present: no growth */
                 p->keys[p->count + i] = fresh[i];
             }
         }
@@ -605,16 +643,24 @@ product *sgc_product(const int32_t *ta, int64_t na, const int32_t *tb, int64_t n
         for (int64_t s = level_start; s < level_end; s++) {
             int64_t key = p->keys[s], ia = key / wb, ib = key % wb;
             int32_t *row = p->rows + s * k;
+            int64_t last = -1;
+            int32_t last_id = -1;
             for (int64_t j = 0; j < k; j++) {
                 int64_t xa = ta[ia * k + j], xb = tb[ib * k + j];
                 int live = mode == 0 ? (xa > 0 && xb > 0) : mode == 1 ? (xa > 0 || xb > 0) : xa > 0;
-                row[j] = live ? m.id[map_slot(&m, xa * wb + xb) - m.key] : -1;
+                if (!live) {
+                    row[j] = -1;
+                    continue;
+                }
+                int64_t succ = xa * wb + xb;
+                if (succ != last) last = succ, last_id = *ids_cell(&ids, succ, &is_new);
+                row[j] = last_id;
             }
         }
         p->count += nfresh;
         level_start = level_end;
     }
-    free(m.key), free(m.id), free(fresh);
+    free(ids.dense), free(ids.map.key), free(ids.map.id), free(fresh);
     *status = p->count;
     return p;
 bad_table:
@@ -622,7 +668,7 @@ bad_table:
     goto fail_quiet;
 fail:
 fail_quiet:
-    free(m.key), free(m.id), free(fresh);
+    free(ids.dense), free(ids.map.key), free(ids.map.id), free(fresh);
     sgc_product_free(p);
     return NULL;
 }
