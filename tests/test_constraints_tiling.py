@@ -232,3 +232,34 @@ def test_tile_writes_shifted_copies_keeping_dead_cells() -> None:
         body = np.full((copies, width, classes), 7, dtype=np.int32)
         dfa_ops._tile(body, rel, width)
         assert np.array_equal(body, want)
+
+
+@settings(max_examples=examples(60), deadline=None)
+@given(st.integers(1, 5000), st.integers(1, 30), st.integers(0, 20), st.integers(0, 50), st.integers(0, 2**32))
+def test_widening_a_table_in_place_equals_gathering_its_columns(rows, width, added, extra, seed) -> None:
+    rng = np.random.default_rng(seed)
+    old = rng.integers(-1, 1000, size=(rows, width), dtype=np.int32)
+    cols = np.sort(np.concatenate([np.arange(width), rng.integers(0, width, size=added)]))
+    table = old.copy()
+    table.resize((rows + extra, width + added), refcheck=False)  # as concat_dfas grows an owned part
+    dfa_ops._widen_in_place(table, rows, width, cols)
+    np.testing.assert_array_equal(table[:rows], old[:, cols])
+
+
+def test_an_owned_part_with_fewer_classes_is_grown_in_place_exactly() -> None:
+    """`[` + a 5000-state tiled repetition + `]`: the brackets add byte classes, so the reused
+    repetition's table is widened in place; the result equals the concatenation built by copying."""
+    body = dfa_ops.byte_dfa(parse_fullmatch("[a-z0-9]{5000}"))
+    brackets = [dfa_ops.byte_dfa(parse_fullmatch(re.escape(c))) for c in "[]"]
+
+    def fresh_body() -> A.DFA:
+        return A.DFA(body.initial, body.accepting.copy(), body.transitions.copy(), body.symbol_class.copy(), body.periods)
+
+    copied = dfa_ops.concat_dfas([brackets[0], fresh_body(), brackets[1]])
+    owned = fresh_body()
+    grown = dfa_ops.concat_dfas([brackets[0], owned, brackets[1]], owned=[False, True, False])
+    assert grown.transitions is owned.transitions  # the owned table became the result's
+    assert copied.num_classes > body.num_classes
+    assert accepts(grown, b"[" + b"a1" * 2500 + b"]") and not accepts(grown, b"[" + b"a" * 4999 + b"]")
+    assert grown.num_states == copied.num_states
+    assert not A.difference(grown, copied).accepting.any() and not A.difference(copied, grown).accepting.any()

@@ -140,6 +140,20 @@ def place(block: np.ndarray, table: np.ndarray, cols: np.ndarray, offset: int) -
             np.bitwise_or(part, neg, out=part)
 
 
+def _widen_in_place(table: np.ndarray, rows: int, old_width: int, cols: np.ndarray) -> None:
+    """Rows `0..rows` of `table`'s buffer hold a [rows, old_width] table (as `resize` left them):
+    rewrite them as `table[:rows] = old[:, cols]` (`cols`: for each of the new columns, its old
+    one; never fewer columns than before). Chunks go from the last row back: a chunk's new place
+    begins at or after its old one, so it only overwrites old rows already rewritten."""
+    flat = table.reshape(-1)
+    width = table.shape[1]
+    step = max(1, _PLACE_CHUNK_CELLS // max(1, width))
+    for hi in range(rows, 0, -step):
+        lo = max(0, hi - step)
+        old = flat[lo * old_width : hi * old_width].reshape(hi - lo, old_width).copy()
+        np.take(old, cols, axis=1, out=flat[lo * width : hi * width].reshape(hi - lo, width), mode="clip")
+
+
 def is_prefix_free(dfa: DFA) -> bool:
     """No accepted string is a proper prefix of another: accepting states have no transitions
     (and so the empty string is not accepted unless it is all there is)."""
@@ -295,13 +309,13 @@ def concat_dfas(
     # where each part's states go: in order, or the largest owned part first (its table reused)
     reuse = max((i for i in range(n) if owned[i]), key=lambda i: parts[i].num_states, default=None)
     if reuse is not None and (
-        not _is_identity(maps[reuse], parts[reuse].num_classes)
-        or parts[reuse].num_states < 4096
+        parts[reuse].num_states < 4096
         or not parts[reuse].transitions.flags.owndata
         or parts[reuse].transitions.dtype != np.int32
     ):
         reuse = None
     sizes = [p.num_states for p in parts]  # (a reused table grows: read the sizes first)
+    reused_classes = parts[reuse].num_classes if reuse is not None else 0
     placement = list(range(n)) if reuse is None else [reuse] + [i for i in range(n) if i != reuse]
     offsets = np.zeros(n + 1, dtype=np.int64)
     start = 0
@@ -339,6 +353,8 @@ def concat_dfas(
         table = parts[reuse].transitions
         # realloc: a large block is remapped, not copied; the part's DFA is not used again
         table.resize((total, num_classes), refcheck=False)
+        if not _is_identity(maps[reuse], reused_classes):
+            _widen_in_place(table, sizes[reuse], reused_classes, maps[reuse])
     accepting = np.zeros(total, dtype=bool)
     for i, p in enumerate(parts):
         block = table[offsets[i] : offsets[i] + sizes[i]]
@@ -459,9 +475,10 @@ def _build(node: Node, max_states: int | None) -> tuple[DFA, bool]:
     if isinstance(node, Automaton):
         return node.dfa, False
     if isinstance(node, Repeat):
-        x = _build(node.node, max_states)[0]
+        x, x_owned = _build(node.node, max_states)
         if (node.min, node.max) == (0, 1):
-            return optional_dfa(x), False
+            opt = optional_dfa(x)  # x's table, or a copy with a fresh start row: either is ours if x's was
+            return opt, x_owned or opt.transitions is not x.transitions
         tiled = repeat_dfa(x, node.min, node.max, max_states)
         if tiled is not None:
             return tiled, True

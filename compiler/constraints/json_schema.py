@@ -1714,16 +1714,20 @@ class SchemaCompiler:
         if size(body) > LINKED_MEMBERS_MIN_POSITIONS:
             # the tree copies the members after the first present one into every choice of it:
             # place each once instead (see object_dfa); the tree stays the fallback
+            whole = concat(open_, ws, body, close)
             dfa = members_dfa(
                 graph,
                 _MEMBERS_ROOT,
                 [json_literal(name).encode("utf-8") for name, _ in members],
-                lambda i: concat(ws, literal(":"), ws, values[i], ws),
+                concat(ws, literal(":"), ws),
+                lambda i: concat(values[i], ws),
                 concat(literal(","), ws),
+                (concat(open_, ws), close),
                 self.options.max_states,
             )
             if dfa is not None:
-                body = Automaton(dfa, lambda body=body: to_regex(body))
+                return Automaton(dfa, lambda whole=whole: to_regex(whole))
+            return whole
         return concat(open_, ws, body, close)
 
     def members_node(

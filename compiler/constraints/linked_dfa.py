@@ -28,10 +28,13 @@ from .limits import check_memory, check_states, check_time
 @dataclass(frozen=True)
 class Entry:
     """Where a link leads: component `component`'s start transitions (None: no transitions), and
-    whether the linked state accepts (the text may stop there)."""
+    whether the linked state accepts (the text may stop there). `also`: a second component whose
+    start transitions are entered too, on its own first bytes (an object's closing brace next to
+    its next key: the two must start with different bytes, or `link` refuses)."""
 
     component: int | None
     accepts: bool
+    also: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,13 +73,24 @@ def link(
         starts.append(block[comp.initial].copy())
         check_time()
     dead = np.full(num_classes, -1, dtype=np.int32)
+    merged: dict[tuple[int, int], np.ndarray] = {}
 
     def entry_row(e: Entry) -> np.ndarray:
-        return dead if e.component is None else starts[e.component]
+        row = dead if e.component is None else starts[e.component]
+        if e.also is None:
+            return row
+        key = (-1 if e.component is None else e.component, e.also)
+        if key not in merged:
+            merged[key] = np.where(row >= 0, row, starts[e.also])
+        return merged[key]
 
     for e in [initial] + [lk.entry for comp_links in links for lk in comp_links]:
-        if e.component is not None and components[e.component].accepting[components[e.component].initial]:
-            return None  # entering it could also stop or go on: links do not chain
+        for c in (e.component, e.also):
+            if c is not None and components[c].accepting[components[c].initial]:
+                return None  # entering it could also stop or go on: links do not chain
+        if e.component is not None and e.also is not None:
+            if ((starts[e.component] >= 0) & (starts[e.also] >= 0)).any():
+                return None  # the two components start with a common byte
 
     for j, comp_links in enumerate(links):
         for lk in comp_links:
