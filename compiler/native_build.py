@@ -26,7 +26,8 @@ BUILD_TIMEOUT_S = 120
 
 
 def cache_root() -> Path:
-    """$SGC_CACHE, or ~/.cache/sgc (the one place the sgc cache location is decided)."""
+    """$SGC_CACHE, or ~/.cache/sgc: the rule `models.hub.cache_root` follows too (the layers keep
+    `models` and `compiler` from importing each other, so each states it)."""
     configured = os.environ.get("SGC_CACHE")
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "sgc"
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from compiler.native_build import cache_root
 from models.checkpoint import write_safetensors
 from models.config import ModelConfig
 from models.gguf import export_tokenizer, generation_config_dict, hf_config_dict, hf_weights, open_gguf
@@ -72,6 +71,12 @@ def resolve_model(name_or_path: str) -> Path:
     if path.suffix.lower() == ".gguf":
         return convert_gguf_cached(path, path.stem.lower())
     raise ValueError(f"{path} is neither a model folder nor a .gguf file")
+
+
+def cache_root() -> Path:
+    """$SGC_CACHE, or ~/.cache/sgc."""
+    configured = os.environ.get("SGC_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "sgc"
 
 
 def convert_gguf_cached(gguf_path: Path, key: str) -> Path:

@@ -20,7 +20,7 @@ import logging
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
@@ -29,9 +29,6 @@ from compiler.native_build import build_library, c_compiler, native_enabled
 
 from .limits import check_memory, check_states, check_time, current_deadline
 from .limits import max_states as limit_of_states
-
-if TYPE_CHECKING:
-    from .token_index import TokenTrie
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +135,11 @@ def _int64(a: np.ndarray) -> np.ndarray:
 
 
 def dense_walk(
-    table: np.ndarray, node_cls: np.ndarray, trie: TokenTrie, start_nodes: np.ndarray, states: np.ndarray
+    table: np.ndarray, node_cls: np.ndarray, trie: Any, start_nodes: np.ndarray, states: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """`token_index._dense_walk` in C, packed: (uint8[G, ceil(V/8)] rows of allowed-token bits,
-    little-endian, one per state of `states`; int64[G] tokens per row), or None (use numpy)."""
+    little-endian, one per state of `states`; int64[G] tokens per row), or None (use numpy).
+    `trie`: a `token_index.TokenTrie` (not imported here: token_index imports this module)."""
     lib = library()
     t = _table(table)
     if lib is None or t is None:
