@@ -469,7 +469,7 @@ def large_byte_dfa(node: Node, max_states: int | None = None) -> DFA:
 def _build(node: Node, max_states: int | None) -> tuple[DFA, bool]:
     """The DFA of `node`, and whether its table is this call's own (not shared with a node)."""
     check_time()
-    if size(node) <= SMALL_POSITIONS:
+    if size(node) <= SMALL_POSITIONS and not _splices_large(node):
         dfa, shared = _small_shared(node, max_states, None)
         return dfa, not shared
     if isinstance(node, Automaton):
@@ -500,20 +500,22 @@ def _build(node: Node, max_states: int | None) -> tuple[DFA, bool]:
 
 
 def _runs(parts: tuple[Node, ...]) -> list[Node]:
-    """Consecutive small parts grouped into one node each (one subset construction per run)."""
+    """Consecutive small parts grouped into one node each (one subset construction per run); a
+    part that is large, or splices a large automaton, stands alone (built the direct way)."""
     out: list[Node] = []
     run: list[Node] = []
     run_size = 0
     for p in parts:
         n = size(p)
-        if n <= SMALL_POSITIONS and run_size + n <= SMALL_POSITIONS:
+        alone = n > SMALL_POSITIONS or _splices_large(p)
+        if not alone and run_size + n <= SMALL_POSITIONS:
             run.append(p)
             run_size += n
             continue
         if run:
             out.append(concat(*run))
-        run, run_size = ([p], n) if n <= SMALL_POSITIONS else ([], 0)
-        if n > SMALL_POSITIONS:
+        run, run_size = ([], 0) if alone else ([p], n)
+        if alone:
             out.append(p)
     if run:
         out.append(concat(*run))
@@ -564,9 +566,29 @@ def byte_dfa(node: Node, max_states: int | None = DEFAULT_MAX_STATES, minimized:
     """
     positions = size(node)
     check_positions(positions)
-    if positions > SMALL_POSITIONS:
+    if positions > SMALL_POSITIONS or (minimized is not True and _splices_large(node)):
         return large_byte_dfa(node, max_states)
     return _small_shared(node, max_states, minimized)[0]
+
+
+SPLICE_DIRECT_STATES = 256  # a spliced automaton this large is joined as a table, not re-determinized
+
+
+def _splices_large(node: Node) -> bool:
+    """Whether `node` holds a spliced automaton of at least `SPLICE_DIRECT_STATES` states. Such a
+    tree goes the direct way (`_build`: its automata joined as tables, the small parts around them
+    through the subset construction) even when it is small: the subset construction would unroll
+    each spliced automaton into NFA states, in Python, and discover it again (a 2,000-state string
+    body inside an object member: 10-40 ms each, a third of codecov's compile)."""
+    if isinstance(node, Automaton):
+        return node.dfa.num_states >= SPLICE_DIRECT_STATES
+    if isinstance(node, Concat):
+        return any(_splices_large(p) for p in node.parts)
+    if isinstance(node, Alt):
+        return any(_splices_large(o) for o in node.options)
+    if isinstance(node, Repeat):
+        return _splices_large(node.node)
+    return False
 
 
 _MEMO_MAX_ENTRIES = 4096
