@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -52,6 +53,28 @@ def cpu_fingerprint() -> str:
         return platform.processor() or platform.machine()
     lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
     return "\n".join(sorted(set(lines)))
+
+
+def load_or_none(
+    stem: str, sources: Sequence[Path], headers: Sequence[Path], flags: Sequence[str], *,
+    log: logging.Logger, what: str, instead: str, no_compiler: str,
+) -> ctypes.CDLL | None:
+    """`build_library` for a caller with a fallback: None (and one log line saying what runs
+    `instead`) when native code is off, there is no compiler, a source is missing or the build
+    fails. `what` names the library in those lines; `no_compiler` is the line for no compiler."""
+    if not native_enabled():
+        return None
+    compiler = c_compiler()
+    if compiler is None:
+        log.warning("no C compiler found: %s", no_compiler)
+        return None
+    try:
+        return build_library(stem, compiler, sources, headers, flags)
+    except FileNotFoundError as exc:  # an install without the C sources
+        log.warning("%s sources missing, %s: %s", what, instead, exc)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        log.warning("%s unavailable, %s: %s", what, instead, exc)
+    return None
 
 
 def build_library(

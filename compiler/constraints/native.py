@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from compiler import budgets
-from compiler.native_build import build_library, c_compiler, native_enabled
+from compiler.native_build import load_or_none
 
 from .limits import check_memory, check_states, check_time, current_deadline
 from .limits import max_states as limit_of_states
@@ -43,16 +42,11 @@ _I64, _PTR, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded automaton library, built on first use; None when unavailable (logged once)."""
-    if not native_enabled():
-        return None
-    compiler = c_compiler()
-    if compiler is None:
-        log.info("no C compiler found: the token index uses its numpy path")
-        return None
-    try:
-        lib = build_library("sgc_automata", compiler, SOURCES, (), FLAGS)
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        log.warning("native automaton passes unavailable, using numpy: %s", exc)
+    lib = load_or_none(
+        "sgc_automata", SOURCES, (), FLAGS, log=log, what="native automaton passes", instead="using numpy",
+        no_compiler="the constraint compiler uses its numpy path",
+    )
+    if lib is None:
         return None
     lib.sgc_moore_classes.restype = _I64
     lib.sgc_moore_classes.argtypes = [_PTR, _I64, _I64, _I64, _F64, _I64, _PTR, _PTR]

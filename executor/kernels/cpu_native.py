@@ -18,10 +18,9 @@ import ctypes
 import functools
 import logging
 import os
-import subprocess
 from pathlib import Path
 
-from compiler.native_build import build_library, c_compiler, native_enabled
+from compiler.native_build import load_or_none
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +51,14 @@ _PTR = ctypes.c_void_p
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded native kernel library, building it on first use; None when unavailable."""
-    if not native_enabled():
-        return None
-    compiler = c_compiler()
-    if compiler is None:
-        log.warning("no C compiler found: the CPU step uses torch's kernels (slower at decode)")
-        return None
     import torch  # noqa: F401  (torch's libgomp must be loaded first, so the kernels share it)
 
-    try:
-        lib = build_library("sgc_cpu_kernels", compiler, SOURCES, HEADERS, build_flags())
-    except FileNotFoundError as exc:  # an install without the C sources
-        log.warning("native CPU kernel sources missing, using the torch path: %s", exc)
-        return None
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        log.warning("native CPU kernels unavailable, using the torch path: %s", exc)
-        return None
-    _declare_kernels(lib)
+    lib = load_or_none(
+        "sgc_cpu_kernels", SOURCES, HEADERS, build_flags(), log=log, what="native CPU kernels",
+        instead="using the torch path", no_compiler="the CPU step uses torch's kernels (slower at decode)",
+    )
+    if lib is not None:
+        _declare_kernels(lib)
     return lib
 
 
