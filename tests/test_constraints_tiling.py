@@ -263,3 +263,29 @@ def test_an_owned_part_with_fewer_classes_is_grown_in_place_exactly() -> None:
     assert accepts(grown, b"[" + b"a1" * 2500 + b"]") and not accepts(grown, b"[" + b"a" * 4999 + b"]")
     assert grown.num_states == copied.num_states
     assert not A.difference(grown, copied).accepting.any() and not A.difference(copied, grown).accepting.any()
+
+
+def test_equal_large_alternations_are_built_once_per_compile(monkeypatch) -> None:
+    """Two equal alternations whose options overlap (alternative orders of two long keys) in one
+    compile: one product construction, the second place gets the shared automaton (never its own
+    to grow), and the whole equals the tree built without sharing."""
+    from compiler.constraints.limits import compiling
+    from compiler.constraints.regex_ast import alt, concat
+
+    monkeypatch.setattr(dfa_ops, "SMALL_POSITIONS", 8)
+    a, b = parse_fullmatch("k[a-z]{0,3}"), parse_fullmatch("k[0-9]{0,3}")
+    orders = alt(concat(a, b), concat(b, a))  # both options start with "k": a product
+    node = concat(orders, parse_fullmatch(";"), orders)
+    products = []
+    real = dfa_ops.union_product
+    monkeypatch.setattr(dfa_ops, "union_product", lambda *a, **k: products.append(1) or real(*a, **k))
+    with compiling("test"):
+        shared = dfa_ops.byte_dfa(node)
+        assert dfa_ops._build(orders, None)[1] is False  # what a later place gets: not its own
+    assert len(products) == 1
+    monkeypatch.setattr(dfa_ops, "_MEMO_MAX_ENTRIES", 0)
+    with compiling("test"):
+        alone = dfa_ops.byte_dfa(node)
+    assert len(products) == 3
+    assert not A.difference(shared, alone).accepting.any() and not A.difference(alone, shared).accepting.any()
+    assert accepts(shared, b"kab" + b"k12" + b";" + b"k9" + b"kz") and not accepts(shared, b"kab;k1")

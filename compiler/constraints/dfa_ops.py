@@ -491,12 +491,34 @@ def _build(node: Node, max_states: int | None) -> tuple[DFA, bool]:
         strings = _literal_strings(node.options)
         if strings is not None:
             return literal_set_dfa(strings, max_states), True
-        built = [_build(o, max_states)[0] for o in node.options]
-        joined = union_dfas(built, max_states)
-        if joined is None:
-            joined = union_product(built, max_states)
-        return joined, True
+        return _shared_alternation(node, max_states)
+    if size(node) <= SMALL_POSITIONS:  # (a direct join failed: shared like other small automata)
+        dfa, shared = _small_shared(node, max_states, None)
+        return dfa, not shared
     return small_byte_dfa(node, max_states), True
+
+
+def _shared_alternation(node: Alt, max_states: int | None) -> tuple[DFA, bool]:
+    """A large alternation's DFA, shared within one compile between equal alternations (as
+    `_small_shared` shares small automata): an object's alternative key orders written into two
+    places were two identical product constructions (nbformat's cell schemas)."""
+    memo = compile_memo()
+    key = ("alternation", max_states, _structure_key(node)) if memo is not None else None
+    hit = memo.get(key) if memo is not None else None
+    if hit is not None:
+        return hit[0], False
+    built = [_build(o, max_states)[0] for o in node.options]
+    joined = union_dfas(built, max_states)
+    if joined is None:
+        joined = union_product(built, max_states)
+    if memo is None:
+        return joined, True
+    held = memo.get("small_byte_dfa bytes", 0) + joined.transitions.nbytes
+    if len(memo) < _MEMO_MAX_ENTRIES and held <= _MEMO_MAX_BYTES:
+        memo["small_byte_dfa bytes"] = held
+        memo[key] = (joined, node)  # the node keeps its spliced automata alive: their ids stay theirs
+        return joined, False
+    return joined, True
 
 
 def _runs(parts: tuple[Node, ...]) -> list[Node]:
