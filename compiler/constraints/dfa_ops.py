@@ -503,7 +503,7 @@ def _shared_alternation(node: Alt, max_states: int | None) -> tuple[DFA, bool]:
     `_small_shared` shares small automata): an object's alternative key orders written into two
     places were two identical product constructions (nbformat's cell schemas)."""
     memo = compile_memo()
-    key = ("alternation", max_states, _structure_key(node)) if memo is not None else None
+    key = ("alternation", max_states, _structure_key(node))
     hit = memo.get(key) if memo is not None else None
     if hit is not None:
         return hit[0], False
@@ -511,14 +511,8 @@ def _shared_alternation(node: Alt, max_states: int | None) -> tuple[DFA, bool]:
     joined = union_dfas(built, max_states)
     if joined is None:
         joined = union_product(built, max_states)
-    if memo is None:
-        return joined, True
-    held = memo.get("small_byte_dfa bytes", 0) + joined.transitions.nbytes
-    if len(memo) < _MEMO_MAX_ENTRIES and held <= _MEMO_MAX_BYTES:
-        memo["small_byte_dfa bytes"] = held
-        memo[key] = (joined, node)  # the node keeps its spliced automata alive: their ids stay theirs
-        return joined, False
-    return joined, True
+    kept = memo is not None and _memo_keep(memo, key, joined, node)
+    return joined, not kept
 
 
 def _runs(parts: tuple[Node, ...]) -> list[Node]:
@@ -630,12 +624,18 @@ def _small_shared(node: Node, max_states: int | None, minimized: bool | None) ->
     if hit is not None:
         return hit[0], True
     dfa = small_byte_dfa(node, max_states, minimized)
+    return dfa, _memo_keep(memo, key, dfa, node)
+
+
+def _memo_keep(memo: dict, key: object, dfa: DFA, node: Node) -> bool:
+    """Keep `dfa` (built from `node`) in the compile memo under `key` while the memo's entry and
+    byte bounds allow; True when kept (then others may get it: nobody may grow its table)."""
     held = memo.get("small_byte_dfa bytes", 0) + dfa.transitions.nbytes
-    if len(memo) < _MEMO_MAX_ENTRIES and held <= _MEMO_MAX_BYTES:
-        memo["small_byte_dfa bytes"] = held
-        memo[key] = (dfa, node)  # the node keeps its spliced automata alive: their ids stay theirs
-        return dfa, True
-    return dfa, False
+    if len(memo) >= _MEMO_MAX_ENTRIES or held > _MEMO_MAX_BYTES:
+        return False
+    memo["small_byte_dfa bytes"] = held
+    memo[key] = (dfa, node)  # the node keeps its spliced automata alive: their ids stay theirs
+    return True
 
 
 def _structure_key(node: Node) -> object:
