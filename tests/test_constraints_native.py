@@ -14,7 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compiler.budgets import budget_overrides
-from compiler.constraints import ConstraintError, Vocabulary, automaton, compile_json_schema, dfa_ops, native
+from compiler.constraints import (
+    ConstraintError,
+    Vocabulary,
+    automaton,
+    compile_json_schema,
+    compile_regex,
+    dfa_ops,
+    native,
+)
 from compiler.constraints import token_index as ti
 from compiler.constraints.dfa import DFA
 from compiler.constraints.limits import compiling
@@ -209,3 +217,16 @@ def test_moore_classes_over_the_memory_budget_raise_before_allocating() -> None:
     with budget_overrides(constraint_memory_bytes=1_000_000), pytest.raises(ConstraintError, match="constraint_memory"):
         native.moore_classes(table, 5)  # 4096 states x 148 B fit; their 262k edges do not
     assert native.moore_classes(table, 5) is not None
+
+
+def test_a_vocabulary_with_a_very_long_token_is_walked_by_numpy() -> None:
+    """The C walk recurses once per byte: a token longer than `MAX_WALK_DEPTH` bytes (a hostile
+    vocabulary) sends the walk to numpy, and the index is still exact."""
+    long_token = b"a" * (native.MAX_WALK_DEPTH + 5)
+    vocab = Vocabulary([None, b"a", b"b", long_token], special_ids=[0], eos_token_id=0)
+    trie = ti.vocabulary_trie(vocab)
+    assert trie.depth > native.MAX_WALK_DEPTH
+    table = np.zeros((1, 1), dtype=np.int32)
+    assert native.dense_walk(table, np.zeros(trie.num_nodes, np.int32), trie, np.array([0]), np.array([0])) is None
+    fsm = compile_regex("a*", vocab)
+    assert set(fsm.allowed_tokens(fsm.initial_state).tolist()) == {1, 3}

@@ -128,6 +128,11 @@ def _int64(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
+# The C walk recurses once per byte of a token: a vocabulary with longer tokens (no real one has
+# them) is walked by numpy, so that no token can run the C stack out
+MAX_WALK_DEPTH = 1024
+
+
 def dense_walk(
     table: np.ndarray, node_cls: np.ndarray, trie: Any, start_nodes: np.ndarray, states: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -136,7 +141,7 @@ def dense_walk(
     `trie`: a `token_index.TokenTrie` (not imported here: token_index imports this module)."""
     lib = library()
     t = _table(table)
-    if lib is None or t is None:
+    if lib is None or t is None or trie.depth > MAX_WALK_DEPTH:
         return None
     n, c = t.shape
     g, vocab = len(states), trie.vocab_size
