@@ -1,15 +1,17 @@
-"""The token index's partition refinements in C (`csrc/automata.c`), with the numpy code as fallback.
+"""The constraint compiler's hottest loops in C (`csrc/automata.c`), with the numpy code as fallback.
 
-Moore's refinement and the positional refinement are most of the token index's time on large
-schemas (0.1-0.3 s each on 80-140k-state automata in numpy, where every round is a dozen array
-passes); the C loops group states in one pass per round. The C library is built on first use like
-the runtime's kernels (`compiler.native_build`); without a compiler, with `SGC_NATIVE_KERNELS=0`,
-or when the C code refuses its input, these functions return None and `token_index` runs its numpy
-code, which numbers labels the same way (by first occurrence), so both paths give identical
-indexes.
+Moore's and the positional refinement, the dense trie walk (token_index.py), the product
+construction and trim's searches (automaton.py) were most of a large schema's compile in numpy,
+where each round or level is a dozen whole-array passes (Moore: 0.1-0.3 s on 80-140k-state
+automata). The C library is built on first use like the runtime's kernels
+(`compiler.native_build`); without a compiler, with `SGC_NATIVE_KERNELS=0`, or when the C code
+refuses its input, these functions return None and the caller runs its numpy code, whose output
+the C code gives exactly (labels by first occurrence, product states in the same order), so both
+paths build identical automata and indexes.
 
-The C code checks the compile's deadline (`constraint_seconds`) between rounds, and the caller
-checks the memory it will take against `constraint_memory_bytes` before it runs.
+The C code checks the compile's deadline (`constraint_seconds`) between rounds; memory is checked
+against `constraint_memory_bytes` before a call (and by the Moore pass itself, once it has counted
+its predecessor lists).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 SOURCES = (Path(__file__).with_name("csrc") / "automata.c",)
 FLAGS = ("-O3", "-funroll-loops", "-fPIC", "-shared", "-std=c11")
 
-_ERR_MEMORY, _ERR_DEADLINE, _ERR_TABLE, _ERR_BUDGET = -1, -2, -3, -5
+_ERR_MEMORY, _ERR_DEADLINE, _ERR_TABLE, _ERR_STATES, _ERR_BUDGET = -1, -2, -3, -4, -5  # csrc/automata.c's
 _MOORE_BYTES_PER_STATE = 148  # csrc/automata.c's arrays per state (predecessor lists counted there)
 _I64, _PTR, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 
@@ -150,11 +152,11 @@ def dense_walk(
     masks = np.zeros((g, words), dtype=np.uint8)
     counts = np.empty(g, dtype=np.int64)
     cls = np.ascontiguousarray(node_cls, dtype=np.int32)
-    keep = (cls, _int64(trie.child_lo), _int64(trie.child_hi), _int64(trie.end_ptr), _int64(trie.end_tokens),
-            _int64(start_nodes), _int64(states))
+    trie_arrays = [_int64(a) for a in (trie.child_lo, trie.child_hi, trie.end_ptr, trie.end_tokens)]
+    starts, rows = _int64(start_nodes), _int64(states)  # (held here while the C code reads them)
     status = lib.sgc_dense_walk(
-        t.ctypes.data, n, c, *(a.ctypes.data for a in keep[:5]), trie.num_nodes, trie.depth,
-        keep[5].ctypes.data, len(start_nodes), keep[6].ctypes.data, g, vocab,
+        t.ctypes.data, n, c, cls.ctypes.data, *(a.ctypes.data for a in trie_arrays), trie.num_nodes,
+        trie.depth, starts.ctypes.data, len(starts), rows.ctypes.data, g, vocab,
         masks.ctypes.data, counts.ctypes.data, _deadline(),
     )
     if _result(int(status), masks, "dense trie walk") is None:
@@ -170,7 +172,7 @@ def trim_keep(table: np.ndarray, accepting: np.ndarray, initial: int) -> np.ndar
     if lib is None or t is None:
         return None
     n, c = t.shape
-    check_memory(t.size * 4 + n * 40, "the automaton's trim")
+    check_memory(t.size * 4 + n * 40, "the automaton's trim")  # predecessor lists: at most n * c
     acc = np.ascontiguousarray(accepting, dtype=np.uint8)
     keep = np.empty(n, dtype=np.uint8)
     status = lib.sgc_trim(t.ctypes.data, n, c, acc.ctypes.data, int(initial), _deadline(), keep.ctypes.data)
@@ -178,7 +180,6 @@ def trim_keep(table: np.ndarray, accepting: np.ndarray, initial: int) -> np.ndar
 
 
 _PRODUCT_MODES = {"and": 0, "or": 1, "minus": 2}
-_ERR_STATES = -4
 
 
 def product(

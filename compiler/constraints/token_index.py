@@ -423,30 +423,17 @@ def _rows_of(
     ):
         check_memory(vocab_size * len(members), "the token index's dense walk")
         walked = native.dense_walk(dfa.transitions, node_cls, trie, roots[start], reps[members])
-        if walked is not None:  # rows of packed bits, one per state
-            rows_packed, counts = walked
-            is_dense = counts >= DENSE_MIN_TOKENS
-            if is_dense.any():
-                dense_rows.append(members[is_dense])
-                dense_packed.append(rows_packed if is_dense.all() else rows_packed[is_dense])
-            if not is_dense.all():
-                col, tok = _packed_nonzero(np.ascontiguousarray(rows_packed[~is_dense].T))
-                pair_rows.append(members[~is_dense][col])
-                pair_tokens.append(tok)
-            check_time()
-            continue
-        masks = _dense_walk(
-            reps[members], roots[start], trie, flat_table, node_cls, num_classes, vocab_size, dead_row
-        )
-        # packed along the token axis first: the columns are then picked and transposed 8x smaller
-        packed = _pack_token_axis(masks)  # [ceil(V/8), G]
-        is_dense = _column_popcounts(packed, masks) >= DENSE_MIN_TOKENS
-        del masks
+        if walked is None:
+            walked = _dense_walk_packed(
+                reps[members], roots[start], trie, flat_table, node_cls, num_classes, vocab_size, dead_row
+            )
+        rows_packed, counts = walked  # a row of packed token bits per state, and its token count
+        is_dense = counts >= DENSE_MIN_TOKENS
         if is_dense.any():
             dense_rows.append(members[is_dense])
-            dense_packed.append(np.ascontiguousarray((packed if is_dense.all() else packed[:, is_dense]).T))
+            dense_packed.append(np.ascontiguousarray(rows_packed if is_dense.all() else rows_packed[is_dense]))
         if not is_dense.all():
-            col, tok = _packed_nonzero(packed[:, ~is_dense])
+            col, tok = _packed_nonzero(rows_packed[~is_dense].T)
             pair_rows.append(members[~is_dense][col])
             pair_tokens.append(tok)
         check_time()
@@ -481,6 +468,18 @@ def _rows_of(
     pair_token = np.concatenate(pair_tokens)
     sparse_ptr, sparse_tokens = _pairs_csr(pair_row, pair_token, num_rows, vocab_size)
     return dense_id, dense_masks, sparse_ptr, sparse_tokens
+
+
+def _dense_walk_packed(
+    states: np.ndarray, start_nodes: np.ndarray, trie: TokenTrie, flat_table: np.ndarray, node_cls: np.ndarray,
+    num_classes: int, vocab_size: int, dead_row: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_dense_walk` as `native.dense_walk` returns it: (uint8[G, ceil(V/8)] rows of packed token
+    bits, a view; int32[G] tokens per row). Packed along the token axis first: the rows are then
+    picked and transposed 8x smaller."""
+    masks = _dense_walk(states, start_nodes, trie, flat_table, node_cls, num_classes, vocab_size, dead_row)
+    packed = _pack_token_axis(masks)  # [ceil(V/8), G]
+    return packed.T, _column_popcounts(packed, masks)
 
 
 def _column_popcounts(packed: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -689,22 +688,6 @@ def trie_level_bytes(trie: TokenTrie) -> list[np.ndarray]:
         ls = trie.level_start
         cached = [np.unique(trie.node_byte[ls[d] : ls[d + 1]]) for d in range(trie.depth)]
         object.__setattr__(trie, "_level_bytes", cached)
-    return cached
-
-
-def suffix_level_bytes(trie: TokenTrie) -> list[np.ndarray]:
-    """Per trie level d, the bytes some token has at position d or later (cached on the trie):
-    coarser than `trie_level_bytes`, and shrinking with d (rows split by them were what the
-    short/long split walk needed before it took Moore's classes)."""
-    cached = trie.__dict__.get("_suffix_level_bytes")
-    if cached is None:
-        seen = np.zeros(256, dtype=bool)
-        cached = []
-        for level in reversed(trie_level_bytes(trie)):
-            seen[level] = True
-            cached.append(np.flatnonzero(seen))
-        cached.reverse()
-        object.__setattr__(trie, "_suffix_level_bytes", cached)
     return cached
 
 

@@ -1,18 +1,22 @@
-/* Partition refinements of the token index (compiler/constraints/token_index.py), in C.
+/* The constraint compiler's hottest loops in C (loaded by compiler/constraints/native.py).
  *
- * Both functions read a DFA transition table (int32 [n, c], -1 = the dead state) and label its
- * states so that equal labels mean "the token index needs one row for them". They are the same
- * refinements as the numpy code in token_index.py (`_moore_classes`, `_positional_classes`),
- * which stays as the path without a compiler: the labels are numbered by first occurrence
- * (state 0's label is 0, the next new label 1, ...), as the numpy path numbers its own, so the two
- * paths give identical arrays.
+ * Each function is the twin of numpy code that stays as the path without a compiler, and gives
+ * exactly its output, so the two paths build identical automata and token indexes:
+ *   sgc_moore_classes, sgc_positional_classes  token_index._moore_classes / _positional_classes:
+ *       label a DFA's states so that equal labels need one token-index row; labels numbered by
+ *       first occurrence (state 0's label is 0, the next new label 1, ...), as numpy numbers them;
+ *   sgc_dense_walk   token_index._dense_walk: the tokens of a vocabulary trie each state allows;
+ *   sgc_product      automaton._product: the product construction, states numbered as numpy does;
+ *   sgc_trim         automaton.trim's two reachability searches.
+ * Tables are int32 [n, c] with -1 for the dead state.
  *
  * Grouping is exact: states are hashed by their signature, and a hash bucket's states are
  * compared field by field with the bucket's first state before they join it.
  *
- * Every function returns the number of labels (>= 0) or a negative status:
+ * Every function returns a count (>= 0) or a negative status:
  *   -1  out of memory;  -2  past the deadline (CLOCK_MONOTONIC seconds; <= 0: none);
- *   -3  a table entry outside [-1, n) or a column outside [0, c) (the table is not read past it);
+ *   -3  a table entry or index out of range (never read past it);
+ *   -4  more states than the caller's limit (`sgc_product`);
  *   -5  the memory it needs (written to `*needed`) is over `memory_budget` bytes.
  */
 #define _POSIX_C_SOURCE 199309L
@@ -24,6 +28,7 @@
 #define ERR_MEMORY (-1)
 #define ERR_DEADLINE (-2)
 #define ERR_TABLE (-3)
+#define ERR_STATES (-4)
 #define ERR_BUDGET (-5)
 #define MOORE_BYTES_PER_STATE 148  /* the arrays below, per state (hash slots: up to 4 per state) */
 
@@ -42,7 +47,7 @@ static int table_ok(const int32_t *table, int64_t n, int64_t c) {
 
 /* Per-column odd multipliers (a splitmix64 sequence): a signature hashes to the sum of its fields
  * times their column's multiplier, so the products of one row are independent (pipelined), not a
- * chain of dependent mixing steps. Filled once; never 0. */
+ * chain of dependent mixing steps. Never 0; filled by each entry point that hashes (258 values). */
 #define MAX_COLUMNS 258
 static uint64_t multiplier[MAX_COLUMNS];
 
@@ -90,16 +95,11 @@ static uint64_t sig_hash(const signature *sg, int64_t s) {
         break;
     case MOORE:
         h = (uint64_t)(uint32_t)(label[s] + 2) * multiplier[MAX_COLUMNS - 1];
-        for (int64_t k = 0; k < sg->c; k++) {
-            int32_t t = row[k];
-            h += (uint64_t)(uint32_t)((t < 0 ? -1 : label[t]) + 2) * multiplier[k];
-        }
+        for (int64_t k = 0; k < sg->c; k++) h += (uint64_t)(uint32_t)(label_of(label, row[k]) + 2) * multiplier[k];
         break;
     case COLUMNS:
-        for (int64_t k = 0; k < sg->ncols; k++) {
-            int32_t t = row[sg->cols[k]];
-            h += (uint64_t)(uint32_t)((t < 0 ? -1 : label[t]) + 2) * multiplier[k];
-        }
+        for (int64_t k = 0; k < sg->ncols; k++)
+            h += (uint64_t)(uint32_t)(label_of(label, row[sg->cols[k]]) + 2) * multiplier[k];
         break;
     }
     return finish(h);
@@ -127,13 +127,18 @@ static int sig_equal(const signature *sg, int64_t a, int64_t b) {
     return 0;
 }
 
+static int64_t pow2_at_least(int64_t x) {
+    int64_t p = 1;
+    while (p < x) p <<= 1;
+    return p;
+}
+
 /* group[i] for each state states[i]: groups of equal signature, numbered 0.. in order of first
  * occurrence; returns the number of groups (or ERR_MEMORY). `slots` is scratch of at least
  * 2 * m entries rounded up to a power of two (the caller sizes it once for its largest m). */
 static int64_t group_states(const signature *sg, const int64_t *states, int64_t m, int64_t *group,
                             int64_t *slots, int64_t nslots) {
-    int64_t size = 1;
-    while (size < 2 * m) size <<= 1;
+    int64_t size = pow2_at_least(2 * m);
     if (size > nslots) return ERR_MEMORY;
     int64_t *rep = slots;  /* slot -> index i of its group's first state, -1 empty */
     for (int64_t j = 0; j < size; j++) rep[j] = -1;
@@ -159,10 +164,28 @@ static int64_t group_states(const signature *sg, const int64_t *states, int64_t 
     return groups;
 }
 
-static int64_t pow2_at_least(int64_t x) {
-    int64_t p = 1;
-    while (p < x) p <<= 1;
-    return p;
+/* Predecessor lists of a table as CSR, one edge per (source, target) pair, in two steps so that a
+ * caller can weigh the lists' memory before it allocates them: `count_preds` fills `ptr` (n + 1
+ * entries, zeroed by the caller) with the lists' bounds, `fill_preds` writes the lists into
+ * `preds` (ptr[n] entries). `stamp` and `next` are scratch of n entries. */
+static void count_preds(const int32_t *table, int64_t n, int64_t c, int64_t *ptr, int64_t *stamp) {
+    for (int64_t s = 0; s < n; s++) stamp[s] = -1;
+    for (int64_t s = 0; s < n; s++)
+        for (int64_t k = 0; k < c; k++) {
+            int32_t t = table[s * c + k];
+            if (t >= 0 && stamp[t] != s) stamp[t] = s, ptr[t + 1]++;
+        }
+    for (int64_t t = 0; t < n; t++) ptr[t + 1] += ptr[t];
+}
+
+static void fill_preds(const int32_t *table, int64_t n, int64_t c, const int64_t *ptr, int64_t *stamp,
+                       int64_t *next, int32_t *preds) {
+    for (int64_t t = 0; t < n; t++) next[t] = ptr[t], stamp[t] = -1;
+    for (int64_t s = 0; s < n; s++)
+        for (int64_t k = 0; k < c; k++) {
+            int32_t t = table[s * c + k];
+            if (t >= 0 && stamp[t] != s) stamp[t] = s, preds[next[t]++] = (int32_t)s;
+        }
 }
 
 /* Renumber labels by first occurrence over states 0..n-1; returns how many there are. */
@@ -215,17 +238,7 @@ int64_t sgc_moore_classes(const int32_t *table, int64_t n, int64_t c, int64_t ro
         label[s] = (int32_t)group[s];
         sizes[group[s]]++;
     }
-    /* predecessors, one edge per (source, target) pair */
-    for (int64_t s = 0; s < n; s++) stamp[s] = -1;
-    for (int64_t s = 0; s < n; s++)
-        for (int64_t k = 0; k < c; k++) {
-            int32_t t = table[s * c + k];
-            if (t >= 0 && stamp[t] != s) {
-                stamp[t] = s;
-                preds_ptr[t + 1]++;
-            }
-        }
-    for (int64_t t = 0; t < n; t++) preds_ptr[t + 1] += preds_ptr[t];
+    count_preds(table, n, c, preds_ptr, stamp);
     *needed = MOORE_BYTES_PER_STATE * n + 4 * preds_ptr[n];
     if (*needed > memory_budget) {
         status = ERR_BUDGET;
@@ -236,18 +249,7 @@ int64_t sgc_moore_classes(const int32_t *table, int64_t n, int64_t c, int64_t ro
     group_label = malloc(sizeof(int64_t) * (size_t)n);
     fresh = malloc(sizeof(int64_t) * (size_t)n);
     if (!preds || !group_size || !group_label || !fresh) goto done;
-    {
-        int64_t *fill = moved;  /* scratch: next free slot per target */
-        for (int64_t t = 0; t < n; t++) fill[t] = preds_ptr[t], stamp[t] = -1;
-        for (int64_t s = 0; s < n; s++)
-            for (int64_t k = 0; k < c; k++) {
-                int32_t t = table[s * c + k];
-                if (t >= 0 && stamp[t] != s) {
-                    stamp[t] = s;
-                    preds[fill[t]++] = (int32_t)s;
-                }
-            }
-    }
+    fill_preds(table, n, c, preds_ptr, stamp, moved, preds);  /* (`moved` is free until round 1) */
     for (int64_t s = 0; s < n; s++) cand[s] = s, stamp[s] = -1;
     int64_t ncand = n;
     signature moore = {MOORE, table, c, label, NULL, 0};
@@ -469,6 +471,11 @@ typedef struct {
     int64_t count, cap;
 } product;
 
+/* Whether a pair of targets (0: dead) is a state of the product in `mode` (see above). */
+static inline int pair_live(int32_t mode, int64_t xa, int64_t xb) {
+    return mode == 0 ? (xa > 0 && xb > 0) : mode == 1 ? (xa > 0 || xb > 0) : xa > 0;
+}
+
 static int cmp_i64(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return (x > y) - (x < y);
@@ -550,7 +557,7 @@ int64_t sgc_product_copy(const product *p, int32_t *rows, int64_t *keys, int64_t
 }
 
 /* Returns the product (its `count` states), or NULL with `*status` set: ERR_MEMORY, ERR_DEADLINE,
- * ERR_TABLE (a target outside its table), or -4 (more than `max_states` states; `*status_count`
+ * ERR_TABLE (a target outside its table), or ERR_STATES (more than `max_states`; `*status_count`
  * says how many the next level would make, for the caller's error message). */
 product *sgc_product(const int32_t *ta, int64_t na, const int32_t *tb, int64_t nb, int64_t k, int64_t start,
                      int32_t mode, int64_t max_states, double deadline, int64_t *status, int64_t *status_count) {
@@ -601,8 +608,7 @@ product *sgc_product(const int32_t *ta, int64_t na, const int32_t *tb, int64_t n
             int64_t key = p->keys[s], ia = key / wb, ib = key % wb, last = -1;
             for (int64_t j = 0; j < k; j++) {
                 int64_t xa = ta[ia * k + j], xb = tb[ib * k + j];
-                int live = mode == 0 ? (xa > 0 && xb > 0) : mode == 1 ? (xa > 0 || xb > 0) : xa > 0;
-                if (!live) continue;
+                if (!pair_live(mode, xa, xb)) continue;
                 int64_t succ = xa * wb + xb;
                 if (succ == last) continue;  /* (a row's classes mostly lead to a few pairs) */
                 last = succ;
@@ -619,9 +625,9 @@ product *sgc_product(const int32_t *ta, int64_t na, const int32_t *tb, int64_t n
         }
         if (nfresh) {
             if (p->count + nfresh > max_states) {
-                *status = -4;
+                *status = ERR_STATES;
                 *status_count = p->count + nfresh;
-                goto fail_quiet;
+                goto fail;
             }
             qsort(fresh, (size_t)nfresh, sizeof(int64_t), cmp_i64);
             if (p->count + nfresh > p->cap) {
@@ -647,8 +653,7 @@ product *sgc_product(const int32_t *ta, int64_t na, const int32_t *tb, int64_t n
             int32_t last_id = -1;
             for (int64_t j = 0; j < k; j++) {
                 int64_t xa = ta[ia * k + j], xb = tb[ib * k + j];
-                int live = mode == 0 ? (xa > 0 && xb > 0) : mode == 1 ? (xa > 0 || xb > 0) : xa > 0;
-                if (!live) {
+                if (!pair_live(mode, xa, xb)) {
                     row[j] = -1;
                     continue;
                 }
@@ -665,9 +670,7 @@ product *sgc_product(const int32_t *ta, int64_t na, const int32_t *tb, int64_t n
     return p;
 bad_table:
     *status = ERR_TABLE;
-    goto fail_quiet;
 fail:
-fail_quiet:
     free(ids.dense), free(ids.map.key), free(ids.map.id), free(fresh);
     sgc_product_free(p);
     return NULL;
@@ -687,21 +690,10 @@ int64_t sgc_trim(const int32_t *table, int64_t n, int64_t c, const uint8_t *acce
     uint8_t *alive = calloc((size_t)n, 1);
     int32_t *preds = NULL;
     if (!ptr || !stamp || !queue || !alive) goto done;
-    for (int64_t s = 0; s < n; s++) stamp[s] = -1;
-    for (int64_t s = 0; s < n; s++)
-        for (int64_t k = 0; k < c; k++) {
-            int32_t t = table[s * c + k];
-            if (t >= 0 && stamp[t] != s) stamp[t] = s, ptr[t + 1]++;
-        }
-    for (int64_t t = 0; t < n; t++) ptr[t + 1] += ptr[t];
+    count_preds(table, n, c, ptr, stamp);
     preds = malloc(sizeof(int32_t) * (size_t)(ptr[n] > 0 ? ptr[n] : 1));
     if (!preds) goto done;
-    for (int64_t t = 0; t < n; t++) queue[t] = ptr[t], stamp[t] = -1;  /* queue: fill positions */
-    for (int64_t s = 0; s < n; s++)
-        for (int64_t k = 0; k < c; k++) {
-            int32_t t = table[s * c + k];
-            if (t >= 0 && stamp[t] != s) stamp[t] = s, preds[queue[t]++] = (int32_t)s;
-        }
+    fill_preds(table, n, c, ptr, stamp, queue, preds);  /* (`queue` is free until the searches) */
     if (past(deadline)) {
         status = ERR_DEADLINE;
         goto done;
