@@ -137,16 +137,25 @@ def test_products_in_c_equal_the_numpy_search(monkeypatch: pytest.MonkeyPatch, o
             np.testing.assert_array_equal(getattr(x, field), getattr(y, field))
 
 
-def test_a_product_over_its_state_budget_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("max_states", "budget", "named"),
+    [(20, 4_000_000, "20 states"), (None, 20, "constraint_states")],
+    ids=["explicit-limit", "states-budget"],
+)
+def test_a_product_over_its_state_limit_names_it(
+    monkeypatch: pytest.MonkeyPatch, max_states: int | None, budget: int, named: str
+) -> None:
+    """The C product raises what the numpy one raises: the explicit limit's message, or the
+    `constraint_states` budget's."""
     a, b = regex_to_byte_dfa("[a-z]{0,30}"), regex_to_byte_dfa("[a-y]*z?[a-z]{0,3}")
     messages = []
     for use_native in (True, False):
         if not use_native:
             monkeypatch.setattr(native, "library", lambda: None)
-        with pytest.raises(ConstraintError) as info:
-            automaton.intersect(a, b, max_states=20)
+        with budget_overrides(constraint_states=budget), pytest.raises(ConstraintError) as info:
+            automaton.intersect(a, b, max_states=max_states)
         messages.append(str(info.value))
-    assert messages[0] == messages[1] and "20 states" in messages[0]
+    assert messages[0] == messages[1] and named in messages[0]
 
 
 @needs_library
@@ -197,18 +206,6 @@ def test_large_dfa_tables_ask_for_small_pages() -> None:
         elif line.startswith("VmFlags:") and current:
             flags = line.split()[1:]
     assert flags is not None and "nh" in flags
-
-
-def test_a_product_over_the_states_budget_names_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    a, b = regex_to_byte_dfa("[a-z]{0,30}"), regex_to_byte_dfa("[a-y]*z?[a-z]{0,3}")
-    messages = []
-    for use_native in (True, False):
-        if not use_native:
-            monkeypatch.setattr(native, "library", lambda: None)
-        with budget_overrides(constraint_states=20), pytest.raises(ConstraintError) as info:
-            automaton.intersect(a, b, max_states=None)
-        messages.append(str(info.value))
-    assert messages[0] == messages[1] and "constraint_states" in messages[0]
 
 
 @needs_library
