@@ -227,3 +227,12 @@ def test_a_vocabulary_with_a_very_long_token_is_walked_by_numpy() -> None:
     assert native.dense_walk(table, np.zeros(trie.num_nodes, np.int32), trie, np.array([0]), np.array([0])) is None
     fsm = compile_regex("a*", vocab)
     assert set(fsm.allowed_tokens(fsm.initial_state).tolist()) == {1, 3}
+
+
+@needs_library
+def test_a_product_whose_rows_would_grow_over_the_memory_budget_is_refused() -> None:
+    a, b = regex_to_byte_dfa("[a-z]{0,3000}"), regex_to_byte_dfa("[a-y]{0,3000}z?")
+    with budget_overrides(constraint_memory_bytes=20_000), pytest.raises(ConstraintError) as info:
+        automaton.intersect(a, b)  # ~3,000 states: their rows need ~60 kB
+    assert "constraint_memory_bytes" in str(info.value) and "product automaton's table" in str(info.value)
+    assert automaton.intersect(a, b).num_states > 3000

@@ -55,7 +55,7 @@ def library() -> ctypes.CDLL | None:
     lib.sgc_positional_classes.restype = _I64
     lib.sgc_positional_classes.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _I64, _F64, _PTR]
     lib.sgc_product.restype = _PTR
-    lib.sgc_product.argtypes = [_PTR, _I64, _PTR, _I64, _I64, _I64, ctypes.c_int32, _I64, _F64, _PTR, _PTR]
+    lib.sgc_product.argtypes = [_PTR, _I64, _PTR, _I64, _I64, _I64, ctypes.c_int32, _I64, _I64, _F64, _PTR, _PTR]
     lib.sgc_product_copy.restype = _I64
     lib.sgc_product_copy.argtypes = [_PTR, _PTR, _PTR, _I64]
     lib.sgc_product_free.restype = None
@@ -189,7 +189,8 @@ def product(
     numbered as the numpy code numbers them, or None (use numpy). `ta` / `tb`: the two tables on
     the joint classes with a dead row 0 and targets shifted by one. Raises the error
     `limits.check_states` raises when the product has more than `max_states` states (None: the
-    `constraint_states` budget)."""
+    `constraint_states` budget), and `constraint_memory_bytes`' error before its rows would grow
+    over that budget."""
     lib = library()
     if lib is None or ta.ndim != 2 or tb.ndim != 2 or ta.shape[1] != tb.shape[1]:
         return None
@@ -198,15 +199,19 @@ def product(
     k = a.shape[1]
     status, count = ctypes.c_int64(0), ctypes.c_int64(0)
     handle = lib.sgc_product(a.ctypes.data, len(a) - 1, b.ctypes.data, len(b) - 1, k, int(start),
-                             _PRODUCT_MODES[mode], limit_of_states(max_states), _deadline(),
+                             _PRODUCT_MODES[mode], limit_of_states(max_states),
+                             int(budgets.value("constraint_memory_bytes")), _deadline(),
                              ctypes.byref(status), ctypes.byref(count))
+    what = "the product automaton's table"
     if not handle:
         if status.value == _ERR_STATES:
             check_states(int(count.value), max_states)
+        if status.value == _ERR_BUDGET:
+            check_memory(int(count.value), what)  # raises
         return _result(int(status.value), np.empty(0), "product construction")
     try:
         n = int(status.value)
-        check_memory(n * k * 4, "the product automaton's table")
+        check_memory(n * k * 4, what)
         rows = np.empty((n, k), dtype=np.int32)
         keys = np.empty(n, dtype=np.int64)
         lib.sgc_product_copy(handle, rows.ctypes.data, keys.ctypes.data, k)

@@ -557,10 +557,13 @@ int64_t sgc_product_copy(const product *p, int32_t *rows, int64_t *keys, int64_t
 }
 
 /* Returns the product (its `count` states), or NULL with `*status` set: ERR_MEMORY, ERR_DEADLINE,
- * ERR_TABLE (a target outside its table), or ERR_STATES (more than `max_states`; `*status_count`
- * says how many the next level would make, for the caller's error message). */
+ * ERR_TABLE (a target outside its table), ERR_STATES (more than `max_states`; `*status_count`
+ * says how many the next level would make, for the caller's error message) or ERR_BUDGET (the
+ * rows would grow over `memory_budget` bytes; `*status_count` says how many). The rows grow by
+ * half at a time and are cut to size at the end: the caller copies them out while they are held. */
 product *sgc_product(const int32_t *ta, int64_t na, const int32_t *tb, int64_t nb, int64_t k, int64_t start,
-                     int32_t mode, int64_t max_states, double deadline, int64_t *status, int64_t *status_count) {
+                     int32_t mode, int64_t max_states, int64_t memory_budget, double deadline, int64_t *status,
+                     int64_t *status_count) {
     int64_t wb = nb + 1;
     product *p = calloc(1, sizeof(product));
     pair_ids ids = {NULL, {NULL, NULL, 1024, 0}};
@@ -632,7 +635,12 @@ product *sgc_product(const int32_t *ta, int64_t na, const int32_t *tb, int64_t n
             qsort(fresh, (size_t)nfresh, sizeof(int64_t), cmp_i64);
             if (p->count + nfresh > p->cap) {
                 int64_t cap = p->cap;
-                while (cap < p->count + nfresh) cap *= 2;
+                while (cap < p->count + nfresh) cap += cap / 2;
+                if ((int64_t)(sizeof(int32_t) * k + sizeof(int64_t)) * cap > memory_budget) {
+                    *status = ERR_BUDGET;
+                    *status_count = (int64_t)(sizeof(int32_t) * k + sizeof(int64_t)) * cap;
+                    goto fail;
+                }
                 int32_t *rows = realloc(p->rows, sizeof(int32_t) * (size_t)(cap * k));
                 if (!rows) goto fail;
                 p->rows = rows;
@@ -666,6 +674,8 @@ product *sgc_product(const int32_t *ta, int64_t na, const int32_t *tb, int64_t n
         level_start = level_end;
     }
     free(ids.dense), free(ids.map.key), free(ids.map.id), free(fresh);
+    int32_t *rows = realloc(p->rows, sizeof(int32_t) * (size_t)(p->count * k));  /* (shrinks in place) */
+    if (rows) p->rows = rows;
     *status = p->count;
     return p;
 bad_table:
